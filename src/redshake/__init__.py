@@ -1,0 +1,3 @@
+"""redshake: copy and sync data between Redis / Valkey deployments."""
+
+__version__ = "0.1.0"

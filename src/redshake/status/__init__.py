@@ -1,0 +1,1 @@
+"""Observability: counters, status HTTP server, logs, progress."""
