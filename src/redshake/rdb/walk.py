@@ -1,0 +1,338 @@
+"""Low-level walkers used by the streaming parser: find where RDB items end without
+decoding them (no LZF decompression, no blob decoding), and read the few items that are
+needed (keys, AUX strings, elements of big values).
+
+Conventions: every function takes ``(buf, pos)`` with ``buf`` a bytes-like buffer and
+returns the new position. Running off the end of ``buf`` raises :class:`Truncated` (with
+the position that must be available, when known), :class:`IndexError` or
+:class:`struct.error`; the parser treats all three as "need more data". ``RdbError``
+offsets raised here are positions in ``buf``; the parser turns them into file offsets.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .primitives import RdbError, Truncated, lzf_decompress, read_double_str
+
+_U16LE = struct.Struct("<H").unpack_from
+_U32LE = struct.Struct("<I").unpack_from
+_U32BE = struct.Struct(">I").unpack_from
+_U64BE = struct.Struct(">Q").unpack_from
+_I16LE = struct.Struct("<h").unpack_from
+_I32LE = struct.Struct("<i").unpack_from
+_I64LE = struct.Struct("<q").unpack_from
+_F64LE = struct.Struct("<d").unpack_from
+
+SHORT = (Truncated, IndexError, struct.error)
+
+_INT8 = [str(i - 256 if i > 127 else i).encode() for i in range(256)]
+
+
+def read_len(buf, p: int) -> tuple[int, int]:
+    """Plain len-enc integer."""
+    b = buf[p]
+    if b < 0x40:
+        return b, p + 1
+    if b < 0x80:
+        return ((b & 0x3F) << 8) | buf[p + 1], p + 2
+    if b == 0x80:
+        return _U32BE(buf, p + 1)[0], p + 5
+    if b == 0x81:
+        return _U64BE(buf, p + 1)[0], p + 9
+    if b >= 0xC0:
+        raise RdbError(f"unexpected string encoding byte 0x{b:02x} where a length was expected", p)
+    raise RdbError(f"invalid length encoding byte 0x{b:02x}", p)
+
+
+def skip_str(buf, p: int) -> int:
+    """End of the rdb-string at ``p`` (length arithmetic only)."""
+    b = buf[p]
+    if b < 0x40:
+        e = p + 1 + b
+    elif b < 0x80:
+        e = p + 2 + (((b & 0x3F) << 8) | buf[p + 1])
+    elif b >= 0xC0:
+        if b == 0xC0:
+            e = p + 2
+        elif b == 0xC1:
+            e = p + 3
+        elif b == 0xC2:
+            e = p + 5
+        elif b == 0xC3:
+            clen, q = read_len(buf, p + 1)
+            _, q = read_len(buf, q)
+            e = q + clen
+        else:
+            raise RdbError(f"unknown string encoding 0x{b:02x}", p)
+    elif b == 0x80:
+        e = p + 5 + _U32BE(buf, p + 1)[0]
+    elif b == 0x81:
+        e = p + 9 + _U64BE(buf, p + 1)[0]
+    else:
+        raise RdbError(f"invalid length encoding byte 0x{b:02x}", p)
+    if e > len(buf):
+        raise Truncated(e)
+    return e
+
+
+def read_str(buf, p: int) -> tuple[bytes, int]:
+    """Read an rdb-string (decompressing LZF, formatting integers)."""
+    b = buf[p]
+    if b < 0x40:
+        e = p + 1 + b
+        if e > len(buf):
+            raise Truncated(e)
+        return bytes(buf[p + 1 : e]), e
+    if b < 0x80:
+        s = p + 2
+        e = s + (((b & 0x3F) << 8) | buf[p + 1])
+    elif b == 0x80:
+        s = p + 5
+        e = s + _U32BE(buf, p + 1)[0]
+    elif b == 0x81:
+        s = p + 9
+        e = s + _U64BE(buf, p + 1)[0]
+    elif b == 0xC0:
+        return _INT8[buf[p + 1]], p + 2
+    elif b == 0xC1:
+        return str(_I16LE(buf, p + 1)[0]).encode(), p + 3
+    elif b == 0xC2:
+        return str(_I32LE(buf, p + 1)[0]).encode(), p + 5
+    elif b == 0xC3:
+        clen, q = read_len(buf, p + 1)
+        ulen, q = read_len(buf, q)
+        e = q + clen
+        if e > len(buf):
+            raise Truncated(e)
+        return lzf_decompress(buf[q:e], ulen, q), e
+    elif b >= 0xC0:
+        raise RdbError(f"unknown string encoding 0x{b:02x}", p)
+    else:
+        raise RdbError(f"invalid length encoding byte 0x{b:02x}", p)
+    if e > len(buf):
+        raise Truncated(e)
+    return bytes(buf[s:e]), e
+
+
+def _check(buf, e: int) -> int:
+    if e > len(buf):
+        raise Truncated(e)
+    return e
+
+
+# ---- element skippers of aggregate values: (buf, p) -> end of one element ----------------
+
+
+def el_str(buf, p: int) -> int:
+    return skip_str(buf, p)
+
+
+def el_pair(buf, p: int) -> int:
+    return skip_str(buf, skip_str(buf, p))
+
+
+def el_zset_str(buf, p: int) -> int:
+    q = skip_str(buf, p)
+    n = buf[q]
+    return _check(buf, q + 1 if n >= 253 else q + 1 + n)
+
+
+def el_zset_bin(buf, p: int) -> int:
+    return _check(buf, skip_str(buf, p) + 8)
+
+
+def el_ql2(buf, p: int) -> int:
+    c, q = read_len(buf, p)
+    if c != 1 and c != 2:
+        raise RdbError(f"invalid quicklist container {c} (expected 1 PLAIN or 2 PACKED)", p)
+    return skip_str(buf, q)
+
+
+def el_hash_ttl_first(buf, p: int) -> int:
+    """Redis 7.4 HASH_METADATA(_PRE_GA) element: len-enc ttl, field, value."""
+    _, q = read_len(buf, p)
+    return skip_str(buf, skip_str(buf, q))
+
+
+def el_hash_ttl_last(buf, p: int) -> int:
+    """Valkey HASH_2 element: field, value, 8-byte LE expiry."""
+    return _check(buf, skip_str(buf, skip_str(buf, p)) + 8)
+
+
+# ---- element readers for big values: (buf, p, out, extra) -> end ----------------------
+
+
+def rd_str(buf, p: int, out: list, extra: int) -> int:
+    s, p = read_str(buf, p)
+    out.append(s)
+    return p
+
+
+def rd_pair(buf, p: int, out: list, extra: int) -> int:
+    f, p = read_str(buf, p)
+    v, p = read_str(buf, p)
+    out.append((f, v))
+    return p
+
+
+def rd_zset_str(buf, p: int, out: list, extra: int) -> int:
+    m, p = read_str(buf, p)
+    s, p = read_double_str(buf, p)
+    out.append((m, s))
+    return p
+
+
+def rd_zset_bin(buf, p: int, out: list, extra: int) -> int:
+    m, p = read_str(buf, p)
+    d = _F64LE(buf, p)[0]
+    out.append((m, repr(d).encode()))
+    return p + 8
+
+
+def rd_ql1(buf, p: int, out: list, extra: int) -> int:
+    from .encodings import ziplist_entries
+
+    start = p
+    blob, p = read_str(buf, p)
+    try:
+        out.extend(ziplist_entries(blob))
+    except RdbError as e:
+        raise RdbError(f"quicklist node: {e.message}", start) from None
+    return p
+
+
+def rd_ql2(buf, p: int, out: list, extra: int) -> int:
+    start = p
+    c, p = read_len(buf, p)
+    blob, p = read_str(buf, p)
+    if c == 1:
+        out.append(blob)
+    elif c == 2:
+        from .encodings import listpack_entries
+
+        try:
+            out.extend(listpack_entries(blob))
+        except RdbError as e:
+            raise RdbError(f"quicklist node: {e.message}", start) from None
+    else:
+        raise RdbError(f"invalid quicklist container {c} (expected 1 PLAIN or 2 PACKED)", start)
+    return p
+
+
+def rd_hash_meta_pre_ga(buf, p: int, out: list, extra: int) -> int:
+    ttl, p = read_len(buf, p)
+    f, p = read_str(buf, p)
+    v, p = read_str(buf, p)
+    out.append((f, v, ttl if ttl else -1))
+    return p
+
+
+def rd_hash_meta(buf, p: int, out: list, extra: int) -> int:
+    ttl, p = read_len(buf, p)
+    f, p = read_str(buf, p)
+    v, p = read_str(buf, p)
+    out.append((f, v, ttl + extra - 1 if ttl else -1))
+    return p
+
+
+def rd_hash2(buf, p: int, out: list, extra: int) -> int:
+    f, p = read_str(buf, p)
+    v, p = read_str(buf, p)
+    exp = _I64LE(buf, p)[0]
+    out.append((f, v, exp if exp >= 0 else -1))
+    return p + 8
+
+
+# ---- composite walkers --------------------------------------------------------------
+
+
+def skip_stream_tail(buf, p: int, t: int) -> int:
+    """Walk a stream value after its nodes (§1.9): length, ids, groups, PELs, consumers."""
+    for _ in range(3 if t == 15 else 8):  # length, last_id[, first_id, max_deleted, added]
+        _, p = read_len(buf, p)
+    groups, p = read_len(buf, p)
+    for _ in range(groups):
+        p = skip_str(buf, p)
+        for _ in range(2 if t == 15 else 3):  # last_id[, entries_read]
+            _, p = read_len(buf, p)
+        pel, p = read_len(buf, p)
+        for _ in range(pel):
+            _, p = read_len(buf, p + 24)  # id(16) + delivery time(8), delivery count
+        consumers, p = read_len(buf, p)
+        for _ in range(consumers):
+            p = skip_str(buf, p) + (16 if t == 21 else 8)
+            n, p = read_len(buf, p)
+            p += 16 * n
+    return _check(buf, p)
+
+
+def skip_module_values(buf, p: int) -> int:
+    """Walk an annotated module value stream (§1.10) up to and including its EOF opcode."""
+    while True:
+        start = p
+        op, p = read_len(buf, p)
+        if op == 0:
+            return p
+        if op == 1 or op == 2:
+            _, p = read_len(buf, p)
+        elif op == 3:
+            p = _check(buf, p + 4)
+        elif op == 4:
+            p = _check(buf, p + 8)
+        elif op == 5:
+            p = skip_str(buf, p)
+        else:
+            raise RdbError(f"unknown module value opcode {op}", start)
+
+
+_MODULE_CHARSET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def module_name(module_id: int) -> tuple[str, int]:
+    """(9-character module type name, encoding version) of a 64-bit module type id."""
+    name = "".join(_MODULE_CHARSET[(module_id >> (58 - 6 * i)) & 63] for i in range(9))
+    return name, module_id & 1023
+
+
+# ---- empty aggregate detection -------------------------------------------------------
+
+BLOB_ZIPMAP, BLOB_ZIPLIST, BLOB_INTSET, BLOB_LISTPACK = 1, 2, 3, 4
+
+
+def blob_empty(buf, p: int, fmt: int) -> bool:
+    """True when the raw (non-LZF) blob string at ``p`` holds no element. A compressed
+    blob is never empty: LZF is only used for strings longer than 20 bytes."""
+    b = buf[p]
+    if b < 0x40:
+        s, n = p + 1, b
+    elif b < 0x80:
+        s, n = p + 2, ((b & 0x3F) << 8) | buf[p + 1]
+    elif b == 0x80:
+        s, n = p + 5, _U32BE(buf, p + 1)[0]
+    else:
+        return False
+    if fmt == BLOB_LISTPACK:
+        return n >= 7 and _U16LE(buf, s + 4)[0] == 0
+    if fmt == BLOB_ZIPLIST:
+        return n >= 11 and _U16LE(buf, s + 8)[0] == 0
+    if fmt == BLOB_INTSET:
+        return n >= 8 and _U32LE(buf, s + 4)[0] == 0
+    if fmt == BLOB_ZIPMAP:
+        return n >= 2 and (buf[s + 1] == 0xFF)
+    return False
+
+
+def quicklist_empty(buf, p: int, count: int, t: int) -> bool:
+    """True when every node of the quicklist whose first node starts at ``p`` is empty."""
+    for _ in range(count):
+        if t == 18:
+            c, p = read_len(buf, p)
+            if c == 1:
+                return False
+            if not blob_empty(buf, p, BLOB_LISTPACK):
+                return False
+        elif not blob_empty(buf, p, BLOB_ZIPLIST):
+            return False
+        p = skip_str(buf, p)
+    return True

@@ -1,0 +1,556 @@
+"""Streaming RDB parser: every corpus file, chunked vs whole, corruption, big values."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import struct
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from redshake.rdb.parser import RdbParser
+from redshake.rdb.primitives import RdbError, crc64
+from redshake.rdb.records import (
+    Aux,
+    BigKeyEnd,
+    BigKeyPart,
+    BigKeyStart,
+    Eof,
+    Function,
+    KeyValue,
+    ModuleAux,
+    ResizeDb,
+    SelectDb,
+    SlotInfo,
+)
+
+TESTDATA = Path("/work/shared/testdata")
+MANIFEST = json.loads((TESTDATA / "manifest.json").read_text())
+RDB_FILES = [f for f in MANIFEST["files"] if f["kind"] == "rdb"]
+
+TYPE_IDS = {
+    "STRING": 0, "LIST": 1, "SET": 2, "ZSET": 3, "HASH": 4, "ZSET_2": 5, "MODULE_PRE_GA": 6,
+    "MODULE_2": 7, "HASH_ZIPMAP": 9, "LIST_ZIPLIST": 10, "SET_INTSET": 11, "ZSET_ZIPLIST": 12,
+    "HASH_ZIPLIST": 13, "LIST_QUICKLIST": 14, "STREAM_LISTPACKS": 15, "HASH_LISTPACK": 16,
+    "ZSET_LISTPACK": 17, "LIST_QUICKLIST_2": 18, "STREAM_LISTPACKS_2": 19, "SET_LISTPACK": 20,
+    "STREAM_LISTPACKS_3": 21, "HASH_METADATA_PRE_GA": 22, "HASH_2": 22,
+    "HASH_LISTPACK_EX_PRE_GA": 23, "HASH_METADATA": 24, "HASH_LISTPACK_EX": 25,
+}  # fmt: skip
+
+# Intentionally corrupt files whose damage lies inside a value blob only: the streaming
+# parser walks blobs by length and never decodes them, so it parses these files fine; the
+# damage surfaces when the value is decoded (or RESTOREd) later.
+BLOB_ONLY_CORRUPT = {
+    "rdb/redis/corrupt_ziplist.rdb",  # invalid hash ziplist (CRC disabled)
+    "rdb/hdt3213-rdb/zipmap_big_len.rdb",  # zipmap count byte 0xFF
+}
+# Benign "corrupt": every key is an empty aggregate, flagged empty=True.
+ALL_EMPTY = {"rdb/redis/corrupt_empty_keys.rdb"}
+
+
+def parse_all(data: bytes, chunk_seed: int | None = None, **kw) -> tuple[RdbParser, list]:
+    p = RdbParser(**kw)
+    out: list = []
+    if chunk_seed is None:
+        p.feed(data)
+        out.extend(p.records())
+    else:
+        rnd = random.Random(chunk_seed)
+        i = 0
+        while i < len(data):
+            k = rnd.randint(1, 4096)
+            p.feed(data[i : i + k])
+            i += k
+            out.extend(p.records())
+    p.finish()
+    return p, out
+
+
+def parse_until_error(data: bytes, chunk_seed: int | None = None) -> tuple[list, RdbError]:
+    out: list = []
+    with pytest.raises(RdbError) as ei:
+        p = RdbParser()
+        if chunk_seed is None:
+            p.feed(data)
+            for r in p.records():
+                out.append(r)
+        else:
+            rnd = random.Random(chunk_seed)
+            i = 0
+            while i < len(data):
+                k = rnd.randint(1, 4096)
+                p.feed(data[i : i + k])
+                i += k
+                for r in p.records():
+                    out.append(r)
+        p.finish()
+    return out, ei.value
+
+
+def key_records(recs: list) -> list:
+    return [r for r in recs if isinstance(r, KeyValue | BigKeyStart)]
+
+
+def _expect_error(f: dict) -> bool:
+    if f["path"] in BLOB_ONLY_CORRUPT or f["path"] in ALL_EMPTY:
+        return False
+    return f["intentionally_corrupt"].startswith("YES") or bool(f["rdb"]["scanner_stopped"])
+
+
+@pytest.mark.parametrize("f", RDB_FILES, ids=[f["path"] for f in RDB_FILES])
+def test_corpus_file(f: dict) -> None:
+    data = (TESTDATA / f["path"]).read_bytes()
+    info = f["rdb"]
+    if _expect_error(f):
+        whole, err = parse_until_error(data)
+        chunked, err2 = parse_until_error(data, chunk_seed=7)
+        assert err.offset is not None and 0 <= err.offset <= len(data)
+        assert (err.message, err.offset) == (err2.message, err2.offset)
+        assert whole == chunked
+        if info["scanner_stopped"]:  # records before the stop point still come out
+            assert len(key_records(whole)) == info["keys_in_file"] - 1
+        return
+    p, whole = parse_all(data)
+    _, chunked = parse_all(data, chunk_seed=12345)
+    assert whole == chunked
+    assert isinstance(whole[-1], Eof)
+    assert p.done and p.trailing == data[p.offset :]
+    keys = key_records(whole)
+    assert all(isinstance(k, KeyValue) for k in keys)  # default threshold: nothing is big
+    assert len(keys) == info["keys_in_file"]
+    assert {k.db for k in keys} <= set(info["dbs"])
+    assert {r.db for r in whole if isinstance(r, SelectDb)} == set(info["dbs"])
+    want = Counter({TYPE_IDS[name]: n for name, n in info["types"].items()})
+    assert Counter(k.type for k in keys) == want
+    assert sum(1 for k in keys if k.expire_ms != -1) == info["keys_with_expiry"]
+    if f["path"] in ALL_EMPTY:
+        assert all(k.empty for k in keys)
+    else:
+        assert sum(1 for k in keys if k.empty) == info["empty_values"]
+    eof = whole[-1]
+    if info["checksum"].startswith("ok"):
+        assert eof.verified and eof.checksum == struct.unpack("<Q", data[-8:])[0]
+    else:
+        assert not eof.verified
+    assert (
+        p.magic + str(p.version).zfill(4 if p.magic == b"REDIS" else 3).encode()
+        == info["magic"].encode()
+    )
+    for k in keys:  # offset points at the record's first opcode or its type byte
+        assert data[k.offset] in (0xFC, 0xFD, 0xF8, 0xF9, 107, k.type)
+    aux = {r.key: r.value for r in whole if isinstance(r, Aux)}
+    assert aux == p.aux
+    names = {k.decode("latin-1") for k in aux} | {k.decode("utf-8", "replace") for k in aux}
+    for name in info["aux_keys"]:
+        assert name in names
+
+
+def test_empty_values_flagged() -> None:
+    data = (TESTDATA / "rdb/redis/corrupt_empty_keys.rdb").read_bytes()
+    _, recs = parse_all(data)
+    keys = key_records(recs)
+    assert len(keys) == 9 and all(k.empty for k in keys)
+    data = (TESTDATA / "rdb/redis-replicator/dumpV8.rdb").read_bytes()
+    _, recs = parse_all(data)
+    assert not any(k.empty for k in key_records(recs))
+
+
+def test_worked_example_crc() -> None:
+    body = b"REDIS0011" + bytes.fromhex("fe00fb0100") + b"\x00\x03foo\x03bar" + b"\xff"
+    assert len(body) == 24
+    crc = crc64(body)
+    assert crc == 0x95AB6E674CB9868D
+    data = body + struct.pack("<Q", crc)
+    assert len(data) == 32
+    p, recs = parse_all(data)
+    assert recs == [
+        SelectDb(0),
+        ResizeDb(1, 0),
+        KeyValue(0, b"foo", 0, b"\x03bar", -1, -1, -1, 14, False),
+        Eof(0x95AB6E674CB9868D, True),
+    ]
+    # byte-at-a-time feeding gives the same records
+    p2 = RdbParser()
+    out = []
+    for i in range(len(data)):
+        p2.feed(data[i : i + 1])
+        out.extend(p2.records())
+    p2.finish()
+    assert out == recs
+    # a flipped byte inside the value -> checksum mismatch
+    bad = bytearray(data)
+    bad[22] ^= 0x01  # 'r' of "bar"
+    _, err = parse_until_error(bytes(bad))
+    assert "checksum mismatch" in err.message and err.offset == 24
+    # checksum 0 = disabled: accepted, not verified
+    _, recs = parse_all(body + b"\0" * 8)
+    assert recs[-1] == Eof(0, False)
+
+
+def test_flipped_byte_in_real_file() -> None:
+    data = (TESTDATA / "rdb/redis-replicator/dumpV8.rdb").read_bytes()
+    _, recs = parse_all(data)
+    kv = next(r for r in key_records(recs) if r.type == 0 and len(r.raw) > 4 and r.raw[0] < 0x40)
+    i = data.index(kv.raw, kv.offset) + 2  # a byte inside the string payload
+    bad = bytearray(data)
+    bad[i] ^= 0x20
+    for seed in (None, 3):
+        _, err = parse_until_error(bytes(bad), seed)
+        assert "checksum mismatch" in err.message
+        assert err.offset == len(data) - 8
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["rdb/redis-replicator/dumpV8.rdb", "rdb/librdb/function2.rdb", "rdb/redis/encodings.rdb"],
+)
+def test_truncated_file(path: str) -> None:
+    data = (TESTDATA / path).read_bytes()
+    rnd = random.Random(99)
+    for cut in [
+        len(data) // 2,
+        len(data) - 1,
+        len(data) - 9,
+        5,
+        *rnd.sample(range(9, len(data)), 10),
+    ]:
+        recs, err = parse_until_error(data[:cut], chunk_seed=cut)
+        assert err.message.startswith("truncated RDB")
+        assert err.offset is not None and err.offset <= cut
+        assert not any(isinstance(r, Eof) for r in recs)
+
+
+def test_trailing_bytes_and_start_offset() -> None:
+    data = (TESTDATA / "rdb/redis-rdb-tools/rdb_version_5_with_checksum.rdb").read_bytes()
+    _, ref = parse_all(data)
+    p = RdbParser(start_offset=1000)
+    p.feed(data + b"*1\r\n$4\r\nPING\r\n")
+    recs = list(p.records())
+    p.feed(b"more")
+    assert list(p.records()) == []
+    p.finish()
+    assert p.trailing == b"*1\r\n$4\r\nPING\r\nmore"
+    assert p.offset == 1000 + len(data)
+    for a, b in zip(key_records(recs), key_records(ref), strict=True):
+        assert a.offset == b.offset + 1000 and a.raw == b.raw
+
+
+def test_function_records() -> None:
+    data = (TESTDATA / "rdb/redis-replicator/function.rdb").read_bytes()
+    _, recs = parse_all(data)
+    funcs = [r.code for r in recs if isinstance(r, Function)]
+    assert len(funcs) == 2
+    assert funcs[0].startswith(b"#!lua name=lib2\nlocal function test2()")
+    assert funcs[1].startswith(b"#!lua name=lib1\nlocal function test1()")
+    assert b"redis.register_function('test1'" in funcs[1]
+    data = (TESTDATA / "rdb/librdb/function2.rdb").read_bytes()
+    _, recs = parse_all(data)
+    funcs = [r.code for r in recs if isinstance(r, Function)]
+    assert len(funcs) == 2 and all(c.startswith(b"#!lua name=") for c in funcs)
+
+
+def test_module_aux_and_slot_info() -> None:
+    data = (TESTDATA / "rdb/librdb/module_aux_v12.rdb").read_bytes()
+    _, recs = parse_all(data)
+    mods = [r for r in recs if isinstance(r, ModuleAux)]
+    assert len(mods) == 2 and all(m.raw.endswith(b"\x00") for m in mods)
+    assert {m.module_name for m in mods} == {"test__rdb"}
+    assert {m.when for m in mods} <= {1, 2}
+    (kv,) = key_records(recs)
+    assert kv.type == 7
+    data = (TESTDATA / "rdb/redis-replicator/dump-slot.rdb").read_bytes()
+    _, recs = parse_all(data)
+    slots = [r for r in recs if isinstance(r, SlotInfo)]
+    assert len(slots) == 4 and all(0 <= s.slot < 16384 and s.size >= 1 for s in slots)
+
+
+def _rdb(head: bytes, body: bytes) -> bytes:
+    data = head + body + b"\xff"
+    return data + struct.pack("<Q", crc64(data))
+
+
+def test_unknown_bytes_fail_cleanly() -> None:
+    cases = [
+        (b"REDIS0011", b"\xfe\x00\x16\x01k", "unknown value type 22 in REDIS0011", 11),
+        (b"REDIS0009", b"\x08\x01k\x00", "unknown value type 8 in REDIS0009", 9),
+        (b"VALKEY080", b"\xf3\x00", "SLOT_IMPORT opcode 243", 9),
+        (b"REDIS0012", b"\x1a\x01k", "unknown value type 26 in REDIS0012", 9),
+        (b"REDIS0013", b"\x1a\x01k", "STREAM_LISTPACKS_4", 9),
+        (b"REDIS0013", b"\xf3\x01", "KEY_META opcode 243", 9),
+        (b"REDIS0011", b"\xf4\x00\x00\x00", "unknown opcode 244 in REDIS0011", 9),
+        (b"VALKEY080", b"\x19\x01k", "unknown value type 25 in VALKEY080", 9),
+        (b"REDIS0011", b"\x00\x01k\xc5", "unknown string encoding 0xc5", 12),
+    ]
+    for head, body, msg, off in cases:
+        for seed in (None, 1):
+            _, err = parse_until_error(_rdb(head, body), seed)
+            assert msg in err.message and err.offset == off, (head, body, err)
+    _, err = parse_until_error(b"REDIS0016" + b"\xff" + b"\0" * 8)
+    assert "version 16" in err.message and err.offset == 0
+    _, err = parse_until_error(b"VALKEY011" + b"\xff" + b"\0" * 8)
+    assert "version 11" in err.message
+    _, err = parse_until_error(b"RUBBISH00" + b"\xff")
+    assert "signature" in err.message
+
+
+def test_expiry_kept_across_non_key_opcode() -> None:
+    exp = struct.pack("<q", 1_700_000_000_000)
+    body = b"\xfe\x00\xfc" + exp + b"\xf9\x05\xfa\x01a\x01b\x00\x01k\x01v" + b"\x00\x02k2\x01w"
+    for seed in (None, 2):
+        _, recs = parse_all(_rdb(b"REDIS0011", body), seed)
+        keys = key_records(recs)
+        assert keys[0] == KeyValue(0, b"k", 0, b"\x01v", 1_700_000_000_000, -1, 5, 11, False)
+        assert keys[1].expire_ms == -1 and keys[1].freq == -1
+    # EXPIRETIME (seconds) becomes ms; IDLE
+    body = (
+        b"\xfd"
+        + struct.pack("<i", 1_600_000_000)
+        + b"\xf8\x81\x00\x00\x00\x00\x00\x00\x01\x00\x00\x01k\x01v"
+    )
+    _, recs = parse_all(_rdb(b"REDIS0009", body))
+    (kv,) = key_records(recs)
+    assert kv.expire_ms == 1_600_000_000_000 and kv.idle == 256 and kv.offset == 9
+
+
+# ---- big values, from real servers ------------------------------------------------------
+
+
+def _reassemble(recs: list) -> dict:
+    """key -> (type, kind, items) for streamed values; KeyValue keys -> (type, None, raw)."""
+    out: dict = {}
+    cur = None
+    for r in recs:
+        if isinstance(r, BigKeyStart):
+            assert cur is None
+            cur = r
+            items: list = []
+        elif isinstance(r, BigKeyPart):
+            assert cur is not None and 0 < len(r.items)
+            items.extend(r.items)
+        elif isinstance(r, BigKeyEnd):
+            assert cur is not None
+            out[cur.key] = (cur.type, cur.kind, items, cur)
+            cur = None
+        elif isinstance(r, KeyValue):
+            assert cur is None
+            out[r.key] = (r.type, None, r.raw, r)
+    assert cur is None
+    return out
+
+
+def _populate(c, n_hash: int, n_list: int, n_set: int, n_zset: int) -> list[float]:
+    pipe = c.pipeline(transaction=False)
+    step = 5000
+    for i in range(0, n_hash, step):
+        pipe.hset(
+            "bighash",
+            mapping={
+                f"field:{j}": f"value-{j}-" + "x" * (j % 13)
+                for j in range(i, min(i + step, n_hash))
+            },
+        )
+    for i in range(0, n_list, step):
+        pipe.rpush(
+            "biglist", *[f"e{j}" if j % 3 else str(j) for j in range(i, min(i + step, n_list))]
+        )
+    for i in range(0, n_set, step):
+        pipe.sadd("bigset", *[f"member-{j}" for j in range(i, min(i + step, n_set))])
+    rnd = random.Random(5)
+    scores = [rnd.uniform(-1e6, 1e6) for _ in range(n_zset)]
+    special = [1.5, 0.1, math.inf, -math.inf, 1e300, -0.0, 123456789012345.0]
+    scores[: len(special)] = special
+    for i in range(0, n_zset, step):
+        pipe.zadd("bigzset", {f"z{j}": scores[j] for j in range(i, min(i + step, n_zset))})
+    pipe.pexpireat("bighash", 4_000_000_000_000)
+    pipe.set("small", "v")
+    pipe.rpush("smalllist", "a", "b")
+    pipe.execute()
+    return scores
+
+
+def _check_big(server, n_hash: int, n_list: int, n_set: int, n_zset: int) -> dict:
+    c = server.client()
+    _populate(c, n_hash, n_list, n_set, n_zset)
+    c.save()
+    data = (server.dir / "dump.rdb").read_bytes()
+    p = RdbParser(big_value_threshold=64 << 10, part_items=1000)
+    recs: list = []
+    rnd = random.Random(1)
+    i = 0
+    while i < len(data):
+        k = rnd.randint(1, 32 << 10)
+        p.feed(data[i : i + k])
+        i += k
+        recs.extend(p.records())
+        assert len(p._buf) < 4 << 20  # never holds a whole big value
+    p.finish()
+    got = _reassemble(recs)
+    assert got[b"bighash"][1] == "hash"
+    assert dict(got[b"bighash"][2]) == c.hgetall("bighash")
+    assert len(got[b"bighash"][2]) == n_hash
+    start = got[b"bighash"][3]
+    assert start.expire_ms == 4_000_000_000_000 and start.count == n_hash and start.db == 0
+    assert data[start.offset] == 0xFC  # the record starts at its EXPIRETIME_MS opcode
+    assert got[b"biglist"][1] == "list" and got[b"biglist"][2] == c.lrange("biglist", 0, -1)
+    assert got[b"bigset"][1] == "set" and set(got[b"bigset"][2]) == c.smembers("bigset")
+    assert got[b"bigset"][3].count == n_set
+    zs = got[b"bigzset"]
+    assert zs[1] == "zset" and zs[3].count == n_zset
+    want = dict(c.zrange("bigzset", 0, -1, withscores=True))
+    assert len(zs[2]) == n_zset
+    for member, score in zs[2]:
+        assert float(score) == want[member] or (
+            math.isnan(float(score)) and math.isnan(want[member])
+        )
+    assert got[b"small"][1] is None and got[b"smalllist"][1] is None
+    for part in (r for r in recs if isinstance(r, BigKeyPart)):
+        assert len(part.items) <= 1000
+    return got
+
+
+def _need_encodings() -> None:
+    try:
+        from redshake.rdb.encodings import listpack_entries, ziplist_entries  # noqa: F401
+    except ImportError:
+        pytest.skip("redshake.rdb.encodings not available (quicklist node decoding)")
+
+
+@pytest.mark.timeout(600)
+def test_big_values_redis70(servers) -> None:
+    _need_encodings()
+    s = servers.start("redis-7.0")
+    got = _check_big(s, 200_000, 300_000, 200_000, 200_000)
+    assert got[b"biglist"][0] == 18 and got[b"bighash"][0] == 4
+    assert got[b"bigzset"][0] == 5 and got[b"bigset"][0] == 2
+
+
+@pytest.mark.timeout(600)
+def test_big_values_redis50(servers) -> None:
+    _need_encodings()
+    s = servers.start("redis-5.0")
+    got = _check_big(s, 200_000, 300_000, 200_000, 200_000)
+    assert got[b"biglist"][0] == 14  # quicklist of ziplists
+
+
+@pytest.mark.timeout(600)
+def test_big_values_valkey81(servers) -> None:
+    _need_encodings()
+    s = servers.start("valkey-8.1")
+    got = _check_big(s, 200_000, 300_000, 200_000, 200_000)
+    assert got[b"bigset"][0] == 2
+
+
+@pytest.mark.timeout(600)
+def test_big_hash_with_field_ttl_valkey91(servers) -> None:
+    s = servers.start("valkey-9.1")
+    c = s.client()
+    n = 60_000
+    pipe = c.pipeline(transaction=False)
+    for i in range(0, n, 5000):
+        pipe.hset("h", mapping={f"f{j}": f"v{j}" for j in range(i, i + 5000)})
+    pipe.execute()
+    fields = [f"f{j}" for j in range(0, n, 2)]
+    for i in range(0, len(fields), 5000):
+        c.execute_command(
+            "HPEXPIREAT",
+            "h",
+            4_000_000_000_000,
+            "FIELDS",
+            len(fields[i : i + 5000]),
+            *fields[i : i + 5000],
+        )
+    c.save()
+    data = (s.dir / "dump.rdb").read_bytes()
+    assert data[:9] == b"VALKEY080"
+    p = RdbParser(big_value_threshold=64 << 10, part_items=500)
+    recs: list = []
+    for i in range(0, len(data), 8192):
+        p.feed(data[i : i + 8192])
+        recs.extend(p.records())
+    p.finish()
+    got = _reassemble(recs)
+    typ, kind, items, start = got[b"h"]
+    assert typ == 22 and kind == "hash" and start.count == n
+    assert {f: v for f, v, _ in items} == c.hgetall("h")
+    exp = {f: e for f, _, e in items}
+    assert all(exp[f"f{j}".encode()] == (4_000_000_000_000 if j % 2 == 0 else -1) for j in range(n))
+    # whole-file parse of the same data: one KeyValue with the exact value bytes
+    _, whole = parse_all(data)
+    (kv,) = key_records(whole)
+    assert kv.type == 22 and not kv.empty
+
+
+STREAMABLE = {1, 2, 3, 4, 5, 14, 18, 22, 24}
+
+
+@pytest.mark.parametrize(
+    "f",
+    [f for f in RDB_FILES if not _expect_error(f)],
+    ids=[f["path"] for f in RDB_FILES if not _expect_error(f)],
+)
+def test_corpus_streamed_with_tiny_threshold(f: dict) -> None:
+    """With a 1-byte threshold and small chunks every element-wise aggregate that spans a
+    chunk boundary is streamed; keys, order and element counts must match the plain parse."""
+    _need_encodings()
+    data = (TESTDATA / f["path"]).read_bytes()
+    _, plain = parse_all(data)
+    p = RdbParser(big_value_threshold=1, part_items=7)
+    rnd = random.Random(len(data))
+    recs: list = []
+    i = 0
+    while i < len(data):
+        k = rnd.randint(1, 64)
+        p.feed(data[i : i + k])
+        i += k
+        recs.extend(p.records())
+    p.finish()
+    want = key_records(plain)
+    got = key_records(recs)
+    assert [(k.key, k.type, k.db, k.expire_ms, k.offset) for k in got] == [
+        (k.key, k.type, k.db, k.expire_ms, k.offset) for k in want
+    ]
+    streamed = _reassemble(recs)
+    ttl_fields = 0
+    for kv in want:
+        typ, kind, items, start = streamed[kv.key]
+        if kind is None:
+            continue
+        assert typ in STREAMABLE and not kv.empty
+        if start.count >= 0:
+            assert len(items) == start.count
+        if typ in (22, 24):
+            ttl_fields += sum(1 for it in items if it[2] != -1)
+            assert all(it[2] == -1 or it[2] > 1_600_000_000_000 for it in items)
+    if f["rdb"]["types"].keys() <= {"HASH_METADATA", "HASH_METADATA_PRE_GA", "HASH_2"}:
+        assert ttl_fields == f["rdb"]["fields_with_ttl"]
+
+
+def test_field_ttl_values_streamed() -> None:
+    want = {
+        "rdb/hdt3213-rdb/hash_with_hfe.rdb": (b"F2", 2755483429282, b"F8", -1),
+        "rdb/hdt3213-rdb/valkey_hash2_with_hfe.rdb": (b"F1", 2715785640000, b"F3", -1),
+    }
+    for path, (f1, e1, f2, e2) in want.items():
+        data = (TESTDATA / path).read_bytes()
+        p = RdbParser(big_value_threshold=1)
+        recs: list = []
+        for i in range(len(data)):
+            p.feed(data[i : i + 1])
+            recs.extend(p.records())
+        p.finish()
+        ((typ, kind, items, _),) = _reassemble(recs).values()
+        exp = {f: e for f, _, e in items}
+        assert kind == "hash" and exp[f1] == e1 and exp[f2] == e2
+
+
+def test_pre_ga_functions_load_on_redis70(servers) -> None:
+    data = (TESTDATA / "rdb/redis-replicator/function.rdb").read_bytes()
+    _, recs = parse_all(data)
+    c = servers.start("redis-7.0").client()
+    for r in recs:
+        if isinstance(r, Function):
+            c.execute_command("FUNCTION", "LOAD", r.code)
+    assert c.fcall("test1", 0) == 1 and c.fcall("test2", 0) == 2
