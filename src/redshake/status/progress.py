@@ -1,0 +1,90 @@
+"""A live progress bar (percent, rate, ETA) on an interactive terminal; a no-op otherwise.
+
+Logs and the periodic progress line are unaffected: the bar is drawn on stdout only when
+stdout is a TTY, so redirected output and log files never contain escape codes.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import IO
+
+__all__ = ["Progress"]
+
+
+class Progress:
+    """``Progress(total_bytes, description)``; call :meth:`update` with absolute values.
+
+    ``total_bytes=None`` shows an indeterminate bar (bytes done and rate, no ETA).
+    ``enabled`` forces the bar on or off (default: on only when ``file`` is a TTY).
+    """
+
+    def __init__(
+        self,
+        total_bytes: int | None,
+        description: str = "",
+        *,
+        file: IO[str] | None = None,
+        enabled: bool | None = None,
+    ) -> None:
+        out = file if file is not None else sys.stdout
+        if enabled is None:
+            isatty = getattr(out, "isatty", None)
+            enabled = bool(isatty and isatty())
+        self.enabled = enabled
+        self.total_bytes = total_bytes
+        self.done_bytes = 0
+        self.keys = 0
+        self._bar = None
+        self._task = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+        from rich.progress import Progress as _RichProgress
+
+        console = Console(file=out)
+        self._bar = _RichProgress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TextColumn("{task.fields[keys]} keys"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+            refresh_per_second=4,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(description, total=total_bytes, keys=0)
+
+    def update(self, done_bytes: int, keys: int = 0) -> None:
+        """Set the absolute progress: ``done_bytes`` processed, ``keys`` keys so far."""
+        self.done_bytes = done_bytes
+        self.keys = keys
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, completed=done_bytes, keys=keys)
+
+    def set_total(self, total_bytes: int | None) -> None:
+        self.total_bytes = total_bytes
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, total=total_bytes)
+
+    def close(self) -> None:
+        bar, self._bar = self._bar, None
+        if bar is not None:
+            bar.stop()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
