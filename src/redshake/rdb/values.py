@@ -1,0 +1,554 @@
+"""Decode one RDB value (type byte + the value bytes that follow the key) into a logical
+value (protocols.md §1.7, §1.9).
+
+``decode_value(type, raw, valkey=...)`` works on the complete value bytes and never looks
+at the file around it, so it serves RDB files, replication snapshots and DUMP payloads
+alike. The type-byte dispatch depends on the producer family for ids ≥ 22 (``valkey=True``
+for a ``VALKEY`` magic or a DUMP version ≥ 80).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+from .encodings import (
+    intset_members,
+    listpack_entries,
+    listpack_values,
+    ziplist_entries,
+    zipmap_pairs,
+)
+from .primitives import (
+    RdbError,
+    Truncated,
+    read_double_str,
+    read_length,
+    read_string,
+)
+
+__all__ = [
+    "Value",
+    "StringValue",
+    "ListValue",
+    "SetValue",
+    "ZSetValue",
+    "HashValue",
+    "StreamValue",
+    "StreamGroup",
+    "StreamConsumer",
+    "ModuleValue",
+    "decode_value",
+    "decode_value_at",
+    "format_score",
+    "TYPE_NAMES",
+]
+
+TYPE_NAMES = {
+    0: "string", 1: "list", 2: "set", 3: "zset", 4: "hash", 5: "zset", 6: "module",
+    7: "module", 9: "hash", 10: "list", 11: "set", 12: "zset", 13: "hash", 14: "list",
+    15: "stream", 16: "hash", 17: "zset", 18: "list", 19: "stream", 20: "set",
+    21: "stream", 22: "hash", 23: "hash", 24: "hash", 25: "hash",
+}  # fmt: skip
+
+
+class Value:
+    """Base class of decoded values."""
+
+    __slots__ = ()
+    kind = ""
+
+    def __len__(self) -> int:  # number of elements (1 for strings)
+        return 1
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{s}={getattr(self, s)!r}" for s in self.__slots__)
+        return f"{type(self).__name__}({inner})"
+
+
+class StringValue(Value):
+    __slots__ = ("data",)
+    kind = "string"
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class ListValue(Value):
+    __slots__ = ("items",)
+    kind = "list"
+
+    def __init__(self, items: list[bytes]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class SetValue(Value):
+    __slots__ = ("members",)
+    kind = "set"
+
+    def __init__(self, members: list[bytes]) -> None:
+        self.members = members
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+
+class ZSetValue(Value):
+    """``items`` = (member, score text ZADD accepts and that round-trips the double)."""
+
+    __slots__ = ("items",)
+    kind = "zset"
+
+    def __init__(self, items: list[tuple[bytes, bytes]]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class HashValue(Value):
+    """``field_expire`` maps field → absolute unix ms, for fields that have a TTL (None when
+    the encoding has no field TTLs or none is set)."""
+
+    __slots__ = ("pairs", "field_expire")
+    kind = "hash"
+
+    def __init__(
+        self, pairs: list[tuple[bytes, bytes]], field_expire: dict[bytes, int] | None = None
+    ) -> None:
+        self.pairs = pairs
+        self.field_expire = field_expire
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+
+class StreamConsumer(Value):
+    __slots__ = ("name", "seen_time", "active_time", "pel_ids")
+
+    def __init__(self, name: bytes, seen_time: int, active_time: int, pel_ids: list[bytes]) -> None:
+        self.name = name
+        self.seen_time = seen_time
+        self.active_time = active_time
+        self.pel_ids = pel_ids
+
+
+class StreamGroup(Value):
+    """``pel`` = [(id, delivery_time_ms, delivery_count)]; ``entries_read`` −1 = unknown."""
+
+    __slots__ = ("name", "last_id", "entries_read", "pel", "consumers")
+
+    def __init__(
+        self,
+        name: bytes,
+        last_id: bytes,
+        entries_read: int,
+        pel: list[tuple[bytes, int, int]],
+        consumers: list[StreamConsumer],
+    ) -> None:
+        self.name = name
+        self.last_id = last_id
+        self.entries_read = entries_read
+        self.pel = pel
+        self.consumers = consumers
+
+
+class StreamValue(Value):
+    """``entries`` = [(id, [field, value, field, value, ...])] in id order (live entries only)."""
+
+    __slots__ = (
+        "entries",
+        "length",
+        "last_id",
+        "first_id",
+        "max_deleted_id",
+        "entries_added",
+        "groups",
+    )
+    kind = "stream"
+
+    def __init__(
+        self,
+        entries: list[tuple[bytes, list[bytes]]],
+        length: int,
+        last_id: bytes,
+        first_id: bytes,
+        max_deleted_id: bytes,
+        entries_added: int,
+        groups: list[StreamGroup],
+    ) -> None:
+        self.entries = entries
+        self.length = length
+        self.last_id = last_id
+        self.first_id = first_id
+        self.max_deleted_id = max_deleted_id
+        self.entries_added = entries_added
+        self.groups = groups
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+class ModuleValue(Value):
+    """A module value (type 7). ``raw`` is the complete value (module id included), so it can
+    be passed through in a DUMP payload; ``decoded`` is set when a decoder knows the module."""
+
+    __slots__ = ("module_name", "encver", "raw", "decoded")
+    kind = "module"
+
+    def __init__(
+        self, module_name: str, encver: int, raw: bytes, decoded: object | None = None
+    ) -> None:
+        self.module_name = module_name
+        self.encver = encver
+        self.raw = raw
+        self.decoded = decoded
+
+
+# --------------------------------------------------------------------------------------
+
+_DOUBLE = struct.Struct("<d").unpack_from
+_U64LE = struct.Struct("<Q").unpack_from
+_I64LE = struct.Struct("<q").unpack_from
+_ID = struct.Struct(">QQ").unpack_from
+
+EB_EXPIRE_TIME_MAX = (1 << 48) - 1
+
+
+def format_score(d: float) -> bytes:
+    """Text of a binary double that ZADD parses back to the identical double."""
+    if d == math.inf:
+        return b"inf"
+    if d == -math.inf:
+        return b"-inf"
+    if d != d:
+        raise RdbError("NaN score in a sorted set")
+    return repr(d).encode()
+
+
+def _read_list(raw: bytes, pos: int) -> tuple[list[bytes], int]:
+    n, pos = read_length(raw, pos)
+    out = []
+    append = out.append
+    rs = read_string
+    for _ in range(n):
+        s, pos = rs(raw, pos)
+        append(s)
+    return out, pos
+
+
+def _read_pairs(raw: bytes, pos: int) -> tuple[list[tuple[bytes, bytes]], int]:
+    n, pos = read_length(raw, pos)
+    out = []
+    append = out.append
+    rs = read_string
+    for _ in range(n):
+        f, pos = rs(raw, pos)
+        v, pos = rs(raw, pos)
+        append((f, v))
+    return out, pos
+
+
+def _pairs(flat: list[bytes], what: str) -> list[tuple[bytes, bytes]]:
+    if len(flat) % 2:
+        raise RdbError(f"{what} blob has an odd number of elements")
+    it = iter(flat)
+    return list(zip(it, it, strict=True))
+
+
+def _fmt_id(ms: int, seq: int) -> bytes:
+    return b"%d-%d" % (ms, seq)
+
+
+def _raw_id(raw: bytes, pos: int) -> tuple[bytes, int]:
+    if pos + 16 > len(raw):
+        raise Truncated
+    ms, seq = _ID(raw, pos)
+    return b"%d-%d" % (ms, seq), pos + 16
+
+
+def _ms8(raw: bytes, pos: int) -> tuple[int, int]:
+    if pos + 8 > len(raw):
+        raise Truncated
+    return _I64LE(raw, pos)[0], pos + 8
+
+
+def _signed_len(raw: bytes, pos: int) -> tuple[int, int]:
+    v, pos = read_length(raw, pos)
+    if v >= 1 << 63:
+        v -= 1 << 64
+    return v, pos
+
+
+def _decode_stream(t: int, raw: bytes, pos: int) -> tuple[StreamValue, int]:
+    nodes, pos = read_length(raw, pos)
+    entries: list[tuple[bytes, list[bytes]]] = []
+    append = entries.append
+    for _ in range(nodes):
+        nodekey, pos = read_string(raw, pos)
+        if len(nodekey) != 16:
+            raise RdbError(f"stream node key has {len(nodekey)} bytes instead of 16")
+        base_ms, base_seq = _ID(nodekey, 0)
+        lp, pos = read_string(raw, pos)
+        vals = listpack_values(lp)
+        if not vals:
+            raise RdbError("empty listpack in a stream node")
+        try:
+            count, deleted, nmf = vals[0], vals[1], vals[2]
+            master = [v if type(v) is bytes else b"%d" % v for v in vals[3 : 3 + nmf]]
+            i = 3 + nmf
+            if vals[i] != 0:
+                raise RdbError("stream node master entry is not terminated by 0")
+            i += 1
+            for _ in range(count + deleted):
+                flags, msd, seqd = vals[i], vals[i + 1], vals[i + 2]
+                i += 3
+                if flags & 2:  # SAMEFIELDS
+                    vs = vals[i : i + nmf]
+                    i += nmf
+                    fv: list[bytes] = []
+                    for f, v in zip(master, vs, strict=True):
+                        fv.append(f)
+                        fv.append(v if type(v) is bytes else b"%d" % v)
+                else:
+                    nf = vals[i]
+                    i += 1
+                    fv = [v if type(v) is bytes else b"%d" % v for v in vals[i : i + 2 * nf]]
+                    if len(fv) != 2 * nf:
+                        raise IndexError
+                    i += 2 * nf
+                i += 1  # lp-count
+                if not flags & 1:
+                    append((b"%d-%d" % (base_ms + msd, base_seq + seqd), fv))
+            if i != len(vals):
+                raise RdbError("stream node listpack has trailing elements")
+        except (IndexError, TypeError, ValueError):
+            raise RdbError("malformed stream node listpack") from None
+    length, pos = read_length(raw, pos)
+    lms, pos = read_length(raw, pos)
+    lseq, pos = read_length(raw, pos)
+    last_id = _fmt_id(lms, lseq)
+    if t >= 19:
+        fms, pos = read_length(raw, pos)
+        fseq, pos = read_length(raw, pos)
+        dms, pos = read_length(raw, pos)
+        dseq, pos = read_length(raw, pos)
+        entries_added, pos = read_length(raw, pos)
+        first_id = _fmt_id(fms, fseq)
+        max_deleted = _fmt_id(dms, dseq)
+    else:
+        first_id = entries[0][0] if entries else b"0-0"
+        max_deleted = b"0-0"
+        entries_added = length
+    ngroups, pos = read_length(raw, pos)
+    groups: list[StreamGroup] = []
+    for _ in range(ngroups):
+        gname, pos = read_string(raw, pos)
+        gms, pos = read_length(raw, pos)
+        gseq, pos = read_length(raw, pos)
+        entries_read = -1
+        if t >= 19:
+            entries_read, pos = _signed_len(raw, pos)
+        npel, pos = read_length(raw, pos)
+        pel: list[tuple[bytes, int, int]] = []
+        for _ in range(npel):
+            pid, pos = _raw_id(raw, pos)
+            dtime, pos = _ms8(raw, pos)
+            dcount, pos = read_length(raw, pos)
+            pel.append((pid, dtime, dcount))
+        nconsumers, pos = read_length(raw, pos)
+        consumers: list[StreamConsumer] = []
+        for _ in range(nconsumers):
+            cname, pos = read_string(raw, pos)
+            seen, pos = _ms8(raw, pos)
+            active = seen
+            if t >= 21:
+                active, pos = _ms8(raw, pos)
+            ncpel, pos = read_length(raw, pos)
+            ids = []
+            for _ in range(ncpel):
+                pid, pos = _raw_id(raw, pos)
+                ids.append(pid)
+            consumers.append(StreamConsumer(cname, seen, active, ids))
+        groups.append(StreamGroup(gname, _fmt_id(gms, gseq), entries_read, pel, consumers))
+    return (
+        StreamValue(entries, length, last_id, first_id, max_deleted, entries_added, groups),
+        pos,
+    )
+
+
+def _check_hfe(ms: int) -> int:
+    if ms > EB_EXPIRE_TIME_MAX:
+        raise RdbError(f"hash field expire time {ms} is out of range")
+    return ms
+
+
+def _decode(t: int, raw: bytes, start: int, valkey: bool) -> tuple[Value, int]:
+    if t == 0:
+        s, pos = read_string(raw, start)
+        return StringValue(s), pos
+    if t == 1:
+        items, pos = _read_list(raw, start)
+        return ListValue(items), pos
+    if t == 2:
+        items, pos = _read_list(raw, start)
+        return SetValue(items), pos
+    if t == 3:
+        n, pos = read_length(raw, start)
+        zitems = []
+        for _ in range(n):
+            m, pos = read_string(raw, pos)
+            sc, pos = read_double_str(raw, pos)
+            if sc == b"nan":
+                raise RdbError("NaN score in a sorted set")
+            zitems.append((m, sc))
+        return ZSetValue(zitems), pos
+    if t == 4:
+        pairs, pos = _read_pairs(raw, start)
+        return HashValue(pairs), pos
+    if t == 5:
+        n, pos = read_length(raw, start)
+        zitems = []
+        for _ in range(n):
+            m, pos = read_string(raw, pos)
+            if pos + 8 > len(raw):
+                raise Truncated
+            zitems.append((m, format_score(_DOUBLE(raw, pos)[0])))
+            pos += 8
+        return ZSetValue(zitems), pos
+    if t == 7:
+        from .modules import decode_module_value_at
+
+        return decode_module_value_at(raw, start)
+    if t == 6:
+        raise RdbError("pre-GA module value (type 6) cannot be decoded without the module")
+    if t in (9, 10, 11, 12, 13, 16, 17, 20):
+        blob, pos = read_string(raw, start)
+        if t == 9:
+            return HashValue(zipmap_pairs(blob)), pos
+        if t == 10:
+            return ListValue(ziplist_entries(blob)), pos
+        if t == 11:
+            return SetValue(intset_members(blob)), pos
+        if t == 12:
+            return ZSetValue(_pairs(ziplist_entries(blob), "zset ziplist")), pos
+        if t == 13:
+            return HashValue(_pairs(ziplist_entries(blob), "hash ziplist")), pos
+        if t == 16:
+            return HashValue(_pairs(listpack_entries(blob), "hash listpack")), pos
+        if t == 17:
+            return ZSetValue(_pairs(listpack_entries(blob), "zset listpack")), pos
+        return SetValue(listpack_entries(blob)), pos
+    if t == 14:
+        n, pos = read_length(raw, start)
+        items: list[bytes] = []
+        for _ in range(n):
+            blob, pos = read_string(raw, pos)
+            items.extend(ziplist_entries(blob))
+        return ListValue(items), pos
+    if t == 18:
+        n, pos = read_length(raw, start)
+        items = []
+        for _ in range(n):
+            container, pos = read_length(raw, pos)
+            blob, pos = read_string(raw, pos)
+            if container == 2:
+                items.extend(listpack_entries(blob))
+            elif container == 1:
+                items.append(blob)
+            else:
+                raise RdbError(f"invalid quicklist container {container}")
+        return ListValue(items), pos
+    if t in (15, 19, 21):
+        return _decode_stream(t, raw, start)
+    if valkey:
+        if t == 22:  # HASH_2: field, value, 8-byte LE signed absolute ms (-1 = none)
+            n, pos = read_length(raw, start)
+            pairs = []
+            fexp: dict[bytes, int] = {}
+            for _ in range(n):
+                f, pos = read_string(raw, pos)
+                v, pos = read_string(raw, pos)
+                ms, pos = _ms8(raw, pos)
+                pairs.append((f, v))
+                if ms != -1:
+                    if ms < 0:
+                        raise RdbError(f"invalid hash field expire time {ms}")
+                    fexp[f] = ms
+            return HashValue(pairs, fexp or None), pos
+        raise RdbError(f"unsupported Valkey RDB value type {t}")
+    if t in (22, 24):
+        pos = start
+        min_expire = 0
+        if t == 24:
+            if len(raw) < start + 8:
+                raise Truncated
+            min_expire = _U64LE(raw, start)[0]
+            if min_expire > EB_EXPIRE_TIME_MAX + 1:
+                raise RdbError(f"hash minExpire {min_expire} is out of range")
+            pos = start + 8
+        n, pos = read_length(raw, pos)
+        pairs = []
+        fexp = {}
+        for _ in range(n):
+            ttl, pos = read_length(raw, pos)
+            f, pos = read_string(raw, pos)
+            v, pos = read_string(raw, pos)
+            pairs.append((f, v))
+            if ttl:
+                fexp[f] = _check_hfe(ttl + min_expire - 1 if t == 24 else ttl)
+        return HashValue(pairs, fexp or None), pos
+    if t in (23, 25):
+        pos = start
+        if t == 25:
+            if len(raw) < start + 8:
+                raise Truncated
+            pos = start + 8  # minExpire: informational
+        blob, pos = read_string(raw, pos)
+        vals = listpack_values(blob)
+        if len(vals) % 3:
+            raise RdbError("hash listpack with TTLs does not hold triples")
+        pairs = []
+        fexp = {}
+        for i in range(0, len(vals), 3):
+            f, v, ttl = vals[i], vals[i + 1], vals[i + 2]
+            if type(f) is not bytes:
+                f = b"%d" % f
+            if type(v) is not bytes:
+                v = b"%d" % v
+            pairs.append((f, v))
+            if type(ttl) is not int:
+                raise RdbError("hash listpack field TTL is not an integer")
+            if ttl:
+                fexp[f] = _check_hfe(ttl)
+        return HashValue(pairs, fexp or None), pos
+    raise RdbError(f"unknown RDB value type {t}")
+
+
+def decode_value_at(type: int, buf: bytes, pos: int, *, valkey: bool) -> tuple[Value, int]:
+    """Decode the value of ``type`` that starts at ``buf[pos]``; returns (value, end
+    position). Raises :class:`Truncated` when ``buf`` ends inside the value, RdbError on
+    corruption. Lets a caller find where a value ends while decoding it."""
+    return _decode(type, buf, pos, valkey)
+
+
+def decode_value(type: int, raw: bytes, *, valkey: bool) -> Value:
+    """Decode a complete value. ``raw`` must hold exactly the value bytes (trailing bytes
+    are an error). Empty aggregates decode to empty values (the caller skips them)."""
+    if not isinstance(raw, bytes):
+        raw = bytes(raw)
+    try:
+        value, pos = _decode(type, raw, 0, valkey)
+    except Truncated:
+        raise RdbError(f"value of type {type} is truncated") from None
+    if pos != len(raw):
+        raise RdbError(f"{len(raw) - pos} unexpected bytes after a value of type {type}")
+    return value
