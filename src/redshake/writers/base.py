@@ -1,0 +1,148 @@
+"""What writers share: target facts (TargetInfo), error types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from redshake.entry import Entry
+from redshake.resp.conn import AuthError, Connection, ReplyError
+
+__all__ = [
+    "TargetInfo",
+    "ReplyError",
+    "WriterError",
+    "Writer",
+    "rdb_version_for",
+    "probe_target",
+    "DEFAULT_PROTO_MAX_BULK_LEN",
+]
+
+DEFAULT_PROTO_MAX_BULK_LEN = 512 * 1024 * 1024
+
+
+class WriterError(Exception):
+    """The writer cannot continue (unhandled error reply, lost connection, ...)."""
+
+
+class Writer(Protocol):
+    def write(self, entry: Entry) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+    def status(self) -> dict | list[dict]: ...
+
+
+def rdb_version_for(version: tuple[int, int, int], is_valkey: bool) -> int:
+    """Newest RDB version a server of this version writes and loads."""
+    major, minor = version[0], version[1]
+    if is_valkey:
+        return 80 if major >= 9 else 11
+    if major >= 8 or (major, minor) >= (7, 4):
+        return 12
+    if (major, minor) >= (7, 2):
+        return 11
+    if major >= 7:
+        return 10
+    if major >= 5:
+        return 9
+    if major >= 4:
+        return 8
+    if (major, minor) >= (3, 2):
+        return 7
+    if (major, minor) >= (2, 6):
+        return 6
+    if (major, minor) >= (2, 4):
+        return 2
+    return 1
+
+
+@dataclass
+class TargetInfo:
+    """Facts about a target server, read once at connection time."""
+
+    version: tuple[int, int, int] = (7, 0, 0)
+    is_valkey: bool = False
+    rdb_version: int = 10
+    proto_max_bulk_len: int = DEFAULT_PROTO_MAX_BULK_LEN
+    cluster: bool = False
+    databases: int = 16
+
+    def accepts_rdb(self, version: int, valkey_magic: bool = False) -> bool:
+        """Would RESTORE / loading accept a payload of this RDB version?
+
+        Valkey 9 accepts 1..11 and 80 (``VALKEY`` magic); Valkey < 9 accepts 1..11; Redis
+        accepts 1..its own version. The foreign range (Redis 12+ on Valkey, Valkey 80+ on
+        Redis) is never accepted.
+        """
+        if version < 1:
+            return False
+        if valkey_magic or version >= 80:
+            return self.is_valkey and 80 <= version <= self.rdb_version
+        if self.is_valkey:
+            return version <= 11
+        return version <= self.rdb_version
+
+    @classmethod
+    def from_info(cls, info: dict[str, str]) -> TargetInfo:
+        is_valkey = "valkey_version" in info or info.get("server_name") == "valkey"
+        vs = info.get("valkey_version") if is_valkey else None
+        vs = vs or info.get("redis_version", "0.0.0")
+        parts = [int(p) if p.isdigit() else 0 for p in vs.split(".")[:3]]
+        while len(parts) < 3:
+            parts.append(0)
+        version = (parts[0], parts[1], parts[2])
+        return cls(
+            version=version,
+            is_valkey=is_valkey,
+            rdb_version=rdb_version_for(version, is_valkey),
+            cluster=info.get("cluster_enabled") == "1" or info.get("redis_mode") == "cluster",
+        )
+
+
+def parse_info(text: bytes | str) -> dict[str, str]:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#") or ":" not in line:
+            continue
+        k, v = line.split(":", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _config_get(conn: Connection, name: str) -> str | None:
+    try:
+        r = conn.call("CONFIG", "GET", name)
+    except ReplyError:
+        return None  # renamed / forbidden by ACL
+    if isinstance(r, list) and len(r) >= 2:
+        v = r[1]
+        return v.decode() if isinstance(v, bytes) else str(v)
+    return None
+
+
+def probe_target(conn: Connection) -> TargetInfo:
+    """Read INFO server (+ cluster) and a few CONFIG values, tolerating a forbidden CONFIG."""
+    try:
+        conn.call("PING")
+    except ReplyError as e:
+        if e.code in ("NOAUTH", "WRONGPASS", "NOPERM"):
+            raise AuthError(f"{conn.address} refused PING: {e.message}") from None
+        raise
+    info: dict[str, str] = {}
+    for section in ("server", "cluster"):
+        try:
+            info.update(parse_info(conn.call("INFO", section)))
+        except ReplyError:
+            pass
+    ti = TargetInfo.from_info(info)
+    v = _config_get(conn, "proto-max-bulk-len")
+    if v and v.isdigit():
+        ti.proto_max_bulk_len = int(v)
+    v = _config_get(conn, "databases")
+    if v and v.isdigit():
+        ti.databases = int(v)
+    if ti.cluster:
+        ti.databases = 1
+    return ti

@@ -1,0 +1,279 @@
+"""Pipelined writer to one Redis / Valkey server.
+
+Everything runs in the caller's thread: ``write()`` buffers the encoded command, sends a
+batch once it reaches ``SEND_BYTES`` (or half the pipeline window), then reads whatever
+replies have already arrived without waiting. It blocks only for backpressure, when more
+than ``pipeline_count_limit`` commands or ``querybuf_limit`` bytes are unanswered.
+``flush()`` sends the rest and waits for every reply. ``poll()`` is the non-blocking variant
+for idle moments (it also advances ``acked_offset``).
+
+Error replies go to ``on_error(entry, message)``; if that raises, or no handler was given,
+the writer stops and the exception is raised from this and every later call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+from redshake.entry import Entry
+from redshake.resp.conn import Connection, ReplyError, parse_address
+from redshake.resp.encode import encode
+from redshake.writers.base import TargetInfo, WriterError, probe_target
+
+__all__ = ["RedisWriter", "SEND_BYTES", "UNLIMITED_QPS"]
+
+SEND_BYTES = 32 * 1024
+UNLIMITED_QPS = 300000
+
+OnError = Callable[[Entry, str], None]
+
+
+class _Internal:
+    """A command the writer sends on its own (SELECT, ASKING); not counted as an entry."""
+
+    __slots__ = ("desc", "offset")
+
+    def __init__(self, desc: str) -> None:
+        self.desc = desc
+        self.offset = -1
+
+
+_ASKING = encode([b"ASKING"])
+
+
+class RedisWriter:
+    def __init__(
+        self,
+        address: str,
+        *,
+        username: str = "",
+        password: str = "",
+        tls: bool = False,
+        tls_verify: bool = True,
+        tls_config: dict[str, str] | None = None,
+        pipeline_count_limit: int = 1024,
+        querybuf_limit: int = 1024_000_000,
+        max_qps: int = UNLIMITED_QPS,
+        on_error: OnError | None = None,
+        name: str | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        host, port = parse_address(address)
+        tc = tls_config or {}
+        self.host = host
+        self.port = port
+        self.address = address
+        self.conn = Connection(
+            host,
+            port,
+            username=username or None,
+            password=password or None,
+            tls=tls,
+            tls_verify=tls_verify,
+            ca_cert=tc.get("ca_cert") or None,
+            cert=tc.get("cert") or None,
+            key=tc.get("key") or None,
+            timeout=connect_timeout,
+        )
+        try:
+            self.info: TargetInfo = probe_target(self.conn)
+        except BaseException:
+            self.conn.close()
+            raise
+        self.name = name or f"writer_{host}_{port}"
+        self.on_error = on_error
+        self.written = 0
+        self.answered = 0
+        self.errors = 0
+        self.acked_offset = -1
+        self._db = 0
+        self._buf: list[bytes] = []
+        self._buf_bytes = 0
+        self._inflight: deque[tuple[Entry | _Internal, int]] = deque()
+        self._unanswered_bytes = 0
+        self._limit = max(1, int(pipeline_count_limit))
+        self._batch = max(1, self._limit // 2)
+        self._querybuf_limit = max(1, int(querybuf_limit))
+        self._exc: BaseException | None = None
+        self._closed = False
+        self._qps = int(max_qps) if 0 < max_qps < UNLIMITED_QPS else 0
+        self._tokens = float(self._qps)
+        self._tok_time = time.monotonic()
+
+    # -- public API --------------------------------------------------------------------
+
+    def write(self, entry: Entry) -> None:
+        if self._exc is not None:
+            raise self._exc
+        if entry.db != self._db:
+            self._select(entry.db)
+        data = encode(entry.argv)
+        n = len(data)
+        self._buf.append(data)
+        self._buf_bytes += n
+        self._unanswered_bytes += n
+        self._inflight.append((entry, n))
+        self.written += 1
+        if self._buf_bytes >= SEND_BYTES or len(self._buf) >= self._batch:
+            self._send()
+        if self._qps:
+            self._throttle()
+
+    def write_asking(self, entry: Entry) -> None:
+        """Send ``ASKING`` followed by the entry (cluster ASK redirection)."""
+        if self._exc is not None:
+            raise self._exc
+        self._buf.append(_ASKING)
+        self._buf_bytes += len(_ASKING)
+        self._unanswered_bytes += len(_ASKING)
+        self._inflight.append((_Internal("ASKING"), len(_ASKING)))
+        self.write(entry)
+
+    def poll(self) -> None:
+        """Send buffered commands and handle replies that already arrived; never waits."""
+        if self._exc is not None:
+            raise self._exc
+        if self._buf:
+            self._send()
+        elif self._inflight:
+            self._guard(self._read_available)
+
+    def flush(self) -> None:
+        """Send everything and block until every written entry has a reply."""
+        if self._exc is not None:
+            raise self._exc
+        if self._buf:
+            self._send()
+        while self._inflight:
+            self._guard(self._read_blocking)
+
+    def flushall(self) -> None:
+        self.flush()
+        self._guard(lambda: self.conn.call("FLUSHALL"))
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.conn.close()
+
+    def status(self) -> dict:
+        return {
+            "name": self.name,
+            "unanswered_bytes": self._unanswered_bytes,
+            "unanswered_entries": self.written - self.answered,
+        }
+
+    @property
+    def idle(self) -> bool:
+        return not self._inflight and not self._buf
+
+    @property
+    def pending(self) -> int:
+        return len(self._inflight)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _select(self, db: int) -> None:
+        if db < 0:
+            raise WriterError(f"{self.name}: invalid db {db}")
+        data = encode([b"SELECT", b"%d" % db])
+        self._buf.append(data)
+        self._buf_bytes += len(data)
+        self._unanswered_bytes += len(data)
+        self._inflight.append((_Internal(f"SELECT {db}"), len(data)))
+        self._db = db
+
+    def _guard(self, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except BaseException as e:
+            if self._exc is None:
+                self._exc = e if not isinstance(e, OSError) else WriterError(str(e))
+            raise
+
+    def _send(self) -> None:
+        data = b"".join(self._buf) if len(self._buf) > 1 else self._buf[0]
+        self._buf.clear()
+        self._buf_bytes = 0
+        try:
+            self.conn.send(data)
+            self._read_available()
+            inflight = self._inflight
+            while inflight and (
+                len(inflight) > self._limit or self._unanswered_bytes > self._querybuf_limit
+            ):
+                self._read_blocking()
+        except BaseException as e:
+            if self._exc is None:
+                self._exc = e if not isinstance(e, OSError) else WriterError(f"{self.name}: {e}")
+            raise
+
+    def _read_available(self) -> None:
+        if self.conn.fill_available():
+            self._process()
+
+    def _read_blocking(self) -> None:
+        self.conn.fill()
+        self._process()
+
+    def _process(self) -> None:
+        gets = self.conn.reader.gets
+        popleft = self._inflight.popleft
+        freed = 0
+        cnt = 0
+        last = None
+        while True:
+            r = gets()
+            if r is False:
+                break
+            entry, n = popleft()
+            freed += n
+            cnt += 1
+            last = entry
+            if r.__class__ is ReplyError or entry.__class__ is _Internal:
+                # account before calling out, so status stays right if the handler raises
+                self._unanswered_bytes -= freed
+                freed = 0
+                if entry.__class__ is _Internal:
+                    cnt -= 1
+                    self.answered += cnt
+                    cnt = 0
+                    if r.__class__ is ReplyError:
+                        raise WriterError(
+                            f"{self.name}: {entry.desc} failed on {self.conn.address}: {r.message}"  # type: ignore[union-attr]
+                        )
+                else:
+                    self.answered += cnt
+                    cnt = 0
+                    self._on_reply_error(entry, r)  # type: ignore[arg-type]
+        self._unanswered_bytes -= freed
+        self.answered += cnt
+        if last is not None and last.offset >= 0:
+            self.acked_offset = last.offset
+
+    def _on_reply_error(self, entry: Entry, err: ReplyError) -> None:
+        self.errors += 1
+        if self.on_error is None:
+            raise WriterError(f"{self.name}: error reply for {entry!r}: {err.message}")
+        self.on_error(entry, err.message)
+
+    def _throttle(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(float(self._qps), self._tokens + (now - self._tok_time) * self._qps)
+        self._tok_time = now
+        self._tokens -= 1.0
+        if self._tokens < 0:
+            if self._buf:
+                self._send()
+            time.sleep(-self._tokens / self._qps)
+
+    def __enter__(self) -> RedisWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<RedisWriter {self.name}>"

@@ -1,0 +1,59 @@
+"""Find a sentinel-managed master (resolved once, like RedisShake; no failover following)."""
+
+from __future__ import annotations
+
+from redshake.resp.conn import Connection, ConnError, ReplyError, format_address, parse_address
+
+__all__ = ["resolve_master", "SentinelError"]
+
+
+class SentinelError(ConnError):
+    """The sentinel does not know the master, or cannot be asked."""
+
+
+def resolve_master(
+    sentinel_address: str,
+    master_name: str,
+    *,
+    username: str = "",
+    password: str = "",
+    tls: bool = False,
+    tls_config: dict[str, str] | None = None,
+    tls_verify: bool = True,
+    timeout: float = 10.0,
+) -> str:
+    """``SENTINEL GET-MASTER-ADDR-BY-NAME master_name`` -> ``"host:port"``.
+
+    ``sentinel_address`` may list several sentinels separated by commas; the first one that
+    answers is used.
+    """
+    tc = tls_config or {}
+    errors: list[str] = []
+    for addr in [a.strip() for a in sentinel_address.split(",") if a.strip()]:
+        host, port = parse_address(addr, default_port=26379)
+        try:
+            with Connection(
+                host,
+                port,
+                username=username or None,
+                password=password or None,
+                tls=tls,
+                tls_verify=tls_verify,
+                ca_cert=tc.get("ca_cert") or None,
+                cert=tc.get("cert") or None,
+                key=tc.get("key") or None,
+                timeout=timeout,
+                io_timeout=timeout,
+            ) as conn:
+                reply = conn.call("SENTINEL", "GET-MASTER-ADDR-BY-NAME", master_name)
+        except (ConnError, ReplyError) as e:
+            errors.append(f"{addr}: {e}")
+            continue
+        if not reply:
+            raise SentinelError(f"sentinel {addr} does not know a master named {master_name!r}")
+        mhost = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        mport = int(reply[1])
+        return format_address(mhost, mport)
+    raise SentinelError(
+        f"no sentinel could resolve master {master_name!r}: " + "; ".join(errors or ["no address"])
+    )
