@@ -333,6 +333,17 @@ class ClusterWriter:
             self._exc = e
             raise
 
+    def exists(self, db: int, key: bytes) -> bool:
+        """Synchronously ask the owner of ``key``'s slot whether it exists."""
+        self.flush()
+        w = self._slots[key_slot(key)]
+        if w is None:
+            self.refresh_topology()
+            w = self._slots[key_slot(key)]
+            if w is None:
+                raise WriterError(f"{self.name}: slot {key_slot(key)} is not served")
+        return w.exists(db, key)
+
     def flushall(self) -> None:
         self.flush()
         for w in self.masters:

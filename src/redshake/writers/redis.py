@@ -149,6 +149,18 @@ class RedisWriter:
         while self._inflight:
             self._guard(self._read_blocking)
 
+    def exists(self, db: int, key: bytes) -> bool:
+        """Synchronously ask whether ``key`` exists in ``db`` (after everything written so far
+        has been applied). Used before rebuilding a key with commands, so an existing key is
+        never merged into when existing keys must be kept or reported."""
+        self.flush()
+        if db != self._db:
+            self._guard(lambda: self.conn.call("SELECT", db))
+            self._db = db
+        out: list[object] = []
+        self._guard(lambda: out.append(self.conn.call("EXISTS", key)))
+        return out[0] == 1
+
     def flushall(self) -> None:
         self.flush()
         self._guard(lambda: self.conn.call("FLUSHALL"))

@@ -1,0 +1,69 @@
+"""Command line: ``redshake CONFIG.toml`` (also installed as ``redis-shake``)."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+from . import __version__
+
+USAGE = """\
+usage: redshake CONFIG.toml
+       redshake version | --version | -v
+       redshake --help
+
+Runs the sync / restore described by CONFIG.toml (RedisShake v4 `shake.toml` or v3
+`sync.toml` format).
+
+exit codes: 0 done, 1 runtime failure, 2 bad config or bad input
+"""
+
+
+def version_line() -> str:
+    return f"redshake version {__version__} {sys.platform}/{platform.machine()} (python {platform.python_version()})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        sys.stderr.write("config file not found: give the path of a config file\n\n" + USAGE)
+        return 2
+    if args[0] in ("-h", "--help", "help"):
+        sys.stdout.write(USAGE)
+        return 0
+    if args[0] in ("-v", "--version", "version"):
+        print(version_line())
+        return 0
+    p = argparse.ArgumentParser(prog="redshake", usage=USAGE, add_help=False)
+    p.add_argument("config")
+    ns, extra = p.parse_known_args(args)
+    if extra:
+        sys.stderr.write(f"unexpected arguments: {' '.join(extra)}\n\n" + USAGE)
+        return 2
+
+    from .config.loader import ConfigError, load_config
+
+    try:
+        cfg = load_config(ns.config)
+    except ConfigError as e:
+        sys.stderr.write(f"config error: {e}\n")
+        return 2
+    except FileNotFoundError:
+        sys.stderr.write(f"config file not found: {ns.config}\n")
+        return 2
+
+    from .pipeline import run
+    from .workdir import WorkDirLocked
+
+    try:
+        return run(cfg)
+    except WorkDirLocked as e:
+        sys.stderr.write(f"{e}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,377 @@
+"""Wiring: reader -> (filter) -> writer, with status, logs, progress and clean shutdown."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from .config.schema import Config
+from .entry import Entry
+from .rdb import records as R
+from .rdb.primitives import RdbError
+from .readers.rdb_entries import ConversionError, RdbToEntries, TargetCaps
+
+__all__ = ["run", "FatalError", "Interrupted", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+log = logging.getLogger("redshake")
+
+
+class FatalError(Exception):
+    """Stops the run with exit code 1 after in-flight work is flushed where possible."""
+
+
+class Interrupted(Exception):
+    pass
+
+
+class _Stop:
+    """SIGINT/SIGTERM: the first asks the pipeline to stop cleanly, a second SIGINT exits now."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        self.signame = ""
+        self._old: dict[int, object] = {}
+
+    def __call__(self) -> bool:
+        return self.flag
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum, _frame) -> None:
+        if self.flag and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.flag = True
+        self.signame = signal.Signals(signum).name
+        log.warning(
+            "got signal %s, stopping: flushing what is in flight (send SIGINT again to exit at once)",
+            self.signame,
+        )
+
+
+class ErrorPolicy:
+    """Decides what an error reply from the target means. Every error is counted and logged
+    with the key; BUSYKEY follows ``rdb_restore_command_behavior``; anything else stops."""
+
+    def __init__(self, behavior: str, stats) -> None:
+        self.behavior = behavior
+        self.stats = stats
+        self.busy_skipped = 0
+        self.failed = 0
+        self.by_kind: Counter[str] = Counter()
+
+    def __call__(self, entry: Entry, message: str) -> None:
+        key = entry.argv[1] if len(entry.argv) > 1 else b""
+        cmd = entry.argv[0].decode("ascii", "replace").upper() if entry.argv else "?"
+        if message.startswith("BUSYKEY") and cmd == "RESTORE":
+            self.existing_key(entry.db, key)
+            return
+        self.failed += 1
+        self.by_kind[message.split(" ", 1)[0]] += 1
+        log.error("target replied error to %s on key %r (db %d): %s", cmd, key, entry.db, message)
+        raise FatalError(f"target error for {cmd} key {key!r} in db {entry.db}: {message}")
+
+    def existing_key(self, db: int, key: bytes) -> None:
+        if self.behavior == "skip":
+            self.busy_skipped += 1
+            if self.busy_skipped <= 10:
+                log.warning(
+                    "key %r (db %d) already exists on the target: skipped (rdb_restore_command_behavior = skip)",
+                    key,
+                    db,
+                )
+            return
+        raise FatalError(
+            f"key {key!r} (db {db}) already exists on the target (BUSYKEY). Set "
+            'advanced.rdb_restore_command_behavior = "rewrite" to replace existing keys, '
+            '"skip" to keep them, or empty_db_before_sync = true'
+        )
+
+
+def _tls_dict(c) -> dict | None:
+    t = getattr(c, "tls_config", None)
+    if t is None:
+        return None
+    d = {k: getattr(t, k, "") for k in ("ca_cert", "cert", "key")}
+    return d if any(d.values()) else None
+
+
+def build_writer(cfg: Config, on_error):
+    wc = cfg.writer
+    adv = cfg.advanced
+    address = wc.address
+    sentinel = getattr(wc, "sentinel", None)
+    if sentinel is not None and getattr(sentinel, "address", ""):
+        from .writers.sentinel import resolve_master
+
+        address = resolve_master(
+            sentinel.address,
+            sentinel.master_name,
+            username=sentinel.username,
+            password=sentinel.password,
+            tls=sentinel.tls,
+            tls_config=_tls_dict(sentinel),
+        )
+        log.info("sentinel %s: master %r is at %s", sentinel.address, sentinel.master_name, address)
+    kw = dict(
+        username=wc.username,
+        password=wc.password,
+        tls=wc.tls,
+        tls_config=_tls_dict(wc),
+        pipeline_count_limit=adv.pipeline_count_limit,
+        querybuf_limit=adv.target_redis_client_max_querybuf_len,
+        max_qps=adv.target_redis_max_qps,
+        on_error=on_error,
+    )
+    tls_verify = not getattr(wc, "tls_skip_verify", False)
+    if wc.cluster:
+        from .writers.cluster import ClusterWriter
+
+        return ClusterWriter(address, tls_verify=tls_verify, **kw)
+    from .writers.redis import RedisWriter
+
+    return RedisWriter(address, tls_verify=tls_verify, **kw)
+
+
+def _fmt_version(v) -> str:
+    return ".".join(map(str, v))
+
+
+def run(cfg: Config) -> int:
+    """Run a loaded config. Returns the process exit code."""
+    from .status.logging import format_progress, setup_logging
+    from .status.stats import Stats
+    from .workdir import WorkDir
+
+    adv = cfg.advanced
+    with WorkDir(adv.dir) as wd:
+        log_path = Path(adv.log_file)
+        if not log_path.is_absolute():
+            log_path = Path(wd.path) / log_path
+        setup_logging(
+            adv.log_level,
+            log_path,
+            rotation=adv.log_rotation,
+            max_size_mb=adv.log_max_size,
+            max_age_days=adv.log_max_age,
+            max_backups=adv.log_max_backups,
+            compress=adv.log_compress,
+        )
+        log.info("load config from file: %s", cfg.path)
+        log.info("log_level: [%s], log_file: [%s]", adv.log_level, log_path)
+        log.info("work dir: [%s]", wd.path)
+        stats = Stats()
+        stop = _Stop()
+        stop.install()
+        try:
+            if cfg.reader_type == "rdb":
+                return _run_rdb(cfg, stats, stop, format_progress)
+            log.error(
+                "the %s reader is not implemented yet in this version of redshake", cfg.reader_type
+            )
+            return EXIT_BAD_INPUT
+        finally:
+            stop.restore()
+
+
+class _Ticker(threading.Thread):
+    """Refreshes ops every second and prints the progress line every log_interval s."""
+
+    def __init__(self, stats, interval: int, line) -> None:
+        super().__init__(name="redshake-ticker", daemon=True)
+        self.stats = stats
+        self.interval = interval
+        self.line = line
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        while not self.halt.wait(1.0):
+            self.stats.tick()
+            n += 1
+            if self.interval > 0 and n % self.interval == 0:
+                try:
+                    log.info(self.line())
+                except Exception:  # never let status kill the run
+                    log.debug("progress line failed", exc_info=True)
+
+
+def _run_rdb(cfg: Config, stats, stop: _Stop, format_progress) -> int:
+    from .readers.rdb_reader import RdbFileReader, check_rdb_file
+    from .status.progress import Progress
+
+    adv = cfg.advanced
+    path = Path(cfg.reader.filepath)
+    if not path.is_file():
+        log.error("rdb_reader.filepath: file not found: %s", path)
+        return EXIT_BAD_INPUT
+    t0 = time.monotonic()
+    # 1. Validate the file before touching the target.
+    try:
+        how = check_rdb_file(path, stop)
+    except RdbError as e:
+        log.error("invalid RDB file %s: %s. Nothing was written to the target.", path, e)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        log.warning("interrupted while checking the file; nothing was written")
+        return EXIT_FAILURE
+    log.info("rdb file %s checked (%s) in %.2fs", path, how, time.monotonic() - t0)
+
+    policy = ErrorPolicy(adv.rdb_restore_command_behavior, stats)
+    writer = build_writer(cfg, policy)
+    info = writer.info
+    log.info(
+        "target %s: %s %s (RDB %d)%s",
+        cfg.writer.address,
+        "valkey" if info.is_valkey else "redis",
+        _fmt_version(info.version),
+        info.rdb_version,
+        " cluster" if cfg.writer.cluster else "",
+    )
+    reader = RdbFileReader(path)
+    status_server = _start_status(cfg, stats, reader, writer)
+    if adv.empty_db_before_sync:
+        log.info("empty_db_before_sync: FLUSHALL on the target")
+        writer.flushall()
+
+    def line() -> str:
+        return format_progress(
+            stats.read_count, stats.read_ops, stats.write_count, stats.write_ops, reader.status_line()
+        )
+
+    ticker = _Ticker(stats, adv.log_interval, line)
+    ticker.start()
+    progress = Progress(reader.size, f"restoring {path.name}")
+    caps = TargetCaps.from_target_info(info, adv.target_redis_proto_max_bulk_len)
+
+    def probe(db: int, key: bytes) -> bool:
+        return writer.exists(db, key)
+
+    conv = None
+    keys_read = 0
+    code = EXIT_OK
+    t1 = time.monotonic()
+    log.info("start syncing...")
+    try:
+        write = writer.write
+        count_read = stats.count_read
+        count_write = stats.count_write
+        names: dict[bytes, str] = {}
+        key_records = (R.KeyValue, R.BigKeyStart)
+        last_progress = 0.0
+        for rec in reader.records(stop):
+            if conv is None and reader.parser.version:
+                conv = RdbToEntries(
+                    caps,
+                    src_version=reader.parser.version,
+                    src_valkey=reader.parser.is_valkey,
+                    behavior=adv.rdb_restore_command_behavior,
+                    probe_exists=probe if hasattr(writer, "exists") else None,
+                    on_existing=policy.existing_key,
+                )
+            for e in conv.convert(rec):
+                raw_name = e.argv[0]
+                name = names.get(raw_name)
+                if name is None:
+                    name = names[raw_name] = raw_name.decode("ascii", "replace").upper()
+                count_read(name)
+                write(e)
+                count_write(name)
+            if type(rec) in key_records:
+                keys_read += 1
+                if not keys_read & 1023:
+                    now = time.monotonic()
+                    if now - last_progress > 0.2:
+                        last_progress = now
+                        progress.update(reader.sent, keys_read)
+        writer.flush()
+        if stop():
+            log.warning(
+                "stopped by %s before the end of the file: the restore is incomplete", stop.signame
+            )
+            code = EXIT_FAILURE
+    except FatalError as e:
+        log.error("%s", e)
+        code = EXIT_FAILURE
+    except (RdbError, ConversionError) as e:
+        log.error("cannot restore %s: %s", path, e)
+        code = EXIT_FAILURE
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        code = EXIT_FAILURE
+    except Exception as e:  # connection loss and the like
+        log.error("restore failed: %s: %s", type(e).__name__, e)
+        log.debug("traceback", exc_info=True)
+        code = EXIT_FAILURE
+    finally:
+        ticker.halt.set()
+        progress.close()
+        try:
+            writer.close()
+        except Exception:
+            pass
+        if status_server is not None:
+            status_server.close()
+    elapsed = time.monotonic() - t1
+    _summary(conv, keys_read, policy, reader, elapsed, code)
+    return code
+
+
+def _summary(conv, keys_read, policy, reader, elapsed, code) -> None:
+    skipped = Counter(conv.skipped) if conv else Counter()
+    if policy.busy_skipped:
+        skipped["busykey"] += policy.busy_skipped
+    methods = conv.methods if conv else Counter()
+    written = sum(methods.values()) - policy.busy_skipped
+    rate = keys_read / elapsed if elapsed > 0 else 0.0
+    mbs = reader.sent / elapsed / 1e6 if elapsed > 0 else 0.0
+    sk = ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())) or "none"
+    how = ", ".join(f"{k}={v}" for k, v in sorted(methods.items())) or "none"
+    log.info(
+        "summary: keys read=%d, written=%d (%s), skipped=%d (%s), failed=%d; %.2fs, %.0f keys/s, %.1f MB/s",
+        keys_read,
+        written,
+        how,
+        sum(skipped.values()),
+        sk,
+        policy.failed,
+        elapsed,
+        rate,
+        mbs,
+    )
+    if code == EXIT_OK:
+        log.info("all done")
+
+
+def _start_status(cfg: Config, stats, reader, writer):
+    port = cfg.advanced.status_port
+    if not port:
+        return None
+    from .status.server import StatusBoard, StatusServer
+
+    board = StatusBoard(
+        stats,
+        reader=reader.status,
+        writer=writer.status,
+        consistent=lambda: bool(reader.consistent() and _writer_consistent(writer)),
+    )
+    return StatusServer(port, cfg.advanced.status_bind, board).start()
+
+
+def _writer_consistent(writer) -> bool:
+    st = writer.status()
+    items = st if isinstance(st, list) else [st]
+    return all(not s.get("unanswered_entries") for s in items)

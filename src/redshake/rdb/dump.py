@@ -1,0 +1,138 @@
+"""DUMP payloads (protocols.md §2): building them from raw RDB value bytes, re-stamping them
+for an older target, and re-encoding decoded values into the plain RDB encodings every
+target understands.
+
+A payload is ``type byte | value bytes | rdb version (u16 LE) | CRC64 (u64 LE)``.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .primitives import crc64
+
+__all__ = [
+    "make_payload",
+    "type_min_version",
+    "restore_version",
+    "encode_string",
+    "encode_length",
+    "plain_encode",
+    "PLAIN_TYPES",
+]
+
+_U16 = struct.Struct("<H").pack
+_U64 = struct.Struct("<Q").pack
+_U32BE = struct.Struct(">I").pack
+_U64BE = struct.Struct(">Q").pack
+_DOUBLE = struct.Struct("<d").pack
+
+# First RDB version in which each object type byte exists with its current layout.
+# Types 0..21 mean the same thing in Redis and Valkey; 22+ differ (protocols.md §0).
+_TYPE_MIN_VERSION = {
+    0: 1, 1: 1, 2: 1, 3: 1, 4: 1,
+    5: 8, 7: 8,
+    9: 2, 10: 2, 11: 2, 12: 2, 13: 4, 14: 7,
+    15: 9, 16: 10, 17: 10, 18: 10, 19: 10, 20: 11, 21: 11,
+}  # fmt: skip
+
+
+def type_min_version(type_byte: int) -> int | None:
+    """The oldest RDB version that can hold ``type_byte`` (None for engine-specific types)."""
+    return _TYPE_MIN_VERSION.get(type_byte)
+
+
+def make_payload(type_byte: int, raw, version: int) -> bytes:
+    body = b"".join((bytes((type_byte,)), raw, _U16(version)))
+    return body + _U64(crc64(body))
+
+
+def restore_version(
+    type_byte: int, src_version: int, src_valkey: bool, accepts, target_plain_max: int
+) -> int | None:
+    """Pick the version to stamp on a RESTORE payload, or None when the target cannot load
+    this type at all and the value must be re-encoded or rebuilt with commands.
+
+    ``accepts(version, valkey_magic)`` says whether the target takes a payload version as is.
+    ``target_plain_max`` is the newest *Redis-compatible* (non-foreign) version the target
+    reads (11 for Valkey 8/9, the own version for Redis).
+
+    The exact source version is used whenever the target accepts it. Otherwise the payload is
+    re-stamped with the target's version when the type byte predates it: the value bytes of
+    types 0..21 are laid out identically in every version that knows the type, and RESTORE
+    only checks the version number before parsing the type.
+    """
+    if accepts(src_version, src_valkey):
+        return src_version
+    need = _TYPE_MIN_VERSION.get(type_byte)
+    if need is not None and need <= target_plain_max:
+        return target_plain_max
+    return None
+
+
+def encode_length(n: int) -> bytes:
+    if n < 64:
+        return bytes((n,))
+    if n < 16384:
+        return bytes((0x40 | (n >> 8), n & 0xFF))
+    if n <= 0xFFFFFFFF:
+        return b"\x80" + _U32BE(n)
+    return b"\x81" + _U64BE(n)
+
+
+def encode_string(s: bytes) -> bytes:
+    n = len(s)
+    if n < 64:
+        return bytes((n,)) + s
+    return encode_length(n) + s
+
+
+# Plain (non-compact) encodings, understood by every Redis/Valkey since RDB 1 (ZSET_2: 8).
+PLAIN_TYPES = {"string": 0, "list": 1, "set": 2, "zset": 3, "hash": 4, "zset2": 5}
+
+
+def _score_text(score: bytes) -> bytes:
+    return score
+
+
+def plain_encode(kind: str, items, target_version: int) -> tuple[int, bytes]:
+    """Encode a decoded value with the plain encodings: returns (type byte, raw value bytes).
+
+    kind: 'string' (items = bytes), 'list'/'set' (iterable of bytes), 'zset' (list of
+    (member, score text)), 'hash' (list of (field, value)).
+    Zsets use binary doubles (ZSET_2) for targets >= RDB 8, string doubles otherwise.
+    """
+    if kind == "string":
+        return 0, encode_string(items)
+    es = encode_string
+    if kind in ("list", "set"):
+        parts = [encode_length(len(items))]
+        parts.extend(es(x) for x in items)
+        return (1 if kind == "list" else 2), b"".join(parts)
+    if kind == "hash":
+        parts = [encode_length(len(items))]
+        for f, v in items:
+            parts.append(es(f))
+            parts.append(es(v))
+        return 4, b"".join(parts)
+    if kind == "zset":
+        parts = [encode_length(len(items))]
+        if target_version >= 8:
+            for m, s in items:
+                parts.append(es(m))
+                parts.append(_DOUBLE(float(s)))
+            return 5, b"".join(parts)
+        for m, s in items:
+            parts.append(es(m))
+            f = float(s)
+            if f != f:
+                raise ValueError("NaN score")
+            if f == float("inf"):
+                parts.append(b"\xfe")
+            elif f == float("-inf"):
+                parts.append(b"\xff")
+            else:
+                t = repr(f).encode()
+                parts.append(bytes((len(t),)) + t)
+        return 3, b"".join(parts)
+    raise ValueError(f"cannot plain-encode a {kind}")

@@ -1,0 +1,329 @@
+"""Turn RDB records into entries for a given target.
+
+Every key is written the cheapest way the target can load faithfully:
+
+1. ``RESTORE`` with the raw value bytes, stamped with the source RDB version, when the target
+   accepts that version (no decoding at all);
+2. ``RESTORE`` re-stamped with the target's own version when the value's type byte already
+   exists there (types 0..21 keep their layout across versions) - this is how a Valkey 9 or
+   Redis 7.2 snapshot goes into Redis 7.0 without decoding;
+3. ``RESTORE`` of the value re-encoded with the plain encodings every target reads (list,
+   set, zset, hash of rdb-strings) - downgrades of compact encodings (listpack sets into
+   Redis 7.0, listpacks into Redis 6, ...);
+4. plain commands, many elements per command (RPUSH/SADD/ZADD/HSET/XADD/...), for values
+   larger than ``proto_max_bulk_len``, values that arrive in parts (big keys), streams a target
+   cannot load, field TTLs, or when forced with ``target_redis_proto_max_bulk_len = 0``.
+
+Key TTLs are always absolute: ``RESTORE ... ABSTTL`` / ``PEXPIREAT``. Keys already expired are
+skipped and counted, so are empty aggregates (an old Redis bug left some in RDB files).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+from ..entry import KEYLESS_ALL_MASTERS, Entry
+from ..rdb import records as R
+from ..rdb.dump import make_payload, plain_encode, restore_version
+
+__all__ = ["TargetCaps", "RdbToEntries", "ConversionError"]
+
+# Logical kinds of the value types that can be re-encoded with the plain encodings.
+_PLAIN_KIND = {
+    0: "string",
+    1: "list", 10: "list", 14: "list", 18: "list",
+    2: "set", 11: "set", 20: "set",
+    3: "zset", 5: "zset", 12: "zset", 17: "zset",
+    4: "hash", 9: "hash", 13: "hash", 16: "hash",
+}  # fmt: skip
+
+_PXAT_VERSION = (6, 2, 0)
+
+
+class ConversionError(Exception):
+    """A value that cannot be written to this target at all (e.g. field TTLs on an old target)."""
+
+
+class TargetCaps:
+    """What the converter needs to know about the target."""
+
+    __slots__ = (
+        "version",
+        "is_valkey",
+        "rdb_version",
+        "plain_max",
+        "proto_max_bulk_len",
+        "accepts",
+    )
+
+    def __init__(
+        self,
+        version: tuple[int, int, int],
+        is_valkey: bool,
+        rdb_version: int,
+        proto_max_bulk_len: int,
+        accepts: Callable[[int, bool], bool],
+    ) -> None:
+        self.version = version
+        self.is_valkey = is_valkey
+        self.rdb_version = rdb_version
+        self.plain_max = min(rdb_version, 11) if is_valkey else rdb_version
+        self.proto_max_bulk_len = proto_max_bulk_len
+        self.accepts = accepts
+
+    @classmethod
+    def from_target_info(cls, info, proto_max_bulk_len_setting: int) -> TargetCaps:
+        limit = (
+            min(proto_max_bulk_len_setting, info.proto_max_bulk_len)
+            if proto_max_bulk_len_setting
+            else 0
+        )
+        return cls(info.version, info.is_valkey, info.rdb_version, limit, info.accepts_rdb)
+
+
+class RdbToEntries:
+    """Stateful converter: call :meth:`convert` for each parser record, in order.
+
+    ``behavior`` is ``rdb_restore_command_behavior``: ``rewrite`` adds REPLACE (and DEL before
+    a command rebuild); ``panic``/``skip`` leave existing keys to the writer's BUSYKEY policy.
+    For command rebuilds (no RESTORE possible) ``probe_exists(db, key)`` is asked first so an
+    existing key is never merged into; without a probe the key is deleted first.
+    """
+
+    def __init__(
+        self,
+        caps: TargetCaps,
+        *,
+        src_version: int,
+        src_valkey: bool,
+        behavior: str = "panic",
+        probe_exists: Callable[[int, bytes], bool] | None = None,
+        on_existing: Callable[[int, bytes], None] | None = None,
+        now_ms: Callable[[], int] | None = None,
+        max_items: int = 512,
+        max_bytes: int = 1 << 20,
+    ) -> None:
+        self.caps = caps
+        self.src_version = src_version
+        self.src_valkey = src_valkey
+        self.behavior = behavior
+        self.probe_exists = probe_exists
+        self.on_existing = on_existing
+        self.now_ms = now_ms or (lambda: int(time.time() * 1000))
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.skipped: Counter[str] = Counter()
+        self.methods: Counter[str] = Counter()
+        self.repl_stream_db: int | None = None
+        tv = caps.version
+        self._abs_ttl = tv >= (5, 0, 0)
+        self._replace = behavior == "rewrite"
+        # current big key being streamed: (db, key, kind, expire_ms, skipping)
+        self._big: tuple[int, bytes, str, int, bool] | None = None
+
+    # -- records -------------------------------------------------------------------------
+
+    def convert(self, rec) -> Iterator[Entry]:
+        t = type(rec)
+        if t is R.KeyValue:
+            return self._key(rec)
+        if t is R.BigKeyPart:
+            return self._big_part(rec)
+        if t is R.BigKeyStart:
+            return self._big_start(rec)
+        if t is R.BigKeyEnd:
+            return self._big_end()
+        if t is R.Function:
+            return self._function(rec)
+        if t is R.Aux:
+            return self._aux(rec)
+        if t is R.ModuleAux:
+            self.skipped["module_aux"] += 1
+            return iter(())
+        return iter(())
+
+    def _aux(self, rec) -> Iterator[Entry]:
+        if rec.key == b"repl-stream-db":
+            try:
+                self.repl_stream_db = int(rec.value)
+            except ValueError:
+                pass
+        elif rec.key == b"lua":
+            yield Entry(0, [b"SCRIPT", b"LOAD", rec.value], KEYLESS_ALL_MASTERS)
+
+    def _function(self, rec) -> Iterator[Entry]:
+        if self.caps.version < (7, 0, 0) and not self.caps.is_valkey:
+            raise ConversionError(
+                f"the RDB holds a function library but the target (version "
+                f"{'.'.join(map(str, self.caps.version))}) has no FUNCTION command"
+            )
+        yield Entry(0, [b"FUNCTION", b"LOAD", b"REPLACE", rec.code], KEYLESS_ALL_MASTERS)
+
+    # -- keys ----------------------------------------------------------------------------
+
+    def _skip_reason(self, rec) -> str | None:
+        if rec.empty:
+            return "empty"
+        if rec.expire_ms != -1 and rec.expire_ms <= self.now_ms():
+            return "expired"
+        return None
+
+    def _restore_argv(self, key: bytes, payload: bytes, rec) -> list[bytes]:
+        if rec.expire_ms == -1:
+            argv = [b"RESTORE", key, b"0", payload]
+        elif self._abs_ttl:
+            argv = [b"RESTORE", key, str(rec.expire_ms).encode(), payload, b"ABSTTL"]
+        else:
+            ttl = max(1, rec.expire_ms - self.now_ms())
+            argv = [b"RESTORE", key, str(ttl).encode(), payload]
+        if self._replace:
+            argv.append(b"REPLACE")
+        if self._abs_ttl:
+            if rec.idle != -1:
+                argv += (b"IDLETIME", str(rec.idle).encode())
+            elif rec.freq != -1:
+                argv += (b"FREQ", str(rec.freq).encode())
+        return argv
+
+    def _key(self, rec) -> Iterator[Entry]:
+        reason = self._skip_reason(rec)
+        if reason:
+            self.skipped[reason] += 1
+            return
+        caps = self.caps
+        limit = caps.proto_max_bulk_len
+        key = rec.key
+        db = rec.db
+        if limit:
+            ver = restore_version(
+                rec.type, self.src_version, self.src_valkey, caps.accepts, caps.plain_max
+            )
+            if ver is not None and len(rec.raw) + 11 <= limit:
+                self.methods["restore"] += 1
+                yield Entry(
+                    db, self._restore_argv(key, make_payload(rec.type, rec.raw, ver), rec), key
+                )
+                return
+        value = self._decode(rec)
+        if limit:
+            kind = _PLAIN_KIND.get(rec.type)
+            if kind is not None:
+                items = _plain_items(kind, value)
+                if items is not None:
+                    t, raw = plain_encode(kind, items, caps.plain_max)
+                    if len(raw) + 11 <= limit:
+                        self.methods["restore_reencoded"] += 1
+                        payload = make_payload(t, raw, caps.plain_max)
+                        yield Entry(db, self._restore_argv(key, payload, rec), key)
+                        return
+        # Rebuild with commands.
+        if not self._prepare_rebuild(db, key):
+            return
+        if self._replace or self.probe_exists is None:
+            yield Entry(db, [b"DEL", key], key)
+        self.methods["commands"] += 1
+        from ..rdb.rewrite import RewriteError, value_to_commands
+
+        try:
+            for argv in value_to_commands(
+                key,
+                value,
+                expire_ms=rec.expire_ms,
+                target_version=caps.version,
+                target_valkey=caps.is_valkey,
+                max_items=self.max_items,
+                max_bytes=self.max_bytes,
+            ):
+                yield Entry(db, argv, key)
+        except RewriteError as e:
+            raise ConversionError(str(e)) from None
+
+    def _decode(self, rec):
+        from ..rdb.values import decode_value
+
+        try:
+            return decode_value(rec.type, rec.raw, valkey=self.src_valkey)
+        except Exception as e:
+            if hasattr(e, "offset") and getattr(e, "offset", None) is None:
+                e.offset = rec.offset
+            if hasattr(e, "key") and getattr(e, "key", None) is None:
+                e.key = rec.key
+            raise
+
+    def _prepare_rebuild(self, db: int, key: bytes) -> bool:
+        """For panic/skip: ask the target whether the key exists before rebuilding it with
+        commands (commands would merge into an existing key). Returns False to skip it."""
+        if self._replace or self.probe_exists is None:
+            return True
+        if self.probe_exists(db, key):
+            if self.on_existing is not None:
+                self.on_existing(db, key)  # raises for panic
+            self.skipped["busykey"] += 1
+            return False
+        return True
+
+    # -- big keys (values that arrive in parts) -------------------------------------------
+
+    def _big_start(self, rec) -> Iterator[Entry]:
+        reason = None
+        if rec.expire_ms != -1 and rec.expire_ms <= self.now_ms():
+            reason = "expired"
+        if reason or not self._prepare_rebuild(rec.db, rec.key):
+            if reason:
+                self.skipped[reason] += 1
+            self._big = (rec.db, rec.key, rec.kind, rec.expire_ms, True)
+            return
+        self._big = (rec.db, rec.key, rec.kind, rec.expire_ms, False)
+        self.methods["commands_streamed"] += 1
+        if self._replace or self.probe_exists is None:
+            yield Entry(rec.db, [b"DEL", rec.key], rec.key)
+
+    def _big_part(self, rec) -> Iterator[Entry]:
+        if self._big is None:
+            raise ConversionError("value part outside of a big key")
+        db, key, kind, _exp, skipping = self._big
+        if skipping:
+            return
+        from ..rdb.rewrite import RewriteError, items_to_commands
+
+        try:
+            for argv in items_to_commands(
+                key,
+                kind,
+                rec.items,
+                max_items=self.max_items,
+                max_bytes=self.max_bytes,
+                target_version=self.caps.version,
+                target_valkey=self.caps.is_valkey,
+            ):
+                yield Entry(db, argv, key)
+        except RewriteError as e:
+            raise ConversionError(str(e)) from None
+
+    def _big_end(self) -> Iterator[Entry]:
+        big, self._big = self._big, None
+        if big is None:
+            return
+        db, key, _kind, exp, skipping = big
+        if not skipping and exp != -1:
+            yield Entry(db, [b"PEXPIREAT", key, str(exp).encode()], key)
+
+
+def _plain_items(kind: str, value):
+    """Items of a decoded value in the shape plain_encode wants, or None when the value has
+    something the plain encodings cannot hold (field TTLs)."""
+    if kind == "string":
+        return value.data
+    if kind == "list":
+        return value.items
+    if kind == "set":
+        return value.members
+    if kind == "zset":
+        return value.items
+    if kind == "hash":
+        if value.field_expire:
+            return None
+        return value.pairs
+    return None
