@@ -16,17 +16,19 @@ class Entry:
     producer knows it (the RDB reader always does), ``KEYLESS_ALL_MASTERS`` for commands that
     must be sent to every master, or ``None`` to let the writer look the keys up in the
     command table. ``offset`` is the source position right after this entry (replication
-    offset, file offset, ...) or -1. ``source_key`` names the key for error messages when
-    the command is one chunk of a larger rebuilt value.
+    offset, file offset, ...) or -1. ``resp`` optionally caches the RESP
+    encoding of ``argv`` (set by producers on hot paths); whoever changes ``argv`` of an
+    entry must reset it to None.
     """
 
-    __slots__ = ("db", "argv", "key", "offset")
+    __slots__ = ("db", "argv", "key", "offset", "resp")
 
-    def __init__(self, db: int, argv: list[bytes], key=None, offset: int = -1) -> None:
+    def __init__(self, db: int, argv: list[bytes], key=None, offset: int = -1, resp=None) -> None:
         self.db = db
         self.argv = argv
         self.key = key
         self.offset = offset
+        self.resp = resp
 
     @property
     def cmd(self) -> str:

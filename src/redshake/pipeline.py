@@ -70,6 +70,7 @@ class ErrorPolicy:
         self.behavior = behavior
         self.stats = stats
         self.busy_skipped = 0
+        self.busy_restore = 0
         self.failed = 0
         self.by_kind: Counter[str] = Counter()
 
@@ -78,6 +79,7 @@ class ErrorPolicy:
         cmd = entry.argv[0].decode("ascii", "replace").upper() if entry.argv else "?"
         if message.startswith("BUSYKEY") and cmd == "RESTORE":
             self.existing_key(entry.db, key)
+            self.busy_restore += 1  # a RESTORE that was sent but did not write
             return
         self.failed += 1
         self.by_kind[message.split(" ", 1)[0]] += 1
@@ -124,6 +126,7 @@ def build_writer(cfg: Config, on_error):
             password=sentinel.password,
             tls=sentinel.tls,
             tls_config=_tls_dict(sentinel),
+            tls_verify=not sentinel.tls_skip_verify,
         )
         log.info("sentinel %s: master %r is at %s", sentinel.address, sentinel.master_name, address)
     kw = dict(
@@ -136,7 +139,7 @@ def build_writer(cfg: Config, on_error):
         max_qps=adv.target_redis_max_qps,
         on_error=on_error,
     )
-    tls_verify = not getattr(wc, "tls_skip_verify", False)
+    tls_verify = not wc.tls_skip_verify
     if wc.cluster:
         from .writers.cluster import ClusterWriter
 
@@ -173,6 +176,17 @@ def run(cfg: Config) -> int:
         log.info("load config from file: %s", cfg.path)
         log.info("log_level: [%s], log_file: [%s]", adv.log_level, log_path)
         log.info("work dir: [%s]", wd.path)
+        unsupported = _unsupported(cfg)
+        if unsupported:
+            log.error("%s. Nothing was written.", unsupported)
+            return EXIT_BAD_INPUT
+        if cfg.writer_type == "redis" and cfg.writer.off_reply:
+            log.warning(
+                "redis_writer.off_reply is ignored: redshake always reads the target's replies "
+                "so that no failed write goes unnoticed (pipelining keeps it fast)"
+            )
+        if adv.pprof_port:
+            log.warning("advanced.pprof_port has no effect in redshake (use py-spy to profile)")
         stats = Stats()
         stop = _Stop()
         stop.install()
@@ -185,6 +199,31 @@ def run(cfg: Config) -> int:
             return EXIT_BAD_INPUT
         finally:
             stop.restore()
+
+
+def _unsupported(cfg: Config) -> str:
+    """Features the config can name but this version cannot run yet: refuse them up front
+    rather than ignore them (a silently ignored filter would copy data the user excluded)."""
+    f = cfg.filter
+    active = [
+        name
+        for name in (
+            "allow_keys", "block_keys", "allow_key_prefix", "block_key_prefix",
+            "allow_key_suffix", "block_key_suffix", "allow_key_regex", "block_key_regex",
+            "allow_db", "block_db", "allow_command", "block_command",
+            "allow_command_group", "block_command_group", "function",
+        )
+        if getattr(f, name)
+    ]  # fmt: skip
+    if cfg.function:
+        active.append("function")
+    if active:
+        return f"[filter] {', '.join(sorted(set(active)))}: filters and Lua functions are not implemented yet in this version of redshake"
+    if cfg.reader_type != "rdb":
+        return f"the [{cfg.reader_type}_reader] is not implemented yet in this version of redshake (only [rdb_reader] is)"
+    if cfg.writer_type != "redis":
+        return "the [file_writer] is not implemented yet in this version of redshake"
+    return ""
 
 
 class _Ticker(threading.Thread):
@@ -257,9 +296,6 @@ def _run_rdb(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     progress = Progress(reader.size, f"restoring {path.name}")
     caps = TargetCaps.from_target_info(info, adv.target_redis_proto_max_bulk_len)
 
-    def probe(db: int, key: bytes) -> bool:
-        return writer.exists(db, key)
-
     conv = None
     keys_read = 0
     code = EXIT_OK
@@ -267,8 +303,10 @@ def _run_rdb(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     log.info("start syncing...")
     try:
         write = writer.write
-        count_read = stats.count_read
-        count_write = stats.count_write
+        # Counters are updated inline (this loop is the only writer of them): a method call
+        # per entry costs as much as the rest of the bookkeeping.
+        read_by_cmd = stats.read_by_cmd
+        write_by_cmd = stats.write_by_cmd
         names: dict[bytes, str] = {}
         key_records = (R.KeyValue, R.BigKeyStart)
         last_progress = 0.0
@@ -279,7 +317,7 @@ def _run_rdb(cfg: Config, stats, stop: _Stop, format_progress) -> int:
                     src_version=reader.parser.version,
                     src_valkey=reader.parser.is_valkey,
                     behavior=adv.rdb_restore_command_behavior,
-                    probe_exists=probe if hasattr(writer, "exists") else None,
+                    probe_exists=writer.exists,
                     on_existing=policy.existing_key,
                 )
             for e in conv.convert(rec):
@@ -287,9 +325,9 @@ def _run_rdb(cfg: Config, stats, stop: _Stop, format_progress) -> int:
                 name = names.get(raw_name)
                 if name is None:
                     name = names[raw_name] = raw_name.decode("ascii", "replace").upper()
-                count_read(name)
+                read_by_cmd[name] = read_by_cmd.get(name, 0) + 1
                 write(e)
-                count_write(name)
+                write_by_cmd[name] = write_by_cmd.get(name, 0) + 1
             if type(rec) in key_records:
                 keys_read += 1
                 if not keys_read & 1023:
@@ -335,7 +373,7 @@ def _summary(conv, keys_read, policy, reader, elapsed, code) -> None:
     if policy.busy_skipped:
         skipped["busykey"] += policy.busy_skipped
     methods = conv.methods if conv else Counter()
-    written = sum(methods.values()) - policy.busy_skipped
+    written = sum(methods.values()) - policy.busy_restore
     rate = keys_read / elapsed if elapsed > 0 else 0.0
     mbs = reader.sent / elapsed / 1e6 if elapsed > 0 else 0.0
     sk = ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())) or "none"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-from .primitives import crc64
+from .primitives import _CRC as _CRC_MODEL
 
 __all__ = [
     "make_payload",
@@ -42,9 +42,18 @@ def type_min_version(type_byte: int) -> int | None:
     return _TYPE_MIN_VERSION.get(type_byte)
 
 
+_TYPE_BYTE = [bytes((i,)) for i in range(256)]
+_VERSION_BYTES: dict[int, bytes] = {}
+_CRC_CALC = _CRC_MODEL.calc
+
+
 def make_payload(type_byte: int, raw, version: int) -> bytes:
-    body = b"".join((bytes((type_byte,)), raw, _U16(version)))
-    return body + _U64(crc64(body))
+    """``type | raw | version (u16 LE) | CRC64 (u64 LE)``. Hot path: one call per key."""
+    v = _VERSION_BYTES.get(version)
+    if v is None:
+        v = _VERSION_BYTES[version] = _U16(version)
+    body = _TYPE_BYTE[type_byte] + raw + v
+    return body + _U64(_CRC_CALC(body))
 
 
 def restore_version(
@@ -89,10 +98,6 @@ def encode_string(s: bytes) -> bytes:
 
 # Plain (non-compact) encodings, understood by every Redis/Valkey since RDB 1 (ZSET_2: 8).
 PLAIN_TYPES = {"string": 0, "list": 1, "set": 2, "zset": 3, "hash": 4, "zset2": 5}
-
-
-def _score_text(score: bytes) -> bytes:
-    return score
 
 
 def plain_encode(kind: str, items, target_version: int) -> tuple[int, bytes]:

@@ -154,6 +154,10 @@ class _Big:
         self.key = key
 
 
+_EL_STR = walk.el_str
+_EL_PAIR = walk.el_pair
+
+
 class RdbParser:
     """Streaming RDB parser (see the module docstring)."""
 
@@ -389,9 +393,34 @@ class RdbParser:
                 # element loop (resumable)
                 elem = vt.elem
                 try:
-                    while rem:
-                        q = elem(buf, q)
-                        rem -= 1
+                    # Hot paths (plain lists, sets, hashes): skip rdb-strings inline, short
+                    # (6-bit length) ones without a call. q only advances past complete
+                    # elements; overruns surface as IndexError or Truncated (in SHORT).
+                    if elem is _EL_STR:
+                        while rem:
+                            b = buf[q]
+                            if b < 0x40:
+                                r = q + 1 + b
+                                if r > n:
+                                    raise Truncated(r)
+                                q = r
+                            else:
+                                q = _skip_str(buf, q)
+                            rem -= 1
+                    elif elem is _EL_PAIR:
+                        while rem:
+                            b = buf[q]
+                            r = q + 1 + b if b < 0x40 else _skip_str(buf, q)
+                            b = buf[r]
+                            r = r + 1 + b if b < 0x40 else _skip_str(buf, r)
+                            if r > n:
+                                raise Truncated(r)
+                            q = r
+                            rem -= 1
+                    else:
+                        while rem:
+                            q = elem(buf, q)
+                            rem -= 1
                 except SHORT:
                     self._pend = [t, key, expire, idle, freq, off, base + vs, cnt, base + q,
                                   rem, base + first]  # fmt: skip

@@ -39,7 +39,8 @@ _PLAIN_KIND = {
     4: "hash", 9: "hash", 13: "hash", 16: "hash",
 }  # fmt: skip
 
-_PXAT_VERSION = (6, 2, 0)
+_RESTORE = b"*4\r\n$7\r\nRESTORE\r\n$%d\r\n%s\r\n$1\r\n0\r\n$%d\r\n%s\r\n"
+_RESTORE_REPLACE = b"*5\r\n$7\r\nRESTORE\r\n$%d\r\n%s\r\n$1\r\n0\r\n$%d\r\n%s\r\n$7\r\nREPLACE\r\n"
 
 
 class ConversionError(Exception):
@@ -115,7 +116,9 @@ class RdbToEntries:
         self.max_items = max_items
         self.max_bytes = max_bytes
         self.skipped: Counter[str] = Counter()
-        self.methods: Counter[str] = Counter()
+        self._methods: Counter[str] = Counter()
+        self.n_restore = 0  # hot-path counter, folded into ``methods``
+        self._versions: dict[int, int] = {}  # type byte -> payload version (-1: none)
         self.repl_stream_db: int | None = None
         tv = caps.version
         self._abs_ttl = tv >= (5, 0, 0)
@@ -123,26 +126,34 @@ class RdbToEntries:
         # current big key being streamed: (db, key, kind, expire_ms, skipping)
         self._big: tuple[int, bytes, str, int, bool] | None = None
 
+    @property
+    def methods(self) -> Counter[str]:
+        """How keys were written: restore, restore_reencoded, commands, commands_streamed."""
+        m = Counter(self._methods)
+        if self.n_restore:
+            m["restore"] += self.n_restore
+        return m
+
     # -- records -------------------------------------------------------------------------
 
-    def convert(self, rec) -> Iterator[Entry]:
+    def convert(self, rec) -> list[Entry] | tuple[()]:
+        """Entries for one parser record (a list; empty when the record writes nothing)."""
         t = type(rec)
         if t is R.KeyValue:
             return self._key(rec)
         if t is R.BigKeyPart:
-            return self._big_part(rec)
+            return list(self._big_part(rec))
         if t is R.BigKeyStart:
-            return self._big_start(rec)
+            return list(self._big_start(rec))
         if t is R.BigKeyEnd:
-            return self._big_end()
+            return list(self._big_end())
         if t is R.Function:
-            return self._function(rec)
+            return list(self._function(rec))
         if t is R.Aux:
-            return self._aux(rec)
+            return list(self._aux(rec))
         if t is R.ModuleAux:
             self.skipped["module_aux"] += 1
-            return iter(())
-        return iter(())
+        return ()
 
     def _aux(self, rec) -> Iterator[Entry]:
         if rec.key == b"repl-stream-db":
@@ -163,13 +174,6 @@ class RdbToEntries:
 
     # -- keys ----------------------------------------------------------------------------
 
-    def _skip_reason(self, rec) -> str | None:
-        if rec.empty:
-            return "empty"
-        if rec.expire_ms != -1 and rec.expire_ms <= self.now_ms():
-            return "expired"
-        return None
-
     def _restore_argv(self, key: bytes, payload: bytes, rec) -> list[bytes]:
         if rec.expire_ms == -1:
             argv = [b"RESTORE", key, b"0", payload]
@@ -187,25 +191,37 @@ class RdbToEntries:
                 argv += (b"FREQ", str(rec.freq).encode())
         return argv
 
-    def _key(self, rec) -> Iterator[Entry]:
-        reason = self._skip_reason(rec)
-        if reason:
-            self.skipped[reason] += 1
-            return
+    def _key(self, rec) -> list[Entry] | tuple[()]:
+        exp = rec.expire_ms
+        if rec.empty or (exp != -1 and exp <= self.now_ms()):
+            self.skipped["empty" if rec.empty else "expired"] += 1
+            return ()
         caps = self.caps
         limit = caps.proto_max_bulk_len
         key = rec.key
         db = rec.db
+        t = rec.type
         if limit:
-            ver = restore_version(
-                rec.type, self.src_version, self.src_valkey, caps.accepts, caps.plain_max
-            )
-            if ver is not None and len(rec.raw) + 11 <= limit:
-                self.methods["restore"] += 1
-                yield Entry(
-                    db, self._restore_argv(key, make_payload(rec.type, rec.raw, ver), rec), key
-                )
-                return
+            ver = self._versions.get(t)
+            if ver is None:
+                v = restore_version(t, self.src_version, self.src_valkey, caps.accepts, caps.plain_max)
+                ver = self._versions[t] = -1 if v is None else v
+            raw = rec.raw
+            if ver >= 0 and len(raw) + 11 <= limit:
+                self.n_restore += 1
+                payload = make_payload(t, raw, ver)
+                if exp == -1 and rec.idle == -1 and rec.freq == -1:
+                    # the common shape, encoded straight to RESP
+                    if self._replace:
+                        return [Entry(db, [b"RESTORE", key, b"0", payload, b"REPLACE"], key, -1,
+                                      _RESTORE_REPLACE % (len(key), key, len(payload), payload))]  # fmt: skip
+                    return [Entry(db, [b"RESTORE", key, b"0", payload], key, -1,
+                                  _RESTORE % (len(key), key, len(payload), payload))]  # fmt: skip
+                return [Entry(db, self._restore_argv(key, payload, rec), key)]
+        return list(self._key_slow(rec, key, db, limit))
+
+    def _key_slow(self, rec, key: bytes, db: int, limit: int) -> Iterator[Entry]:
+        caps = self.caps
         value = self._decode(rec)
         if limit:
             kind = _PLAIN_KIND.get(rec.type)
@@ -214,7 +230,7 @@ class RdbToEntries:
                 if items is not None:
                     t, raw = plain_encode(kind, items, caps.plain_max)
                     if len(raw) + 11 <= limit:
-                        self.methods["restore_reencoded"] += 1
+                        self._methods["restore_reencoded"] += 1
                         payload = make_payload(t, raw, caps.plain_max)
                         yield Entry(db, self._restore_argv(key, payload, rec), key)
                         return
@@ -223,7 +239,7 @@ class RdbToEntries:
             return
         if self._replace or self.probe_exists is None:
             yield Entry(db, [b"DEL", key], key)
-        self.methods["commands"] += 1
+        self._methods["commands"] += 1
         from ..rdb.rewrite import RewriteError, value_to_commands
 
         try:
@@ -259,8 +275,9 @@ class RdbToEntries:
             return True
         if self.probe_exists(db, key):
             if self.on_existing is not None:
-                self.on_existing(db, key)  # raises for panic
-            self.skipped["busykey"] += 1
+                self.on_existing(db, key)  # raises for panic, counts the skip otherwise
+            else:
+                self.skipped["busykey"] += 1
             return False
         return True
 
@@ -276,7 +293,7 @@ class RdbToEntries:
             self._big = (rec.db, rec.key, rec.kind, rec.expire_ms, True)
             return
         self._big = (rec.db, rec.key, rec.kind, rec.expire_ms, False)
-        self.methods["commands_streamed"] += 1
+        self._methods["commands_streamed"] += 1
         if self._replace or self.probe_exists is None:
             yield Entry(rec.db, [b"DEL", rec.key], rec.key)
 

@@ -179,7 +179,7 @@ class _Retried(Entry):
     __slots__ = ("attempts", "orig")
 
     def __init__(self, orig: Entry, attempts: int) -> None:
-        super().__init__(orig.db, orig.argv, orig.key, orig.offset)
+        super().__init__(orig.db, orig.argv, orig.key, orig.offset, orig.resp)
         self.orig = orig
         self.attempts = attempts
 

@@ -109,7 +109,7 @@ class RedisWriter:
             raise self._exc
         if entry.db != self._db:
             self._select(entry.db)
-        data = encode(entry.argv)
+        data = entry.resp or encode(entry.argv)
         n = len(data)
         self._buf.append(data)
         self._buf_bytes += n
