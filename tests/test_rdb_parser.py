@@ -7,10 +7,10 @@ import math
 import random
 import struct
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
+from helpers import TESTDATA
 from redshake.rdb.parser import RdbParser
 from redshake.rdb.primitives import RdbError, crc64
 from redshake.rdb.records import (
@@ -27,7 +27,6 @@ from redshake.rdb.records import (
     SlotInfo,
 )
 
-TESTDATA = Path("/work/shared/testdata")
 MANIFEST = json.loads((TESTDATA / "manifest.json").read_text())
 RDB_FILES = [f for f in MANIFEST["files"] if f["kind"] == "rdb"]
 
@@ -411,16 +410,8 @@ def _check_big(server, n_hash: int, n_list: int, n_set: int, n_zset: int) -> dic
     return got
 
 
-def _need_encodings() -> None:
-    try:
-        from redshake.rdb.encodings import listpack_entries, ziplist_entries  # noqa: F401
-    except ImportError:
-        pytest.skip("redshake.rdb.encodings not available (quicklist node decoding)")
-
-
 @pytest.mark.timeout(600)
 def test_big_values_redis70(servers) -> None:
-    _need_encodings()
     s = servers.start("redis-7.0")
     got = _check_big(s, 200_000, 300_000, 200_000, 200_000)
     assert got[b"biglist"][0] == 18 and got[b"bighash"][0] == 4
@@ -429,7 +420,6 @@ def test_big_values_redis70(servers) -> None:
 
 @pytest.mark.timeout(600)
 def test_big_values_redis50(servers) -> None:
-    _need_encodings()
     s = servers.start("redis-5.0")
     got = _check_big(s, 200_000, 300_000, 200_000, 200_000)
     assert got[b"biglist"][0] == 14  # quicklist of ziplists
@@ -437,7 +427,6 @@ def test_big_values_redis50(servers) -> None:
 
 @pytest.mark.timeout(600)
 def test_big_values_valkey81(servers) -> None:
-    _need_encodings()
     s = servers.start("valkey-8.1")
     got = _check_big(s, 200_000, 300_000, 200_000, 200_000)
     assert got[b"bigset"][0] == 2
@@ -494,7 +483,6 @@ STREAMABLE = {1, 2, 3, 4, 5, 14, 18, 22, 24}
 def test_corpus_streamed_with_tiny_threshold(f: dict) -> None:
     """With a 1-byte threshold and small chunks every element-wise aggregate that spans a
     chunk boundary is streamed; keys, order and element counts must match the plain parse."""
-    _need_encodings()
     data = (TESTDATA / f["path"]).read_bytes()
     _, plain = parse_all(data)
     p = RdbParser(big_value_threshold=1, part_items=7)

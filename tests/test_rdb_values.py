@@ -16,6 +16,7 @@ import pytest
 import redis
 
 import servers as srv
+from helpers import TESTDATA
 from redshake.rdb.rewrite import RewriteError, value_to_commands
 from redshake.rdb.values import (
     HashValue,
@@ -433,12 +434,11 @@ def test_rewrite_roundtrip(fleet: Fleet, src_name: str, dst_name: str) -> None:
 def test_redis_hfe_corpus_into_valkey9(fleet: Fleet) -> None:
     """Redis 7.4 hashes with field TTLs (types 24 and 25, real files) rebuilt on Valkey 9
     with HSET + HPEXPIREAT; the field TTLs must arrive exactly."""
-    from pathlib import Path
 
     from test_rdb_values_corpus import walk
 
     dst = fleet.get("valkey-9.1")
-    base = Path("/work/shared/testdata/rdb")
+    base = TESTDATA / "rdb"
     files = [
         base / "hdt3213-rdb/hash_with_hfe.rdb",
         base / "hdt3213-rdb/hash_as_listpack_with_hfe.rdb",
