@@ -1,0 +1,29 @@
+# redshake developer commands. Every target installs what it needs first.
+PY ?= python3
+PIP ?= $(PY) -m pip
+
+.PHONY: install servers test demo lint bench
+
+install:
+	$(PIP) install -q --disable-pip-version-check -e '.[test]'
+
+servers:
+	bash scripts/install-servers.sh
+
+# Installs the package, the test servers (Redis 5.0/6.0/6.2/7.0, Valkey 8.1/9.1) and runs the suite.
+test: install servers
+	$(PY) -m ruff check src tests bench scripts
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# On a fresh machine: installs everything, starts a source Redis with sample data of every
+# type and an empty target, restores the source's RDB with redshake and compares them.
+demo: install servers
+	$(PY) scripts/demo.py
+
+lint: install
+	$(PY) -m ruff check src tests bench scripts
+
+bench: install servers
+	$(PIP) install -q --disable-pip-version-check rdbtools rdb-py
+	$(PY) bench/rdb_parse.py
+	$(PY) bench/rdb_restore.py
