@@ -68,6 +68,8 @@ class SentinelConfig:
     password: str = ""
     tls: bool = False
     tls_config: TlsConfig = field(default_factory=TlsConfig)
+    # redshake: the server certificate is verified unless this is set (RedisShake never verified)
+    tls_skip_verify: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -84,6 +86,8 @@ class SyncReaderConfig:
     password: str = ""
     tls: bool = False
     tls_config: TlsConfig = field(default_factory=TlsConfig)
+    # redshake: the server certificate is verified unless this is set (RedisShake never verified)
+    tls_skip_verify: bool = False
     sync_rdb: bool = True
     sync_aof: bool = True
     prefer_replica: bool = False
@@ -101,6 +105,8 @@ class ScanReaderConfig:
     password: str = ""
     tls: bool = False
     tls_config: TlsConfig = field(default_factory=TlsConfig)
+    # redshake: the server certificate is verified unless this is set (RedisShake never verified)
+    tls_skip_verify: bool = False
     dbs: list[int] = field(default_factory=list)
     scan: bool = True
     ksn: bool = False
@@ -139,6 +145,8 @@ class RedisWriterConfig:
     password: str = ""
     tls: bool = False
     tls_config: TlsConfig = field(default_factory=TlsConfig)
+    # redshake: the server certificate is verified unless this is set (RedisShake never verified)
+    tls_skip_verify: bool = False
     off_reply: bool = False
     sentinel: SentinelConfig = field(default_factory=SentinelConfig)
 
