@@ -16,7 +16,6 @@ import pytest
 import redis
 
 import servers as srv
-from helpers import TESTDATA
 from redshake.rdb.rewrite import RewriteError, value_to_commands
 from redshake.rdb.values import (
     HashValue,
@@ -435,20 +434,14 @@ def test_redis_hfe_corpus_into_valkey9(fleet: Fleet) -> None:
     """Redis 7.4 hashes with field TTLs (types 24 and 25, real files) rebuilt on Valkey 9
     with HSET + HPEXPIREAT; the field TTLs must arrive exactly."""
 
-    from test_rdb_values_corpus import walk
+    from test_rdb_values_corpus import load
 
     dst = fleet.get("valkey-9.1")
-    base = TESTDATA / "rdb"
-    files = [
-        base / "hdt3213-rdb/hash_with_hfe.rdb",
-        base / "hdt3213-rdb/hash_as_listpack_with_hfe.rdb",
-    ]
-    if not all(f.exists() for f in files):
-        pytest.skip("corpus not available")
+    files = ["rdb/hdt3213-rdb/hash_with_hfe.rdb", "rdb/hdt3213-rdb/hash_as_listpack_with_hfe.rdb"]
     with client(dst, 2) as dc:
         dc.flushdb()
         for f in files:
-            for _, key, t, raw, expire, vk in walk(f.read_bytes()):
+            for _, key, t, raw, expire, vk in load(f):
                 assert t in (24, 25)
                 v = decode_value(t, raw, valkey=vk)
                 assert isinstance(v, HashValue) and v.field_expire

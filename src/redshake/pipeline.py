@@ -11,9 +11,8 @@ from pathlib import Path
 
 from .config.schema import Config
 from .entry import Entry
-from .rdb import records as R
 from .rdb.primitives import RdbError
-from .readers.rdb_entries import ConversionError, RdbToEntries, TargetCaps
+from .readers.rdb_entries import ConversionError, TargetCaps
 
 __all__ = ["run", "FatalError", "Interrupted", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT"]
 
@@ -191,12 +190,7 @@ def run(cfg: Config) -> int:
         stop = _Stop()
         stop.install()
         try:
-            if cfg.reader_type == "rdb":
-                return _run_rdb(cfg, stats, stop, format_progress)
-            log.error(
-                "the %s reader is not implemented yet in this version of redshake", cfg.reader_type
-            )
-            return EXIT_BAD_INPUT
+            return _drive(cfg, stats, stop, format_progress)
         finally:
             stop.restore()
 
@@ -248,39 +242,54 @@ class _Ticker(threading.Thread):
                     log.debug("progress line failed", exc_info=True)
 
 
-def _run_rdb(cfg: Config, stats, stop: _Stop, format_progress) -> int:
-    from .readers.rdb_reader import RdbFileReader, check_rdb_file
+def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
+    """Validate the input, then move entries from the reader through the transform to the
+    writer until the reader is done or a stop is requested."""
+    from .readers import build_reader
+    from .readers.base import ReaderContext
     from .status.progress import Progress
+    from .transform import build_transform
 
     adv = cfg.advanced
-    path = Path(cfg.reader.filepath)
-    if not path.is_file():
-        log.error("rdb_reader.filepath: file not found: %s", path)
-        return EXIT_BAD_INPUT
-    t0 = time.monotonic()
-    # 1. Validate the file before touching the target.
-    try:
-        how = check_rdb_file(path, stop)
-    except RdbError as e:
-        log.error("invalid RDB file %s: %s. Nothing was written to the target.", path, e)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        log.warning("interrupted while checking the file; nothing was written")
-        return EXIT_FAILURE
-    log.info("rdb file %s checked (%s) in %.2fs", path, how, time.monotonic() - t0)
-
     policy = ErrorPolicy(adv.rdb_restore_command_behavior, stats)
-    writer = build_writer(cfg, policy)
+    t0 = time.monotonic()
+    # 1. Build the reader and validate its input before touching the target.
+    try:
+        writer = build_writer(cfg, policy)
+    except Exception as e:
+        log.error("cannot use the target: %s: %s", type(e).__name__, e)
+        return EXIT_FAILURE
     info = writer.info
     log.info(
         "target %s: %s %s (RDB %d)%s",
-        cfg.writer.address,
+        cfg.writer.address or "(from sentinel)",
         "valkey" if info.is_valkey else "redis",
         _fmt_version(info.version),
         info.rdb_version,
         " cluster" if cfg.writer.cluster else "",
     )
-    reader = RdbFileReader(path)
+    ctx = ReaderContext(
+        caps=TargetCaps.from_target_info(info, adv.target_redis_proto_max_bulk_len),
+        behavior=adv.rdb_restore_command_behavior,
+        workdir=Path(adv.dir),
+        stop=stop,
+        probe_exists=writer.exists,
+        on_existing=policy.existing_key,
+    )
+    try:
+        reader = build_reader(cfg, ctx)
+        reader.prepare()
+    except (RdbError, FileNotFoundError, ConversionError) as e:
+        log.error("invalid input: %s. Nothing was written to the target.", e)
+        writer.close()
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        log.warning("interrupted before anything was written")
+        writer.close()
+        return EXIT_FAILURE
+    log.info("%s ready in %.2fs", reader.name, time.monotonic() - t0)
+    transform = build_transform(cfg)
+
     status_server = _start_status(cfg, stats, reader, writer)
     if adv.empty_db_before_sync:
         log.info("empty_db_before_sync: FLUSHALL on the target")
@@ -293,103 +302,106 @@ def _run_rdb(cfg: Config, stats, stop: _Stop, format_progress) -> int:
 
     ticker = _Ticker(stats, adv.log_interval, line)
     ticker.start()
-    progress = Progress(reader.size, f"restoring {path.name}")
-    caps = TargetCaps.from_target_info(info, adv.target_redis_proto_max_bulk_len)
-
-    conv = None
-    keys_read = 0
+    progress_of = getattr(reader, "progress", None)
+    progress = Progress(progress_of()[1] if progress_of else None, reader.name)
     code = EXIT_OK
     t1 = time.monotonic()
     log.info("start syncing...")
     try:
         write = writer.write
-        # Counters are updated inline (this loop is the only writer of them): a method call
-        # per entry costs as much as the rest of the bookkeeping.
+        # Counters are updated inline (this loop is their only writer): a method call per
+        # entry would cost as much as the rest of the bookkeeping.
         read_by_cmd = stats.read_by_cmd
         write_by_cmd = stats.write_by_cmd
         names: dict[bytes, str] = {}
-        key_records = (R.KeyValue, R.BigKeyStart)
         last_progress = 0.0
-        for rec in reader.records(stop):
-            if conv is None and reader.parser.version:
-                conv = RdbToEntries(
-                    caps,
-                    src_version=reader.parser.version,
-                    src_valkey=reader.parser.is_valkey,
-                    behavior=adv.rdb_restore_command_behavior,
-                    probe_exists=writer.exists,
-                    on_existing=policy.existing_key,
-                )
-            for e in conv.convert(rec):
+        n = 0
+        for batch in reader.batches():
+            if not batch:  # the reader is idle: push out what is buffered, report progress
+                writer.poll()
+                reader.acked(writer.acked_offset)
+                continue
+            for e in batch:
                 raw_name = e.argv[0]
                 name = names.get(raw_name)
                 if name is None:
                     name = names[raw_name] = raw_name.decode("ascii", "replace").upper()
                 read_by_cmd[name] = read_by_cmd.get(name, 0) + 1
-                write(e)
-                write_by_cmd[name] = write_by_cmd.get(name, 0) + 1
-            if type(rec) in key_records:
-                keys_read += 1
-                if not keys_read & 1023:
-                    now = time.monotonic()
-                    if now - last_progress > 0.2:
-                        last_progress = now
-                        progress.update(reader.sent, keys_read)
+                if transform is None:
+                    write(e)
+                    write_by_cmd[name] = write_by_cmd.get(name, 0) + 1
+                else:
+                    for e2 in transform(e):
+                        write(e2)
+                        wn = e2.argv[0].decode("ascii", "replace").upper()
+                        write_by_cmd[wn] = write_by_cmd.get(wn, 0) + 1
+            n += 1
+            if not n & 1023:
+                now = time.monotonic()
+                if now - last_progress > 0.2:
+                    last_progress = now
+                    if progress_of:
+                        progress.update(progress_of()[0], stats.read_count)
+                    reader.acked(writer.acked_offset)
         writer.flush()
-        if stop():
+        reader.acked(writer.acked_offset)
+        if not reader.complete:
             log.warning(
-                "stopped by %s before the end of the file: the restore is incomplete", stop.signame
+                "stopped by %s before the source was fully read: the copy is incomplete",
+                stop.signame or "request",
             )
             code = EXIT_FAILURE
     except FatalError as e:
         log.error("%s", e)
         code = EXIT_FAILURE
     except (RdbError, ConversionError) as e:
-        log.error("cannot restore %s: %s", path, e)
+        log.error("cannot continue: %s", e)
         code = EXIT_FAILURE
     except KeyboardInterrupt:
         log.error("interrupted")
         code = EXIT_FAILURE
     except Exception as e:  # connection loss and the like
-        log.error("restore failed: %s: %s", type(e).__name__, e)
+        log.error("failed: %s: %s", type(e).__name__, e)
         log.debug("traceback", exc_info=True)
         code = EXIT_FAILURE
     finally:
         ticker.halt.set()
         progress.close()
-        try:
-            writer.close()
-        except Exception:
-            pass
+        for closer in (reader.close, writer.close):
+            try:
+                closer()
+            except Exception:
+                log.debug("close failed", exc_info=True)
         if status_server is not None:
             status_server.close()
-    elapsed = time.monotonic() - t1
-    _summary(conv, keys_read, policy, reader, elapsed, code)
+    _summary(reader, policy, stats, time.monotonic() - t1, code)
     return code
 
 
-def _summary(conv, keys_read, policy, reader, elapsed, code) -> None:
-    skipped = Counter(conv.skipped) if conv else Counter()
-    if policy.busy_skipped:
-        skipped["busykey"] += policy.busy_skipped
-    methods = conv.methods if conv else Counter()
-    written = sum(methods.values()) - policy.busy_restore
-    rate = keys_read / elapsed if elapsed > 0 else 0.0
-    mbs = reader.sent / elapsed / 1e6 if elapsed > 0 else 0.0
-    sk = ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())) or "none"
-    how = ", ".join(f"{k}={v}" for k, v in sorted(methods.items())) or "none"
-    log.info(
-        "summary: keys read=%d, written=%d (%s), skipped=%d (%s), failed=%d; %.2fs, %.0f keys/s, %.1f MB/s",
-        keys_read,
-        written,
-        how,
-        sum(skipped.values()),
-        sk,
-        policy.failed,
-        elapsed,
-        rate,
-        mbs,
-    )
+def _summary(reader, policy, stats, elapsed, code) -> None:
+    counters = getattr(reader, "counters", None)
+    if counters is not None:
+        keys_read, methods, skipped = counters()
+        if policy.busy_skipped:
+            skipped["busykey"] += policy.busy_skipped
+        written = sum(methods.values()) - policy.busy_restore
+        rate = keys_read / elapsed if elapsed > 0 else 0.0
+        done = reader.progress()[0] if hasattr(reader, "progress") else 0
+        mbs = done / elapsed / 1e6 if elapsed > 0 else 0.0
+        sk = ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())) or "none"
+        how = ", ".join(f"{k}={v}" for k, v in sorted(methods.items())) or "none"
+        log.info(
+            "summary: keys read=%d, written=%d (%s), skipped=%d (%s), failed=%d; "
+            "%.2fs, %.0f keys/s, %.1f MB/s",
+            keys_read, written, how, sum(skipped.values()), sk, policy.failed, elapsed, rate, mbs,
+        )  # fmt: skip
+    else:
+        log.info(
+            "summary: entries read=%d, written=%d, skipped=%d, failed=%d; %.2fs",
+            stats.read_count, stats.write_count, sum(stats.skipped.values()), policy.failed, elapsed,
+        )  # fmt: skip
+    for extra in reader.summary() if hasattr(reader, "summary") else ():
+        log.info("%s", extra)
     if code == EXIT_OK:
         log.info("all done")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -86,32 +87,61 @@ def check_rdb_file(path: Path, stop: Callable[[], bool] | None = None) -> str:
 
 
 class RdbFileReader:
-    """Feeds a file through the parser; yields records. Tracks progress for status."""
+    """``[rdb_reader]``: feeds a file through the parser and turns records into entries."""
 
     name = "rdb_reader"
 
-    def __init__(self, filepath: str | os.PathLike) -> None:
+    def __init__(self, filepath: str | os.PathLike, ctx) -> None:
         self.path = Path(filepath)
+        self.ctx = ctx
+        if not self.path.is_file():
+            raise FileNotFoundError(f"rdb_reader.filepath: file not found: {self.path}")
         self.size = self.path.stat().st_size
         self.sent = 0  # bytes whose records have been handed on
         self.parser = RdbParser()
+        self.conv = None
+        self.keys_read = 0
         self.done = False
+        self.checked_by = ""
 
-    def records(self, stop: Callable[[], bool] | None = None) -> Iterator[object]:
+    def prepare(self) -> None:
+        self.checked_by = check_rdb_file(self.path, self.ctx.stop)
+
+    def batches(self) -> Iterator[list]:
         parser = self.parser
+        stop = self.ctx.stop
+        key_records = (R.KeyValue, R.BigKeyStart)
         with open(self.path, "rb") as f:
             while True:
-                if stop is not None and stop():
+                if stop():
                     return
                 chunk = f.read(READ_SIZE)
                 if not chunk:
                     break
                 parser.feed(chunk)
-                yield from parser.records()
+                conv = self.conv
+                for rec in parser.records():
+                    if conv is None:
+                        conv = self.conv = self.ctx.rdb_converter(parser.version, parser.is_valkey)
+                    if type(rec) in key_records:
+                        self.keys_read += 1
+                    batch = conv.convert(rec)
+                    if batch:
+                        yield batch
                 self.sent = parser.offset
         parser.finish()
         self.sent = self.size
         self.done = True
+
+    def acked(self, offset: int) -> None:
+        pass
+
+    @property
+    def complete(self) -> bool:
+        return self.done
+
+    def progress(self) -> tuple[int, int]:
+        return self.sent, self.size
 
     @property
     def percent(self) -> float:
@@ -134,3 +164,12 @@ class RdbFileReader:
 
     def consistent(self) -> bool:
         return self.done
+
+    def counters(self) -> tuple[int, Counter, Counter]:
+        """(keys read, how keys were written, skipped keys by reason)."""
+        if self.conv is None:
+            return self.keys_read, Counter(), Counter()
+        return self.keys_read, self.conv.methods, Counter(self.conv.skipped)
+
+    def close(self) -> None:
+        pass

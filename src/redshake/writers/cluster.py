@@ -333,6 +333,15 @@ class ClusterWriter:
             self._exc = e
             raise
 
+    @property
+    def acked_offset(self) -> int:
+        """Source offset up to which every entry is applied on every master: the offset of
+        the last entry written when nothing is pending, else unknown (-1). Exact tracking of
+        interleaved per-master acknowledgements is added with the live-sync reader."""
+        if self._retry or any(w.pending for w in self._writers.values()):
+            return -1
+        return max((w.acked_offset for w in self._writers.values()), default=-1)
+
     def exists(self, db: int, key: bytes) -> bool:
         """Synchronously ask the owner of ``key``'s slot whether it exists."""
         self.flush()
