@@ -102,50 +102,10 @@ class ErrorPolicy:
         )
 
 
-def _tls_dict(c) -> dict | None:
-    t = getattr(c, "tls_config", None)
-    if t is None:
-        return None
-    d = {k: getattr(t, k, "") for k in ("ca_cert", "cert", "key")}
-    return d if any(d.values()) else None
-
-
 def build_writer(cfg: Config, on_error):
-    wc = cfg.writer
-    adv = cfg.advanced
-    address = wc.address
-    sentinel = getattr(wc, "sentinel", None)
-    if sentinel is not None and getattr(sentinel, "address", ""):
-        from .writers.sentinel import resolve_master
+    from .writers import build_writer as _build
 
-        address = resolve_master(
-            sentinel.address,
-            sentinel.master_name,
-            username=sentinel.username,
-            password=sentinel.password,
-            tls=sentinel.tls,
-            tls_config=_tls_dict(sentinel),
-            tls_verify=not sentinel.tls_skip_verify,
-        )
-        log.info("sentinel %s: master %r is at %s", sentinel.address, sentinel.master_name, address)
-    kw = dict(
-        username=wc.username,
-        password=wc.password,
-        tls=wc.tls,
-        tls_config=_tls_dict(wc),
-        pipeline_count_limit=adv.pipeline_count_limit,
-        querybuf_limit=adv.target_redis_client_max_querybuf_len,
-        max_qps=adv.target_redis_max_qps,
-        on_error=on_error,
-    )
-    tls_verify = not wc.tls_skip_verify
-    if wc.cluster:
-        from .writers.cluster import ClusterWriter
-
-        return ClusterWriter(address, tls_verify=tls_verify, **kw)
-    from .writers.redis import RedisWriter
-
-    return RedisWriter(address, tls_verify=tls_verify, **kw)
+    return _build(cfg, on_error)
 
 
 def _fmt_version(v) -> str:
@@ -198,25 +158,16 @@ def run(cfg: Config) -> int:
 def _unsupported(cfg: Config) -> str:
     """Features the config can name but this version cannot run yet: refuse them up front
     rather than ignore them (a silently ignored filter would copy data the user excluded)."""
-    f = cfg.filter
-    active = [
-        name
-        for name in (
-            "allow_keys", "block_keys", "allow_key_prefix", "block_key_prefix",
-            "allow_key_suffix", "block_key_suffix", "allow_key_regex", "block_key_regex",
-            "allow_db", "block_db", "allow_command", "block_command",
-            "allow_command_group", "block_command_group", "function",
-        )
-        if getattr(f, name)
-    ]  # fmt: skip
-    if cfg.function:
-        active.append("function")
-    if active:
-        return f"[filter] {', '.join(sorted(set(active)))}: filters and Lua functions are not implemented yet in this version of redshake"
-    if cfg.reader_type != "rdb":
-        return f"the [{cfg.reader_type}_reader] is not implemented yet in this version of redshake (only [rdb_reader] is)"
-    if cfg.writer_type != "redis":
-        return "the [file_writer] is not implemented yet in this version of redshake"
+    from . import transform, writers
+    from .readers import available
+
+    if not available(cfg.reader_type):
+        return f"the [{cfg.reader_type}_reader] is not implemented yet in this version of redshake"
+    if not writers.available(cfg.writer_type):
+        return f"the [{cfg.writer_type}_writer] is not implemented yet in this version of redshake"
+    missing = transform.unsupported(cfg)
+    if missing:
+        return f"[filter] {missing}: not implemented yet in this version of redshake"
     return ""
 
 

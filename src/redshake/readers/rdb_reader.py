@@ -173,3 +173,7 @@ class RdbFileReader:
 
     def close(self) -> None:
         pass
+
+
+def build(cfg, ctx) -> RdbFileReader:
+    return RdbFileReader(cfg.reader.filepath, ctx)
