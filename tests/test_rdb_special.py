@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from helpers import TESTDATA, restore_file
+from helpers import TESTDATA, manifest, restore_file
 
 # file -> (expected data json, expected field expiries {key: {field: abs ms}} or None)
 HFE_FILES = {
@@ -87,3 +87,78 @@ def test_module_value_without_module_on_target_fails_clearly(rdb, servers, tmp_p
     r = restore_file(TESTDATA / rdb, target, tmp_path)
     assert r.returncode == 1
     assert "module" in (r.stdout + r.stderr).lower()
+
+
+def test_hand_edited_zipmap_with_unknown_count_is_restored(servers, tmp_path):
+    """zipmap_big_len.rdb: a zipmap whose count byte is 0xFF ("unknown, walk to the end").
+    Servers refuse it in RESTORE/loading; redshake re-encodes zipmaps, so it restores, and the
+    content matches the expected JSON shipped with the file."""
+    target = servers.start("redis-7.0")
+    r = restore_file(TESTDATA / "rdb/hdt3213-rdb/zipmap_big_len.rdb", target, tmp_path)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    want = json.loads((TESTDATA / "rdb/hdt3213-rdb/zipmap_big_len.json").read_text())
+    c = target.client()
+    assert c.dbsize() == len(want)
+    for obj in want:
+        assert c.hgetall(obj["key"].encode()) == {k.encode(): v.encode() for k, v in obj["hash"].items()}
+
+
+@pytest.mark.parametrize(
+    "rdb",
+    [
+        "rdb/redis-rdb-tools/redis_60_with_module_aux.rdb",
+        "rdb/librdb/module_aux.rdb",
+        "rdb/librdb/module_aux_empty.rdb",
+    ],
+)
+def test_module_aux_records_are_reported_not_fatal(rdb, servers, tmp_path):
+    """Module AUX data cannot be transported by commands: counted and reported, keys restored."""
+    target = servers.start("redis-7.0")
+    r = restore_file(TESTDATA / rdb, target, tmp_path)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "module_aux=" in r.stdout + r.stderr
+    keys = sum(int(v["keys"]) for v in target.info("keyspace").values())
+    assert keys == next(
+        f["rdb"]["keys_in_file"] for f in manifest() if f["path"] == rdb
+    )
+
+
+@pytest.mark.parametrize("rdb", ["rdb/librdb/module.rdb", "rdb/librdb/module_aux_v12.rdb"])
+def test_module_keys_need_the_module_on_the_target(rdb, servers, tmp_path):
+    target = servers.start("valkey-9.1", args=["--rdb-version-check", "relaxed"])
+    r = restore_file(TESTDATA / rdb, target, tmp_path)
+    assert r.returncode == 1
+    assert "module" in (r.stdout + r.stderr).lower()
+
+
+def test_pre_ga_module_type_stops_with_offset(servers, tmp_path):
+    """Module type 6 (Redis 4.0 release candidates) cannot be parsed without the module:
+    the restore stops at that key with its offset, exit 1; the keys before it are written."""
+    target = servers.start("redis-7.0")
+    r = restore_file(TESTDATA / "rdb/redis-replicator/module.rdb", target, tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out[-3000:]
+    assert "offset 1257" in out and "pre-GA" in out
+
+
+def test_enterprise_ram_lru_opcode_is_skipped(servers, tmp_path):
+    """Redis Enterprise RDB with vendor opcode 107 before each key: keys restored."""
+    target = servers.start("valkey-9.1")
+    r = restore_file(TESTDATA / "rdb/librdb/redis_ent_opcode_ram_lru.rdb", target, tmp_path)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert target.client().dbsize() == 3
+
+
+def test_redis8_field_ttl_hashes_into_valkey9(servers, tmp_path):
+    """dump-ttlhash.rdb (Redis 8.0.2, types 24 and 25): 3 hashes, 1,155 fields, 15 of them
+    with TTLs that lie in the past (2025) - those fields must be gone on the target, the others
+    present without TTL."""
+    target = servers.start("valkey-9.1")
+    r = restore_file(TESTDATA / "rdb/redis-replicator/dump-ttlhash.rdb", target, tmp_path)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    c = target.client()
+    assert c.dbsize() == 3
+    assert sum(c.hlen(k) for k in c.scan_iter()) == 1155 - 15
+    for key in c.scan_iter():
+        fields = list(c.hkeys(key))
+        assert set(c.execute_command("HPEXPIRETIME", key, "FIELDS", len(fields), *fields)) == {-1}

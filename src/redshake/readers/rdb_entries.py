@@ -39,6 +39,11 @@ _PLAIN_KIND = {
     4: "hash", 9: "hash", 13: "hash", 16: "hash",
 }  # fmt: skip
 
+# Zipmaps (pre-2.6 hashes) are always decoded and re-encoded: the format allows a zipmap
+# whose count byte says "unknown, walk to the end", which current servers' payload checks
+# refuse, and files that old are small.
+_ALWAYS_REENCODE = frozenset({9})
+
 _RESTORE = b"*4\r\n$7\r\nRESTORE\r\n$%d\r\n%s\r\n$1\r\n0\r\n$%d\r\n%s\r\n"
 _RESTORE_REPLACE = b"*5\r\n$7\r\nRESTORE\r\n$%d\r\n%s\r\n$1\r\n0\r\n$%d\r\n%s\r\n$7\r\nREPLACE\r\n"
 
@@ -205,6 +210,8 @@ class RdbToEntries:
             ver = self._versions.get(t)
             if ver is None:
                 v = restore_version(t, self.src_version, self.src_valkey, caps.accepts, caps.plain_max)
+                if t in _ALWAYS_REENCODE:
+                    v = None
                 ver = self._versions[t] = -1 if v is None else v
             raw = rec.raw
             if ver >= 0 and len(raw) + 11 <= limit:
