@@ -1,11 +1,13 @@
 """A live progress bar (percent, rate, ETA) on an interactive terminal; a no-op otherwise.
 
-Logs and the periodic progress line are unaffected: the bar is drawn on stdout only when
-stdout is a TTY, so redirected output and log files never contain escape codes.
+The bar is drawn on stdout only when stdout is a TTY, so redirected output and log files never
+contain escape codes. While it is shown, console log lines are printed through the bar's own
+console (above the bar) instead of being written into the middle of it.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import IO
 
@@ -65,6 +67,12 @@ class Progress:
         )
         self._bar.start()
         self._task = self._bar.add_task(description, total=total_bytes, keys=0)
+        # Route console log handlers that write to the same stream through the live display.
+        self._swapped: list[tuple[logging.StreamHandler, IO[str]]] = []
+        proxy = _LineToConsole(console)
+        for h in logging.getLogger("redshake").handlers:
+            if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is out:
+                self._swapped.append((h, h.setStream(proxy)))  # type: ignore[arg-type]
 
     def update(self, done_bytes: int, keys: int = 0) -> None:
         """Set the absolute progress: ``done_bytes`` processed, ``keys`` keys so far."""
@@ -82,9 +90,30 @@ class Progress:
         bar, self._bar = self._bar, None
         if bar is not None:
             bar.stop()
+            for handler, stream in self._swapped:
+                handler.setStream(stream)
+            self._swapped.clear()
 
     def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _LineToConsole:
+    """A text stream that prints complete lines with a rich console (above a live bar)."""
+
+    def __init__(self, console) -> None:
+        self.console = console
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        data = self._partial + text
+        *lines, self._partial = data.split("\n")
+        for line in lines:
+            self.console.print(line, markup=False, highlight=False, emoji=False, soft_wrap=True)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
