@@ -296,6 +296,8 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
                     reader.acked(writer.acked_offset)
         writer.flush()
         reader.acked(writer.acked_offset)
+        if progress_of:
+            progress.update(progress_of()[0], stats.read_count)
         if not reader.complete:
             log.warning(
                 "stopped by %s before the source was fully read: the copy is incomplete",
