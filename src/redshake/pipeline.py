@@ -211,14 +211,17 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         log.error("cannot use the target: %s: %s", type(e).__name__, e)
         return EXIT_FAILURE
     info = writer.info
-    log.info(
-        "target %s: %s %s (RDB %d)%s",
-        cfg.writer.address or "(from sentinel)",
-        "valkey" if info.is_valkey else "redis",
-        _fmt_version(info.version),
-        info.rdb_version,
-        " cluster" if cfg.writer.cluster else "",
-    )
+    if cfg.writer_type == "file":
+        log.info("target: file %s (type %s)", cfg.writer.filepath, cfg.writer.type)
+    else:
+        log.info(
+            "target %s: %s %s (RDB %d)%s",
+            cfg.writer.address or "(from sentinel)",
+            "valkey" if info.is_valkey else "redis",
+            _fmt_version(info.version),
+            info.rdb_version,
+            " cluster" if cfg.writer.cluster else "",
+        )
     ctx = ReaderContext(
         caps=TargetCaps.from_target_info(info, adv.target_redis_proto_max_bulk_len),
         behavior=adv.rdb_restore_command_behavior,

@@ -129,6 +129,9 @@ class AofReaderConfig:
 
     filepath: str = field(default="", metadata=_PATH)
     timestamp: int = field(default=0, metadata={"min": 0})
+    # redshake: drop a truncated last command (and an unterminated MULTI) at the end of the
+    # last file, like the server's aof-load-truncated; default: refuse the input
+    ignore_truncated: bool = False
 
 
 @dataclass
