@@ -199,9 +199,14 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     from .readers import build_reader
     from .readers.base import ReaderContext
     from .status.progress import Progress
-    from .transform import build_transform
+    from .transform import TransformError, build_transform
 
     adv = cfg.advanced
+    try:  # compile filter regexes and the Lua function first (RedisShake: before reader/writer)
+        transform = build_transform(cfg)
+    except TransformError as e:
+        log.error("config error: %s. Nothing was written.", e)
+        return EXIT_BAD_INPUT
     policy = ErrorPolicy(adv.rdb_restore_command_behavior, stats)
     t0 = time.monotonic()
     # 1. Build the reader and validate its input before touching the target.
@@ -242,7 +247,6 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         writer.close()
         return EXIT_FAILURE
     log.info("%s ready in %.2fs", reader.name, time.monotonic() - t0)
-    transform = build_transform(cfg)
 
     status_server = _start_status(cfg, stats, reader, writer)
     if adv.empty_db_before_sync:
@@ -330,6 +334,11 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
                 log.debug("close failed", exc_info=True)
         if status_server is not None:
             status_server.close()
+    if transform is not None and hasattr(transform, "dropped"):
+        for reason, count in transform.dropped().items():
+            stats.skipped[reason] = stats.skipped.get(reason, 0) + count
+        for extra in transform.summary():
+            log.info("%s", extra)
     _summary(reader, policy, stats, time.monotonic() - t1, code)
     return code
 

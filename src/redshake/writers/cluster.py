@@ -4,8 +4,8 @@ Routing of an entry:
 
 * ``entry.key`` is bytes -> the master owning ``key_slot(key)``;
 * ``entry.key is KEYLESS_ALL_MASTERS`` -> every master;
-* ``entry.key is None`` -> keys come from ``key_finder(argv)`` (default: the small built-in
-  table ``basic_command_keys``; pass the full command table's lookup here). No keys ->
+* ``entry.key is None`` -> keys come from ``key_finder(argv)`` (default: the command table's
+  ``commands.command_keys``; ``basic_command_keys`` is a small built-in fallback). No keys ->
   every master; keys in one slot -> that master; keys in several slots -> DEL / UNLINK /
   EXISTS / TOUCH / MSET are split per slot, anything else is reported to ``on_error``.
 
@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from redshake.commands.lookup import command_keys
 from redshake.commands.slots import SLOTS, key_slot
 from redshake.entry import KEYLESS_ALL_MASTERS, Entry
 from redshake.resp.conn import Connection, ReplyError, format_address, parse_address
@@ -209,7 +210,7 @@ class ClusterWriter:
         self.address = address
         self.name = name or "cluster_writer"
         self.on_error = on_error
-        self.key_finder: KeyFinder = key_finder or basic_command_keys
+        self.key_finder: KeyFinder = key_finder or command_keys
         self._opts: dict[str, Any] = dict(
             username=username,
             password=password,
