@@ -339,13 +339,23 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
             stats.skipped[reason] = stats.skipped.get(reason, 0) + count
         for extra in transform.summary():
             log.info("%s", extra)
-    _summary(reader, policy, stats, time.monotonic() - t1, code)
+    _summary(reader, policy, stats, time.monotonic() - t1, code, transform is not None)
     return code
 
 
-def _summary(reader, policy, stats, elapsed, code) -> None:
+def _summary(reader, policy, stats, elapsed, code, transformed: bool = False) -> None:
     counters = getattr(reader, "counters", None)
-    if counters is not None:
+    if counters is not None and transformed:
+        # With filters / a Lua function the per-key write methods no longer say what reached
+        # the target: report entries (the transform line above gives the drops).
+        keys_read, _methods, skipped = counters()
+        log.info(
+            "summary: keys read=%d, entries read=%d, entries written=%d, skipped keys=%d, "
+            "failed=%d; %.2fs",
+            keys_read, stats.read_count, stats.write_count, sum(skipped.values()),
+            policy.failed, elapsed,
+        )  # fmt: skip
+    elif counters is not None:
         keys_read, methods, skipped = counters()
         if policy.busy_skipped:
             skipped["busykey"] += policy.busy_skipped
