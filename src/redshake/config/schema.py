@@ -114,6 +114,9 @@ class ScanReaderConfig:
     prefer_replica: bool = False
     skip_unknown_type: list[str] = field(default_factory=list)
     sentinel: SentinelConfig = field(default_factory=SentinelConfig)
+    # redshake: with ksn, CONFIG SET notify-keyspace-events on the source when it lacks the
+    # needed flags (restored at exit); off by default = refuse to start and say what to run
+    ksn_auto_enable: bool = False
 
 
 @dataclass

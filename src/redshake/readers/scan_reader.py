@@ -1,0 +1,477 @@
+"""``[scan_reader]``: copy with SCAN + DUMP/PTTL, optionally followed by keyspace events (ksn).
+
+One :class:`~.scan_node.NodeScanner` thread per source node (one for a standalone source, one
+per master - or per chosen replica with ``prefer_replica`` - for a cluster). Each DUMP payload
+is checked (CRC64) and handed to the same converter as the RDB path, so every key is written
+the cheapest way the target can load (RESTORE as is, re-stamped, re-encoded, or commands).
+
+What is guaranteed, and what is not:
+
+* without ``ksn`` the copy is a SCAN: keys that exist for the whole scan are copied; keys
+  written, changed or deleted during the scan may be missed or copied in an older state;
+* with ``ksn`` the subscription is made *before* the scan, every change event re-reads the key
+  (a key gone on the source is deleted on the target: del/expired/evicted/rename/move), and
+  FLUSHDB/FLUSHALL/SWAPDB - which emit no event - are detected from INFO commandstats and
+  applied to the target followed by a new scan. Events are never dropped silently: a lost
+  subscription is logged as an error and followed by a full re-scan;
+* DUMP and PTTL are two commands: a TTL changed between them can be off by that change; the
+  TTL is written as an absolute time (now + PTTL) so the time spent in queues does not count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+from collections import Counter
+from collections.abc import Iterator
+
+from ..entry import KEYLESS_ALL_MASTERS, Entry
+from ..resp.conn import Connection, ConnError, ReplyError, format_address, parse_address
+from .rdb_entries import ConversionError, RdbToEntries
+from .scan_node import NodeScanner, ScanError, keyspace_counts, parse_info
+
+log = logging.getLogger("redshake")
+
+__all__ = ["ScanReader", "ScanSourceError", "ScanError", "build", "needed_notify_flags"]
+
+MAX_PENDING = 1_000_000  # keys waiting for a DUMP, per node; events wait in the source beyond
+OUT_QUEUE = 64  # batches between the node threads and the pipeline
+
+
+class ScanSourceError(ConversionError):
+    """The source cannot be used as configured (checked before anything is written; exit 2)."""
+
+
+_ALL_CLASSES = "g$lshzxetd"  # what 'A' stands for (t: 5.0+, d: modules)
+
+
+def needed_notify_flags(version: tuple[int, int, int]) -> str:
+    """Keyevent notifications for generic commands and every type, expired and evicted."""
+    return "Eg$lshzxe" + ("t" if version >= (5, 0, 0) else "")
+
+
+def missing_notify_flags(value: str, version: tuple[int, int, int]) -> str:
+    have = set(value)
+    if "A" in have:
+        have |= set(_ALL_CLASSES)
+    return "".join(c for c in needed_notify_flags(version) if c not in have)
+
+
+def merged_notify_flags(value: str) -> str:
+    """The user's flags plus what ksn needs ('A' + 'E'), keeping K, m, n."""
+    return "AE" + "".join(c for c in dict.fromkeys(value) if c in "Kmn")
+
+
+def _version_of(info: dict[str, str]) -> tuple[tuple[int, int, int], bool]:
+    valkey = info.get("server_name", "") == "valkey" or "valkey_version" in info
+    raw = info.get("valkey_version") if valkey else info.get("redis_version", "0.0.0")
+    parts = [int(p) if p.isdigit() else 0 for p in (raw or "0.0.0").split(".")[:3]]
+    while len(parts) < 3:
+        parts.append(0)
+    return (parts[0], parts[1], parts[2]), valkey
+
+
+class ScanReader:
+    """The ``[scan_reader]`` (see the module doc)."""
+
+    def __init__(self, rc, ctx) -> None:
+        self.rc = rc
+        self.ctx = ctx
+        self.name = "scan_reader"
+        self.nodes: list[NodeScanner] = []
+        self.out: queue.Queue = queue.Queue(maxsize=OUT_QUEUE)
+        self.abort = threading.Event()
+        self.stopping = threading.Event()
+        self._conv: dict[tuple[int, bool], RdbToEntries] = {}
+        self._replace_ctx = dataclasses.replace(ctx, behavior="rewrite")
+        self._complete = False
+        self._line_idx = 0
+        self._restore_notify: list[tuple[str, str]] = []  # (address, old value)
+        self.skip_types = frozenset(t.encode() for t in rc.skip_unknown_type)
+        self.functions: list[bytes] = []  # library code, copied before the first key
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _connect(self, address: str, readonly: bool = False) -> Connection:
+        rc = self.rc
+        host, port = parse_address(address)
+        tc = rc.tls_config
+        conn = Connection(
+            host,
+            port,
+            username=rc.username or None,
+            password=rc.password or None,
+            tls=rc.tls,
+            tls_verify=not rc.tls_skip_verify,
+            ca_cert=tc.ca_cert or None,
+            cert=tc.cert or None,
+            key=tc.key or None,
+            timeout=10.0,
+            io_timeout=None,
+        )
+        if readonly:
+            conn.call("READONLY")
+        return conn
+
+    def _source_address(self) -> str:
+        rc = self.rc
+        s = rc.sentinel
+        if s.enabled:
+            from ..writers.sentinel import resolve_master
+
+            tc = s.tls_config
+            tls_cfg = {"ca_cert": tc.ca_cert, "cert": tc.cert, "key": tc.key}
+            addr = resolve_master(
+                s.address,
+                s.master_name,
+                username=s.username,
+                password=s.password,
+                tls=s.tls,
+                tls_config=tls_cfg if any(tls_cfg.values()) else None,
+                tls_verify=not s.tls_skip_verify,
+            )
+            log.info("sentinel %s: master %r is at %s", s.address, s.master_name, addr)
+            return addr
+        if not rc.address:
+            raise ScanSourceError("scan_reader.address is empty")
+        return rc.address
+
+    def _pick_replica(self, master: Connection) -> str | None:
+        """The online replica with the highest replication offset, from INFO replication."""
+        info = parse_info(master.call("INFO", "replication"))
+        best: tuple[int, str] | None = None
+        for k, v in info.items():
+            if not (k.startswith("slave") and k[5:].isdigit()):
+                continue
+            f = dict(p.split("=", 1) for p in v.split(",") if "=" in p)
+            if f.get("state") != "online":
+                continue
+            try:
+                off = int(f.get("offset", "0"))
+                addr = format_address(f["ip"], int(f["port"]))
+            except (KeyError, ValueError):
+                continue
+            if best is None or off > best[0]:
+                best = (off, addr)
+        return best[1] if best else None
+
+    def _cluster_nodes(self, seed: Connection) -> list[tuple[str, str]]:
+        """[(master address, address to read from)] for every master holding slots."""
+        from ..writers.cluster import fetch_topology
+
+        masters = sorted({addr for _lo, _hi, addr in fetch_topology(seed, self.rc.tls)})
+        if not self.rc.prefer_replica:
+            return [(m, m) for m in masters]
+        text = seed.call("CLUSTER", "NODES")
+        text = text.decode() if isinstance(text, bytes) else text
+        ids: dict[str, str] = {}
+        replicas: dict[str, list[str]] = {}
+        for line in text.splitlines():
+            p = line.split()
+            if len(p) < 8:
+                continue
+            flags = p[2].split(",")
+            host, _, port = p[1].split(",")[0].split("@")[0].rpartition(":")
+            addr = format_address(host.strip("[]") or seed.host, int(port))
+            if "master" in flags:
+                ids[addr] = p[0]
+            elif "slave" in flags and p[7] == "connected" and not (
+                {"fail", "fail?", "noaddr", "handshake"} & set(flags)
+            ):
+                replicas.setdefault(p[3], []).append(addr)
+        out = []
+        for m in masters:
+            reps = replicas.get(ids.get(m, ""), [])
+            if reps:
+                out.append((m, sorted(reps)[0]))
+            else:
+                log.warning("prefer_replica: master %s has no healthy replica, reading from it", m)
+                out.append((m, m))
+        return out
+
+    # -- prepare ----------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        rc = self.rc
+        if not rc.scan and not rc.ksn:
+            raise ScanSourceError("scan_reader: scan = false and ksn = false leaves nothing to do")
+        try:
+            self._prepare()
+        except ConnError as e:
+            self.close()
+            raise ScanSourceError(f"cannot use the source: {e}") from None
+        except ReplyError as e:
+            self.close()
+            raise ScanSourceError(f"the source refused a command: {e}") from None
+        except ScanSourceError:
+            self.close()
+            raise
+
+    def _prepare(self) -> None:
+        rc = self.rc
+        address = self._source_address()
+        seed = self._connect(address)
+        targets: list[tuple[str, str]]
+        if rc.cluster:
+            targets = self._cluster_nodes(seed)
+            if not targets:
+                seed.close()
+                raise ScanSourceError(f"{address}: the cluster has no master holding slots")
+        else:
+            read = address
+            if rc.prefer_replica:
+                rep = self._pick_replica(seed)
+                if rep:
+                    read = rep
+                    log.info("prefer_replica: reading from replica %s of %s", rep, address)
+                else:
+                    log.warning("prefer_replica: %s has no online replica, reading from it", address)
+            targets = [(address, read)]
+        seed.close()
+        explicit = list(dict.fromkeys(rc.dbs))
+        for i, (master, read) in enumerate(targets):
+            replica = read != master
+            conn = self._connect(read, readonly=replica and rc.cluster)
+            info = parse_info(conn.call("INFO", "server"))
+            version, valkey = _version_of(info)
+            counts = keyspace_counts(parse_info(conn.call("INFO", "keyspace")))
+            dbs = explicit or sorted(counts)
+            if rc.ksn:
+                self._check_notify(conn, read, version)
+            if i == 0 and rc.scan and (version >= (7, 0, 0) or valkey):
+                self._read_functions(conn, read)
+            node = NodeScanner(
+                self,
+                i,
+                read,
+                conn,
+                (lambda a=read, ro=replica and rc.cluster: self._connect(a, ro)),
+                dbs=dbs,
+                all_dbs=not explicit,
+                scan=rc.scan,
+                ksn=rc.ksn,
+                count=rc.count,
+                skip_types=self.skip_types,
+                max_pending=MAX_PENDING,
+                key_counts=counts,
+                cluster_source=rc.cluster,
+            )
+            self.nodes.append(node)
+            log.info(
+                "scan source %s: %s %s, dbs %s (%d keys)%s",
+                read,
+                "valkey" if valkey else "redis",
+                ".".join(map(str, version)),
+                ",".join(map(str, dbs)) or "none yet",
+                sum(counts.get(db, 0) for db in dbs),
+                f" (replica of {master})" if replica else "",
+            )
+        if rc.ksn:
+            log.info(
+                "ksn: following keyspace events after the scan until stopped (SIGTERM/SIGINT); "
+                "FLUSHDB/FLUSHALL/SWAPDB are detected every %.1fs from INFO commandstats",
+                0.5,
+            )
+        else:
+            log.warning(
+                "ksn = false: this is a one-pass SCAN. Keys written, changed or deleted on the "
+                "source while it runs may be missed or copied in an older state; stop writes "
+                "during the copy or set ksn = true for a consistent copy"
+            )
+
+    def _read_functions(self, conn: Connection, address: str) -> None:
+        """Function libraries (FUNCTION LIST WITHCODE): loaded on the target with
+        FUNCTION LOAD REPLACE, which every engine with functions accepts."""
+        try:
+            libs = conn.call("FUNCTION", "LIST", "WITHCODE")
+        except ReplyError as e:
+            log.warning("%s: FUNCTION LIST failed (%s): function libraries are not copied", address, e)
+            return
+        for lib in libs or []:
+            d = lib if isinstance(lib, dict) else {lib[j]: lib[j + 1] for j in range(0, len(lib) - 1, 2)}
+            code = d.get(b"library_code")
+            if code:
+                self.functions.append(code)
+        caps = self.ctx.caps
+        if self.functions and caps.version < (7, 0, 0) and not caps.is_valkey:
+            raise ScanSourceError(
+                f"the source holds {len(self.functions)} function librar"
+                f"{'y' if len(self.functions) == 1 else 'ies'} but the target (version "
+                f"{'.'.join(map(str, caps.version))}) has no FUNCTION command"
+            )
+        if self.functions:
+            log.info("%s: %d function libraries will be copied", address, len(self.functions))
+
+    def _check_notify(self, conn: Connection, address: str, version) -> None:
+        try:
+            r = conn.call("CONFIG", "GET", "notify-keyspace-events")
+        except ReplyError as e:
+            log.warning(
+                "%s: cannot read notify-keyspace-events (%s); make sure it includes 'AE' or no "
+                "change will be seen after the scan",
+                address, e,
+            )  # fmt: skip
+            return
+        value = ""
+        if isinstance(r, list) and len(r) >= 2:
+            value = r[1].decode() if isinstance(r[1], bytes) else str(r[1])
+        elif isinstance(r, dict):
+            v = next(iter(r.values()), b"")
+            value = v.decode() if isinstance(v, bytes) else str(v)
+        missing = missing_notify_flags(value, version)
+        if not missing:
+            return
+        merged = merged_notify_flags(value)
+        if self.rc.ksn_auto_enable:
+            conn.call("CONFIG", "SET", "notify-keyspace-events", merged)
+            self._restore_notify.append((address, value))
+            log.warning(
+                "%s: notify-keyspace-events was '%s'; set to '%s' (ksn_auto_enable), restored at exit",
+                address, value, merged,
+            )  # fmt: skip
+            return
+        raise ScanSourceError(
+            f"ksn needs keyspace notifications on the source, but {address} has "
+            f"notify-keyspace-events = '{value}' (missing '{missing}'). Run on the source: "
+            f"CONFIG SET notify-keyspace-events {merged}   (or set scan_reader.ksn_auto_enable = true)"
+        )
+
+    # -- used by the node threads -----------------------------------------------------------
+
+    def converter(self, version: int, replace: bool) -> RdbToEntries:
+        """Called by the pipeline's thread only (converters may probe the target)."""
+        key = (version, replace)
+        conv = self._conv.get(key)
+        if conv is None:
+            ctx = self._replace_ctx if replace else self.ctx
+            conv = self._conv[key] = ctx.rdb_converter(version, version >= 80)
+        return conv
+
+    def out_put(self, item) -> None:
+        while not self.abort.is_set():
+            try:
+                self.out.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def flushed(self, node: NodeScanner, dbs: list[int], what: str) -> None:
+        """A node saw a flush and queued it for the target: scan again. For a cluster source
+        the target flush also removed the other shards' keys, so every node scans again."""
+        for n in self.nodes if self.rc.cluster else [node]:
+            n.request_rescan(n._known_dbs() if self.rc.cluster else dbs, f"{what} on the source")
+
+    # -- Reader protocol --------------------------------------------------------------------
+
+    def batches(self) -> Iterator[list[Entry]]:
+        if self.functions:
+            yield [Entry(0, [b"FUNCTION", b"LOAD", b"REPLACE", code], KEYLESS_ALL_MASTERS) for code in self.functions]
+        for n in self.nodes:
+            n.start()
+        alive = len(self.nodes)
+        stop = self.ctx.stop
+        out = self.out
+        while alive:
+            if not self.stopping.is_set() and stop():
+                self.stopping.set()
+            try:
+                item = out.get(timeout=0.1)
+            except queue.Empty:
+                yield []
+                continue
+            if type(item) is list:
+                batch = []
+                for x in item:
+                    if type(x) is Entry:
+                        batch.append(x)
+                    else:
+                        rec, version, replace = x
+                        batch.extend(self.converter(version, replace).convert(rec))
+                if batch:
+                    yield batch
+                continue
+            kind, err, _node = item
+            if kind == "error":
+                self.abort.set()
+                raise err
+            alive -= 1
+        self._complete = all(n.complete for n in self.nodes)
+
+    def acked(self, offset: int) -> None:
+        pass
+
+    @property
+    def complete(self) -> bool:
+        return self._complete
+
+    def progress(self) -> tuple[int, int]:
+        done = sum(n.pass_done for n in self.nodes)
+        total = sum(n.pass_total for n in self.nodes)
+        return done, max(total, done)
+
+    def status(self) -> dict | list[dict]:
+        sts = [n.status() for n in self.nodes]
+        if self.rc.cluster:
+            return sts
+        return sts[0] if sts else {"name": self.name}
+
+    def status_line(self) -> str:
+        if not self.nodes:
+            return "preparing"
+        if len(self.nodes) == 1:
+            return self.nodes[0].status_line()
+        i = self._line_idx % len(self.nodes)
+        self._line_idx += 1
+        return f"src-{i}, {self.nodes[i].status_line()}"
+
+    def consistent(self) -> bool:
+        return bool(self.nodes) and all(n.consistent() for n in self.nodes) and self.out.empty()
+
+    def counters(self) -> tuple[int, Counter, Counter]:
+        methods: Counter = Counter()
+        skipped: Counter = Counter()
+        for conv in list(self._conv.values()):
+            methods.update(conv.methods)
+            skipped.update(conv.skipped)
+        for n in self.nodes:
+            skipped.update(n.skipped)
+        return sum(n.keys_dumped for n in self.nodes), methods, skipped
+
+    def summary(self) -> list[str]:
+        lines = []
+        for n in self.nodes:
+            lines.append(
+                f"[{n.name}] keys scanned={n.keys_scanned}, dumped={n.keys_dumped}, "
+                f"deleted on target={n.deleted}, events={n.events}, rescans={n.rescans}, "
+                f"flushes applied={n.flushes}, subscription lost={n.lost_subscriptions}"
+            )
+            if n.flush_unattributed:
+                lines.append(f"[{n.name}] {n.flush_unattributed} FLUSHDB could not be attributed to a db")
+        return lines
+
+    def close(self) -> None:
+        self.abort.set()
+        for n in self.nodes:
+            if n.thread is not None and n.thread.is_alive():
+                n.thread.join(timeout=5)
+        for n in self.nodes:
+            for c in (n.conn, n.sub):
+                if c is not None:
+                    try:
+                        c.close()
+                    except OSError:
+                        pass
+        for address, old in self._restore_notify:
+            try:
+                with self._connect(address) as c:
+                    c.call("CONFIG", "SET", "notify-keyspace-events", old)
+                log.info("%s: notify-keyspace-events restored to '%s'", address, old)
+            except (ConnError, ReplyError) as e:
+                log.warning("%s: could not restore notify-keyspace-events to '%s': %s", address, old, e)
+        self._restore_notify.clear()
+
+
+def build(cfg, ctx) -> ScanReader:
+    return ScanReader(cfg.reader, ctx)
