@@ -261,7 +261,8 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     ticker = _Ticker(stats, adv.log_interval, line)
     ticker.start()
     progress_of = getattr(reader, "progress", None)
-    progress = Progress(progress_of()[1] if progress_of else None, reader.name)
+    unit = getattr(reader, "progress_unit", "bytes")
+    progress = Progress(progress_of()[1] if progress_of else None, reader.name, unit=unit)
     code = EXIT_OK
     t1 = time.monotonic()
     log.info("start syncing...")
@@ -361,13 +362,14 @@ def _summary(reader, policy, stats, elapsed, code, transformed: bool = False) ->
             skipped["busykey"] += policy.busy_skipped
         written = sum(methods.values()) - policy.busy_restore
         rate = keys_read / elapsed if elapsed > 0 else 0.0
-        done = reader.progress()[0] if hasattr(reader, "progress") else 0
-        mbs = done / elapsed / 1e6 if elapsed > 0 else 0.0
+        by_bytes = hasattr(reader, "progress") and getattr(reader, "progress_unit", "bytes") == "bytes"
+        mbs = ""
+        if by_bytes and elapsed > 0:
+            mbs = f", {reader.progress()[0] / elapsed / 1e6:.1f} MB/s"
         sk = ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())) or "none"
         how = ", ".join(f"{k}={v}" for k, v in sorted(methods.items())) or "none"
         log.info(
-            "summary: keys read=%d, written=%d (%s), skipped=%d (%s), failed=%d; "
-            "%.2fs, %.0f keys/s, %.1f MB/s",
+            "summary: keys read=%d, written=%d (%s), skipped=%d (%s), failed=%d; %.2fs, %.0f keys/s%s",
             keys_read, written, how, sum(skipped.values()), sk, policy.failed, elapsed, rate, mbs,
         )  # fmt: skip
     else:

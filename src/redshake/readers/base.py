@@ -71,6 +71,9 @@ class Reader(Protocol):
 
     def consistent(self) -> bool: ...
 
+    # What progress() counts: "bytes" (default: files, RDB transfers) or "keys" (scan).
+    progress_unit: str
+
     def summary(self) -> list[str]:
         """Lines logged at the end of the run."""
 

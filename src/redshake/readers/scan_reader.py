@@ -406,6 +406,8 @@ class ScanReader:
     def complete(self) -> bool:
         return self._complete
 
+    progress_unit = "keys"
+
     def progress(self) -> tuple[int, int]:
         done = sum(n.pass_done for n in self.nodes)
         total = sum(n.pass_total for n in self.nodes)

@@ -28,6 +28,7 @@ class Progress:
         *,
         file: IO[str] | None = None,
         enabled: bool | None = None,
+        unit: str = "bytes",
     ) -> None:
         out = file if file is not None else sys.stdout
         if enabled is None:
@@ -45,6 +46,7 @@ class Progress:
         from rich.progress import (
             BarColumn,
             DownloadColumn,
+            MofNCompleteColumn,
             TaskProgressColumn,
             TextColumn,
             TimeRemainingColumn,
@@ -57,9 +59,11 @@ class Progress:
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             TaskProgressColumn(),
-            DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
-            TextColumn("{task.fields[keys]} keys"),
+            *(
+                (DownloadColumn(binary_units=True), TransferSpeedColumn(), TextColumn("{task.fields[keys]} keys"))
+                if unit == "bytes"
+                else (MofNCompleteColumn(), TextColumn("keys"))
+            ),
             TimeRemainingColumn(),
             console=console,
             transient=False,
