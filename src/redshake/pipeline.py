@@ -247,6 +247,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         writer.close()
         return EXIT_FAILURE
     log.info("%s ready in %.2fs", reader.name, time.monotonic() - t0)
+    log.info("mode: %s", _describe_mode(cfg))
 
     status_server = _start_status(cfg, stats, reader, writer)
     if adv.empty_db_before_sync:
@@ -342,6 +343,29 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
             log.info("%s", extra)
     _summary(reader, policy, stats, time.monotonic() - t1, code, transform is not None)
     return code
+
+
+def _describe_mode(cfg: Config) -> str:
+    """One line saying what this run does: reader -> transforms -> writer."""
+    r = cfg.reader
+    source = {
+        "rdb": lambda: f"rdb file {r.filepath}",
+        "aof": lambda: f"aof {r.filepath}" + (f" up to #TS:{r.timestamp}" if r.timestamp else ""),
+        "scan": lambda: f"scan {'cluster ' if r.cluster else ''}{r.address or 'via sentinel'}"
+        + (" + keyspace notifications" if r.ksn else " (no ksn: changes made during the scan may be missed)"),
+        "sync": lambda: f"sync (PSYNC) {'cluster ' if r.cluster else ''}{r.address or 'via sentinel'}",
+    }.get(cfg.reader_type, lambda: cfg.reader_type)()
+    from .transform import configured
+
+    steps = configured(cfg)
+    transform = f"filter: {', '.join(steps)}" if steps else "no filter"
+    w = cfg.writer
+    if cfg.writer_type == "file":
+        target = f"file {w.filepath} ({w.type})"
+    else:
+        kind = "cluster" if w.cluster else ("sentinel master" if w.sentinel.address else "standalone")
+        target = f"redis {kind} {w.address or w.sentinel.address}"
+    return f"{cfg.reader_type}_reader [{source}] -> {transform} -> {target}"
 
 
 def _summary(reader, policy, stats, elapsed, code, transformed: bool = False) -> None:

@@ -21,6 +21,23 @@ class TransformError(ValueError):
     """The [filter] section cannot be used (bad regex, Lua syntax error): exit 2, nothing written."""
 
 
+_FILTER_KEYS = (
+    "allow_keys", "block_keys", "allow_key_prefix", "block_key_prefix",
+    "allow_key_suffix", "block_key_suffix", "allow_key_regex", "block_key_regex",
+    "allow_db", "block_db", "allow_command", "block_command",
+    "allow_command_group", "block_command_group",
+)  # fmt: skip
+
+
+def configured(cfg: Config) -> list[str]:
+    """The [filter] options this config sets (for the startup 'mode' line)."""
+    f = cfg.filter
+    out = [k for k in _FILTER_KEYS if getattr(f, k)]
+    if f.function or cfg.function:
+        out.append("function")
+    return out
+
+
 def unsupported(cfg: Config) -> str:
     """Names of configured transform options this build cannot apply ('' if none)."""
     return ""
