@@ -32,6 +32,7 @@ from ..rdb import records as R
 from ..rdb.parser import RdbParser
 from ..rdb.primitives import RdbError
 from ..util import human_bytes
+from .base import FileReaderBase
 
 __all__ = ["AofFileReader", "build", "plan_files"]
 
@@ -102,7 +103,7 @@ class _Cut(Exception):
     """Point-in-time cut-off reached."""
 
 
-class AofFileReader:
+class AofFileReader(FileReaderBase):
     name = "aof_reader"
 
     def __init__(
@@ -408,20 +409,6 @@ class AofFileReader:
         self.done = True
         self.state = "done"
 
-    def acked(self, offset: int) -> None:
-        pass
-
-    @property
-    def complete(self) -> bool:
-        return self.done
-
-    def progress(self) -> tuple[int, int]:
-        return self.sent, self.total
-
-    @property
-    def percent(self) -> float:
-        return 100.0 * self.sent / self.total if self.total else 100.0
-
     def status_line(self) -> str:
         if self.done:
             return f"[aof_reader] done, {self.commands} commands, synced: 100.00%"
@@ -449,9 +436,6 @@ class AofFileReader:
             "rdb_keys": self.rdb_keys,
         }
 
-    def consistent(self) -> bool:
-        return self.done
-
     def summary(self) -> list[str]:
         lines = [
             f"aof_reader: {len(self.parts)} file(s), {self.rdb_keys} keys from RDB parts, "
@@ -478,9 +462,6 @@ class AofFileReader:
         for d in self.dropped_tail:
             lines.append(f"aof_reader: dropped truncated tail: {d}")
         return lines
-
-    def close(self) -> None:
-        pass
 
 
 def build(cfg, ctx) -> AofFileReader:

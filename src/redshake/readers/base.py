@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from ..entry import Entry
 
-__all__ = ["Reader", "ReaderContext"]
+__all__ = ["Reader", "ReaderContext", "FileReaderBase"]
 
 
 @dataclass
@@ -82,3 +82,34 @@ class Reader(Protocol):
         """True when the reader ended because its source was fully read (not stopped)."""
 
     def close(self) -> None: ...
+
+
+class FileReaderBase:
+    """Progress bookkeeping shared by readers of files (rdb, aof): ``sent`` of ``total``
+    bytes handed on, ``done`` once the whole input was read. Files have no offsets to
+    acknowledge."""
+
+    sent: int = 0
+    total: int = 0
+    done: bool = False
+    progress_unit = "bytes"
+
+    def acked(self, offset: int) -> None:
+        pass
+
+    @property
+    def complete(self) -> bool:
+        return self.done
+
+    def progress(self) -> tuple[int, int]:
+        return self.sent, self.total
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.sent / self.total if self.total else 100.0
+
+    def consistent(self) -> bool:
+        return self.done
+
+    def close(self) -> None:
+        pass

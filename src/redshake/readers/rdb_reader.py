@@ -19,6 +19,7 @@ from ..rdb import records as R
 from ..rdb.parser import RdbParser
 from ..rdb.primitives import Crc64, RdbError
 from ..util import human_bytes
+from .base import FileReaderBase
 
 __all__ = ["RdbFileReader", "check_rdb_file"]
 
@@ -86,7 +87,7 @@ def check_rdb_file(path: Path, stop: Callable[[], bool] | None = None) -> str:
     return "full parse"
 
 
-class RdbFileReader:
+class RdbFileReader(FileReaderBase):
     """``[rdb_reader]``: feeds a file through the parser and turns records into entries."""
 
     name = "rdb_reader"
@@ -96,7 +97,7 @@ class RdbFileReader:
         self.ctx = ctx
         if not self.path.is_file():
             raise FileNotFoundError(f"rdb_reader.filepath: file not found: {self.path}")
-        self.size = self.path.stat().st_size
+        self.total = self.path.stat().st_size
         self.sent = 0  # bytes whose records have been handed on
         self.parser = RdbParser()
         self.conv = None
@@ -130,22 +131,8 @@ class RdbFileReader:
                         yield batch
                 self.sent = parser.offset
         parser.finish()
-        self.sent = self.size
+        self.sent = self.total
         self.done = True
-
-    def acked(self, offset: int) -> None:
-        pass
-
-    @property
-    def complete(self) -> bool:
-        return self.done
-
-    def progress(self) -> tuple[int, int]:
-        return self.sent, self.size
-
-    @property
-    def percent(self) -> float:
-        return 100.0 * self.sent / self.size if self.size else 100.0
 
     def status_line(self) -> str:
         return f"[rdb_reader] rdb file synced: {self.percent:.2f}%"
@@ -155,15 +142,12 @@ class RdbFileReader:
             "name": self.name,
             "status": self.status_line(),
             "filepath": str(self.path),
-            "file_size_bytes": self.size,
-            "file_size_human": human_bytes(self.size),
+            "file_size_bytes": self.total,
+            "file_size_human": human_bytes(self.total),
             "file_sent_bytes": self.sent,
             "file_sent_human": human_bytes(self.sent),
             "percent": f"{self.percent:.2f}%",
         }
-
-    def consistent(self) -> bool:
-        return self.done
 
     def counters(self) -> tuple[int, Counter, Counter]:
         """(keys read, how keys were written, skipped keys by reason)."""
@@ -171,8 +155,6 @@ class RdbFileReader:
             return self.keys_read, Counter(), Counter()
         return self.keys_read, self.conv.methods, Counter(self.conv.skipped)
 
-    def close(self) -> None:
-        pass
 
 
 def build(cfg, ctx) -> RdbFileReader:
