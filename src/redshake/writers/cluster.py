@@ -13,10 +13,26 @@ Redirections are handled in the caller's thread: ``MOVED`` -> wait for the repli
 in flight (so the redirected entries keep their order), refresh the topology, resend;
 ``ASK`` -> ``ASKING`` + the command to the named node, once; ``TRYAGAIN`` /
 ``CLUSTERDOWN`` -> resend after a bounded backoff, then ``on_error``.
+
+Transactions: the entries from ``MULTI`` to ``EXEC`` are buffered. When every keyed command
+of the block maps to one slot (keyless commands go along), the block is sent to that slot's
+master as one atomic ``MULTI`` ... ``EXEC``; a block of keyless commands only goes to every
+master. Keys in several slots -> the commands are sent one by one without ``MULTI``/``EXEC``
+(counted as ``transactions_split``, with a warning). A block the server discarded because
+of a redirection (``MOVED`` / ``ASK`` / ``TRYAGAIN`` while queuing or at ``EXEC``) was not
+applied at all and is resent whole: after ``ASK`` as ``ASKING`` + the block to the importing
+node (``ASKING`` before ``MULTI`` holds for the whole transaction); a block with several keys
+of a slot being migrated gets ``TRYAGAIN`` there and is retried until the migration is over.
+
+``acked_offset`` is exact: the largest source offset O such that every entry written with an
+offset <= O was answered by its master(s). Each written entry (or block) leaves a record
+(offset, [writer, that writer's entry count once the part is answered] per part) in a
+queue released from the left; a redirected part holds its record until answered again.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -30,6 +46,8 @@ from redshake.writers.base import TargetInfo, WriterError
 from redshake.writers.redis import UNLIMITED_QPS, OnError, RedisWriter
 
 __all__ = ["ClusterWriter", "basic_command_keys", "fetch_topology", "KeyFinder"]
+
+log = logging.getLogger("redshake")
 
 # argv -> list of keys ([] = keyless: send to every master), or None = unknown command.
 KeyFinder = Callable[[Sequence[bytes]], "list[bytes] | None"]
@@ -189,6 +207,28 @@ def _original(entry: Entry) -> Entry:
     return entry.orig if entry.__class__ is _Retried else entry  # type: ignore[attr-defined]
 
 
+class _TxnHolder:
+    """A transaction sent as one unit: MULTI, the commands, EXEC (all for db 0)."""
+
+    __slots__ = ("entries", "slot", "attempts")
+
+    def __init__(self, entries: list[Entry], slot: int) -> None:
+        self.entries = entries
+        self.slot = slot  # -1: keyless commands only (the block goes to every master)
+        self.attempts = 0
+
+
+_MULTI = b"MULTI"
+_EXEC = b"EXEC"
+_REDIRECT_CODES = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
+_ABORT_BECAUSE = "EXECABORT Transaction discarded because of: "
+_SPLIT_WARNINGS = 10
+
+# A record of the offset tracking: [offset, entry or _TxnHolder, held, w1, seq1, w2, seq2...]:
+# done when held == 0 (no part waiting for a resend) and every wi.answered >= seqi.
+_OFF, _OBJ, _HELD, _PARTS = 0, 1, 2, 3
+
+
 class ClusterWriter:
     def __init__(
         self,
@@ -235,7 +275,14 @@ class ClusterWriter:
         self._writers: dict[str, RedisWriter] = {}
         self._slots: list[RedisWriter | None] = [None] * SLOTS
         self.masters: list[RedisWriter] = []
-        self._retry: deque[tuple[Entry, str, str]] = deque()
+        # (entry or _TxnHolder, kind, info, offset record, writer that answered)
+        self._retry: deque[tuple[Any, str, str, list, RedisWriter | None]] = deque()
+        self._track: deque[list] = deque()  # offset records, oldest first
+        self._cur: list = [-1, None, 0]  # the record parts of the entry being routed go to
+        self._acked = -1
+        self._txn: list[Entry] | None = None  # MULTI ... so far (EXEC not seen yet)
+        self.transactions = 0
+        self.transactions_split = 0
         self._need_refresh = False
         self._in_retry = False
         self._exc: BaseException | None = None
@@ -259,7 +306,8 @@ class ClusterWriter:
             host, port = parse_address(addr)
             w = RedisWriter(
                 addr,
-                on_error=self._make_handler(host),
+                on_error=self._make_handler(host, addr),
+                on_abort=self._make_abort(host, addr),
                 name=f"writer_{host}_{port}",
                 **self._opts,
             )
@@ -303,7 +351,27 @@ class ClusterWriter:
             if self._retry and not self._in_retry:
                 self._drain_retry()
             self.written += 1
+            a0 = entry.argv[0]
+            if self._txn is not None or (len(a0) == 5 and a0.upper() == _MULTI):
+                self._txn_add(entry)
+                return
+            track = self._track
+            key = entry.key
+            if key.__class__ is bytes and entry.db == 0:  # the common case, inline
+                w = self._slots[key_slot(key)]
+                if w is not None:
+                    # recorded before writing: its reply may be read during write()
+                    track.append([entry.offset, entry, 0, w, w.written + 1])
+                    w.write(entry)
+                    if len(track) > 4096:
+                        self._release()
+                    return
+            rec = [entry.offset, entry, 0]
+            track.append(rec)
+            self._cur = rec
             self._route(entry)
+            if len(track) > 4096:
+                self._release()
         except BaseException as e:
             self._exc = e
             raise
@@ -336,12 +404,36 @@ class ClusterWriter:
 
     @property
     def acked_offset(self) -> int:
-        """Source offset up to which every entry is applied on every master: the offset of
-        the last entry written when nothing is pending, else unknown (-1). Exact tracking of
-        interleaved per-master acknowledgements is added with the live-sync reader."""
-        if self._retry or any(w.pending for w in self._writers.values()):
-            return -1
-        return max((w.acked_offset for w in self._writers.values()), default=-1)
+        """The largest source offset O such that every entry written with an offset <= O
+        has been answered by its master(s) (all parts of split / broadcast entries; a
+        transaction when its EXEC was answered). -1 until there is one."""
+        self._release()
+        return self._acked
+
+    def _release(self) -> None:
+        q = self._track
+        while q:
+            rec = q[0]
+            if rec[_HELD]:
+                return
+            n = len(rec)
+            i = _PARTS
+            while i < n:
+                if rec[i].answered < rec[i + 1]:
+                    return
+                i += 2
+            q.popleft()
+            if rec[_OFF] >= 0:
+                self._acked = rec[_OFF]
+
+    def _find(self, w: RedisWriter, seq: int) -> list | None:
+        """The offset record holding the part ``seq`` written to ``w``."""
+        for rec in self._track:
+            n = len(rec)
+            for i in range(_PARTS, n, 2):
+                if rec[i] is w and rec[i + 1] == seq:
+                    return rec
+        return None
 
     def exists(self, db: int, key: bytes) -> bool:
         """Synchronously ask the owner of ``key``'s slot whether it exists."""
@@ -364,7 +456,16 @@ class ClusterWriter:
             w.close()
 
     def status(self) -> list[dict]:
-        return [w.status() for w in self.masters]
+        out = [w.status() for w in self.masters]
+        out.append(
+            {
+                "name": self.name,
+                "transactions": self.transactions,
+                "transactions_split": self.transactions_split,
+                "redirects": self.redirects,
+            }
+        )
+        return out
 
     @property
     def answered(self) -> int:
@@ -387,37 +488,153 @@ class ClusterWriter:
             )
             return
         key = entry.key
+        cur = self._cur
         if key.__class__ is bytes:
             w = self._slots[key_slot(key)]
             if w is None:
-                self._retry.append((entry, "RETRY", "CLUSTERDOWN slot not served"))
-                self._need_refresh = True
+                self._not_served(entry)
                 return
+            # the part is recorded before writing: its reply may be read during write()
+            cur.append(w)
+            cur.append(w.written + 1)
             w.write(entry)
             return
         if key is KEYLESS_ALL_MASTERS:
-            for w in self.masters:
-                w.write(entry)
+            self._broadcast(entry)
             return
         keys = self.key_finder(entry.argv)
         if keys is None:
             self._fail(entry, f"cannot find the keys of {entry.cmd} to route it in a cluster")
             return
         if not keys:
-            for w in self.masters:
-                w.write(entry)
+            self._broadcast(entry)
             return
         s0 = key_slot(keys[0])
         if all(key_slot(k) == s0 for k in keys[1:]):
             w = self._slots[s0]
             if w is None:
-                self._retry.append((entry, "RETRY", "CLUSTERDOWN slot not served"))
-                self._need_refresh = True
+                self._not_served(entry)
                 return
+            cur.append(w)
+            cur.append(w.written + 1)
             w.write(entry)
             return
         for part in self._split(entry):
             self._route(part)
+
+    def _broadcast(self, entry: Entry) -> None:
+        cur = self._cur
+        for w in self.masters:
+            cur.append(w)
+            cur.append(w.written + 1)
+            w.write(entry)
+
+    def _not_served(self, obj: Any) -> None:
+        self._cur[_HELD] += 1
+        self._retry.append((obj, "RETRY", "CLUSTERDOWN slot not served", self._cur, None))
+        self._need_refresh = True
+
+    def _is_keyless(self, entry: Entry) -> bool:
+        key = entry.key
+        if key is KEYLESS_ALL_MASTERS:
+            return True
+        return key is None and self.key_finder(entry.argv) == []
+
+    # -- transactions ------------------------------------------------------------------
+
+    def _txn_add(self, entry: Entry) -> None:
+        blk = self._txn
+        if blk is None:
+            self._txn = [entry]
+            return
+        blk.append(entry)
+        a0 = entry.argv[0]
+        if len(a0) == 4 and a0.upper() == _EXEC:
+            self._txn = None
+            self._write_block(blk)
+
+    def _write_block(self, blk: list[Entry]) -> None:
+        self.transactions += 1
+        off = max(e.offset for e in blk)
+        multi, cmds, exe = blk[0], blk[1:-1], blk[-1]
+        good: list[Entry] = []
+        slots: set[int] = set()
+        first_keys: list[bytes] = []
+        for e in cmds:
+            if e.db != 0:
+                self._fail(
+                    e,
+                    f"db {e.db} cannot be written to a cluster target (in a MULTI block); use"
+                    " [filter] allow_db / a Lua function to remap",
+                )
+                continue
+            key = e.key
+            if key.__class__ is bytes:
+                keys: list[bytes] | None = [key]
+            elif key is KEYLESS_ALL_MASTERS:
+                keys = []
+            else:
+                keys = self.key_finder(e.argv)
+                if keys is None:
+                    self._fail(e, f"cannot find the keys of {e.cmd} to route it in a cluster")
+                    continue
+            for k in keys:
+                slots.add(key_slot(k))
+            if keys and len(first_keys) < 3:
+                first_keys.append(keys[0])
+            good.append(e)
+        if not good:
+            self._track.append([off, None, 0])
+            return
+        if len(slots) > 1:
+            self.transactions_split += 1
+            n = self.transactions_split
+            if n <= _SPLIT_WARNINGS or n % 1000 == 0:
+                log.warning(
+                    "[%s] a MULTI/EXEC block with keys in %d slots (first keys %s) is written"
+                    " command by command, not atomically (%d such blocks so far)",
+                    self.name, len(slots), ", ".join(repr(k) for k in first_keys), n,
+                )  # fmt: skip
+            last = len(good) - 1
+            for i, e in enumerate(good):
+                rec = [off if i == last else e.offset, e, 0]
+                self._track.append(rec)
+                self._cur = rec
+                self._route(e)
+            return
+        if multi.db != 0:
+            multi = Entry(0, multi.argv, None, multi.offset, multi.resp)
+        if exe.db != 0:
+            exe = Entry(0, exe.argv, None, exe.offset, exe.resp)
+        holder = _TxnHolder([multi, *good, exe], slots.pop() if slots else -1)
+        rec = [off, holder, 0]
+        self._track.append(rec)
+        self._cur = rec
+        self._send_block(holder, None, False)
+
+    def _send_block(self, holder: _TxnHolder, w: RedisWriter | None, asking: bool) -> None:
+        cur = self._cur
+        entries = holder.entries
+        if w is None:
+            if holder.slot < 0:
+                targets = list(self.masters)
+            else:
+                w = self._slots[holder.slot]
+                if w is None:
+                    self._not_served(holder)
+                    return
+                targets = [w]
+        else:
+            targets = [w]
+        for w in targets:
+            cur.append(w)
+            cur.append(w.written + len(entries))
+            if asking:
+                w.write_asking(entries[0])
+            else:
+                w.write(entries[0])
+            for e in entries[1:]:
+                w.write(e)
 
     def _split(self, entry: Entry) -> list[Entry]:
         argv = entry.argv
@@ -440,30 +657,70 @@ class ClusterWriter:
 
     # -- redirections ------------------------------------------------------------------
 
-    def _make_handler(self, node_host: str) -> OnError:
+    def _redirect(self, message: str, node_host: str) -> tuple[str, str] | None:
+        """(kind, info) for a redirection / retry-later error, else None."""
+        code = message.split(" ", 1)[0]
+        if code == "MOVED" or code == "ASK":
+            parts = message.split()
+            addr = parts[2] if len(parts) > 2 else ""
+            if addr.startswith(":"):
+                addr = format_address(node_host, int(addr[1:]))
+            self.redirects += 1
+            if code == "MOVED":
+                self.moved += 1
+                self._need_refresh = True
+                return code, f"{parts[1] if len(parts) > 1 else ''} {addr}"
+            self.asked += 1
+            return code, addr
+        if code in ("TRYAGAIN", "CLUSTERDOWN"):
+            return "RETRY", message
+        return None
+
+    def _hold(self, w: RedisWriter | None) -> list:
+        """The record of the part ``w`` just answered (its count is ``w.answered``), held
+        until the part is resent and answered."""
+        rec = self._find(w, w.answered) if w is not None else None
+        if rec is None:  # not expected; keep the offset from passing anything
+            rec = [-1, None, 0]
+            self._track.appendleft(rec)
+        rec[_HELD] += 1
+        return rec
+
+    def _make_handler(self, node_host: str, addr: str) -> OnError:
         def handler(entry: Entry, message: str) -> None:
-            code = message.split(" ", 1)[0]
-            if code == "MOVED" or code == "ASK":
-                parts = message.split()
-                addr = parts[2] if len(parts) > 2 else ""
-                if addr.startswith(":"):
-                    addr = format_address(node_host, int(addr[1:]))
-                self.redirects += 1
-                if code == "MOVED":
-                    self.moved += 1
-                    self._need_refresh = True
-                    self._retry.append(
-                        (entry, code, f"{parts[1] if len(parts) > 1 else ''} {addr}")
-                    )
-                else:
-                    self.asked += 1
-                    self._retry.append((entry, code, addr))
-            elif code in ("TRYAGAIN", "CLUSTERDOWN"):
-                self._retry.append((entry, "RETRY", message))
-            else:
+            r = self._redirect(message, node_host)
+            if r is None:
                 self._fail(_original(entry), message)
+                return
+            w = self._writers.get(addr)
+            self._retry.append((entry, r[0], r[1], self._hold(w), w))
 
         return handler
+
+    def _make_abort(self, node_host: str, addr: str):
+        def on_abort(entries: list[Entry], errors: list[tuple[Entry, str]], message: str) -> None:
+            # a discarded transaction: nothing of it was applied
+            r = None
+            for m in [*(m for _e, m in errors), message]:
+                if m.startswith(_ABORT_BECAUSE):
+                    m = m[len(_ABORT_BECAUSE) :]
+                if m.split(" ", 1)[0] in _REDIRECT_CODES:
+                    r = self._redirect(m, node_host)
+                    break
+            w = self._writers.get(addr)
+            rec = self._find(w, w.answered) if w is not None else None
+            if r is None or rec is None or rec[_OBJ].__class__ is not _TxnHolder:
+                if not errors:
+                    errors = [(entries[-1], message)]
+                else:
+                    errors = [(e, f"{m} (the transaction was discarded: {message})") for e, m in errors]
+                for e, m in errors:
+                    self._fail(e, m)
+                return
+            rec[_HELD] += 1
+            self._retry.append((rec[_OBJ], r[0], r[1], rec, w))
+
+        return on_abort
 
     def _drain_retry(self) -> None:
         self._in_retry = True
@@ -479,36 +736,64 @@ class ClusterWriter:
                 items = list(self._retry)
                 self._retry.clear()
                 worst = 0
-                for e, kind, _info in items:
+                for e, kind, *_rest in items:
                     if kind == "RETRY":
                         worst = max(worst, getattr(e, "attempts", 0) + 1)
                 if worst:
                     time.sleep(min(0.005 * (2 ** min(worst, 7)), 0.5))
-                for entry, kind, info in items:
-                    n = entry.attempts + 1 if entry.__class__ is _Retried else 1  # type: ignore[attr-defined]
-                    orig = _original(entry)
-                    limit = MAX_RETRIES if kind == "RETRY" else MAX_REDIRECTS
-                    if n > limit:
-                        self._fail(
-                            orig, f"gave up after {n - 1} redirections/retries: {kind} {info}"
-                        )
-                        continue
-                    again = _Retried(orig, n)
-                    if kind == "ASK":
-                        self._writer(info).write_asking(again)
-                    elif kind == "MOVED":
-                        slot_s, _, addr = info.partition(" ")
-                        if slot_s.isdigit() and addr:
-                            # the redirect is authoritative even if the map read just now lags
-                            self._slots[int(slot_s)] = self._writer(addr)
-                        self._route(again)
-                    else:
-                        self._route(again)
+                for obj, kind, info, rec, wfail in items:
+                    self._cur = rec
+                    try:
+                        self._resend(obj, kind, info, wfail)
+                    finally:
+                        rec[_HELD] -= 1
                 if self._retry:
                     for w in list(self._writers.values()):
                         w.flush()
         finally:
             self._in_retry = False
+
+    def _resend(self, obj: Any, kind: str, info: str, wfail: RedisWriter | None) -> None:
+        limit = MAX_RETRIES if kind == "RETRY" else MAX_REDIRECTS
+        if kind == "MOVED":
+            slot_s, _, addr = info.partition(" ")
+            if slot_s.isdigit() and addr:
+                # the redirect is authoritative even if the map read just now lags
+                self._slots[int(slot_s)] = self._writer(addr)
+        if obj.__class__ is _TxnHolder:
+            obj.attempts += 1
+            if obj.attempts > limit:
+                self._fail(
+                    obj.entries[-1],
+                    f"gave up on a MULTI/EXEC block after {obj.attempts - 1}"
+                    f" redirections/retries: {kind} {info}",
+                )
+                return
+            if kind == "ASK":
+                self._send_block(obj, self._writer(info), True)
+            elif kind == "RETRY" and obj.slot < 0 and wfail is not None:
+                self._send_block(obj, wfail, False)
+            else:
+                self._send_block(obj, None, False)
+            return
+        n = obj.attempts + 1 if obj.__class__ is _Retried else 1
+        orig = _original(obj)
+        if n > limit:
+            self._fail(orig, f"gave up after {n - 1} redirections/retries: {kind} {info}")
+            return
+        again = _Retried(orig, n)
+        if kind == "ASK":
+            w = self._writer(info)
+            self._cur.append(w)
+            self._cur.append(w.written + 1)
+            w.write_asking(again)
+        elif kind == "RETRY" and wfail is not None and self._is_keyless(orig):
+            # a keyless entry another master may have applied already: only where it failed
+            self._cur.append(wfail)
+            self._cur.append(wfail.written + 1)
+            wfail.write(again)
+        else:
+            self._route(again)
 
     def __enter__(self) -> ClusterWriter:
         return self

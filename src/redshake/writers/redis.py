@@ -9,6 +9,14 @@ for idle moments (it also advances ``acked_offset``).
 
 Error replies go to ``on_error(entry, message)``; if that raises, or no handler was given,
 the writer stops and the exception is raised from this and every later call.
+
+Transactions: the entries ``MULTI``, commands, ``EXEC`` are written one after the other and
+tracked as one block. Nothing of a block counts as answered, and ``acked_offset`` does not
+move past it, until the ``EXEC`` reply arrived. Then every failed command is reported with
+its own entry: an error element of the ``EXEC`` reply, or, when the server discarded the
+transaction (``EXECABORT``, a rejected ``EXEC``), each command that failed to queue (or the
+``EXEC`` entry when none did). ``on_abort(entries, errors, message)``, when given, receives a
+discarded block instead (the cluster writer resends redirected blocks).
 """
 
 from __future__ import annotations
@@ -28,16 +36,38 @@ SEND_BYTES = 32 * 1024
 UNLIMITED_QPS = 300000
 
 OnError = Callable[[Entry, str], None]
+# (entries of the block from MULTI to EXEC, [(entry, error message)], EXEC's error message)
+OnAbort = Callable[[list[Entry], list[tuple[Entry, str]], str], None]
+
+_MULTI = b"MULTI"
+_EXEC = b"EXEC"
+
+
+class _Block:
+    """A MULTI ... EXEC block in flight: its entries and what its replies said so far."""
+
+    __slots__ = ("entries", "queued", "errors", "select_inside")
+
+    def __init__(self, multi: Entry) -> None:
+        self.entries: list[Entry] = [multi]
+        # what the EXEC reply array answers, in order: the commands the server queued
+        # (None for a SELECT this writer added)
+        self.queued: list[Entry | None] = []
+        self.errors: list[tuple[Entry | None, str]] = []  # replies refusing to queue
+        self.select_inside = False
 
 
 class _Internal:
-    """A command the writer sends on its own (SELECT, ASKING); not counted as an entry."""
+    """Something in flight that is not a plain entry: a command the writer sends on its own
+    (SELECT, ASKING; not counted as an entry), or a part of a transaction block."""
 
-    __slots__ = ("desc", "offset")
+    __slots__ = ("desc", "offset", "entry", "block")
 
-    def __init__(self, desc: str) -> None:
+    def __init__(self, desc: str, entry: Entry | None = None, block: _Block | None = None) -> None:
         self.desc = desc
         self.offset = -1
+        self.entry = entry
+        self.block = block
 
 
 _ASKING = encode([b"ASKING"])
@@ -59,15 +89,14 @@ class RedisWriter:
         on_error: OnError | None = None,
         name: str | None = None,
         connect_timeout: float = 10.0,
+        on_abort: OnAbort | None = None,
     ) -> None:
         host, port = parse_address(address)
         tc = tls_config or {}
         self.host = host
         self.port = port
         self.address = address
-        self.conn = Connection(
-            host,
-            port,
+        self._conn_kw = dict(
             username=username or None,
             password=password or None,
             tls=tls,
@@ -77,6 +106,8 @@ class RedisWriter:
             key=tc.get("key") or None,
             timeout=connect_timeout,
         )
+        self.conn = Connection(host, port, **self._conn_kw)  # type: ignore[arg-type]
+        self.conn_lost = False  # the last failure was a lost connection (see reconnect())
         try:
             self.info: TargetInfo = probe_target(self.conn)
         except BaseException:
@@ -84,11 +115,14 @@ class RedisWriter:
             raise
         self.name = name or f"writer_{host}_{port}"
         self.on_error = on_error
+        self.on_abort = on_abort
         self.written = 0
         self.answered = 0
         self.errors = 0
         self.acked_offset = -1
         self._db = 0
+        self._block: _Block | None = None  # the transaction being written (MULTI seen)
+        self.transactions = 0
         self._buf: list[bytes] = []
         self._buf_bytes = 0
         self._inflight: deque[tuple[Entry | _Internal, int]] = deque()
@@ -107,6 +141,10 @@ class RedisWriter:
     def write(self, entry: Entry) -> None:
         if self._exc is not None:
             raise self._exc
+        a0 = entry.argv[0]
+        if self._block is not None or (len(a0) == 5 and a0.upper() == _MULTI):
+            self._write_txn(entry)
+            return
         if entry.db != self._db:
             self._select(entry.db)
         data = entry.resp or encode(entry.argv)
@@ -120,6 +158,46 @@ class RedisWriter:
             self._send()
         if self._qps:
             self._throttle()
+
+    def _write_txn(self, entry: Entry) -> None:
+        blk = self._block
+        a0 = entry.argv[0]
+        if blk is None:  # MULTI
+            if entry.db != self._db:
+                self._select(entry.db)
+            blk = self._block = _Block(entry)
+            item = _Internal("MULTI", entry, blk)
+        else:
+            blk.entries.append(entry)
+            if len(a0) == 4 and a0.upper() == _EXEC:
+                self._block = None
+                self.transactions += 1
+                item = _Internal("EXEC", entry, blk)
+            else:
+                if entry.db != self._db:
+                    # queued too: it runs inside the transaction, in order
+                    self._select(entry.db)
+                    blk.select_inside = True
+                item = _Internal("queued", entry, blk)
+        data = entry.resp or encode(entry.argv)
+        n = len(data)
+        self._buf.append(data)
+        self._buf_bytes += n
+        self._unanswered_bytes += n
+        self._inflight.append((item, n))
+        self.written += 1
+        if item.desc == "EXEC" and blk.select_inside:
+            # if the transaction is discarded its SELECTs did not run: say the db again
+            self._select(self._db, force=True)
+        if self._buf_bytes >= SEND_BYTES or len(self._buf) >= self._batch:
+            self._send()
+        if self._qps:
+            self._throttle()
+
+    @property
+    def in_transaction(self) -> bool:
+        """A MULTI was written and its EXEC not yet."""
+        return self._block is not None
 
     def write_asking(self, entry: Entry) -> None:
         """Send ``ASKING`` followed by the entry (cluster ASK redirection)."""
@@ -153,6 +231,7 @@ class RedisWriter:
         """Synchronously ask whether ``key`` exists in ``db`` (after everything written so far
         has been applied). Used before rebuilding a key with commands, so an existing key is
         never merged into when existing keys must be kept or reported."""
+        self._no_open_block("EXISTS")
         self.flush()
         if db != self._db:
             self._guard(lambda: self.conn.call("SELECT", db))
@@ -162,8 +241,24 @@ class RedisWriter:
         return out[0] == 1
 
     def flushall(self) -> None:
+        self._no_open_block("FLUSHALL")
         self.flush()
         self._guard(lambda: self.conn.call("FLUSHALL"))
+
+    def reconnect(self) -> None:
+        """After a lost connection: connect again and forget everything unanswered (the
+        caller re-sends from ``acked_offset``). Raises ConnError while the target is down."""
+        self.conn.close()
+        self.conn = Connection(self.host, self.port, **self._conn_kw)  # type: ignore[arg-type]
+        self._db = 0
+        self._block = None
+        self._buf.clear()
+        self._buf_bytes = 0
+        self._inflight.clear()
+        self._unanswered_bytes = 0
+        self.answered = self.written
+        self._exc = None
+        self.conn_lost = False
 
     def close(self) -> None:
         if not self._closed:
@@ -187,14 +282,18 @@ class RedisWriter:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _select(self, db: int) -> None:
+    def _no_open_block(self, what: str) -> None:
+        if self._block is not None:
+            raise WriterError(f"{self.name}: {what} while a MULTI block is open (no EXEC yet)")
+
+    def _select(self, db: int, force: bool = False) -> None:
         if db < 0:
             raise WriterError(f"{self.name}: invalid db {db}")
         data = encode([b"SELECT", b"%d" % db])
         self._buf.append(data)
         self._buf_bytes += len(data)
         self._unanswered_bytes += len(data)
-        self._inflight.append((_Internal(f"SELECT {db}"), len(data)))
+        self._inflight.append((_Internal(f"SELECT {db}", None, self._block), len(data)))
         self._db = db
 
     def _guard(self, fn: Callable[[], object]) -> None:
@@ -203,6 +302,7 @@ class RedisWriter:
         except BaseException as e:
             if self._exc is None:
                 self._exc = e if not isinstance(e, OSError) else WriterError(str(e))
+                self.conn_lost = isinstance(e, OSError)
             raise
 
     def _send(self) -> None:
@@ -220,6 +320,7 @@ class RedisWriter:
         except BaseException as e:
             if self._exc is None:
                 self._exc = e if not isinstance(e, OSError) else WriterError(f"{self.name}: {e}")
+                self.conn_lost = isinstance(e, OSError)
             raise
 
     def _read_available(self) -> None:
@@ -242,28 +343,71 @@ class RedisWriter:
                 break
             entry, n = popleft()
             freed += n
-            cnt += 1
-            last = entry
             if r.__class__ is ReplyError or entry.__class__ is _Internal:
                 # account before calling out, so status stays right if the handler raises
                 self._unanswered_bytes -= freed
                 freed = 0
+                self.answered += cnt
+                cnt = 0
+                if last is not None and last.offset >= 0:
+                    self.acked_offset = last.offset
+                last = None
                 if entry.__class__ is _Internal:
-                    cnt -= 1
-                    self.answered += cnt
-                    cnt = 0
-                    if r.__class__ is ReplyError:
-                        raise WriterError(
-                            f"{self.name}: {entry.desc} failed on {self.conn.address}: {r.message}"  # type: ignore[union-attr]
-                        )
+                    self._special(entry, r)  # type: ignore[arg-type]
                 else:
-                    self.answered += cnt
-                    cnt = 0
+                    self.answered += 1
+                    if entry.offset >= 0:
+                        self.acked_offset = entry.offset
                     self._on_reply_error(entry, r)  # type: ignore[arg-type]
+                continue
+            cnt += 1
+            last = entry
         self._unanswered_bytes -= freed
         self.answered += cnt
         if last is not None and last.offset >= 0:
             self.acked_offset = last.offset
+
+    def _special(self, item: _Internal, r: object) -> None:
+        blk = item.block
+        err = r.message if r.__class__ is ReplyError else None  # type: ignore[attr-defined]
+        if blk is None:  # SELECT / ASKING outside a transaction
+            if err is not None:
+                raise WriterError(f"{self.name}: {item.desc} failed on {self.conn.address}: {err}")
+            return
+        if item.desc != "EXEC":
+            if err is not None:
+                if item.desc == "MULTI":
+                    # MULTI refused (already inside one?): nothing of this block is safe
+                    raise WriterError(f"{self.name}: MULTI failed on {self.conn.address}: {err}")
+                blk.errors.append((item.entry, err))
+            elif item.desc != "MULTI":
+                blk.queued.append(item.entry)
+            return
+        # EXEC: the block is settled
+        entries = blk.entries
+        self.answered += len(entries)
+        off = max(e.offset for e in entries)
+        if off >= 0:
+            self.acked_offset = off
+        if r.__class__ is list:
+            for e, res in zip(blk.queued, r, strict=False):  # type: ignore[call-overload]
+                if res.__class__ is ReplyError and e is not None:
+                    self._on_reply_error(e, res)  # type: ignore[arg-type]
+            return
+        message = err if err is not None else "EXEC returned nil: transaction aborted"
+        errors = [(e if e is not None else entries[0], m) for e, m in blk.errors]
+        if self.on_abort is not None:
+            self.on_abort(entries, errors, message)
+            return
+        if not errors:
+            errors = [(item.entry, message)]  # type: ignore[list-item]
+        else:
+            errors = [(e, f"{m} (the transaction was discarded: {message})") for e, m in errors]
+        for e, m in errors:
+            self.errors += 1
+            if self.on_error is None:
+                raise WriterError(f"{self.name}: error reply for {e!r} in a transaction: {m}")
+            self.on_error(e, m)
 
     def _on_reply_error(self, entry: Entry, err: ReplyError) -> None:
         self.errors += 1
