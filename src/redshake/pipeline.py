@@ -234,6 +234,8 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         stop=stop,
         probe_exists=writer.exists,
         on_existing=policy.existing_key,
+        # a live reader that must re-seed the target (full resync) empties it through this
+        options={"flush_target": writer.flushall},
     )
     try:
         reader = build_reader(cfg, ctx)
@@ -248,6 +250,9 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         return EXIT_FAILURE
     log.info("%s ready in %.2fs", reader.name, time.monotonic() - t0)
     log.info("mode: %s", _describe_mode(cfg))
+    wrap_writer = getattr(reader, "wrap_writer", None)  # live readers survive target reconnects
+    if wrap_writer is not None:
+        writer = wrap_writer(writer)
 
     status_server = _start_status(cfg, stats, reader, writer)
     if adv.empty_db_before_sync:

@@ -93,6 +93,10 @@ class SyncReaderConfig:
     prefer_replica: bool = False
     try_diskless: bool = False
     sentinel: SentinelConfig = field(default_factory=SentinelConfig)
+    # redshake: on a full resync after an earlier copy, FLUSHALL the target before the new
+    # snapshot so keys deleted on the source meanwhile do not survive (false when several
+    # sources feed the same target)
+    flush_on_resync: bool = True
 
 
 @dataclass

@@ -1,0 +1,130 @@
+"""Incremental-sync benchmark: redshake follows a source while redis-benchmark floods it.
+
+    python bench/incremental.py [--requests 2000000] [--pipeline 16]
+
+redis-benchmark -t set -r 1000000 -n N -P 16 -d 8 runs against the source once redshake is
+in the stream phase. Prints the rate the source accepted (N / benchmark time), the rate
+redshake applied to the target (N / time until the target has acknowledged the source's
+final offset), their ratio, the largest lag seen (bytes and seconds) and redshake's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from common import kill_all, start_server
+
+BENCH = shutil.which("redis-benchmark") or "/usr/bin/redis-benchmark"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def replica_offsets(src) -> tuple[int, int]:
+    info = src.info("replication")
+    off = -1
+    for k, v in info.items():
+        if k.startswith("slave") and isinstance(v, dict):
+            off = max(off, int(v.get("offset", -1)))
+    return int(info.get("master_repl_offset", 0)), off
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=2_000_000)
+    ap.add_argument("--pipeline", type=int, default=16)
+    a = ap.parse_args()
+    src = start_server("redis-7.0")
+    dst = start_server("redis-7.0")
+    work = Path(tempfile.mkdtemp(prefix="redshake-bench-"))
+    port = free_port()
+    cfg = work / "shake.toml"
+    cfg.write_text(
+        f'[sync_reader]\naddress = "{src.address}"\n[redis_writer]\naddress = "{dst.address}"\n'
+        f'[advanced]\ndir = "{work / "data"}"\nlog_interval = 5\nstatus_port = {port}\n'
+        'status_bind = "127.0.0.1"\n'
+    )
+    log = open(work / "shake.out", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "redshake.cli", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+
+        def status() -> dict:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return json.loads(r.read())
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if status()["reader"]["status"] == "syncing aof":
+                    break
+            except (OSError, KeyError, TypeError, ValueError):
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit("redshake did not reach the stream phase:\n" + (work / "shake.out").read_text()[-2000:])
+            time.sleep(0.1)
+        max_lag_bytes, max_lag_s = 0, 0.0
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal max_lag_bytes, max_lag_s
+            while not done.is_set():
+                try:
+                    m, r = replica_offsets(src)
+                    max_lag_bytes = max(max_lag_bytes, m - r)
+                    max_lag_s = max(max_lag_s, float(status()["reader"]["lag_seconds"]))
+                except Exception:
+                    pass
+                time.sleep(0.2)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        t0 = time.monotonic()
+        subprocess.run(
+            [BENCH, "-h", src.host, "-p", str(src.port), "-t", "set", "-r", "1000000",
+             "-n", str(a.requests), "-P", str(a.pipeline), "-d", "8", "-q"],
+            check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        t_bench = time.monotonic() - t0
+        final = int(src.info("replication")["master_repl_offset"])
+        while replica_offsets(src)[1] < final:
+            if proc.poll() is not None:
+                raise SystemExit("redshake exited:\n" + (work / "shake.out").read_text()[-2000:])
+            time.sleep(0.02)
+        t_applied = time.monotonic() - t0
+        done.set()
+        sampler.join()
+        proc.send_signal(signal.SIGTERM)
+        _, st, ru = os.wait4(proc.pid, 0)
+        accepted = a.requests / t_bench
+        applied = a.requests / t_applied
+        print(f"source accepted   : {accepted:12,.0f} SET/s ({t_bench:.2f} s)")
+        print(f"redshake applied  : {applied:12,.0f} SET/s ({t_applied:.2f} s until the target acked the last offset)")
+        print(f"ratio             : {applied / accepted:12.3f}   (target >= 0.97)")
+        print(f"max lag           : {max_lag_bytes / 1e6:12.1f} MB, {max_lag_s:.2f} s")
+        print(f"redshake peak RSS : {ru.ru_maxrss / 1024:12.0f} MB, exit code {os.waitstatus_to_exitcode(st)}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        kill_all()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,941 @@
+"""``[sync_reader]``: live sync from a standalone (or sentinel-managed) source over PSYNC.
+
+The reader registers with the source as a replica. A link thread (:mod:`redshake.repl.link`)
+receives everything into an on-disk spool at socket speed; this reader parses the spool in
+the pipeline's thread: the snapshot while it arrives, then the command stream with the exact
+replication offset of every command.
+
+Positions: every entry of the stream carries ``tag(epoch, offset)`` where ``offset`` is the
+replication offset right after the command; an *epoch* is one full sync (or one resume from
+a checkpoint) so that acknowledgements from before a full resync are never mistaken for new
+ones. What the target has acknowledged is the *applied* offset: it is what we ACK to the
+source, what the checkpoint stores, and where a restart resumes (PSYNC replid applied+1).
+
+One reader serves one source address, which may be given explicitly (``address=``) so a
+cluster source can run one reader per shard.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from ..entry import Entry
+from ..rdb import records as R
+from ..rdb.parser import RdbParser
+from ..rdb.primitives import RdbError
+from ..repl.checkpoint import PHASE_AOF, PHASE_RDB, Checkpoint, load_checkpoint, save_checkpoint
+from ..repl.link import DEFAULT_LISTENING_PORT, LinkOptions, SourceLink
+from ..repl.protocol import CommandStream, ReplProtocolError
+from ..repl.spool import Spool
+from ..resp.conn import parse_address
+from ..resp.encode import encode
+from ..util import human_bytes
+
+__all__ = ["SyncReader", "build", "EPOCH_SPAN", "tag"]
+
+log = logging.getLogger("redshake")
+
+EPOCH_SPAN = 1 << 64  # entry.offset = epoch * EPOCH_SPAN + replication offset
+READ_CHUNK = 1 << 20
+BATCH_MAX = 1024
+HEARTBEAT = 0.1  # yield an empty batch at least this often, so acks flow while busy
+CHECKPOINT_EVERY = 0.1  # rename (survives kill -9); fsync'd at most once per second
+CHECKPOINT_FSYNC_EVERY = 1.0
+
+_DROP = {b"ping", b"select", b"replconf", b"multi", b"exec"}  # handled specially
+
+
+def tag(epoch: int, offset: int) -> int:
+    return epoch * EPOCH_SPAN + offset
+
+
+class SyncReader:
+    def __init__(
+        self,
+        ctx,
+        address: str,
+        *,
+        username: str = "",
+        password: str = "",
+        tls: bool = False,
+        tls_verify: bool = True,
+        tls_config: dict[str, str] | None = None,
+        sync_rdb: bool = True,
+        sync_aof: bool = True,
+        psync_command: str = "PSYNC",
+        listening_port: int = DEFAULT_LISTENING_PORT,
+        flush_on_resync: bool = True,
+        resolve: Callable[[], str] | None = None,
+        identity: str | None = None,
+    ) -> None:
+        self.ctx = ctx
+        host, port = parse_address(address)
+        self.address = address
+        self.name = f"reader_{host.replace(':', '_')}_{port}"
+        # what the checkpoint belongs to: the address, or the Sentinel master name (whose
+        # address changes on failover while the replication history continues)
+        self.source_id = identity or address
+        dirname = self.name if identity is None else "reader_" + "".join(
+            ch if ch.isalnum() or ch in "-_." else "_" for ch in identity
+        )
+        self.dir = (Path(ctx.workdir) / dirname).absolute()
+        self.sync_rdb = sync_rdb
+        self.sync_aof = sync_aof
+        self.flush_on_resync = flush_on_resync
+        self.spool = Spool(self.dir)
+        self.cp_path = self.dir / "checkpoint.json"
+        self.opts = LinkOptions(
+            address=address,
+            username=username,
+            password=password,
+            tls=tls,
+            tls_verify=tls_verify,
+            tls_config=dict(tls_config or {}),
+            psync_command=psync_command,
+            listening_port=listening_port,
+            rdb_only=not sync_aof,
+            keep_rdb=sync_rdb,
+            resolve=resolve,
+        )
+        self.link: SourceLink | None = None
+        self.checkpoint: Checkpoint | None = None
+        self._dirty_target = False  # an earlier epoch wrote to the target
+        self._ep = None  # current Epoch object (from the link)
+        self._ep_num = 0
+        self.phase = "init"
+        self.conv = None
+        self.keys_read = 0
+        self.rdb_sent = 0
+        self.db = 0
+        self._db_changes: deque[tuple[int, int]] = deque()  # (offset, db from then on)
+        self.sent_offset = -1  # parse position (everything before is handed over or dropped)
+        self._yielded_upto = -1
+        self._last_entry_off: int | None = None
+        self.applied = -1
+        self._rx_samples: deque[tuple[int, float]] = deque()
+        self._last_cp = 0.0
+        self._last_fsync = 0.0
+        self._cp_saved_off = -1
+        self._stopped = False
+        self._done = False
+        self._rewind = False
+        self._writer: ReconnectingWriter | None = None
+        self.entries = 0
+        self.dropped = 0
+        self.getacks = 0
+
+    # -- Reader protocol ----------------------------------------------------------------
+
+    def prepare(self) -> None:
+        self.checkpoint = cp = load_checkpoint(self.cp_path)
+        self.spool.clear()
+        resume = None
+        if cp is not None:
+            if cp.source != self.source_id:
+                log.warning(
+                    "[%s] checkpoint %s belongs to source %s, not %s: ignored (full sync)",
+                    self.name, self.cp_path, cp.source, self.source_id,
+                )  # fmt: skip
+                self._dirty_target = True
+            elif cp.phase == PHASE_AOF and cp.replid and self.sync_aof:
+                resume = (cp.replid, cp.offset)
+                self._dirty_target = True  # should the source answer FULLRESYNC instead
+                self.db = cp.db
+                log.info(
+                    "[%s] checkpoint: replid %s offset %d db %d: resuming with PSYNC",
+                    self.name, cp.replid, cp.offset, cp.db,
+                )  # fmt: skip
+            else:
+                log.info(
+                    "[%s] checkpoint says an earlier snapshot was not completely applied: "
+                    "full sync", self.name,
+                )  # fmt: skip
+                self._dirty_target = True
+        self.link = SourceLink(self.opts, self.spool, resume, self.name)
+
+    def batches(self) -> Iterator[list[Entry]]:
+        link = self.link
+        assert link is not None, "prepare() first"
+        log.info("[%s] syncing from %s (work files in %s)", self.name, self.address, self.dir)
+        link.start()
+        cond = self.spool.cond
+        stop = self.ctx.stop
+        while True:
+            if stop():
+                self._stopped = True
+                break
+            with cond:
+                if link.fatal is not None:
+                    raise _fatal(link.fatal)
+                ep = link.epoch
+                if ep is None:
+                    cond.wait(0.1)
+            if ep is None:
+                yield []
+                continue
+            if ep is not self._ep:
+                self._rewind = False
+                if self._writer is not None:
+                    self._writer.discard = False
+                yield from self._begin_epoch(ep)
+            elif self._rewind:
+                yield from self._do_rewind()
+            if self.phase == PHASE_RDB:
+                yield from self._rdb_phase(ep)
+            elif self.phase == PHASE_AOF:
+                yield from self._aof_phase(ep)
+            elif self.phase == "done":
+                self._done = True
+                break
+        self._save_checkpoint(force=True)
+
+    def acked(self, offset: int) -> None:
+        ep = self._ep
+        if ep is None or self.phase not in (PHASE_AOF, "done") or self._rewind:
+            return
+        w = self._writer
+        if w is not None and w.discard:
+            return
+        if self._last_entry_off is None or (w is not None and getattr(w.inner, "idle", False)):
+            # nothing in flight: everything handed over is applied (this also covers
+            # entries a transform dropped, whose offsets never come back from the writer)
+            applied = self._yielded_upto
+        else:
+            if offset < 0:
+                return
+            e, off = divmod(offset, EPOCH_SPAN)
+            if e != self._ep_num:
+                return
+            applied = self._yielded_upto if off >= self._last_entry_off else off
+        if applied > self.applied:
+            if self.applied < 0 and self.sync_rdb and ep.kind == "full":
+                self.spool.drop_rdb(ep.num)  # the snapshot is applied: no rewind needs it
+            self.applied = applied
+            assert self.link is not None
+            self.link.set_applied(self._ep_num, applied)
+        self._save_checkpoint()
+
+    @property
+    def complete(self) -> bool:
+        if self._done:
+            return True
+        # a clean stop in the stream phase leaves the target at a checkpointed position
+        return self._stopped and self.phase == PHASE_AOF
+
+    def consistent(self) -> bool:
+        ep = self._ep
+        return (
+            ep is not None
+            and self.phase == PHASE_AOF
+            and self.applied >= 0
+            and self.applied == ep.received
+        )
+
+    def close(self) -> None:
+        link = self.link
+        if link is not None:
+            link.stop()
+            link.join(timeout=5)
+        try:
+            self._save_checkpoint(force=True)
+        finally:
+            self.spool.close()
+            self.spool.clear()
+
+    def wrap_writer(self, writer):
+        """The pipeline's writer, made to survive a lost target connection."""
+        self._writer = ReconnectingWriter(writer, self)
+        return self._writer
+
+    def request_rewind(self) -> None:
+        self._rewind = True
+
+    def _do_rewind(self) -> Iterator[list[Entry]]:
+        """Produce again everything after the acknowledged position (the target lost its
+        connection; unanswered writes may or may not have been applied)."""
+        self._rewind = False
+        if self._writer is not None:
+            self._writer.discard = False
+        ep = self._ep
+        if ep is None:
+            return
+        if self.phase == PHASE_AOF and self.applied >= 0:
+            off = self.applied
+            while len(self._db_changes) > 1 and self._db_changes[-1][0] > off:
+                self._db_changes.pop()
+            db = self._db_at(off)
+            log.info("[%s] re-sending the stream from offset %d (db %d)", self.name, off, db)
+            self._start_stream(off, db)
+            self._last_entry_off = None
+            self.applied = off
+            return
+        if self.phase in (PHASE_RDB, PHASE_AOF) and self.sync_rdb and ep.kind == "full":
+            log.warning("[%s] the snapshot was not completely applied: applying it again", self.name)
+            flush = self.ctx.options.get("flush_target")
+            if self.flush_on_resync and flush is not None:
+                flush()
+            self.phase = PHASE_RDB
+            self.keys_read = 0
+            self.rdb_sent = 0
+        yield from ()
+
+    # -- epochs -------------------------------------------------------------------------
+
+    def _begin_epoch(self, ep) -> Iterator[list[Entry]]:
+        old = self._ep
+        if old is not None:
+            self.spool.drop_epoch(old.num)
+        prev_applied = self.applied
+        self._ep = ep
+        self._ep_num = ep.num
+        self.applied = -1
+        self._rx_samples.clear()
+        self._last_entry_off = None
+        if ep.kind == "resume":
+            self.phase = PHASE_AOF
+            self._start_stream(ep.start, self.db)
+            return
+        # a full sync
+        self.keys_read = 0
+        self.rdb_sent = 0
+        if self._dirty_target and self.sync_rdb:
+            flush = self.ctx.options.get("flush_target")
+            if self.flush_on_resync and flush is not None:
+                log.warning(
+                    "[%s] new full sync of a target that holds an earlier copy: emptying the "
+                    "target first (FLUSHALL) so that keys deleted on the source meanwhile do "
+                    "not survive (sync_reader.flush_on_resync = false to keep them)",
+                    self.name,
+                )  # fmt: skip
+                flush()
+            else:
+                log.warning(
+                    "[%s] new full sync over an earlier copy without emptying the target: keys "
+                    "deleted on the source since then stay on the target", self.name,
+                )  # fmt: skip
+        elif self._dirty_target:
+            log.warning(
+                "[%s] full resynchronisation with sync_rdb = false: the new snapshot is "
+                "discarded, so every write the source made since offset %d that is not in the "
+                "backlog is lost on the target", self.name, prev_applied,
+            )  # fmt: skip
+        self._dirty_target = True
+        if self.sync_aof:
+            self._save_cp(Checkpoint(self.source_id, ep.replid, ep.start, 0, PHASE_RDB))
+        self.phase = PHASE_RDB
+        yield from ()
+
+    def _start_stream(self, offset: int, db: int) -> None:
+        self.db = db
+        self._db_changes.clear()
+        self._db_changes.append((offset, db))
+        self.sent_offset = offset
+        self._yielded_upto = offset
+        self._cp_saved_off = -1
+
+    # -- snapshot -----------------------------------------------------------------------
+
+    def _rdb_phase(self, ep) -> Iterator[list[Entry]]:
+        link = self.link
+        assert link is not None
+        cond = self.spool.cond
+        stop = self.ctx.stop
+        if not self.sync_rdb:
+            log.warning(
+                "[%s] sync_rdb = false: the snapshot is received and discarded; keys that are "
+                "not modified after offset %d are not copied", self.name, ep.start,
+            )  # fmt: skip
+            while not ep.rdb_done:
+                if stop() or link.epoch is not ep:
+                    return
+                with cond:
+                    cond.wait(0.1)
+                yield []
+                if self._rewind:
+                    return
+            self._rdb_finished(ep, 0)
+            return
+        parser = RdbParser()
+        conv = self.conv = None
+        pos = 0
+        out: list[Entry] = []
+        key_records = (R.KeyValue, R.BigKeyStart)
+        last_beat = time.monotonic()
+        while True:
+            if stop() or link.epoch is not ep:
+                return
+            with cond:
+                avail = ep.rdb_received
+                done = ep.rdb_done
+            chunk = self.spool.read_rdb(ep.num, pos, avail, READ_CHUNK)
+            if not chunk:
+                if done:
+                    try:
+                        parser.finish()
+                    except RdbError as e:
+                        raise RdbError(f"snapshot from {self.address}: {e.message}", e.offset) from None
+                if len(out) > 1:
+                    yield out[:-1]
+                    if self._rewind:
+                        return
+                    out = out[-1:]
+                    last_beat = time.monotonic()
+                with cond:
+                    if ep.rdb_received == avail and not ep.rdb_done and link.epoch is ep:
+                        cond.wait(0.05)
+                if time.monotonic() - last_beat > HEARTBEAT:
+                    last_beat = time.monotonic()
+                    yield []
+                    if self._rewind:
+                        return
+                continue
+            pos += len(chunk)
+            parser.feed(chunk)
+            for rec in parser.records():
+                if conv is None:
+                    conv = self.conv = self.ctx.rdb_converter(parser.version, parser.is_valkey)
+                if type(rec) in key_records:
+                    self.keys_read += 1
+                batch = conv.convert(rec)
+                if batch:
+                    out.extend(batch)
+                    if len(out) > BATCH_MAX:
+                        yield out[:-1]
+                        if self._rewind:
+                            return
+                        out = out[-1:]
+            self.rdb_sent = parser.offset
+            if parser.done:
+                if out:
+                    # the last entry of the snapshot carries the snapshot's offset: once the
+                    # target acknowledges it, the whole snapshot is applied
+                    last = out[-1]
+                    last.offset = tag(ep.num, ep.start)
+                    yield out
+                    if self._rewind:
+                        return
+                    self._rdb_finished(ep, conv.repl_stream_db if conv else None, last_entry=True)
+                else:
+                    self._rdb_finished(ep, conv.repl_stream_db if conv else None)
+                return
+            if time.monotonic() - last_beat > HEARTBEAT:
+                last_beat = time.monotonic()
+                if len(out) > 1:
+                    yield out[:-1]
+                    if self._rewind:
+                        return
+                    out = out[-1:]
+                else:
+                    yield []
+                    if self._rewind:
+                        return
+
+    def _rdb_finished(self, ep, stream_db: int | None, last_entry: bool = False) -> None:
+        # the snapshot file is kept until the target acknowledged all of it (see acked())
+        log.info(
+            "[%s] snapshot sent up to offset %d (%d keys), now following the stream",
+            self.name, ep.start, self.keys_read,
+        )  # fmt: skip
+        self._start_stream(ep.start, stream_db or 0)
+        if last_entry:
+            self._last_entry_off = ep.start
+        self.phase = PHASE_AOF if self.sync_aof else "done"
+
+    # -- command stream -----------------------------------------------------------------
+
+    def _aof_phase(self, ep) -> Iterator[list[Entry]]:
+        link = self.link
+        assert link is not None
+        cond = self.spool.cond
+        stop = self.ctx.stop
+        spool = self.spool
+        num = ep.num
+        span_base = num * EPOCH_SPAN
+        parser = CommandStream(self.sent_offset)
+        db = self.db
+        db_changes = self._db_changes
+        txn: list[Entry] | None = None
+        batch: list[Entry] = []
+        safe = self.sent_offset  # offset up to which every command is in `batch` or handled
+        last_entry = self._last_entry_off
+        last_beat = time.monotonic()
+        samples = self._rx_samples
+        kinds: dict[bytes, int] = {}
+        while True:
+            if stop() or link.epoch is not ep:
+                break
+            chunk = spool.read_stream(num, parser.fed_offset, READ_CHUNK)
+            now = time.monotonic()
+            if not samples or samples[-1][0] != ep.received:
+                samples.append((ep.received, now))
+                if len(samples) > 4096:
+                    samples.popleft()
+            if not chunk:
+                if batch:
+                    self._last_entry_off = last_entry
+                    self._yielded_upto = safe
+                    yield batch
+                    if self._rewind:
+                        return
+                    batch = []
+                    last_beat = now
+                    continue
+                self._yielded_upto = safe
+                with cond:
+                    if ep.received == parser.fed_offset and link.epoch is ep and not stop():
+                        cond.wait(0.05)
+                last_beat = time.monotonic()
+                yield []
+                if self._rewind:
+                    return
+                continue
+            parser.feed(chunk)
+            gets = parser.gets
+            end = parser.offset
+            entries = 0
+            while True:
+                argv = gets()
+                if argv is False:
+                    break
+                if argv.__class__ is not list or not argv:
+                    raise ReplProtocolError(f"unexpected item in the replication stream: {argv!r}"[:200])
+                raw = encode(argv)
+                start = end
+                end += len(raw)
+                kind = kinds.get(argv[0])
+                if kind is None:
+                    kind = _kind(argv[0], kinds)
+                if not kind:
+                    entries += 1
+                    if txn is None:
+                        batch.append(Entry(db, argv, None, span_base + end, raw))
+                        last_entry = safe = end
+                        if len(batch) >= BATCH_MAX:
+                            parser.advance(start, end, raw)
+                            self.entries += entries
+                            entries = 0
+                            self.sent_offset = end
+                            self._last_entry_off = last_entry
+                            self._yielded_upto = safe
+                            self.db = db
+                            yield batch
+                            if self._rewind:
+                                return
+                            batch = []
+                            last_beat = time.monotonic()
+                    else:
+                        txn.append(Entry(db, argv, None, -1, raw))
+                    continue
+                parser.advance(start, end, raw)
+                if kind == _K_INTERNAL:
+                    if not _internal(argv[0].lower(), argv):
+                        entries += 1
+                        if txn is None:
+                            batch.append(Entry(db, argv, None, span_base + end, raw))
+                            last_entry = safe = end
+                        else:
+                            txn.append(Entry(db, argv, None, -1, raw))
+                        continue
+                    self.dropped += 1
+                    if txn is None:
+                        safe = end
+                    continue
+                name = argv[0].lower()
+                if name == b"select":
+                    try:
+                        db = int(argv[1])
+                    except (IndexError, ValueError):
+                        log.warning("[%s] bad SELECT in the stream: %r", self.name, argv)
+                    db_changes.append((end, db))
+                elif name == b"multi":
+                    txn = [Entry(db, argv, None, -1, raw)]
+                    continue
+                elif name == b"exec":
+                    if txn is None:
+                        log.warning("[%s] EXEC without MULTI in the stream (dropped)", self.name)
+                    else:
+                        txn.append(Entry(db, argv, None, span_base + end, raw))
+                        batch.extend(txn)
+                        txn = None
+                        last_entry = safe = end
+                        entries += 1
+                    continue
+                elif name == b"replconf":
+                    if len(argv) > 1 and argv[1].lower() == b"getack":
+                        self.getacks += 1
+                        link.send_ack()
+                self.dropped += 1
+                if txn is None:
+                    safe = end
+            if end != parser.offset:
+                parser.advance(start, end, raw)
+            self.entries += entries
+            self.sent_offset = end
+            self.db = db
+            if batch:
+                self._last_entry_off = last_entry
+                self._yielded_upto = safe
+                yield batch
+                if self._rewind:
+                    return
+                batch = []
+            if time.monotonic() - last_beat > HEARTBEAT:
+                last_beat = time.monotonic()
+                yield []
+                if self._rewind:
+                    return
+        # leaving: stop or new epoch; a partial transaction is simply not applied
+        self.sent_offset = safe
+        self.db = db
+
+    # -- checkpoint ---------------------------------------------------------------------
+
+    def _db_at(self, offset: int) -> int:
+        ch = self._db_changes
+        while len(ch) > 1 and ch[1][0] <= offset:
+            ch.popleft()
+        return ch[0][1] if ch else self.db
+
+    def _save_checkpoint(self, force: bool = False) -> None:
+        ep = self._ep
+        if ep is None or self.applied < 0 or not self.sync_aof and self.phase != "done":
+            return
+        now = time.monotonic()
+        if not force and now - self._last_cp < CHECKPOINT_EVERY:
+            return
+        if self.applied == self._cp_saved_off and not force:
+            self._last_cp = now
+            return
+        self._last_cp = now
+        durable = force or now - self._last_fsync >= CHECKPOINT_FSYNC_EVERY
+        if durable:
+            self._last_fsync = now
+        cp = Checkpoint(self.source_id, ep.replid, self.applied, self._db_at(self.applied))
+        self._save_cp(cp, durable)
+        self._cp_saved_off = self.applied
+        self.spool.release(ep.num, self.applied)
+
+    def _save_cp(self, cp: Checkpoint, durable: bool = True) -> None:
+        try:
+            save_checkpoint(self.cp_path, cp, durable)
+        except OSError as e:
+            log.warning("[%s] cannot save the checkpoint %s: %s", self.name, self.cp_path, e)
+
+    # -- status -------------------------------------------------------------------------
+
+    def lag_seconds(self) -> float:
+        ep = self._ep
+        if ep is None or self.phase != PHASE_AOF or self.applied >= ep.received:
+            return 0.0
+        for off, t in self._rx_samples:
+            if off > self.applied:
+                return max(0.0, time.monotonic() - t)
+        return 0.0
+
+    def _state(self) -> str:
+        link = self.link
+        if link is None or self._ep is None:
+            return link.status if link is not None else "hand shaking"
+        if self.phase == PHASE_RDB:
+            ep = self._ep
+            if ep.rdb_size is None:
+                return "waiting bgsave"
+            return "syncing rdb" if ep.rdb_done else "receiving rdb"
+        if self.phase == PHASE_AOF:
+            return "syncing aof"
+        return "syncing rdb"
+
+    def status_line(self) -> str:
+        st = self._state()
+        ep = self._ep
+        link = self.link
+        extra = ""
+        if link is not None and link.reconnects:
+            extra = f", reconnects=[{link.reconnects}]"
+        if ep is None:
+            return st + extra
+        if st == "receiving rdb":
+            if ep.rdb_size == -1:
+                return (
+                    f"receiving rdb diskless, size=[{human_bytes(ep.rdb_received)}], "
+                    f"applied=[{human_bytes(self.rdb_sent)}]{extra}"
+                )
+            return (
+                f"receiving rdb, size=[{human_bytes(ep.rdb_received)}/{human_bytes(ep.rdb_size or 0)}], "
+                f"applied=[{human_bytes(self.rdb_sent)}]{extra}"
+            )
+        if st == "syncing rdb":
+            return f"syncing rdb, size=[{human_bytes(self.rdb_sent)}/{human_bytes(ep.rdb_received)}]{extra}"
+        if st == "syncing aof":
+            diff = ep.received - max(self.applied, ep.start)
+            return f"syncing aof, diff=[{diff}], lag=[{self.lag_seconds():.1f}s]{extra}"
+        return st + extra
+
+    def status(self) -> dict:
+        ep = self._ep
+        link = self.link
+        rdb_size = ep.rdb_size if ep is not None and ep.rdb_size is not None else 0
+        if rdb_size < 0:
+            rdb_size = 0
+        rdb_recv = ep.rdb_received if ep is not None else 0
+        received = ep.received if ep is not None else 0
+        start = ep.start if ep is not None else 0
+        applied = self.applied if self.applied >= 0 else start
+        return {
+            "name": self.name,
+            "address": link.address if link is not None else self.address,
+            "dir": str(self.dir),
+            "status": self._state(),
+            "rdb_file_size_bytes": rdb_size,
+            "rdb_file_size_human": human_bytes(rdb_size),
+            "rdb_received_bytes": rdb_recv,
+            "rdb_received_human": human_bytes(rdb_recv),
+            "rdb_sent_bytes": self.rdb_sent,
+            "rdb_sent_human": human_bytes(self.rdb_sent),
+            "aof_received_offset": received,
+            "aof_sent_offset": max(self.sent_offset, 0),
+            "aof_applied_offset": applied,
+            "aof_received_bytes": received - start,
+            "aof_received_human": human_bytes(received - start),
+            "lag_bytes": max(0, received - applied),
+            "lag_seconds": round(self.lag_seconds(), 3),
+            "replid": ep.replid if ep is not None else "",
+            "epoch": self._ep_num,
+            "connected": bool(link and link.connected),
+            "reconnects": link.reconnects if link else 0,
+            "partial_resyncs": link.partial_resyncs if link else 0,
+            "full_syncs": link.full_syncs if link else 0,
+            "target_reconnects": self._writer.reconnects if self._writer is not None else 0,
+            "spool_bytes": self.spool.bytes_on_disk,
+            "entries": self.entries,
+            "dropped": self.dropped,
+        }
+
+    def summary(self) -> list[str]:
+        link = self.link
+        ep = self._ep
+        if link is None:
+            return []
+        return [
+            f"{self.name}: source {link.address}, replid {ep.replid if ep else '-'}, applied "
+            f"offset {self.applied}, full syncs {link.full_syncs}, partial resyncs "
+            f"{link.partial_resyncs}, reconnects {link.reconnects}, stream commands "
+            f"{self.entries} forwarded / {self.dropped} dropped"
+        ]
+
+    def counters(self):
+        from collections import Counter
+
+        if self.conv is None:
+            return self.keys_read, Counter(), Counter()
+        return self.keys_read, self.conv.methods, Counter(self.conv.skipped)
+
+
+class ReconnectingWriter:
+    """Wraps the target writer for a live reader: when the connection to the target is lost,
+    reconnect (with back-off, until stopped) and make the reader produce again everything
+    after the last acknowledged offset. Entries the driver still writes from the batch that
+    was being written when the connection broke are discarded (the reader re-sends them)."""
+
+    def __init__(self, inner, reader: SyncReader) -> None:
+        self.inner = inner
+        self.reader = reader
+        self.discard = False
+        self.reconnects = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    @property
+    def acked_offset(self) -> int:
+        return self.inner.acked_offset
+
+    def write(self, entry: Entry) -> None:
+        if self.discard:
+            return
+        try:
+            self.inner.write(entry)
+        except (OSError, Exception) as e:
+            self._recover(e)
+
+    def poll(self) -> None:
+        if self.discard:
+            return
+        try:
+            self.inner.poll()
+        except (OSError, Exception) as e:
+            self._recover(e)
+
+    def flush(self) -> None:
+        try:
+            self.inner.flush()
+        except (OSError, Exception) as e:
+            self._recover(e)
+
+    def _recover(self, e: BaseException) -> None:
+        inner = self.inner
+        if not getattr(inner, "conn_lost", False) or not hasattr(inner, "reconnect"):
+            raise e
+        reader = self.reader
+        # what was acknowledged before the failure still counts
+        reader.acked(inner.acked_offset)
+        delay = 0.1
+        while True:
+            self.reconnects += 1
+            log.warning(
+                "[%s] lost the target connection (%s); reconnecting in %.1fs (reconnect #%d)",
+                reader.name, e, delay, self.reconnects,
+            )  # fmt: skip
+            time.sleep(delay)
+            try:
+                inner.reconnect()
+                break
+            except OSError as e2:
+                e = e2
+                if reader.ctx.stop():
+                    raise
+                delay = min(delay * 2, 5.0)
+        log.info("[%s] target reconnected: re-sending from the last acknowledged position", reader.name)
+        self.discard = True
+        reader.request_rewind()
+
+
+_K_SPECIAL, _K_INTERNAL = 1, 2
+
+
+def _kind(name: bytes, cache: dict[bytes, int]) -> int:
+    """0: forward; _K_SPECIAL: PING/SELECT/REPLCONF/MULTI/EXEC; _K_INTERNAL: maybe internal."""
+    low = name.lower()
+    if low in _DROP:
+        k = _K_SPECIAL
+    elif low in (b"publish", b"cluster", b"trimslots", b"opinfo"):
+        k = _K_INTERNAL
+    else:
+        k = 0
+    if len(cache) < 4096:
+        cache[name] = k
+    return k
+
+
+def _internal(name: bytes, argv: list[bytes]) -> bool:
+    """Replication-internal commands that carry no data for the target."""
+    if name == b"publish":
+        return len(argv) > 1 and argv[1] == b"__sentinel__:hello"
+    if name == b"cluster" and len(argv) > 1:
+        return argv[1].lower() in (b"syncslots", b"flushslot")
+    return name in (b"trimslots", b"opinfo")
+
+
+def _fatal(e: BaseException) -> BaseException:
+    from ..pipeline import FatalError
+
+    if isinstance(e, FatalError):
+        return e
+    return FatalError(f"source link failed: {type(e).__name__}: {e}")
+
+
+def _pick_replica(address: str, rc) -> str:
+    """prefer_replica: the online replica of ``address`` with the highest offset (compared
+    as numbers), or ``address`` itself when it has none."""
+    from ..resp.conn import connect
+
+    tc = rc.tls_config
+    with connect(
+        address, username=rc.username or None, password=rc.password or None, tls=rc.tls,
+        tls_verify=not rc.tls_skip_verify, ca_cert=tc.ca_cert or None, cert=tc.cert or None,
+        key=tc.key or None,
+    ) as conn:  # fmt: skip
+        raw = conn.call("INFO", "replication")
+    best, best_off = address, -1
+    for line in raw.decode("utf-8", "replace").splitlines():
+        if not line.startswith("slave") or ":" not in line or "=" not in line:
+            continue
+        fields = dict(kv.split("=", 1) for kv in line.split(":", 1)[1].split(",") if "=" in kv)
+        if fields.get("state") != "online":
+            continue
+        try:
+            off = int(fields.get("offset", "-1"))
+            port = int(fields["port"])
+        except (KeyError, ValueError):
+            continue
+        if off > best_off and port > 0:
+            from ..resp.conn import format_address
+
+            best, best_off = format_address(fields.get("ip", ""), port), off
+    return best
+
+
+def build(cfg, ctx, address: str | None = None) -> SyncReader:
+    """The reader for ``cfg``; ``address`` overrides the configured source (one shard)."""
+    from ..readers.rdb_entries import ConversionError
+    from ..resp.conn import ConnError
+
+    try:
+        return _build(cfg, ctx, address)
+    except (ConnError, ValueError) as e:
+        raise ConversionError(f"sync_reader: {e}") from None
+
+
+def _build(cfg, ctx, address: str | None) -> SyncReader:
+    rc = cfg.reader
+    adv = cfg.advanced
+    resolve = None
+    addr = address or rc.address
+    if address is None and rc.cluster:
+        raise ValueError("cluster = true: cluster sources are not supported by this version yet")
+    sentinel = getattr(rc, "sentinel", None)
+    if address is None and sentinel is not None and sentinel.address:
+        from ..writers.sentinel import resolve_master
+
+        tc = sentinel.tls_config
+        sd = {"ca_cert": tc.ca_cert, "cert": tc.cert, "key": tc.key}
+
+        def resolve() -> str:
+            return resolve_master(
+                sentinel.address,
+                sentinel.master_name,
+                username=sentinel.username,
+                password=sentinel.password,
+                tls=sentinel.tls,
+                tls_config=sd if any(sd.values()) else None,
+                tls_verify=not sentinel.tls_skip_verify,
+            )
+
+        addr = resolve()
+        log.info("sentinel %s: source master %r is at %s", sentinel.address, sentinel.master_name, addr)
+    if not addr:
+        raise ValueError("sync_reader.address is empty")
+    if rc.prefer_replica and resolve is None:
+        picked = _pick_replica(addr, rc)
+        if picked != addr:
+            log.info("prefer_replica: reading from replica %s of %s", picked, addr)
+            addr = picked
+    psync = "PSYNC"
+    if adv.aws_psync:
+        table = adv.aws_psync_map()
+        match = [cmd for a, cmd in table.items() if addr.startswith(a) or a.startswith(addr)]
+        if not match:
+            raise ValueError(f"advanced.aws_psync has no entry for the source {addr}")
+        psync = match[0]
+    tc = rc.tls_config
+    tls_config = {"ca_cert": tc.ca_cert, "cert": tc.cert, "key": tc.key}
+    return SyncReader(
+        ctx,
+        addr,
+        username=rc.username,
+        password=rc.password,
+        tls=rc.tls,
+        tls_verify=not rc.tls_skip_verify,
+        tls_config=tls_config if any(tls_config.values()) else None,
+        sync_rdb=rc.sync_rdb,
+        sync_aof=rc.sync_aof,
+        psync_command=psync,
+        listening_port=adv.status_port or DEFAULT_LISTENING_PORT,
+        flush_on_resync=bool(ctx.options.get("flush_on_resync", rc.flush_on_resync)),
+        resolve=resolve,
+        identity=f"sentinel_{sentinel.master_name}" if resolve is not None else None,
+    )

@@ -1,0 +1,477 @@
+"""The thread that owns the connection to the source: handshake, PSYNC, receive, ACK.
+
+It never waits for the target: every byte received goes to the :class:`~.spool.Spool` at
+once, so the master's output buffer for us stays empty however slow the target is. It
+reconnects by itself (PSYNC <replid> <received + 1>, with back-off) and starts a new *epoch*
+when the master answers with a full resynchronisation.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..resp.conn import AuthError, Connection, ConnError, ReplyError, parse_address
+from ..resp.encode import encode
+from .protocol import (
+    EV_ERROR,
+    EV_KEEPALIVE,
+    EV_RDB_BEGIN,
+    EV_RDB_DATA,
+    EV_RDB_END,
+    EV_REPLY,
+    EV_STREAM,
+    ReplProtocolError,
+    TransferFramer,
+    ack_command,
+    parse_psync_reply,
+)
+from .spool import Spool
+
+__all__ = ["SourceLink", "LinkOptions", "Epoch", "LinkFatal", "DEFAULT_LISTENING_PORT"]
+
+log = logging.getLogger("redshake")
+
+# Announced with REPLCONF listening-port when advanced.status_port is 0. Nothing listens
+# there, so Sentinel and operators' tools see this "replica" as unreachable and never
+# promote it; in INFO replication it shows as port=0.
+DEFAULT_LISTENING_PORT = 0
+RECV_SIZE = 1 << 18
+ACK_INTERVAL = 1.0
+
+
+class LinkFatal(Exception):
+    """The source refuses us in a way retrying cannot fix (bad password, PSYNC forbidden)."""
+
+
+@dataclass
+class LinkOptions:
+    address: str
+    username: str = ""
+    password: str = ""
+    tls: bool = False
+    tls_verify: bool = True
+    tls_config: dict[str, str] = field(default_factory=dict)
+    psync_command: str = "PSYNC"
+    listening_port: int = DEFAULT_LISTENING_PORT
+    rdb_only: bool = False  # sync_aof = false
+    keep_rdb: bool = True  # sync_rdb
+    repl_timeout: float = 60.0
+    resolve: Callable[[], str] | None = None  # sentinel lookup before every connection
+
+
+@dataclass
+class Epoch:
+    """One full sync (kind ``full``) or one resume from a checkpoint (``resume``), plus the
+    partial resyncs that continue it. Offsets are replication offsets."""
+
+    num: int
+    kind: str
+    replid: str
+    start: int  # the offset the stream continues from (FULLRESYNC offset / checkpoint)
+    rdb_size: int | None = None  # -1: diskless (size unknown until the end)
+    rdb_received: int = 0
+    rdb_done: bool = False
+    received: int = 0  # offset of the last stream byte spooled
+    started: float = field(default_factory=time.time)
+
+
+class SourceLink(threading.Thread):
+    def __init__(
+        self, opts: LinkOptions, spool: Spool, resume: tuple[str, int] | None, name: str
+    ) -> None:
+        super().__init__(name=f"{name}-link", daemon=True)
+        self.opts = opts
+        self.spool = spool
+        self.cond = spool.cond
+        self.label = name
+        self.address = opts.address
+        self._resume = resume  # (replid, offset of the last byte we hold)
+        self.epoch: Epoch | None = None
+        self.epochs = 0
+        self.status = "hand shaking"
+        self.fatal: BaseException | None = None
+        self.finished = False  # rdb-only transfer complete: the link is closed for good
+        self.connected = False
+        self.reconnects = 0
+        self.partial_resyncs = 0
+        self.full_syncs = 0
+        self.source_version: tuple[int, int, int] = (0, 0, 0)
+        self.source_valkey = False
+        self.last_io = time.monotonic()
+        self._applied: tuple[int, int] = (0, -1)  # (epoch, offset) applied on the target
+        self._halt = threading.Event()
+        self._conn: Connection | None = None
+        self._send_lock = threading.Lock()
+        self._use_sync = False
+        self._logged_bgsave = False
+        self._established = False
+
+    # -- called from the main thread ----------------------------------------------------
+
+    def set_applied(self, epoch: int, offset: int) -> None:
+        self._applied = (epoch, offset)
+
+    def send_ack(self) -> None:
+        """Send an ACK now (answer to REPLCONF GETACK)."""
+        conn = self._conn
+        if conn is None:
+            return
+        off = self._ack_offset()
+        if off < 0:
+            return
+        try:
+            with self._send_lock:
+                conn.send(ack_command(off))
+        except ConnError:
+            pass
+
+    def stop(self) -> None:
+        self._halt.set()
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    # -- thread -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        delay = 0.1
+        while not self._halt.is_set() and not self.finished:
+            try:
+                self._session()
+                delay = 0.1
+            except (AuthError, LinkFatal) as e:
+                with self.cond:
+                    self.fatal = e
+                    self.cond.notify_all()
+                return
+            except (ConnError, OSError, ReplyError, ReplProtocolError, _Retry) as e:
+                if self._halt.is_set():
+                    break
+                if self._established:  # the link worked: start backing off from scratch
+                    delay = 0.1
+                self.reconnects += 1
+                wait = delay
+                if isinstance(e, _Retry):
+                    wait = max(wait, 1.0)
+                log.warning(
+                    "[%s] source link: %s; reconnecting in %.1fs (reconnect #%d)",
+                    self.label, e, wait, self.reconnects,
+                )  # fmt: skip
+                self._halt.wait(wait)
+                delay = min(delay * 2, 5.0)
+            except BaseException as e:  # a bug: report it to the main thread, don't hang
+                with self.cond:
+                    self.fatal = e
+                    self.cond.notify_all()
+                return
+            finally:
+                self.connected = False
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    conn.close()
+                with self.cond:
+                    self.cond.notify_all()
+
+    def _connect(self) -> Connection:
+        o = self.opts
+        if o.resolve is not None:
+            addr = o.resolve()
+            if addr != self.address:
+                log.info("[%s] source master is at %s", self.label, addr)
+                self.address = addr
+        host, port = parse_address(self.address)
+        tc = o.tls_config or {}
+        return Connection(
+            host,
+            port,
+            username=o.username or None,
+            password=o.password or None,
+            tls=o.tls,
+            tls_verify=o.tls_verify,
+            ca_cert=tc.get("ca_cert") or None,
+            cert=tc.get("cert") or None,
+            key=tc.get("key") or None,
+            timeout=10.0,
+            io_timeout=30.0,
+        )
+
+    def _handshake(self, conn: Connection) -> None:
+        o = self.opts
+        try:
+            conn.call("PING")
+        except ReplyError as e:
+            if e.code in ("NOAUTH", "NOPERM") or "not permitted" in e.message:
+                raise LinkFatal(f"source {conn.address} needs a password / permission: {e}") from None
+            if e.code not in ("LOADING", "MASTERDOWN"):
+                raise
+            raise _Retry(f"source not ready: {e.message}") from None
+        info = _parse_info(conn.call("INFO", "server"))
+        ver = info.get("valkey_version") or info.get("redis_version") or "0.0.0"
+        self.source_valkey = "valkey_version" in info or info.get("server_name") == "valkey"
+        self.source_version = _version_tuple(ver)
+        if self.source_version < (2, 8, 0) and self.source_version != (0, 0, 0):
+            self._use_sync = True
+        if not self._use_sync:
+            self._replconf(conn, "listening-port", str(o.listening_port))
+            self._replconf(conn, "capa", "eof", "capa", "psync2")
+            if self.source_valkey and self.source_version >= (8, 0, 0):
+                announce = "9.0.0" if self.source_version >= (9, 0, 0) else ver
+                self._replconf(conn, "version", announce)
+            if o.rdb_only and not self._replconf(conn, "rdb-only", "1"):
+                log.warning(
+                    "[%s] the source does not support REPLCONF rdb-only (Redis/Valkey < 7.0): "
+                    "the link is closed after the snapshot instead", self.label,
+                )  # fmt: skip
+
+    def _replconf(self, conn: Connection, *args: str) -> bool:
+        try:
+            conn.call("REPLCONF", *args)
+            return True
+        except ReplyError as e:
+            log.debug("[%s] REPLCONF %s: %s", self.label, " ".join(args), e)
+            return False
+
+    def _wait_bgsave(self, conn: Connection) -> None:
+        """A full sync is coming: while the source runs its own BGSAVE / AOF rewrite, say so
+        (the master makes us wait until it can fork for us)."""
+        while not self._halt.is_set():
+            try:
+                info = _parse_info(conn.call("INFO", "persistence"))
+            except ReplyError as e:  # e.g. an ACL user without INFO: just ask for the sync
+                log.debug("[%s] INFO persistence: %s", self.label, e)
+                return
+            busy = [
+                k for k in ("rdb_bgsave_in_progress", "aof_rewrite_in_progress") if info.get(k) == "1"
+            ]
+            if not busy:
+                if self._logged_bgsave:
+                    log.info("[%s] source finished its bgsave / aof rewrite, continuing", self.label)
+                    self._logged_bgsave = False
+                return
+            self.status = "waiting bgsave"
+            if not self._logged_bgsave:
+                log.info("[%s] source is busy (%s): waiting", self.label, ", ".join(busy))
+                self._logged_bgsave = True
+            self._halt.wait(1.0)
+
+    def _session(self) -> None:
+        self._established = False
+        self.status = "hand shaking"
+        conn = self._conn = self._connect()
+        self._handshake(conn)
+        ep = self.epoch
+        want: tuple[str, int] | None = None
+        if ep is not None and (ep.kind == "resume" or ep.rdb_done) and ep.replid:
+            want = (ep.replid, ep.received)
+        elif ep is None and self._resume is not None:
+            want = self._resume
+        if self._use_sync:
+            want = None
+        if want is None:
+            self._wait_bgsave(conn)
+        sock = conn.sock
+        framer = TransferFramer(expect_reply=not self._use_sync)
+        if self._use_sync:
+            conn.send(encode([b"SYNC"]))
+            self._new_epoch("full", "", 0)
+            framer.expect_payload()
+        else:
+            cmd = self.opts.psync_command.encode()
+            if want is None:
+                conn.send(encode([cmd, b"?", b"-1"]))
+            else:
+                conn.send(encode([cmd, want[0].encode(), b"%d" % (want[1] + 1)]))
+        self.connected = True
+        sock.settimeout(0.5)
+        last_ack = time.monotonic()
+        self.last_io = time.monotonic()
+        halt = self._halt
+        while not halt.is_set():
+            try:
+                data = sock.recv(RECV_SIZE)
+            except TimeoutError:
+                data = None
+            except OSError as e:
+                raise ConnError(f"read from {conn.address} failed: {e}") from None
+            now = time.monotonic()
+            if data is not None:
+                if not data:
+                    if self.finished:
+                        return
+                    raise ConnError(f"connection closed by {conn.address}")
+                self.last_io = now
+                self._handle(framer, framer.feed(data), conn, want)
+                if self.finished:
+                    return
+            elif now - self.last_io > self.opts.repl_timeout:
+                raise ConnError(f"no data from {conn.address} for {self.opts.repl_timeout:.0f}s")
+            if now - last_ack >= ACK_INTERVAL:
+                last_ack = now
+                if framer.in_stream and not self._use_sync:
+                    self.send_ack()
+
+    def _new_epoch(self, kind: str, replid: str, start: int) -> Epoch:
+        with self.cond:
+            self.epochs += 1
+            ep = Epoch(self.epochs, kind, replid, start, received=start)
+            self.epoch = ep
+            self.cond.notify_all()
+        return ep
+
+    def _handle(self, framer: TransferFramer, events, conn: Connection, want) -> None:
+        spool = self.spool
+        for ev, val in events:
+            if ev == EV_STREAM:
+                ep = self.epoch
+                assert ep is not None
+                spool.write_stream(ep.num, val)  # type: ignore[arg-type]
+                with self.cond:
+                    ep.received += len(val)  # type: ignore[arg-type]
+                    self.cond.notify_all()
+            elif ev == EV_RDB_DATA:
+                ep = self.epoch
+                assert ep is not None
+                if self.opts.keep_rdb:
+                    spool.write_rdb(val)  # type: ignore[arg-type]
+                with self.cond:
+                    ep.rdb_received += len(val)  # type: ignore[arg-type]
+                    self.cond.notify_all()
+            elif ev == EV_KEEPALIVE:
+                continue
+            elif ev == EV_REPLY:
+                self._on_reply(framer, val, want)  # type: ignore[arg-type]
+                # the framer stopped after the reply line: feed the rest in the new state
+                self._handle(framer, framer.feed(b""), conn, want)
+                return
+            elif ev == EV_RDB_BEGIN:
+                ep = self.epoch
+                assert ep is not None
+                ep.rdb_size = val  # type: ignore[assignment]
+                self.status = "receiving rdb"
+                if self.opts.keep_rdb:
+                    spool.open_rdb(ep.num)
+                log.info(
+                    "[%s] receiving the snapshot: %s", self.label,
+                    "diskless (EOF mark)" if val == -1 else f"{val} bytes",
+                )  # fmt: skip
+            elif ev == EV_RDB_END:
+                ep = self.epoch
+                assert ep is not None
+                if self.opts.keep_rdb:
+                    spool.end_rdb(durable=True)
+                if ep.rdb_size == -1:
+                    ep.rdb_size = ep.rdb_received
+                spool.start_stream(ep.num, ep.start)
+                with self.cond:
+                    ep.rdb_done = True
+                    self.cond.notify_all()
+                self._established = True
+                self.status = "syncing aof"
+                log.info("[%s] snapshot received: %d bytes", self.label, ep.rdb_received)
+                if self.opts.rdb_only:
+                    self.finished = True
+                    return
+                if not self._use_sync:
+                    # mandatory after a diskless transfer: the master starts the stream on it
+                    self.send_ack()
+            elif ev == EV_ERROR:
+                raise _Retry(f"the source aborted the transfer: {val}")
+
+    def _on_reply(self, framer: TransferFramer, line: bytes, want) -> None:
+        if line.startswith(b"$"):
+            # handled as SYNC (a renamed PSYNC on a server that only knows the name "psync"):
+            # no replication id, so every reconnect is a full sync; ACKs are still needed
+            # (a diskless transfer starts the stream on the first one)
+            log.warning(
+                "[%s] the source answered %s like the old SYNC: no partial resync is possible",
+                self.label, self.opts.psync_command,
+            )  # fmt: skip
+            self.full_syncs += 1
+            self._new_epoch("full", "", 0)
+            framer.push_back_payload(line)
+            return
+        r = parse_psync_reply(line)
+        if r.kind == "full":
+            self.full_syncs += 1
+            if want is not None:
+                log.warning(
+                    "[%s] the source cannot continue from offset %d (backlog too small or "
+                    "history changed): full resynchronisation (%s)",
+                    self.label, want[1], r.message,
+                )  # fmt: skip
+            else:
+                log.info("[%s] full resynchronisation: %s", self.label, r.message)
+            self._new_epoch("full", r.replid, r.offset)
+            self.status = "waiting bgsave"
+            framer.expect_payload()
+        elif r.kind == "continue":
+            ep = self.epoch
+            if ep is None:  # resuming from a checkpoint
+                assert want is not None
+                ep = self._new_epoch("resume", want[0], want[1])
+            if r.replid and r.replid != ep.replid:
+                log.info("[%s] source replication id changed to %s (failover)", self.label, r.replid)
+                ep.replid = r.replid
+            self.partial_resyncs += 1
+            log.info(
+                "[%s] partial resynchronisation accepted: continuing from offset %d",
+                self.label, ep.received,
+            )  # fmt: skip
+            self.spool.start_stream(ep.num, ep.received)
+            self._established = True
+            framer.continue_stream()
+            self.status = "syncing aof"
+            self.send_ack()
+        elif r.kind == "retry":
+            raise _Retry(f"source not ready: {r.message}")
+        elif r.kind == "unsupported":
+            if self.opts.psync_command.upper() != "PSYNC":
+                raise LinkFatal(f"the source rejected {self.opts.psync_command}: {r.message}")
+            raise LinkFatal(
+                f"the source does not accept PSYNC ({r.message}); if it is a managed service "
+                "ask for a renamed PSYNC command (advanced.aws_psync) or use the scan_reader"
+            )
+        else:
+            raise LinkFatal(f"the source refused {self.opts.psync_command}: {r.message}")
+
+    def _ack_offset(self) -> int:
+        ep = self.epoch
+        if ep is None:
+            return -1
+        if ep.kind == "full" and not ep.rdb_done:
+            return -1
+        e, off = self._applied
+        if e != ep.num or off < ep.start:
+            off = ep.start
+        return min(off, ep.received)
+
+
+class _Retry(Exception):
+    pass
+
+
+def _parse_info(raw) -> dict[str, str]:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if ":" in line and not line.startswith("#"):
+            k, _, v = line.partition(":")
+            out[k.strip()] = v.strip()
+    return out
+
+
+def _version_tuple(s: str) -> tuple[int, int, int]:
+    parts = []
+    for p in s.split(".")[:3]:
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    while len(parts) < 3:
+        parts.append(0)
+    return parts[0], parts[1], parts[2]

@@ -1,0 +1,657 @@
+"""Live sync over PSYNC (sync_reader) against real servers: versions, sentinel source,
+killed replica links (partial and full resyncs), kill -9 and restart, sync_rdb / sync_aof.
+
+Convergence is observed the way a master sees a replica: redshake ACKs only offsets the
+target has applied, so once the source is idle and the replica's offset in INFO
+replication equals master_repl_offset, the target has everything. Then every key is
+compared with DEBUG DIGEST-VALUE and its expiry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import redis
+
+from datagen import populate
+from helpers import assert_same_data, write_config
+from redshake.repl.protocol import (
+    CommandStream,
+    ReplProtocolError,
+    TransferFramer,
+    parse_psync_reply,
+)
+from redshake.repl.spool import Spool
+from redshake.resp.encode import encode
+from servers import free_port
+
+MIXED_WRITERS = 3
+
+
+class Shake:
+    """redshake running as a subprocess on a sync_reader config."""
+
+    def __init__(
+        self, tmp: Path, src, dst, *, reader: dict | None = None, sentinel: dict | None = None,
+        name: str = "shake", status_port: int = 0, advanced: dict | None = None,
+    ) -> None:  # fmt: skip
+        self.tmp = tmp
+        self.work = tmp / "work"
+        self.out = tmp / f"{name}.out"
+        rd = {"address": src.address}
+        rd.update(reader or {})
+        sections = {"sync_reader": rd}
+        if sentinel:
+            sections["sync_reader.sentinel"] = sentinel
+        sections["redis_writer"] = {"address": dst.address}
+        sections["advanced"] = {"dir": str(self.work), "log_interval": 1}
+        if status_port:
+            sections["advanced"].update(status_port=status_port, status_bind="127.0.0.1")
+        sections["advanced"].update(advanced or {})
+        self.cfg = write_config(tmp / f"{name}.toml", sections)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Shake:
+        self._fh = open(self.out, "a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "redshake.cli", str(self.cfg)],
+            cwd=str(self.tmp),
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def log(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    def wait(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError("redshake did not exit:\n" + self.log()[-3000:]) from None
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.wait(30)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def checkpoint(self) -> dict:
+        (d,) = [p for p in self.work.iterdir() if p.name.startswith("reader_")]
+        return json.loads((d / "checkpoint.json").read_text())
+
+
+@pytest.fixture
+def shakes():
+    started: list[Shake] = []
+    yield started
+    for s in started:
+        s.kill()
+
+
+def replica_offset(src) -> tuple[int, int, int]:
+    """(master_repl_offset, offset ACKed by the first replica (-1: none), replicas)."""
+    info = src.info("replication")
+    master = int(info.get("master_repl_offset", 0))
+    n = int(info.get("connected_slaves", 0))
+    off = -1
+    for k, v in info.items():
+        if k.startswith("slave") and isinstance(v, dict):
+            off = max(off, int(v.get("offset", -1)))
+    return master, off, n
+
+
+def wait_converged(src, shake: Shake, timeout: float = 60) -> None:
+    """Until the replica (redshake) has ACKed the master's offset: everything is applied."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if shake.proc is not None and shake.proc.poll() is not None:
+            raise AssertionError("redshake exited:\n" + shake.log()[-3000:])
+        master, off, _n = last = replica_offset(src)
+        if master > 0 and off == master:
+            time.sleep(0.2)
+            if replica_offset(src)[:2] == (master, master):
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"not converged (master/acked/replicas {last}):\n" + shake.log()[-3000:])
+
+
+def wait_for(cond, timeout: float, what: str, shake: Shake | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}" + ("\n" + shake.log()[-3000:] if shake else ""))
+
+
+def stat(src, field: str) -> int:
+    return int(src.info("stats")[field])
+
+
+def mixed_load(src, stop: threading.Event, seed: int, idempotent: bool = False) -> None:
+    """Mixed writes over several dbs, types, TTLs and transactions until ``stop``."""
+    rnd = random.Random(seed)
+    clients = {db: src.client(db) for db in (0, 1)}
+    while not stop.is_set():
+        db = rnd.choice((0, 0, 1))
+        c = clients[db]
+        p = c.pipeline(transaction=rnd.random() < 0.2)
+        for _ in range(20):
+            k = f"k:{rnd.randrange(300)}"
+            r = rnd.random()
+            if r < 0.25:
+                p.set(k, rnd.randbytes(rnd.randrange(1, 200)))
+            elif r < 0.35:
+                p.delete(k)
+            elif r < 0.45:
+                p.hset(f"h:{rnd.randrange(50)}", f"f{rnd.randrange(30)}", rnd.randrange(1000))
+            elif r < 0.55:
+                p.sadd(f"s:{rnd.randrange(50)}", rnd.randrange(100))
+            elif r < 0.65:
+                p.zadd(f"z:{rnd.randrange(50)}", {f"m{rnd.randrange(40)}": rnd.random()})
+            elif r < 0.7:
+                p.pexpireat(k, int(time.time() * 1000) + 600_000)
+            elif r < 0.75:
+                p.srem(f"s:{rnd.randrange(50)}", rnd.randrange(100))
+            elif idempotent:
+                p.set(f"n:{rnd.randrange(50)}", rnd.randrange(10**6))
+            elif r < 0.85:
+                p.incr(f"n:{rnd.randrange(50)}")
+            elif r < 0.95:
+                p.rpush(f"l:{rnd.randrange(20)}", rnd.randbytes(8))
+            else:
+                p.append(k + ":a", b"xy")
+        try:
+            p.execute()
+        except redis.ResponseError:
+            pass  # e.g. APPEND on a key of another type
+        except redis.ConnectionError:
+            return
+        time.sleep(0.002)
+
+
+def start_load(src, n: int = MIXED_WRITERS, idempotent: bool = False):
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=mixed_load, args=(src, stop, 100 + i, idempotent), daemon=True)
+        for i in range(n)
+    ]
+    for t in threads:
+        t.start()
+
+    def halt() -> None:
+        stop.set()
+        for t in threads:
+            t.join(30)
+
+    return halt
+
+
+def kill_replica_links(src) -> int:
+    with src.client() as c:
+        kind = "replica" if src.version >= (5, 0, 0) else "slave"
+        return int(c.execute_command("CLIENT", "KILL", "TYPE", kind))
+
+
+@pytest.mark.parametrize("name", ["redis-5.0", "redis-6.2", "redis-7.0", "valkey-8.1", "valkey-9.1"])
+def test_sync_versions(servers, tmp_path, shakes, name):
+    src = servers.start(name)
+    dst = servers.start(name)
+    populate(src.client(), src.version, src.is_valkey, big=name == "redis-7.0")
+    halt = start_load(src, 1)  # writes during the snapshot
+    shake = Shake(tmp_path, src, dst).start()
+    shakes.append(shake)
+    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    time.sleep(0.5)  # ... and after it
+    halt()
+    c = src.client(2)
+    c.set("plain", "v")
+    c.execute_command("SELECT", 2)
+    with c.pipeline(transaction=True) as p:
+        p.set("tx1", "a").lpush("tx2", "b", "c").expire("tx1", 1000).execute()
+    c.swapdb(2, 5) if src.version >= (4, 0, 0) else None
+    wait_converged(src, shake)
+    assert assert_same_data(src, dst) > 0
+    assert shake.terminate() == 0
+    cp = shake.checkpoint()
+    assert cp["phase"] == "aof" and cp["offset"] == replica_offset(src)[0]
+
+
+def test_sync_sentinel_source(servers, tmp_path, shakes):
+    src = servers.start("redis-7.0")
+    dst = servers.start("redis-7.0")
+    sentinel = servers.sentinel(src, "mymaster")
+    populate(src.client(), src.version, False, big=False)
+    port = free_port()
+    shake = Shake(
+        tmp_path, src, dst, status_port=port,
+        reader={"address": ""}, sentinel={"master_name": "mymaster", "address": sentinel.address},
+    ).start()  # fmt: skip
+    shakes.append(shake)
+    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    src.client().set("after", "1")
+    wait_converged(src, shake)
+    assert_same_data(src, dst)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+        st = json.loads(r.read())
+    rd = st["reader"]
+    assert rd["name"] == f"reader_127.0.0.1_{src.port}" and rd["status"] == "syncing aof"
+    assert rd["aof_applied_offset"] == rd["aof_received_offset"] == replica_offset(src)[0]
+    assert rd["lag_bytes"] == 0 and rd["full_syncs"] == 1 and st["consistent"] is True
+    for k in ("rdb_file_size_human", "aof_received_human", "lag_seconds", "reconnects", "partial_resyncs"):
+        assert k in rd
+    assert shake.terminate() == 0
+
+
+@pytest.mark.parametrize(
+    "name,args",
+    [
+        ("redis-7.0", ["--repl-backlog-size", "64mb"]),
+        ("valkey-8.1", ["--repl-backlog-size", "16384", "--repl-backlog-ttl", "1"]),
+    ],
+    ids=["partial", "small-backlog"],
+)
+def test_sync_survives_killed_links(servers, tmp_path, shakes, name, args):
+    """After Valkey's replication-psync.tcl: writers flood the source while the replica link
+    is killed every 2 s; partial resyncs continue the stream, full resyncs re-seed the target."""
+    src = servers.start(name, args=args)
+    dst = servers.start(name)
+    populate(src.client(), src.version, src.is_valkey, big=False)
+    shake = Shake(tmp_path, src, dst).start()
+    shakes.append(shake)
+    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    partial0, full0 = stat(src, "sync_partial_ok"), stat(src, "sync_full")
+    halt = start_load(src)
+    try:
+        for _ in range(5):
+            time.sleep(2)
+            kill_replica_links(src)
+    finally:
+        halt()
+    wait_converged(src, shake, 90)
+    assert_same_data(src, dst)
+    partial, full = stat(src, "sync_partial_ok") - partial0, stat(src, "sync_full") - full0
+    if "16384" not in args:
+        assert partial >= 3 and full == 0, shake.log()[-3000:]
+    else:
+        assert full >= 1, shake.log()[-3000:]
+        assert "emptying the target first" in shake.log()
+    assert shake.terminate() == 0
+    assert "reconnecting" in shake.log()
+
+
+def test_sync_restart_after_kill9(servers, tmp_path, shakes):
+    """kill -9 under load, restart with the same config: PSYNC continues from the checkpoint
+    (no new full sync) and the data converges (idempotent load: a few commands applied before
+    the crash may be applied twice, see the documentation)."""
+    src = servers.start("redis-7.0", args=["--repl-backlog-size", "64mb"])
+    dst = servers.start("redis-7.0")
+    populate(src.client(), src.version, False, big=False)
+    shake = Shake(tmp_path, src, dst).start()
+    shakes.append(shake)
+    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    halt = start_load(src, idempotent=True)
+    try:
+        time.sleep(2)
+        shake.kill()
+        full0, partial0 = stat(src, "sync_full"), stat(src, "sync_partial_ok")
+        time.sleep(1)
+        shake2 = Shake(tmp_path, src, dst).start()
+        shakes.append(shake2)
+        time.sleep(2)
+    finally:
+        halt()
+    wait_converged(src, shake2)
+    assert stat(src, "sync_full") == full0, shake2.log()[-3000:]
+    assert stat(src, "sync_partial_ok") == partial0 + 1
+    assert_same_data(src, dst)
+    assert "resuming with PSYNC" in shake2.log()
+    assert shake2.terminate() == 0
+    # a clean stop and start resumes too
+    src.client().set("between", "runs")
+    shake3 = Shake(tmp_path, src, dst).start()
+    shakes.append(shake3)
+    wait_converged(src, shake3)
+    assert dst.client().get("between") == b"runs"
+    assert stat(src, "sync_full") == full0
+    assert shake3.terminate() == 0
+
+
+def test_sync_rdb_only(servers, tmp_path, shakes):
+    """sync_aof = false: the snapshot is applied, then redshake exits 0."""
+    src = servers.start("redis-7.0")
+    dst = servers.start("redis-7.0")
+    populate(src.client(), src.version, False, big=False)
+    shake = Shake(tmp_path, src, dst, reader={"sync_aof": False}).start()
+    shakes.append(shake)
+    assert shake.wait(60) == 0, shake.log()[-3000:]
+    assert_same_data(src, dst)
+
+
+def test_sync_without_rdb(servers, tmp_path, shakes):
+    """sync_rdb = false: the snapshot is discarded, only later writes reach the target."""
+    src = servers.start("redis-7.0")
+    dst = servers.start("redis-7.0")
+    src.client().set("before", "1")
+    shake = Shake(tmp_path, src, dst, reader={"sync_rdb": False}).start()
+    shakes.append(shake)
+    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    src.client().set("after", "2")
+    wait_converged(src, shake)
+    d = dst.client()
+    assert d.get("before") is None and d.get("after") == b"2"
+    assert "sync_rdb = false" in shake.log()
+    assert shake.terminate() == 0
+
+
+def test_sync_survives_target_reconnects(servers, tmp_path, shakes):
+    """The target drops redshake's connection under load: it reconnects and re-sends from
+    the last acknowledged offset (idempotent load: a re-sent command may have been applied)."""
+    src = servers.start("redis-7.0")
+    dst = servers.start("redis-7.0")
+    populate(src.client(), src.version, False, big=False)
+    shake = Shake(tmp_path, src, dst).start()
+    shakes.append(shake)
+    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    halt = start_load(src, idempotent=True)
+    try:
+        for _ in range(3):
+            time.sleep(1)
+            with dst.client() as c:
+                c.execute_command("CLIENT", "KILL", "TYPE", "normal")
+    finally:
+        halt()
+    wait_converged(src, shake)
+    assert_same_data(src, dst)
+    assert "target reconnected" in shake.log()
+    assert shake.terminate() == 0
+
+
+def test_sync_follows_sentinel_failover(servers, tmp_path, shakes):
+    """The source fails over: redshake finds the new master through Sentinel and continues
+    with a partial resync (PSYNC2), never a full one."""
+    src = servers.start("redis-7.0")
+    rep = servers.start("redis-7.0", args=["--replicaof", src.host, str(src.port)])
+    dst = servers.start("redis-7.0")
+    wait_for(lambda: replica_offset(src)[2] == 1 and rep.info("replication")["master_link_status"] == "up",
+             30, "the replica")  # fmt: skip
+    sentinel = servers.sentinel(src, "mymaster")
+    populate(src.client(), src.version, False, big=False)
+    shake = Shake(
+        tmp_path, src, dst,
+        reader={"address": ""}, sentinel={"master_name": "mymaster", "address": sentinel.address},
+    ).start()  # fmt: skip
+    shakes.append(shake)
+    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    src.client().set("before", "failover")
+
+    def rep_caught_up() -> bool:
+        return rep.info("replication")["master_repl_offset"] == src.info("replication")["master_repl_offset"]
+
+    wait_for(rep_caught_up, 30, "the replica to catch up")
+    sc = sentinel.client()
+    wait_for(lambda: len(sc.execute_command("SENTINEL", "REPLICAS", "mymaster")) >= 1, 30, "discovery")
+    sc.execute_command("SENTINEL", "FAILOVER", "mymaster")
+
+    def promoted() -> bool:
+        addr = sc.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
+        return int(addr[1]) == rep.port and rep.info("replication")["role"] == "master"
+
+    wait_for(promoted, 60, "the failover", shake)
+    kill_replica_links(src)  # the old master's replicas (redshake) must move on
+    wait_for(lambda: f"source master is at {rep.address}" in shake.log(), 30, "the new master", shake)
+    rep.client().set("after", "failover")
+    wait_converged(rep, shake)
+    # Usually a partial resync (PSYNC2). If the old master streamed a few bytes the
+    # promoted replica never got (Sentinel's hello messages), the new master cannot
+    # continue from our offset and a full resync over the old copy follows; both converge.
+    log = shake.log()
+    assert "partial resynchronisation accepted" in log or "cannot continue" in log, log[-3000:]
+    assert_same_data(rep, dst)
+    assert shake.terminate() == 0
+
+
+def test_sync_retries_nomasterlink(servers, tmp_path, shakes):
+    """A replica source whose own master is gone answers -NOMASTERLINK: redshake retries
+    (logged) and syncs once the source can serve it."""
+    up = servers.start("redis-7.0")
+    src = servers.start("redis-7.0", args=["--replicaof", up.host, str(up.port)])
+    dst = servers.start("redis-7.0")
+    up.client().set("k", "v")
+    wait_for(lambda: src.client().get("k") == b"v", 30, "the replica")
+    up.stop()
+    shake = Shake(tmp_path, src, dst).start()
+    shakes.append(shake)
+    wait_for(lambda: "NOMASTERLINK" in shake.log(), 30, "the retry", shake)
+    src.client().execute_command("REPLICAOF", "NO", "ONE")
+    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    src.client().set("k2", "v2")
+    wait_converged(src, shake)
+    assert_same_data(src, dst)
+    assert shake.terminate() == 0
+
+
+def test_sync_adopts_new_replid(servers, tmp_path, shakes):
+    """The source is demoted to a replica of its former replica (a failover without
+    Sentinel): redshake reconnects, gets +CONTINUE <new replid> (PSYNC2) and adopts it."""
+    src = servers.start("redis-7.0")
+    rep = servers.start("redis-7.0", args=["--replicaof", src.host, str(src.port)])
+    dst = servers.start("redis-7.0")
+    populate(src.client(), src.version, False, big=False)
+    shake = Shake(tmp_path, src, dst).start()
+    shakes.append(shake)
+    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    src.client().set("before", "1")
+    wait_converged(src, shake)
+    old_id = src.info("replication")["master_replid"]
+    rep.client().execute_command("REPLICAOF", "NO", "ONE")
+    src.client().execute_command("REPLICAOF", rep.host, rep.port)
+    wait_for(lambda: src.info("replication").get("master_link_status") == "up", 30, "the demotion")
+    kill_replica_links(src)
+    rep.client().set("after", "2")
+    wait_for(lambda: src.client().get("after") == b"2", 30, "the chain")
+    new_id = rep.info("replication")["master_replid"]
+    assert new_id != old_id
+    wait_for(lambda: f"replication id changed to {new_id}" in shake.log(), 30, "the new replid", shake)
+    wait_converged(src, shake)
+    assert "full resynchronisation" not in shake.log().split("now following the stream", 1)[1]
+    assert_same_data(rep, dst)
+    assert shake.terminate() == 0
+    assert shake.checkpoint()["replid"] == new_id
+
+
+def test_sync_waits_for_source_bgsave(servers, tmp_path, shakes):
+    """The source is in its own BGSAVE: redshake says so and proceeds once it is over."""
+    src = servers.start("redis-7.0")
+    dst = servers.start("redis-7.0")
+    c = src.client()
+    populate(c, src.version, False, big=False)
+    c.config_set("rdb-key-save-delay", 100_000)  # 0.1 s per key: a BGSAVE of a few seconds
+    c.bgsave()
+    c.config_set("rdb-key-save-delay", 0)  # (the running child keeps the slow setting)
+    shake = Shake(tmp_path, src, dst).start()
+    shakes.append(shake)
+    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    log = shake.log()
+    assert "rdb_bgsave_in_progress" in log and "finished its bgsave" in log
+    c.set("after", "1")
+    wait_converged(src, shake)
+    assert_same_data(src, dst)
+    assert shake.terminate() == 0
+
+
+def test_sync_renamed_psync(servers, tmp_path, shakes):
+    """advanced.aws_psync: a source that only accepts a renamed PSYNC (as ElastiCache).
+    Vanilla Redis serves a renamed PSYNC like the old SYNC (no offsets, no ACKs)."""
+    src = servers.start("redis-7.0", args=["--rename-command", "PSYNC", "xpsync-4711"])
+    dst = servers.start("redis-7.0")
+    src.client().set("k", "v")
+    aws = f"{src.address}@xpsync-4711"
+    shake = Shake(tmp_path, src, dst, advanced={"aws_psync": aws}).start()
+    shakes.append(shake)
+    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    src.client().set("k2", "v2")
+    wait_for(lambda: dst.client().get("k2") == b"v2", 30, "the stream", shake)
+    assert_same_data(src, dst)
+    assert "like the old SYNC" in shake.log()
+    assert shake.terminate() == 0
+
+
+def test_spool_segments(tmp_path):
+    sp = Spool(tmp_path, segment_bytes=100)
+    sp.start_stream(1, 1000)
+    data = bytes(range(256)) * 3
+    for i in range(0, len(data), 37):
+        sp.write_stream(1, data[i : i + 37])
+    assert len(list(tmp_path.glob("aof-1-*.spool"))) > 3
+    got, off = b"", 1000
+    while off < 1000 + len(data):
+        part = sp.read_stream(1, off, 50)
+        assert part
+        got += part
+        off += len(part)
+    assert got == data
+    sp.release(1, 1000 + 400)
+    assert sp.read_stream(1, 1000 + 450, 10) == data[450:460]
+    assert sp.read_stream(1, 1000 + 50, 10) == b""  # released
+    sp.start_stream(1, 1000 + len(data))  # a partial resync continues the same segment chain
+    sp.write_stream(1, b"xyz")
+    assert sp.read_stream(1, 1000 + len(data), 10) == b"xyz"
+    sp.drop_epoch(1)
+    sp.close()
+    assert not list(tmp_path.glob("*.spool"))
+
+
+# -- sans-I/O protocol pieces (no server) ----------------------------------------------------
+
+
+def _events(framer: TransferFramer, data: bytes, step: int) -> list:
+    out = []
+    for i in range(0, len(data), step):
+        out.extend(framer.feed(data[i : i + step]))
+    return out
+
+
+@pytest.mark.parametrize("step", [1, 7, 41, 1000])
+def test_framer_diskless_and_disk(step):
+    mark = b"0123456789abcdef0123456789abcdef01234567"
+    payload = b"REDIS0011" + bytes(range(256)) * 3 + mark[:39]  # a near-miss of the mark
+    stream = encode([b"SET", b"a", b"b"])
+    for header, tail in ((b"$EOF:" + mark + b"\r\n", mark), (b"$%d\r\n" % len(payload), b"")):
+        f = TransferFramer()
+        wire = b"\n\n+FULLRESYNC " + b"f" * 40 + b" 77\r\n\n\n" + header + payload + tail + stream
+        evs = []
+        i = 0
+        while i < len(wire):
+            chunk = wire[i : i + step]
+            i += step
+            for ev in f.feed(chunk):
+                evs.append(ev)
+                if ev[0] == "reply":
+                    r = parse_psync_reply(ev[1])
+                    assert (r.kind, r.offset) == ("full", 77)
+                    f.expect_payload()
+                    evs.extend(f.feed(b""))
+        rdb = b"".join(v for k, v in evs if k == "rdb_data")
+        got_stream = b"".join(v for k, v in evs if k == "stream")
+        assert rdb == payload and got_stream == stream
+        kinds = [k for k, _ in evs]
+        assert kinds.index("rdb_end") > kinds.index("rdb_begin")
+        assert kinds.count("keepalive") == 4
+
+
+def test_psync_replies():
+    assert parse_psync_reply(b"+CONTINUE").kind == "continue"
+    r = parse_psync_reply(b"+CONTINUE " + b"a" * 40)
+    assert r.kind == "continue" and r.replid == "a" * 40
+    assert parse_psync_reply(b"-LOADING Redis is loading").kind == "retry"
+    assert parse_psync_reply(b"-NOMASTERLINK Can't SYNC while not connected").kind == "retry"
+    assert parse_psync_reply(b"-ERR unknown command 'PSYNC'").kind == "unsupported"
+    assert parse_psync_reply(b"-NOPERM no").kind == "error"
+
+
+def test_command_stream_offsets():
+    cmds = [[b"SELECT", b"3"], [b"PING"], [b"MULTI"], [b"SET", b"k", b"v" * 300], [b"EXEC"]]
+    cmds += [[b"REPLCONF", b"GETACK", b"*"]] + [[b"INCR", b"n%d" % i] for i in range(600)]
+    wire = b"".join(encode(c) for c in cmds)
+    for step in (1, 5, 4096):
+        cs = CommandStream(1000)
+        got = []
+        for i in range(0, len(wire), step):
+            cs.feed(wire[i : i + step])
+            while (item := cs.next()) is not None:
+                got.append((item[0], cs.offset))
+        ends, pos = [], 1000
+        for c in cmds:
+            pos += len(encode(c))
+            ends.append(pos)
+        assert [g[0] for g in got] == cmds and [g[1] for g in got] == ends
+
+
+def test_command_stream_rejects_non_canonical():
+    cs = CommandStream(0)
+    cs.feed(b"*1\r\n$04\r\nPING\r\n")
+    with pytest.raises(ReplProtocolError):
+        cs.next()
+
+
+def test_sync_prefer_replica(servers, tmp_path, shakes):
+    src = servers.start("redis-7.0")
+    rep = servers.start("redis-7.0", args=["--replicaof", src.host, str(src.port)])
+    dst = servers.start("redis-7.0")
+    populate(src.client(), src.version, False, big=False)
+    wait_for(lambda: replica_offset(src)[1] == replica_offset(src)[0] > 0, 30, "the replica")
+    shake = Shake(tmp_path, src, dst, reader={"prefer_replica": True}).start()
+    shakes.append(shake)
+    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    assert f"reading from replica {rep.address}" in shake.log()
+    src.client().set("later", "x")
+    wait_for(lambda: rep.client().get("later") == b"x", 30, "the replica")
+    wait_converged(rep, shake)
+    assert_same_data(src, dst)
+    assert shake.terminate() == 0
+
+
+def test_sync_restart_after_backlog_lost(servers, tmp_path, shakes):
+    """Restart when the source's backlog no longer covers the checkpoint: a full sync over
+    the earlier copy, and keys deleted on the source meanwhile do not survive."""
+    src = servers.start("redis-7.0", args=["--repl-backlog-size", "16384"])
+    dst = servers.start("redis-7.0")
+    c = src.client()
+    populate(c, src.version, False, big=False)
+    shake = Shake(tmp_path, src, dst).start()
+    shakes.append(shake)
+    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    c.set("after", "1")
+    wait_converged(src, shake)
+    assert shake.terminate() == 0
+    c.delete(b"d0:str", b"d0:list:small")
+    for i in range(100):
+        c.set(f"fill:{i}", b"x" * 1000)  # 100 KB: more than the backlog holds
+    full0 = stat(src, "sync_full")
+    shake2 = Shake(tmp_path, src, dst).start()
+    shakes.append(shake2)
+    wait_for(lambda: "emptying the target first" in shake2.log(), 60, "the flush", shake2)
+    wait_converged(src, shake2)
+    assert stat(src, "sync_full") == full0 + 1
+    assert dst.client().exists(b"d0:str", b"d0:list:small") == 0
+    assert_same_data(src, dst)
+    assert shake2.terminate() == 0
