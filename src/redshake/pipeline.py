@@ -20,6 +20,9 @@ EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 log = logging.getLogger("redshake")
 
+# Set in a shard process of a cluster source (see shards.py): {"address", "ranges", "queue"}.
+SHARD: dict | None = None
+
 
 class FatalError(Exception):
     """Stops the run with exit code 1 after in-flight work is flushed where possible."""
@@ -150,6 +153,10 @@ def run(cfg: Config) -> int:
         stop = _Stop()
         stop.install()
         try:
+            if cfg.reader_type == "sync" and cfg.reader.cluster:
+                from .shards import run_sharded
+
+                return run_sharded(cfg, stop)
             return _drive(cfg, stats, stop, format_progress)
         finally:
             stop.restore()
@@ -181,10 +188,17 @@ class _Ticker(threading.Thread):
         self.line = line
         self.halt = threading.Event()
 
+    publish = None  # shard processes report their status to the parent every second
+
     def run(self) -> None:
         n = 0
         while not self.halt.wait(1.0):
             self.stats.tick()
+            if self.publish is not None:
+                try:
+                    self.publish()
+                except Exception:
+                    log.debug("status publish failed", exc_info=True)
             n += 1
             if self.interval > 0 and n % self.interval == 0:
                 try:
@@ -237,6 +251,10 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         # a live reader that must re-seed the target (full resync) empties it through this
         options={"flush_target": writer.flushall},
     )
+    if SHARD is not None:  # one shard of a cluster source: only this shard's slots
+        from .shards import flush_slots
+
+        ctx.options["flush_target"] = lambda: flush_slots(writer, SHARD["ranges"])
     try:
         reader = build_reader(cfg, ctx)
         reader.prepare()
@@ -265,6 +283,18 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         )
 
     ticker = _Ticker(stats, adv.log_interval, line)
+    if SHARD is not None:
+        ticker.publish = lambda: SHARD["queue"].put(
+            (
+                SHARD["address"],
+                {
+                    "stats": stats.snapshot(),
+                    "reader": reader.status(),
+                    "writer": writer.status(),
+                    "consistent": bool(reader.consistent() and _writer_consistent(writer)),
+                },
+            )
+        )
     ticker.start()
     progress_of = getattr(reader, "progress", None)
     unit = getattr(reader, "progress_unit", "bytes")

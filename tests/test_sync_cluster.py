@@ -1,0 +1,163 @@
+"""Cluster sources: one sync process per source shard, into a standalone and a cluster target,
+with writes during the run; and the slot-scoped flush a shard uses on a full resync."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from redshake.commands.slots import key_slot
+from servers import free_port
+from test_sync import Shake, replica_offset
+
+
+@pytest.fixture
+def shakes():
+    started: list[Shake] = []
+    yield started
+    for s in started:
+        s.kill()
+
+
+def _fill(cluster, n: int, prefix: str) -> None:
+    """n keys of several types spread over every slot, written through the owning masters."""
+    owners = _owners(cluster)
+    pipes = {}
+    for i in range(n):
+        k = f"{prefix}:{i}".encode()
+        node = owners[key_slot(k)]
+        p = pipes.setdefault(node.port, node.client().pipeline(transaction=False))
+        kind = i % 4
+        if kind == 0:
+            p.set(k, b"v%d" % i)
+        elif kind == 1:
+            p.rpush(k, b"a", b"b", b"%d" % i)
+        elif kind == 2:
+            p.hset(k, mapping={b"f": b"%d" % i})
+        else:
+            p.zadd(k, {b"m": i})
+    for p in pipes.values():
+        p.execute()
+
+
+def _owners(cluster) -> list:
+    owners = [None] * 16384
+    by_port = {s.port: s for s in cluster.servers}
+    for row in cluster.masters[0].client().execute_command("CLUSTER SLOTS"):
+        for slot in range(row[0], row[1] + 1):
+            owners[slot] = by_port[int(row[2][1])]
+    return owners
+
+
+def _digests(server_list) -> dict[bytes, bytes]:
+    out = {}
+    for s in server_list:
+        c = s.client()
+        keys = list(c.scan_iter(count=1000))
+        p = c.pipeline(transaction=False)
+        for k in keys:
+            p.execute_command("DEBUG", "DIGEST-VALUE", k)
+        out.update(zip(keys, p.execute(), strict=True))
+    return out
+
+
+def _converged(cluster, shake: Shake, timeout: float = 90) -> None:
+    """Every source master's replication offset is ACKed by its redshake shard process."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert shake.proc.poll() is None, shake.log()[-3000:]
+        states = [replica_offset(m) for m in cluster.masters]
+        if all(master > 0 and off == master for master, off, _n in states):
+            time.sleep(0.3)
+            if all(replica_offset(m)[:2] == s[:2] for m, s in zip(cluster.masters, states, strict=True)):
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"not converged: {states}\n" + shake.log()[-3000:])
+
+
+@pytest.mark.parametrize("target_kind", ["standalone", "cluster"])
+def test_cluster_source(target_kind, servers, tmp_path, shakes):
+    src = servers.cluster("redis-7.0", masters=3)
+    _fill(src, 3000, "before")
+    if target_kind == "cluster":
+        dst_cluster = servers.cluster("redis-7.0", masters=3)
+        dst_nodes = dst_cluster.masters
+        dst_addr = dst_cluster.seed
+    else:
+        dst = servers.start("redis-7.0")
+        dst_nodes = [dst]
+        dst_addr = dst.address
+    port = free_port()
+
+    class _Addr:  # Shake takes server-like objects
+        def __init__(self, address: str) -> None:
+            self.address = address
+
+    shake = Shake(
+        tmp_path, _Addr(src.seed), _Addr(dst_addr), reader={"cluster": True}, status_port=port,
+    )  # fmt: skip
+    if target_kind == "cluster":
+        text = shake.cfg.read_text().replace("[redis_writer]\n", "[redis_writer]\ncluster = true\n")
+        shake.cfg.write_text(text)
+    shakes.append(shake.start())
+    stop = threading.Event()
+
+    def writer() -> None:  # writes during the snapshot and after it
+        i = 0
+        while not stop.is_set() and i < 20:
+            _fill(src, 200, f"during{i}")
+            i += 1
+            time.sleep(0.05)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        t.join()
+    _fill(src, 500, "after")
+    _converged(src, shake)
+    assert _digests(src.masters) == _digests(dst_nodes)
+    doc = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read())
+    assert isinstance(doc["reader"], list) and len(doc["reader"]) == 3
+    assert {r["status"] for r in doc["reader"]} == {"syncing aof"}
+    assert doc["total_entries_count"]["write_count"] > 0
+    assert shake.terminate() == 0, shake.log()[-3000:]
+    log = shake.log()
+    assert "3 shards" in log
+    for m in src.masters:  # each shard kept its own work dir and checkpoint
+        assert (shake.work / f"shard_127.0.0.1_{m.port}").is_dir()
+
+
+def test_flush_slots_deletes_only_the_shards_keys(servers):
+    from redshake.shards import flush_slots
+    from redshake.writers.cluster import ClusterWriter
+    from redshake.writers.redis import RedisWriter
+
+    dst = servers.start("redis-7.0")
+    cluster = servers.cluster("redis-7.0", masters=3)
+    keys = [f"k:{i}".encode() for i in range(2000)]
+    for node in [dst]:
+        node.client().mset({k: b"1" for k in keys})
+    _owners_c = _owners(cluster)
+    for k in keys:
+        _owners_c[key_slot(k)].client().set(k, b"1")
+    ranges = [(0, 5000), (9000, 9100)]
+
+    def inside(k: bytes) -> bool:
+        return any(lo <= key_slot(k) <= hi for lo, hi in ranges)
+
+    expected = {k for k in keys if not inside(k)}
+    w = RedisWriter(dst.address)
+    assert flush_slots(w, ranges) == len(keys) - len(expected)
+    assert set(dst.client().keys()) == expected
+    w.close()
+    cw = ClusterWriter(cluster.seed)
+    flush_slots(cw, ranges)
+    assert set(_digests(cluster.masters)) == expected
+    cw.close()
