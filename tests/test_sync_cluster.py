@@ -161,3 +161,41 @@ def test_flush_slots_deletes_only_the_shards_keys(servers):
     flush_slots(cw, ranges)
     assert set(_digests(cluster.masters)) == expected
     cw.close()
+
+
+def test_standalone_source_into_cluster_target(servers, tmp_path, shakes):
+    """A standalone source synced into a 3-master cluster: snapshot, then the stream with
+    transactions whose keys share a slot (kept atomic) and span slots (split)."""
+    from test_sync import wait_converged
+
+    src = servers.start("redis-7.0")
+    c = src.client()
+    for i in range(2000):
+        c.set(f"s:{i}".encode(), b"x" * (i % 50))
+    c.rpush(b"list", *[b"%d" % i for i in range(100)])
+    dst = servers.cluster("redis-7.0", masters=3)
+
+    class _Addr:
+        def __init__(self, address: str) -> None:
+            self.address = address
+
+    shake = Shake(tmp_path, src, _Addr(dst.seed))
+    text = shake.cfg.read_text().replace("[redis_writer]\n", "[redis_writer]\ncluster = true\n")
+    shake.cfg.write_text(text)
+    shakes.append(shake.start())
+    for i in range(300):
+        c.set(f"after:{i}".encode(), b"v")
+        c.hset(f"h:{i % 7}".encode(), f"f{i}".encode(), b"1")
+    for i in range(50):
+        p = c.pipeline(transaction=True)
+        p.set(f"{{tx{i}}}:a".encode(), b"1")
+        p.incr(f"{{tx{i}}}:b".encode())
+        p.execute()
+        p = c.pipeline(transaction=True)  # keys in different slots
+        p.set(f"split{i}:a".encode(), b"1")
+        p.set(f"split{i}:b".encode(), b"2")
+        p.execute()
+    c.delete(b"s:1", b"s:2")
+    wait_converged(src, shake)
+    assert _digests([src]) == _digests(dst.masters)
+    assert shake.terminate() == 0, shake.log()[-3000:]

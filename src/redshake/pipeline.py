@@ -6,7 +6,6 @@ import logging
 import signal
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 from .config.schema import Config
@@ -14,7 +13,7 @@ from .entry import Entry
 from .rdb.primitives import RdbError
 from .readers.rdb_entries import ConversionError, TargetCaps
 
-__all__ = ["run", "FatalError", "Interrupted", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT"]
+__all__ = ["run", "FatalError", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -26,10 +25,6 @@ SHARD: dict | None = None
 
 class FatalError(Exception):
     """Stops the run with exit code 1 after in-flight work is flushed where possible."""
-
-
-class Interrupted(Exception):
-    pass
 
 
 class _Stop:
@@ -74,7 +69,6 @@ class ErrorPolicy:
         self.busy_skipped = 0
         self.busy_restore = 0
         self.failed = 0
-        self.by_kind: Counter[str] = Counter()
 
     def __call__(self, entry: Entry, message: str) -> None:
         key = entry.argv[1] if len(entry.argv) > 1 else b""
@@ -84,13 +78,14 @@ class ErrorPolicy:
             self.busy_restore += 1  # a RESTORE that was sent but did not write
             return
         self.failed += 1
-        self.by_kind[message.split(" ", 1)[0]] += 1
+        self.stats.fail()  # visible in the status JSON (failed_count) right away
         log.error("target replied error to %s on key %r (db %d): %s", cmd, key, entry.db, message)
         raise FatalError(f"target error for {cmd} key {key!r} in db {entry.db}: {message}")
 
     def existing_key(self, db: int, key: bytes) -> None:
         if self.behavior == "skip":
             self.busy_skipped += 1
+            self.stats.skip("busykey")
             if self.busy_skipped <= 10:
                 log.warning(
                     "key %r (db %d) already exists on the target: skipped (rdb_restore_command_behavior = skip)",
@@ -103,12 +98,6 @@ class ErrorPolicy:
             'advanced.rdb_restore_command_behavior = "rewrite" to replace existing keys, '
             '"skip" to keep them, or empty_db_before_sync = true'
         )
-
-
-def build_writer(cfg: Config, on_error):
-    from .writers import build_writer as _build
-
-    return _build(cfg, on_error)
 
 
 def _fmt_version(v) -> str:
@@ -214,6 +203,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     from .readers.base import ReaderContext
     from .status.progress import Progress
     from .transform import TransformError, build_transform
+    from .writers import build_writer
 
     adv = cfg.advanced
     try:  # compile filter regexes and the Lua function first (RedisShake: before reader/writer)
