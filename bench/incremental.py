@@ -6,6 +6,8 @@ redis-benchmark -t set -r 1000000 -n N -P 16 -d 8 runs against the source once r
 in the stream phase. Prints the rate the source accepted (N / benchmark time), the rate
 redshake applied to the target (N / time until the target has acknowledged the source's
 final offset), their ratio, the largest lag seen (bytes and seconds) and redshake's peak RSS.
+
+REDSHAKE_PYSPY=out.txt attaches py-spy (raw format) to redshake for 25 s.
 """
 
 from __future__ import annotations
@@ -60,7 +62,12 @@ def main() -> None:
         'status_bind = "127.0.0.1"\n'
     )
     log = open(work / "shake.out", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "redshake.cli", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
+    argv = [sys.executable, "-m", "redshake.cli", str(cfg)]
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    spy = os.environ.get("REDSHAKE_PYSPY")  # profile redshake: REDSHAKE_PYSPY=out.txt (py-spy)
+    if spy:
+        subprocess.Popen(["py-spy", "record", "-r", "200", "-f", "raw", "-o", spy, "-d", "25",
+                          "-p", str(proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}/"
 
