@@ -199,3 +199,59 @@ def test_standalone_source_into_cluster_target(servers, tmp_path, shakes):
     wait_converged(src, shake)
     assert _digests([src]) == _digests(dst.masters)
     assert shake.terminate() == 0, shake.log()[-3000:]
+
+
+def test_sync_into_cluster_survives_target_reconnects(servers, tmp_path, shakes):
+    """Every master of the target cluster drops redshake's connections under load: it
+    reconnects (topology read anew) and re-sends from the last acknowledged offset. The load
+    is idempotent (a re-sent command may already have been applied)."""
+    import random
+
+    from test_sync import wait_converged, wait_for
+
+    src = servers.start("redis-7.0")
+    dst = servers.cluster("redis-7.0", masters=3)
+
+    class _Addr:
+        def __init__(self, address: str) -> None:
+            self.address = address
+
+    shake = Shake(tmp_path, src, _Addr(dst.seed))
+    shake.cfg.write_text(shake.cfg.read_text().replace("[redis_writer]\n", "[redis_writer]\ncluster = true\n"))
+    shakes.append(shake.start())
+    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    stop = threading.Event()
+
+    def load() -> None:
+        rnd = random.Random(5)
+        c = src.client()
+        while not stop.is_set():
+            p = c.pipeline(transaction=rnd.random() < 0.3)
+            tag = rnd.randrange(100)
+            for _ in range(10):
+                r = rnd.random()
+                k = f"{{t{tag}}}:{rnd.randrange(20)}"
+                if r < 0.5:
+                    p.set(k, rnd.randbytes(20))
+                elif r < 0.7:
+                    p.hset(f"{{t{tag}}}:h", f"f{rnd.randrange(10)}", rnd.randrange(100))
+                elif r < 0.85:
+                    p.sadd(f"{{t{tag}}}:s", rnd.randrange(50))
+                else:
+                    p.delete(k)
+            p.execute()
+
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    try:
+        for _ in range(3):
+            time.sleep(1)
+            for m in dst.masters:
+                m.client().execute_command("CLIENT", "KILL", "TYPE", "normal")
+    finally:
+        stop.set()
+        t.join(30)
+    wait_converged(src, shake)
+    assert _digests([src]) == _digests(dst.masters)
+    assert "target reconnected" in shake.log()
+    assert shake.terminate() == 0

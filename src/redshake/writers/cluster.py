@@ -403,6 +403,30 @@ class ClusterWriter:
             raise
 
     @property
+    def conn_lost(self) -> bool:
+        """The last failure was a lost connection to a master (see :meth:`reconnect`)."""
+        return any(w.conn_lost for w in self._writers.values())
+
+    def reconnect(self) -> None:
+        """After a lost connection: read the topology again, connect to every master anew
+        and forget everything unanswered (the caller re-sends from ``acked_offset``, which
+        keeps what was acknowledged before the failure). Raises while the cluster is down."""
+        self._release()
+        for w in self._writers.values():
+            w.close()
+        self._writers.clear()
+        self._slots = [None] * SLOTS
+        self.masters = []
+        self._retry.clear()
+        self._track.clear()
+        self._cur = [-1, None, 0]
+        self._txn = None
+        self._need_refresh = False
+        self._in_retry = False
+        self._exc = None
+        self.refresh_topology(require_full=True)
+
+    @property
     def acked_offset(self) -> int:
         """The largest source offset O such that every entry written with an offset <= O
         has been answered by its master(s) (all parts of split / broadcast entries; a
