@@ -255,3 +255,66 @@ def test_sync_into_cluster_survives_target_reconnects(servers, tmp_path, shakes)
     assert _digests([src]) == _digests(dst.masters)
     assert "target reconnected" in shake.log()
     assert shake.terminate() == 0
+
+
+def test_v3_sync_toml_into_cluster(servers, tmp_path):
+    """The v3 sync.toml of the deployment guides (type = "sync", target type = "cluster"),
+    unchanged but for addresses and dir, syncs a source into a cluster and stops on SIGTERM."""
+    import subprocess
+    import sys
+
+    src = servers.start("redis-6.2")
+    c = src.client()
+    for i in range(500):
+        c.set(f"k{i}".encode(), b"v")
+    dst = servers.cluster("redis-7.0", masters=3)
+    cfg = tmp_path / "sync.toml"
+    cfg.write_text(f"""type = "sync"
+
+[source]
+version = 6.0 # redis version, such as 2.8, 4.0, 5.0, 6.0, 6.2, 7.0, ...
+address = "{src.address}"
+username = "" # keep empty if not using ACL
+password = "" # keep empty if no authentication is required
+tls = false
+elasticache_psync = "" # using when source is ElastiCache. ref: https://github.com/alibaba/RedisShake/issues/373
+
+[target]
+type = "cluster" # "standalone" or "cluster"
+version = 6.0 # redis version, such as 2.8, 4.0, 5.0, 6.0, 6.2, 7.0, ...
+address = "{dst.seed}"
+username = "" # keep empty if not using ACL
+password = "" # keep empty if no authentication is required
+tls = false
+
+[advanced]
+dir = "{tmp_path / "data"}"
+ncpu = 4
+pprof_port = 0
+metrics_port = 0
+log_file = "redis-shake.log"
+log_level = "info" # debug, info or warn
+log_interval = 5 # in seconds
+rdb_restore_command_behavior = "rewrite" # panic, rewrite or skip
+pipeline_count_limit = 1024
+target_redis_client_max_querybuf_len = 1024_000_000
+target_redis_proto_max_bulk_len = 512_000_000
+""")
+    out = open(tmp_path / "out.txt", "w")
+    p = subprocess.Popen([sys.executable, "-m", "redshake.cli", str(cfg)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        for i in range(200):
+            c.hset(b"h%d" % (i % 10), b"f%d" % i, b"1")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            master, off, _n = replica_offset(src)
+            if master > 0 and off == master and _digests([src]) == _digests(dst.masters):
+                break
+            time.sleep(0.2)
+        assert _digests([src]) == _digests(dst.masters), (tmp_path / "out.txt").read_text()[-3000:]
+        p.send_signal(15)
+        assert p.wait(30) == 0, (tmp_path / "out.txt").read_text()[-3000:]
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert (tmp_path / "data" / "redis-shake.log").exists()
