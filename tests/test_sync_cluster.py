@@ -318,3 +318,30 @@ target_redis_proto_max_bulk_len = 512_000_000
         if p.poll() is None:
             p.kill()
     assert (tmp_path / "data" / "redis-shake.log").exists()
+
+
+def test_cluster_source_prefer_replica(servers, tmp_path, shakes):
+    """prefer_replica: each shard is read from a replica; the masters get no extra replica."""
+    src = servers.cluster("redis-7.0", masters=2, replicas=1)
+    _fill(src, 500, "k")
+    dst = servers.start("redis-7.0")
+
+    class _Addr:
+        def __init__(self, address: str) -> None:
+            self.address = address
+
+    shake = Shake(tmp_path, _Addr(src.seed), dst, reader={"cluster": True, "prefer_replica": True})
+    shakes.append(shake.start())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        counts = {s.port: int(s.info("replication").get("connected_slaves", 0)) for s in src.servers}
+        if all(counts[r.port] == 1 for r in src.replicas):
+            break
+        time.sleep(0.2)
+    assert all(counts[r.port] == 1 for r in src.replicas), counts
+    assert all(counts[m.port] == 1 for m in src.masters), counts  # only their own replica
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _digests(src.masters) != _digests([dst]):
+        time.sleep(0.2)
+    assert _digests(src.masters) == _digests([dst])
+    assert shake.terminate() == 0, shake.log()[-3000:]
