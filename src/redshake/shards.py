@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config.schema import Config
-from .resp.conn import Connection, ReplyError, parse_address
+from .resp.conn import Connection, ReplyError, connection_options, parse_address
 
 __all__ = ["source_shards", "run_sharded"]
 
@@ -157,16 +157,16 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
     from .status.stats import combine
 
     rc = cfg.reader
-    tc = rc.tls_config
-    tls_cfg = {"ca_cert": tc.ca_cert or None, "cert": tc.cert or None, "key": tc.key or None}
     shards = source_shards(
         rc.address,
         prefer_replica=rc.prefer_replica,
-        username=rc.username or None,
-        password=rc.password or None,
-        tls=rc.tls,
-        tls_verify=not rc.tls_skip_verify,
-        **tls_cfg,
+        **connection_options(
+            username=rc.username,
+            password=rc.password,
+            tls=rc.tls,
+            tls_verify=not rc.tls_skip_verify,
+            tls_config=rc.tls_config.as_dict(),
+        ),
     )
     if not shards:
         log.error("cluster source %s: no master owns slots", rc.address)

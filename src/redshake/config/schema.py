@@ -57,6 +57,11 @@ class TlsConfig:
         """True when all three files are set (RedisShake only uses the config then)."""
         return bool(self.ca_cert and self.cert and self.key)
 
+    def as_dict(self) -> dict[str, str] | None:
+        """``{"ca_cert", "cert", "key"}`` for the connection layer, or None when unset."""
+        d = {"ca_cert": self.ca_cert, "cert": self.cert, "key": self.key}
+        return d if any(d.values()) else None
+
 
 @dataclass
 class SentinelConfig:

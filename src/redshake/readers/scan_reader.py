@@ -28,7 +28,14 @@ from collections import Counter
 from collections.abc import Iterator
 
 from ..entry import KEYLESS_ALL_MASTERS, Entry
-from ..resp.conn import Connection, ConnError, ReplyError, format_address, parse_address
+from ..resp.conn import (
+    Connection,
+    ConnError,
+    ReplyError,
+    connection_options,
+    format_address,
+    parse_address,
+)
 from .rdb_entries import ConversionError, RdbToEntries
 from .scan_node import NodeScanner, ScanError, keyspace_counts, parse_info
 
@@ -97,19 +104,18 @@ class ScanReader:
     def _connect(self, address: str, readonly: bool = False) -> Connection:
         rc = self.rc
         host, port = parse_address(address)
-        tc = rc.tls_config
+        opts = connection_options(
+            username=rc.username,
+            password=rc.password,
+            tls=rc.tls,
+            tls_verify=not rc.tls_skip_verify,
+            tls_config=rc.tls_config.as_dict(),
+        )
         conn = Connection(
             host,
             port,
-            username=rc.username or None,
-            password=rc.password or None,
-            tls=rc.tls,
-            tls_verify=not rc.tls_skip_verify,
-            ca_cert=tc.ca_cert or None,
-            cert=tc.cert or None,
-            key=tc.key or None,
-            timeout=10.0,
             io_timeout=None,
+            **opts,
         )
         if readonly:
             conn.call("READONLY")
@@ -121,15 +127,13 @@ class ScanReader:
         if s.enabled:
             from ..writers.sentinel import resolve_master
 
-            tc = s.tls_config
-            tls_cfg = {"ca_cert": tc.ca_cert, "cert": tc.cert, "key": tc.key}
             addr = resolve_master(
                 s.address,
                 s.master_name,
                 username=s.username,
                 password=s.password,
                 tls=s.tls,
-                tls_config=tls_cfg if any(tls_cfg.values()) else None,
+                tls_config=s.tls_config.as_dict(),
                 tls_verify=not s.tls_skip_verify,
             )
             log.info("sentinel %s: master %r is at %s", s.address, s.master_name, addr)

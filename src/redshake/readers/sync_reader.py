@@ -841,14 +841,16 @@ def _fatal(e: BaseException) -> BaseException:
 def _pick_replica(address: str, rc) -> str:
     """prefer_replica: the online replica of ``address`` with the highest offset (compared
     as numbers), or ``address`` itself when it has none."""
-    from ..resp.conn import connect
+    from ..resp.conn import connect, connection_options
 
-    tc = rc.tls_config
-    with connect(
-        address, username=rc.username or None, password=rc.password or None, tls=rc.tls,
-        tls_verify=not rc.tls_skip_verify, ca_cert=tc.ca_cert or None, cert=tc.cert or None,
-        key=tc.key or None,
-    ) as conn:  # fmt: skip
+    opts = connection_options(
+        username=rc.username,
+        password=rc.password,
+        tls=rc.tls,
+        tls_verify=not rc.tls_skip_verify,
+        tls_config=rc.tls_config.as_dict(),
+    )
+    with connect(address, **opts) as conn:
         raw = conn.call("INFO", "replication")
     best, best_off = address, -1
     for line in raw.decode("utf-8", "replace").splitlines():
@@ -891,8 +893,7 @@ def _build(cfg, ctx, address: str | None) -> SyncReader:
     if address is None and sentinel is not None and sentinel.address:
         from ..writers.sentinel import resolve_master
 
-        tc = sentinel.tls_config
-        sd = {"ca_cert": tc.ca_cert, "cert": tc.cert, "key": tc.key}
+        sd = sentinel.tls_config.as_dict()
 
         def resolve() -> str:
             return resolve_master(
@@ -901,7 +902,7 @@ def _build(cfg, ctx, address: str | None) -> SyncReader:
                 username=sentinel.username,
                 password=sentinel.password,
                 tls=sentinel.tls,
-                tls_config=sd if any(sd.values()) else None,
+                tls_config=sd,
                 tls_verify=not sentinel.tls_skip_verify,
             )
 
@@ -921,8 +922,7 @@ def _build(cfg, ctx, address: str | None) -> SyncReader:
         if not match:
             raise ValueError(f"advanced.aws_psync has no entry for the source {addr}")
         psync = match[0]
-    tc = rc.tls_config
-    tls_config = {"ca_cert": tc.ca_cert, "cert": tc.cert, "key": tc.key}
+    tls_config = rc.tls_config.as_dict()
     return SyncReader(
         ctx,
         addr,
@@ -930,7 +930,7 @@ def _build(cfg, ctx, address: str | None) -> SyncReader:
         password=rc.password,
         tls=rc.tls,
         tls_verify=not rc.tls_skip_verify,
-        tls_config=tls_config if any(tls_config.values()) else None,
+        tls_config=tls_config,
         sync_rdb=rc.sync_rdb,
         sync_aof=rc.sync_aof,
         psync_command=psync,

@@ -14,7 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..resp.conn import AuthError, Connection, ConnError, ReplyError, parse_address
+from ..resp.conn import (
+    AuthError,
+    Connection,
+    ConnError,
+    ReplyError,
+    connection_options,
+    parse_address,
+)
 from ..resp.encode import encode
 from .protocol import (
     EV_ERROR,
@@ -187,20 +194,14 @@ class SourceLink(threading.Thread):
                 log.info("[%s] source master is at %s", self.label, addr)
                 self.address = addr
         host, port = parse_address(self.address)
-        tc = o.tls_config or {}
-        return Connection(
-            host,
-            port,
-            username=o.username or None,
-            password=o.password or None,
+        opts = connection_options(
+            username=o.username,
+            password=o.password,
             tls=o.tls,
             tls_verify=o.tls_verify,
-            ca_cert=tc.get("ca_cert") or None,
-            cert=tc.get("cert") or None,
-            key=tc.get("key") or None,
-            timeout=10.0,
-            io_timeout=30.0,
+            tls_config=o.tls_config,
         )
+        return Connection(host, port, io_timeout=30.0, **opts)
 
     def _handshake(self, conn: Connection) -> None:
         o = self.opts

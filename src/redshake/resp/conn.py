@@ -94,6 +94,30 @@ def _make_reader() -> hiredis.Reader:
     return hiredis.Reader(protocolError=ProtocolError, replyError=ReplyError)
 
 
+def connection_options(
+    *,
+    username: str | None = "",
+    password: str | None = "",
+    tls: bool = False,
+    tls_verify: bool = True,
+    tls_config: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> dict[str, Any]:
+    """Keyword arguments for :class:`Connection` from the settings every config section has
+    (empty strings mean "not set"; ``tls_config`` holds ca_cert / cert / key paths)."""
+    tc = tls_config or {}
+    return dict(
+        username=username or None,
+        password=password or None,
+        tls=tls,
+        tls_verify=tls_verify,
+        ca_cert=tc.get("ca_cert") or None,
+        cert=tc.get("cert") or None,
+        key=tc.get("key") or None,
+        timeout=timeout,
+    )
+
+
 class Connection:
     """One connection to a Redis/Valkey server.
 

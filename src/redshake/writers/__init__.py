@@ -20,14 +20,6 @@ def available(writer_type: str) -> bool:
     return writer_type == "file" and importlib.util.find_spec(_FILE_WRITER) is not None
 
 
-def _tls_dict(c) -> dict | None:
-    t = getattr(c, "tls_config", None)
-    if t is None:
-        return None
-    d = {k: getattr(t, k, "") for k in ("ca_cert", "cert", "key")}
-    return d if any(d.values()) else None
-
-
 def build_writer(cfg: Config, on_error):
     """The writer for ``cfg``: a file writer, or a standalone / cluster / sentinel-resolved
     Redis writer. ``on_error(entry, message)`` receives every error reply."""
@@ -47,7 +39,7 @@ def build_writer(cfg: Config, on_error):
             username=sentinel.username,
             password=sentinel.password,
             tls=sentinel.tls,
-            tls_config=_tls_dict(sentinel),
+            tls_config=sentinel.tls_config.as_dict(),
             tls_verify=not sentinel.tls_skip_verify,
         )
         log.info("sentinel %s: master %r is at %s", sentinel.address, sentinel.master_name, address)
@@ -56,7 +48,7 @@ def build_writer(cfg: Config, on_error):
         password=wc.password,
         tls=wc.tls,
         tls_verify=not wc.tls_skip_verify,
-        tls_config=_tls_dict(wc),
+        tls_config=wc.tls_config.as_dict(),
         pipeline_count_limit=adv.pipeline_count_limit,
         querybuf_limit=adv.target_redis_client_max_querybuf_len,
         max_qps=adv.target_redis_max_qps,

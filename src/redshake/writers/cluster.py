@@ -41,7 +41,13 @@ from typing import Any
 from redshake.commands.lookup import command_keys
 from redshake.commands.slots import SLOTS, key_slot
 from redshake.entry import KEYLESS_ALL_MASTERS, Entry
-from redshake.resp.conn import Connection, ReplyError, format_address, parse_address
+from redshake.resp.conn import (
+    Connection,
+    ReplyError,
+    connection_options,
+    format_address,
+    parse_address,
+)
 from redshake.writers.base import TargetInfo, WriterError
 from redshake.writers.redis import UNLIMITED_QPS, OnError, RedisWriter
 
@@ -262,14 +268,12 @@ class ClusterWriter:
             max_qps=max_qps,
             connect_timeout=connect_timeout,
         )
-        self._conn_opts: dict[str, Any] = dict(
-            username=username or None,
-            password=password or None,
+        self._conn_opts: dict[str, Any] = connection_options(
+            username=username,
+            password=password,
             tls=tls,
             tls_verify=tls_verify,
-            ca_cert=(tls_config or {}).get("ca_cert") or None,
-            cert=(tls_config or {}).get("cert") or None,
-            key=(tls_config or {}).get("key") or None,
+            tls_config=tls_config,
             timeout=connect_timeout,
         )
         self._writers: dict[str, RedisWriter] = {}

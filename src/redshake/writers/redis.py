@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 
 from redshake.entry import Entry
-from redshake.resp.conn import Connection, ReplyError, parse_address
+from redshake.resp.conn import Connection, ReplyError, connection_options, parse_address
 from redshake.resp.encode import encode
 from redshake.writers.base import TargetInfo, WriterError, probe_target
 
@@ -92,18 +92,15 @@ class RedisWriter:
         on_abort: OnAbort | None = None,
     ) -> None:
         host, port = parse_address(address)
-        tc = tls_config or {}
         self.host = host
         self.port = port
         self.address = address
-        self._conn_kw = dict(
-            username=username or None,
-            password=password or None,
+        self._conn_kw = connection_options(
+            username=username,
+            password=password,
             tls=tls,
             tls_verify=tls_verify,
-            ca_cert=tc.get("ca_cert") or None,
-            cert=tc.get("cert") or None,
-            key=tc.get("key") or None,
+            tls_config=tls_config,
             timeout=connect_timeout,
         )
         self.conn = Connection(host, port, **self._conn_kw)  # type: ignore[arg-type]

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from redshake.resp.conn import Connection, ConnError, ReplyError, format_address, parse_address
+from redshake.resp.conn import (
+    Connection,
+    ConnError,
+    ReplyError,
+    connection_options,
+    format_address,
+    parse_address,
+)
 
 __all__ = ["resolve_master", "SentinelError"]
 
@@ -27,24 +34,19 @@ def resolve_master(
     ``sentinel_address`` may list several sentinels separated by commas; the first one that
     answers is used.
     """
-    tc = tls_config or {}
     errors: list[str] = []
     for addr in [a.strip() for a in sentinel_address.split(",") if a.strip()]:
         host, port = parse_address(addr, default_port=26379)
         try:
-            with Connection(
-                host,
-                port,
-                username=username or None,
-                password=password or None,
+            opts = connection_options(
+                username=username,
+                password=password,
                 tls=tls,
                 tls_verify=tls_verify,
-                ca_cert=tc.get("ca_cert") or None,
-                cert=tc.get("cert") or None,
-                key=tc.get("key") or None,
+                tls_config=tls_config,
                 timeout=timeout,
-                io_timeout=timeout,
-            ) as conn:
+            )
+            with Connection(host, port, io_timeout=timeout, **opts) as conn:
                 reply = conn.call("SENTINEL", "GET-MASTER-ADDR-BY-NAME", master_name)
         except (ConnError, ReplyError) as e:
             errors.append(f"{addr}: {e}")
