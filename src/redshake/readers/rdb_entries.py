@@ -20,6 +20,7 @@ skipped and counted, so are empty aggregates (an old Redis bug left some in RDB 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -29,6 +30,8 @@ from ..rdb import records as R
 from ..rdb.dump import make_payload, plain_encode, restore_version
 
 __all__ = ["TargetCaps", "RdbToEntries", "ConversionError"]
+
+log = logging.getLogger("redshake")
 
 # Logical kinds of the value types that can be re-encoded with the plain encodings.
 _PLAIN_KIND = {
@@ -124,6 +127,7 @@ class RdbToEntries:
         self._methods: Counter[str] = Counter()
         self.n_restore = 0  # hot-path counter, folded into ``methods``
         self._versions: dict[int, int] = {}  # type byte -> payload version (-1: none)
+        self._aux_warned: set[str] = set()
         self.repl_stream_db: int | None = None
         tv = caps.version
         self._abs_ttl = tv >= (5, 0, 0)
@@ -158,6 +162,13 @@ class RdbToEntries:
             return list(self._aux(rec))
         if t is R.ModuleAux:
             self.skipped["module_aux"] += 1
+            if rec.module_name not in self._aux_warned:
+                self._aux_warned.add(rec.module_name)
+                log.warning(
+                    "module AUX data of module %r (when=%d) cannot be copied with commands: "
+                    "skipped (the module rebuilds it on the target, if it needs it)",
+                    rec.module_name, rec.when,
+                )  # fmt: skip
         return ()
 
     def _aux(self, rec) -> Iterator[Entry]:
