@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -90,14 +91,28 @@ def native_load_seconds(rdb: Path, name: str = "redis-7.0") -> float:
 
 
 def run_measured(argv: list[str], cwd: Path | None = None) -> tuple[float, int, int]:
-    """Run a command; returns (seconds, exit code, peak RSS in bytes)."""
+    """Run a command; returns (seconds, exit code, peak RSS in bytes).
+
+    The peak is VmHWM read from /proc while the command runs: it restarts at exec, unlike
+    ru_maxrss of a forked child, which also counts the parent's pages from before the exec."""
     t = time.monotonic()
     p = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    out = p.stdout.read() if p.stdout else b""
-    _, status, ru = os.wait4(p.pid, 0)
+    out: list[bytes] = []
+    reader = threading.Thread(target=lambda: out.append(p.stdout.read() if p.stdout else b""))
+    reader.start()
+    peak_kb = 0
+    while p.poll() is None:
+        try:
+            with open(f"/proc/{p.pid}/status") as st:
+                for line in st:
+                    if line.startswith("VmHWM:"):
+                        peak_kb = max(peak_kb, int(line.split()[1]))
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        time.sleep(0.02)
+    code = p.wait()
     elapsed = time.monotonic() - t
-    code = os.waitstatus_to_exitcode(status)
-    p.returncode = code
+    reader.join()
     if code != 0:
-        sys.stderr.write(out.decode(errors="replace")[-3000:])
-    return elapsed, code, ru.ru_maxrss * 1024
+        sys.stderr.write(b"".join(out).decode(errors="replace")[-3000:])
+    return elapsed, code, peak_kb * 1024

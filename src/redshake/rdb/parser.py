@@ -18,8 +18,10 @@ of it are buffered, element-wise types (1 LIST, 2 SET, 3 ZSET, 4 HASH, 5 ZSET_2,
 quicklists -- node blobs are decoded one at a time --, and the hashes with field TTLs:
 Redis 22/24, Valkey 22) switch to streaming: ``BigKeyStart``, ``BigKeyPart`` (at most
 ``part_items`` items each), ``BigKeyEnd``; their bytes are released as they are consumed.
-Blob types (strings, single ziplist/listpack/intset/zipmap values, streams, modules) are
-always buffered whole.
+A raw string value (type 0, not integer- or LZF-encoded) longer than the threshold is
+streamed as well, as kind ``"string"`` with parts of 1 MiB pieces (``count`` = its length).
+LZF-compressed strings, single ziplist/listpack/intset/zipmap blobs, streams and module
+values are buffered whole.
 
 Incomplete aggregates resume where they stopped when more data arrives (no re-scan from
 the start of the record), and an incomplete string waits until its known end is buffered,
@@ -144,14 +146,32 @@ def _value_table(valkey: bool, version: int) -> list[_Vt | None]:
 class _Big:
     """State of a value being streamed element by element."""
 
-    __slots__ = ("reader", "rem", "items", "extra", "key")
+    __slots__ = ("reader", "rem", "items", "extra", "key", "part")
 
-    def __init__(self, reader, rem: int, extra: int, key: bytes) -> None:
+    def __init__(self, reader, rem: int, extra, key: bytes, part: int = 0) -> None:
         self.reader = reader
         self.rem = rem
         self.items: list = []
         self.extra = extra
         self.key = key
+        self.part = part  # items per BigKeyPart (0: the parser's part_items)
+
+
+# A raw string longer than the big-value threshold is streamed in pieces of this size,
+# _STR_PART pieces per BigKeyPart (SET + APPENDs on the target).
+_STR_PIECE = 1 << 20
+_STR_PART = 4
+
+
+def _str_piece(buf, p: int, items: list, left: list) -> int:
+    """Reader of one piece of a streamed string; ``left[0]`` = bytes still to read."""
+    n = _STR_PIECE if left[0] > _STR_PIECE else left[0]
+    e = p + n
+    if e > len(buf):
+        raise Truncated(e)
+    items.append(bytes(buf[p:e]))
+    left[0] -= n
+    return e
 
 
 _EL_STR = walk.el_str
@@ -365,6 +385,16 @@ class RdbParser:
                             if ve > n:
                                 raise Truncated(ve)
                         else:
+                            if t == 0 and b < 0xC0:  # a raw (not int / LZF) string
+                                slen, ds = _read_len(buf, vs)
+                                if slen > self._threshold:
+                                    yield from self._go_big_string(
+                                        key, expire, idle, freq, off, ds, slen, db
+                                    )
+                                    if self._big is not None:
+                                        return
+                                    p = self._pos
+                                    continue
                             ve = _skip_str(buf, vs)
                         empty = vt.blob != 0 and walk.blob_empty(buf, vs, vt.blob)
                         self._pos = p = ve
@@ -557,6 +587,16 @@ class RdbParser:
         yield BigKeyStart(db, key, t, expire, idle, freq, off, vt.big_kind or _KIND[t], count)
         yield from self._big_run()
 
+    def _go_big_string(self, key, expire, idle, freq, off, ds, slen, db):
+        """A raw string longer than the threshold: stream it in pieces (kind "string")."""
+        self._pend = None
+        self._carry = None
+        pieces = -(-slen // _STR_PIECE)
+        self._big = _Big(_str_piece, pieces, [slen], key, _STR_PART)
+        self._pos = ds
+        yield BigKeyStart(db, key, 0, expire, idle, freq, off, "string", slen)
+        yield from self._big_run()
+
     def _big_run(self) -> Iterator[Record]:
         big = self._big
         assert big is not None
@@ -565,7 +605,7 @@ class RdbParser:
         if base + len(buf) < self._need:
             return
         p = self._pos
-        reader, extra, items, part = big.reader, big.extra, big.items, self._part
+        reader, extra, items, part = big.reader, big.extra, big.items, big.part or self._part
         rem = big.rem
         try:
             while rem:

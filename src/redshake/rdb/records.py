@@ -149,8 +149,9 @@ class KeyValue(_Rec):
 class BigKeyStart(_Rec):
     """Start of a value too big to buffer; its elements follow in :class:`BigKeyPart` records.
 
-    ``kind`` is ``'list'``, ``'set'``, ``'zset'`` or ``'hash'``; ``count`` the declared number of
-    elements, or -1 when the format does not say (quicklists).
+    ``kind`` is ``'list'``, ``'set'``, ``'zset'``, ``'hash'`` or ``'string'`` (a long raw
+    string: parts hold consecutive byte pieces); ``count`` the declared number of elements
+    (for a string: its length), or -1 when the format does not say (quicklists).
     """
 
     __slots__ = ("db", "key", "type", "expire_ms", "idle", "freq", "offset", "kind", "count")

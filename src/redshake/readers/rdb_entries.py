@@ -134,6 +134,7 @@ class RdbToEntries:
         self._replace = behavior == "rewrite"
         # current big key being streamed: (db, key, kind, expire_ms, skipping)
         self._big: tuple[int, bytes, str, int, bool] | None = None
+        self._big_started = False  # a streamed string got its first SET
 
     @property
     def methods(self) -> Counter[str]:
@@ -311,6 +312,7 @@ class RdbToEntries:
             self._big = (rec.db, rec.key, rec.kind, rec.expire_ms, True)
             return
         self._big = (rec.db, rec.key, rec.kind, rec.expire_ms, False)
+        self._big_started = False
         self._methods["commands_streamed"] += 1
         if self._replace or self.probe_exists is None:
             yield Entry(rec.db, [b"DEL", rec.key], rec.key)
@@ -320,6 +322,12 @@ class RdbToEntries:
             raise ConversionError("value part outside of a big key")
         db, key, kind, _exp, skipping = self._big
         if skipping:
+            return
+        if kind == "string":  # consecutive pieces of one long string: SET, then APPENDs
+            for piece in rec.items:
+                op = b"APPEND" if self._big_started else b"SET"
+                self._big_started = True
+                yield Entry(db, [op, key, piece], key)
             return
         from ..rdb.rewrite import RewriteError, items_to_commands
 
