@@ -25,7 +25,7 @@ class ServerFactory:
         try:
             s = _servers.start_server(name, **kw)
         except _servers.ServerBinaryMissing as e:
-            pytest.skip(str(e))
+            pytest.fail(str(e) + " (run scripts/install-servers.sh; `make test` does)")
         self.started.append(s)
         return s
 
@@ -33,7 +33,7 @@ class ServerFactory:
         try:
             c = _servers.start_cluster(name, masters, **kw)
         except _servers.ServerBinaryMissing as e:
-            pytest.skip(str(e))
+            pytest.fail(str(e) + " (run scripts/install-servers.sh; `make test` does)")
         self.clusters.append(c)
         return c
 
@@ -41,7 +41,7 @@ class ServerFactory:
         try:
             s = _servers.start_sentinel(master, master_name, **kw)
         except _servers.ServerBinaryMissing as e:
-            pytest.skip(str(e))
+            pytest.fail(str(e) + " (run scripts/install-servers.sh; `make test` does)")
         self.started.append(s)
         return s
 

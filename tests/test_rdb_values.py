@@ -65,13 +65,13 @@ class Fleet:
 
     def get(self, name: str) -> srv.Server:
         if name in self.missing:
-            pytest.skip(self.missing[name])
+            pytest.fail(self.missing[name])
         if name not in self.started:
             try:
                 self.started[name] = srv.start_server(name)
             except srv.ServerBinaryMissing as e:
                 self.missing[name] = str(e)
-                pytest.skip(str(e))
+                pytest.fail(str(e) + " (run scripts/install-servers.sh; `make test` does)")
         return self.started[name]
 
     def source(self, name: str) -> tuple[srv.Server, dict[bytes, int]]:

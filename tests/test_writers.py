@@ -295,7 +295,7 @@ def test_auth_acl_user(servers, name: str) -> None:
 def _make_certs(d: Path) -> dict[str, str]:
     openssl = shutil.which("openssl")
     if openssl is None:
-        pytest.skip("openssl not found on PATH")
+        pytest.fail("openssl not found on PATH: the TLS tests need it")
 
     def run(*args: str) -> None:
         subprocess.run([openssl, *args], check=True, capture_output=True, cwd=d)
