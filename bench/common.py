@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 sys.path.insert(0, str(ROOT / "tests"))
 
+from helpers import wait_with_peak_rss  # noqa: E402
 from servers import kill_all, start_server  # noqa: E402,F401
 
 # Creates `n` keys named <prefix>:<i> of `kind`, each with `m` elements, inside the server.
@@ -100,19 +101,9 @@ def run_measured(argv: list[str], cwd: Path | None = None) -> tuple[float, int, 
     out: list[bytes] = []
     reader = threading.Thread(target=lambda: out.append(p.stdout.read() if p.stdout else b""))
     reader.start()
-    peak_kb = 0
-    while p.poll() is None:
-        try:
-            with open(f"/proc/{p.pid}/status") as st:
-                for line in st:
-                    if line.startswith("VmHWM:"):
-                        peak_kb = max(peak_kb, int(line.split()[1]))
-        except (FileNotFoundError, ProcessLookupError):
-            break
-        time.sleep(0.02)
-    code = p.wait()
+    code, peak = wait_with_peak_rss(p, poll=0.02)
     elapsed = time.monotonic() - t
     reader.join()
     if code != 0:
         sys.stderr.write(b"".join(out).decode(errors="replace")[-3000:])
-    return elapsed, code, peak_kb * 1024
+    return elapsed, code, peak

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import redis
@@ -138,3 +139,21 @@ def assert_same_data(src, dst, *, dbs: list[int] | None = None, ttl_tolerance_ms
                 assert abs(x - y) <= (0 if absolute else ttl_tolerance_ms), f"db {db} key {k!r}: expiry {x} vs {y}"
         total += len(keys)
     return total
+
+
+def wait_with_peak_rss(proc: subprocess.Popen, poll: float = 0.01) -> tuple[int, int]:
+    """Wait for ``proc``; returns (exit code, peak RSS in bytes). The peak is VmHWM read from
+    /proc while it runs: it restarts at exec, unlike ru_maxrss of a child forked from a large
+    parent, which also counts the parent's pages from before the exec. VmHWM only grows, so
+    the last value read before exit is the peak."""
+    peak_kb = 0
+    while proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/status") as st:
+                for line in st:
+                    if line.startswith("VmHWM:"):
+                        peak_kb = max(peak_kb, int(line.split()[1]))
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        time.sleep(poll)
+    return proc.wait(), peak_kb * 1024

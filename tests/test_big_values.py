@@ -6,9 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
-from helpers import assert_same_data, write_config
+from helpers import assert_same_data, wait_with_peak_rss, write_config
 from redshake.rdb import records as R
 from redshake.rdb.parser import RdbParser
 
@@ -70,21 +69,9 @@ def test_restore_long_string_with_bounded_memory(servers, tmp_path):
     with open(out_path, "w") as out_f:
         p = subprocess.Popen([sys.executable, "-m", "redshake.cli", str(cfg)], stdout=out_f,
                              stderr=subprocess.STDOUT)  # fmt: skip
-        # VmHWM (peak RSS) restarts at exec, unlike ru_maxrss of a child forked from this big
-        # test process; it only grows, so the last value read before exit is the peak.
-        peak_kb = 0
-        while p.poll() is None:
-            try:
-                with open(f"/proc/{p.pid}/status") as st:
-                    for line in st:
-                        if line.startswith("VmHWM:"):
-                            peak_kb = max(peak_kb, int(line.split()[1]))
-            except (FileNotFoundError, ProcessLookupError):
-                break
-            time.sleep(0.01)
-        code = p.wait()
+        code, peak = wait_with_peak_rss(p)
     out = out_path.read_text()
     assert code == 0, out[-3000:]
     assert "commands_streamed=2" in out, out[-2000:]
     assert_same_data(src, dst)
-    assert 0 < peak_kb * 1024 < SIZE, f"peak RSS {peak_kb / 1e3:.0f} MB for a {SIZE >> 20} MiB value"
+    assert 0 < peak < SIZE, f"peak RSS {peak / 1e6:.0f} MB for a {SIZE >> 20} MiB value"

@@ -125,19 +125,9 @@ class ScanReader:
         rc = self.rc
         s = rc.sentinel
         if s.enabled:
-            from ..writers.sentinel import resolve_master
+            from ..writers.sentinel import resolve_from_config
 
-            addr = resolve_master(
-                s.address,
-                s.master_name,
-                username=s.username,
-                password=s.password,
-                tls=s.tls,
-                tls_config=s.tls_config.as_dict(),
-                tls_verify=not s.tls_skip_verify,
-            )
-            log.info("sentinel %s: master %r is at %s", s.address, s.master_name, addr)
-            return addr
+            return resolve_from_config(s, "source master")
         if not rc.address:
             raise ScanSourceError("scan_reader.address is empty")
         return rc.address

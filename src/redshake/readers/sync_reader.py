@@ -891,23 +891,12 @@ def _build(cfg, ctx, address: str | None) -> SyncReader:
         raise ValueError("cluster = true: cluster sources are not supported by this version yet")
     sentinel = getattr(rc, "sentinel", None)
     if address is None and sentinel is not None and sentinel.address:
-        from ..writers.sentinel import resolve_master
+        from ..writers.sentinel import resolve_from_config
 
-        sd = sentinel.tls_config.as_dict()
-
-        def resolve() -> str:
-            return resolve_master(
-                sentinel.address,
-                sentinel.master_name,
-                username=sentinel.username,
-                password=sentinel.password,
-                tls=sentinel.tls,
-                tls_config=sd,
-                tls_verify=not sentinel.tls_skip_verify,
-            )
+        def resolve() -> str:  # asked again before every reconnect (follows a failover)
+            return resolve_from_config(sentinel, "source master")
 
         addr = resolve()
-        log.info("sentinel %s: source master %r is at %s", sentinel.address, sentinel.master_name, addr)
     if not addr:
         raise ValueError("sync_reader.address is empty")
     if rc.prefer_replica and resolve is None:

@@ -31,18 +31,9 @@ def build_writer(cfg: Config, on_error):
     address = wc.address
     sentinel = getattr(wc, "sentinel", None)
     if sentinel is not None and getattr(sentinel, "address", ""):
-        from .sentinel import resolve_master
+        from .sentinel import resolve_from_config
 
-        address = resolve_master(
-            sentinel.address,
-            sentinel.master_name,
-            username=sentinel.username,
-            password=sentinel.password,
-            tls=sentinel.tls,
-            tls_config=sentinel.tls_config.as_dict(),
-            tls_verify=not sentinel.tls_skip_verify,
-        )
-        log.info("sentinel %s: master %r is at %s", sentinel.address, sentinel.master_name, address)
+        address = resolve_from_config(sentinel, "target master")
     kw = dict(
         username=wc.username,
         password=wc.password,

@@ -1,6 +1,9 @@
-"""Find a sentinel-managed master (resolved once, like RedisShake; no failover following)."""
+"""Find a sentinel-managed master. Writers resolve it once at start; the sync reader asks
+again before every reconnect, so it follows a source failover."""
 
 from __future__ import annotations
+
+import logging
 
 from redshake.resp.conn import (
     Connection,
@@ -11,7 +14,9 @@ from redshake.resp.conn import (
     parse_address,
 )
 
-__all__ = ["resolve_master", "SentinelError"]
+__all__ = ["resolve_master", "resolve_from_config", "SentinelError"]
+
+log = logging.getLogger("redshake")
 
 
 class SentinelError(ConnError):
@@ -59,3 +64,18 @@ def resolve_master(
     raise SentinelError(
         f"no sentinel could resolve master {master_name!r}: " + "; ".join(errors or ["no address"])
     )
+
+
+def resolve_from_config(sentinel, role: str = "master") -> str:
+    """The master's address for a ``[*.sentinel]`` config table (a SentinelConfig); logged."""
+    address = resolve_master(
+        sentinel.address,
+        sentinel.master_name,
+        username=sentinel.username,
+        password=sentinel.password,
+        tls=sentinel.tls,
+        tls_config=sentinel.tls_config.as_dict(),
+        tls_verify=not sentinel.tls_skip_verify,
+    )
+    log.info("sentinel %s: %s %r is at %s", sentinel.address, role, sentinel.master_name, address)
+    return address
