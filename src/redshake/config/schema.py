@@ -82,8 +82,8 @@ class SentinelConfig:
 
 
 @dataclass
-class SyncReaderConfig:
-    """``[sync_reader]``: PSYNC replication reader."""
+class EndpointConfig:
+    """The connection keys every server section shares (sync/scan readers, redis writer)."""
 
     cluster: bool = False
     address: str = field(default="", metadata=_ADDR)
@@ -93,11 +93,17 @@ class SyncReaderConfig:
     tls_config: TlsConfig = field(default_factory=TlsConfig)
     # redshake: the server certificate is verified unless this is set (RedisShake never verified)
     tls_skip_verify: bool = False
+    sentinel: SentinelConfig = field(default_factory=SentinelConfig)
+
+
+@dataclass
+class SyncReaderConfig(EndpointConfig):
+    """``[sync_reader]``: PSYNC replication reader."""
+
     sync_rdb: bool = True
     sync_aof: bool = True
     prefer_replica: bool = False
     try_diskless: bool = False
-    sentinel: SentinelConfig = field(default_factory=SentinelConfig)
     # redshake: on a full resync after an earlier copy, FLUSHALL the target before the new
     # snapshot so keys deleted on the source meanwhile do not survive (false when several
     # sources feed the same target)
@@ -105,24 +111,15 @@ class SyncReaderConfig:
 
 
 @dataclass
-class ScanReaderConfig:
+class ScanReaderConfig(EndpointConfig):
     """``[scan_reader]``: SCAN + DUMP/RESTORE reader, optionally followed by keyspace events."""
 
-    cluster: bool = False
-    address: str = field(default="", metadata=_ADDR)
-    username: str = ""
-    password: str = ""
-    tls: bool = False
-    tls_config: TlsConfig = field(default_factory=TlsConfig)
-    # redshake: the server certificate is verified unless this is set (RedisShake never verified)
-    tls_skip_verify: bool = False
     dbs: list[int] = field(default_factory=list)
     scan: bool = True
     ksn: bool = False
     count: int = field(default=1, metadata={"min": 1})
     prefer_replica: bool = False
     skip_unknown_type: list[str] = field(default_factory=list)
-    sentinel: SentinelConfig = field(default_factory=SentinelConfig)
     # redshake: with ksn, CONFIG SET notify-keyspace-events on the source when it lacks the
     # needed flags (restored at exit); off by default = refuse to start and say what to run
     ksn_auto_enable: bool = False
@@ -147,23 +144,14 @@ class AofReaderConfig:
 
 
 @dataclass
-class RedisWriterConfig:
+class RedisWriterConfig(EndpointConfig):
     """``[redis_writer]``: write to a standalone Redis, a cluster or a sentinel-managed master.
 
     The RedisShake <= 4.2 form ``sentinel = true`` + ``master = "name"`` is accepted and mapped
     onto :attr:`sentinel` (``address`` is then the sentinel's address).
     """
 
-    cluster: bool = False
-    address: str = field(default="", metadata=_ADDR)
-    username: str = ""
-    password: str = ""
-    tls: bool = False
-    tls_config: TlsConfig = field(default_factory=TlsConfig)
-    # redshake: the server certificate is verified unless this is set (RedisShake never verified)
-    tls_skip_verify: bool = False
     off_reply: bool = False
-    sentinel: SentinelConfig = field(default_factory=SentinelConfig)
 
 
 @dataclass
