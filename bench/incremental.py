@@ -5,7 +5,14 @@
 redis-benchmark -t set -r 1000000 -n N -P 16 -d 8 runs against the source once redshake is
 in the stream phase. Prints the rate the source accepted (N / benchmark time), the rate
 redshake applied to the target (N / time until the target has acknowledged the source's
-final offset), their ratio, the largest lag seen (bytes and seconds) and redshake's peak RSS.
+final offset, read from redshake's status; the source learns it with the next REPLCONF
+ACK, up to 1 s later, as from a native replica), their ratio, the largest lag seen (bytes and seconds) and redshake's peak RSS.
+
+--catchup measures redshake alone: it is stopped (SIGTERM, checkpoint written) once in the
+stream phase, the source takes the whole benchmark into a 1 GB backlog, then redshake is
+restarted, resumes with PSYNC and applies the backlog as fast as it can. Prints the apply rate
+and redshake's CPU time per command, which unlike the live ratio does not depend on how much
+CPU the co-located source and redis-benchmark take.
 
 REDSHAKE_PYSPY=out.txt attaches py-spy (raw format) to redshake for 25 s.
 """
@@ -50,8 +57,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=2_000_000)
     ap.add_argument("--pipeline", type=int, default=16)
+    ap.add_argument("--catchup", action="store_true", help="apply a backlog with the source idle")
     a = ap.parse_args()
-    src = start_server("redis-7.0")
+    src = start_server("redis-7.0", args=["--repl-backlog-size", "1gb"] if a.catchup else [])
     dst = start_server("redis-7.0")
     work = Path(tempfile.mkdtemp(prefix="redshake-bench-"))
     port = free_port()
@@ -65,7 +73,7 @@ def main() -> None:
     argv = [sys.executable, "-m", "redshake.cli", str(cfg)]
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     spy = os.environ.get("REDSHAKE_PYSPY")  # profile redshake: REDSHAKE_PYSPY=out.txt (py-spy)
-    if spy:
+    if spy and not a.catchup:
         subprocess.Popen(["py-spy", "record", "-r", "200", "-f", "raw", "-o", spy, "-d", "25",
                           "-p", str(proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -85,6 +93,18 @@ def main() -> None:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise SystemExit("redshake did not reach the stream phase:\n" + (work / "shake.out").read_text()[-2000:])
             time.sleep(0.1)
+        def wait_applied(final: int) -> float:
+            """When redshake's target has acknowledged everything up to ``final``."""
+            while True:
+                if proc.poll() is not None:
+                    raise SystemExit("redshake exited:\n" + (work / "shake.out").read_text()[-2000:])
+                try:
+                    if int(status()["reader"]["aof_applied_offset"]) >= final:
+                        return time.monotonic()
+                except (OSError, KeyError, TypeError, ValueError):
+                    pass
+                time.sleep(0.01)
+
         max_lag_bytes, max_lag_s = 0, 0.0
         done = threading.Event()
 
@@ -99,21 +119,39 @@ def main() -> None:
                     pass
                 time.sleep(0.2)
 
+        bench = [BENCH, "-h", src.host, "-p", str(src.port), "-t", "set", "-r", "1000000",
+                 "-n", str(a.requests), "-P", str(a.pipeline), "-d", "8", "-q"]  # fmt: skip
+        if a.catchup:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait()
+            t0 = time.monotonic()
+            subprocess.run(bench, check=True, stdout=subprocess.DEVNULL)
+            t_bench = time.monotonic() - t0
+            final = int(src.info("replication")["master_repl_offset"])
+            t0 = time.monotonic()
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            if spy:
+                subprocess.Popen(["py-spy", "record", "-r", "200", "-f", "raw", "-o", spy, "-d", "4",
+                                  "-p", str(proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            t_applied = wait_applied(final) - t0
+            proc.send_signal(signal.SIGTERM)
+            _, st, ru = os.wait4(proc.pid, 0)
+            cpu = ru.ru_utime + ru.ru_stime
+            print(f"source accepted   : {a.requests / t_bench:12,.0f} SET/s ({t_bench:.2f} s, redshake stopped)")
+            print(f"redshake catch-up : {a.requests / t_applied:12,.0f} SET/s ({t_applied:.2f} s from restart to the last offset acked)")
+            print(f"redshake CPU      : {cpu:12.2f} s = {cpu / a.requests * 1e6:.2f} us per command (incl. start-up)")
+            print(f"redshake peak RSS : {ru.ru_maxrss / 1024:12.0f} MB, exit code {os.waitstatus_to_exitcode(st)}")
+            return
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         t0 = time.monotonic()
-        subprocess.run(
-            [BENCH, "-h", src.host, "-p", str(src.port), "-t", "set", "-r", "1000000",
-             "-n", str(a.requests), "-P", str(a.pipeline), "-d", "8", "-q"],
-            check=True, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        subprocess.run(bench, check=True, stdout=subprocess.DEVNULL)
         t_bench = time.monotonic() - t0
         final = int(src.info("replication")["master_repl_offset"])
-        while replica_offsets(src)[1] < final:
-            if proc.poll() is not None:
-                raise SystemExit("redshake exited:\n" + (work / "shake.out").read_text()[-2000:])
+        t_applied = wait_applied(final) - t0
+        while replica_offsets(src)[1] < final:  # the source hears of it with the next ACK (1/s)
             time.sleep(0.02)
-        t_applied = time.monotonic() - t0
+        t_acked = time.monotonic() - t0
         done.set()
         sampler.join()
         proc.send_signal(signal.SIGTERM)
@@ -121,7 +159,8 @@ def main() -> None:
         accepted = a.requests / t_bench
         applied = a.requests / t_applied
         print(f"source accepted   : {accepted:12,.0f} SET/s ({t_bench:.2f} s)")
-        print(f"redshake applied  : {applied:12,.0f} SET/s ({t_applied:.2f} s until the target acked the last offset)")
+        print(f"redshake applied  : {applied:12,.0f} SET/s ({t_applied:.2f} s until the target acked the last "
+              f"offset; the source heard of it after {t_acked:.2f} s)")
         print(f"ratio             : {applied / accepted:12.3f}   (target >= 0.97)")
         print(f"max lag           : {max_lag_bytes / 1e6:12.1f} MB, {max_lag_s:.2f} s")
         print(f"redshake peak RSS : {ru.ru_maxrss / 1024:12.0f} MB, exit code {os.waitstatus_to_exitcode(st)}")

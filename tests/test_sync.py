@@ -655,3 +655,42 @@ def test_sync_restart_after_backlog_lost(servers, tmp_path, shakes):
     assert dst.client().exists(b"d0:str", b"d0:list:small") == 0
     assert_same_data(src, dst)
     assert shake2.terminate() == 0
+
+
+def test_sync_stream_runs(servers, tmp_path, shakes):
+    """Plain commands travel as runs (received bytes forwarded whole): arguments and
+    argument counts beyond the size tables, commands spanning several 64 KiB reads, SELECTs
+    and transactions between runs; an error reply inside a run names its own command."""
+    src = servers.start("redis-7.0")
+    dst = servers.start("redis-7.0")
+    shake = Shake(tmp_path, src, dst).start()
+    shakes.append(shake)
+    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    c3 = src.client(3)
+    with c3.pipeline(transaction=False) as p:
+        for i in range(300):
+            p.set(f"a:{i}", i)
+        p.set("big", os.urandom(200_000))  # spans several stream reads
+        p.rpush("many", *range(5000))  # 5001 arguments
+        p.hset("h", "f" * 4096, "v" * 5000)
+        for i in range(300):
+            p.set(f"b:{i}", i)
+        p.execute()
+    with src.client(0).pipeline(transaction=True) as p:
+        p.set("t1", 1).incr("t1").execute()
+    c3.set("after", 1)
+    wait_converged(src, shake)
+    assert assert_same_data(src, dst) > 600
+    # An error in the middle of a run: the target holds a list where the source has nothing
+    dst.client(3).rpush("wrong", "x")
+    with c3.pipeline(transaction=False) as p:
+        for i in range(200):
+            p.set(f"c:{i}", i)
+        p.incrby("wrong", 2)
+        for i in range(200):
+            p.set(f"d:{i}", i)
+        p.execute()
+    assert shake.wait(30) == 1
+    log = shake.log()
+    assert "target replied error to INCRBY on key b'wrong' (db 3): WRONGTYPE" in log, log[-3000:]
+    assert dst.client(3).get("c:199") == b"199"  # the run's commands before the error applied

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["Entry", "KEYLESS_ALL_MASTERS"]
+from collections import Counter
+from operator import itemgetter
+
+_first = itemgetter(0)
+
+__all__ = ["Entry", "KEYLESS_ALL_MASTERS", "Run"]
 
 # Marker for ``Entry.key``: the command has no key and must go to every master of a cluster
 # target (FLUSHALL, FUNCTION LOAD, SCRIPT LOAD, ...).
@@ -38,3 +43,38 @@ class Entry:
         shown = [a if len(a) <= 40 else a[:37] + b"..." for a in self.argv[:6]]
         more = f" +{len(self.argv) - 6} args" if len(self.argv) > 6 else ""
         return f"Entry(db={self.db}, argv={shown}{more})"
+
+
+class Run:
+    """Consecutive plain commands of database ``db``, moved as one unit.
+
+    The live stream's fast path: when no transform is configured and the writer can send a
+    run whole (``write_run``), the sync reader hands over the commands between two special
+    ones (SELECT, MULTI, ...) as a run instead of one :class:`Entry` each. ``resp`` is the
+    commands' RESP encoding exactly as received and ``offset`` the source position after
+    the last one.
+    """
+
+    __slots__ = ("db", "argvs", "resp", "offset")
+
+    def __init__(self, db: int, argvs: list[list[bytes]], resp: bytes, offset: int) -> None:
+        self.db = db
+        self.argvs = argvs
+        self.resp = resp
+        self.offset = offset
+
+    def names(self) -> Counter[bytes]:
+        """How many commands of each (raw) name the run holds."""
+        return Counter(map(_first, self.argvs))
+
+    def entries(self) -> list[Entry]:
+        """The run as single entries (for writers and transforms that need them); only the
+        last carries the offset."""
+        db = self.db
+        out = [Entry(db, argv) for argv in self.argvs]
+        if out:
+            out[-1].offset = self.offset
+        return out
+
+    def __repr__(self) -> str:
+        return f"Run(db={self.db}, {len(self.argvs)} commands, offset={self.offset})"

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-__all__ = ["encode", "encode_many", "to_bytes"]
+__all__ = ["ARRAY_SIZES", "BULK_SIZES", "encode", "encode_many", "encoded_len", "to_bytes"]
 
 _N_PRE = 4096
 # "$<n>\r\n" and "*<n>\r\n" for small n, precomputed.
 _BULK = [b"$%d\r\n" % i for i in range(_N_PRE)]
 _ARRAY = [b"*%d\r\n" % i for i in range(_N_PRE)]
 _CRLF = b"\r\n"
+# Encoded sizes, for n < 4096: of a bulk string of n bytes, of an array header of n
+# elements. Hot loops index them inline and fall back to encoded_len() on IndexError.
+BULK_SIZES = [len(b) + i + 2 for i, b in enumerate(_BULK)]
+ARRAY_SIZES = [len(b) for b in _ARRAY]
 
 
 def to_bytes(a: object) -> bytes:
@@ -56,6 +60,16 @@ def encode(argv: Sequence[bytes | str | int | float]) -> bytes:
     out.clear()
     _parts([to_bytes(a) for a in argv], out)
     return b"".join(out)
+
+
+def encoded_len(argv: Sequence[bytes]) -> int:
+    """``len(encode(argv))`` without encoding (argv of bytes)."""
+    n = len(argv)
+    size = _ARRAY[n].__len__() if n < _N_PRE else len(b"*%d\r\n" % n)
+    for a in argv:
+        ln = len(a)
+        size += BULK_SIZES[ln] if ln < _N_PRE else len(b"$%d\r\n" % ln) + ln + 2
+    return size
 
 
 def encode_many(commands: Iterable[Sequence[bytes | str | int | float]]) -> bytes:

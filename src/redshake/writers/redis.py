@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from redshake.entry import Entry
+from redshake.entry import Entry, Run
 from redshake.resp.conn import Connection, ReplyError, connection_options, parse_address
 from redshake.resp.encode import encode
 from redshake.writers.base import TargetInfo, WriterError, probe_target
@@ -122,7 +122,9 @@ class RedisWriter:
         self.transactions = 0
         self._buf: list[bytes] = []
         self._buf_bytes = 0
-        self._inflight: deque[tuple[Entry | _Internal, int]] = deque()
+        self._inflight: deque[tuple[Entry | Run | _Internal, int]] = deque()
+        self._run_done = 0  # replies already read for the Run at the head of _inflight
+        self._run_extra = 0  # commands in flight in runs beyond one per run
         self._unanswered_bytes = 0
         self._limit = max(1, int(pipeline_count_limit))
         self._batch = max(1, self._limit // 2)
@@ -155,6 +157,28 @@ class RedisWriter:
             self._send()
         if self._qps:
             self._throttle()
+
+    def write_run(self, run: Run) -> None:
+        """Write a run of plain commands (see :class:`~redshake.entry.Run`) as one unit: its
+        received bytes are sent as they are and its replies are checked one by one."""
+        if self._exc is not None:
+            raise self._exc
+        if self._block is not None or self._qps:
+            for e in run.entries():
+                self.write(e)
+            return
+        if run.db != self._db:
+            self._select(run.db)
+        data = run.resp
+        n = len(data)
+        self._buf.append(data)
+        self._buf_bytes += n
+        self._unanswered_bytes += n
+        self._inflight.append((run, n))
+        self.written += len(run.argvs)
+        self._run_extra += len(run.argvs) - 1
+        if self._buf_bytes >= SEND_BYTES or len(self._buf) >= self._batch:
+            self._send()
 
     def _write_txn(self, entry: Entry) -> None:
         blk = self._block
@@ -252,6 +276,8 @@ class RedisWriter:
         self._buf.clear()
         self._buf_bytes = 0
         self._inflight.clear()
+        self._run_done = 0
+        self._run_extra = 0
         self._unanswered_bytes = 0
         self.answered = self.written
         self._exc = None
@@ -275,7 +301,7 @@ class RedisWriter:
 
     @property
     def pending(self) -> int:
-        return len(self._inflight)
+        return len(self._inflight) + self._run_extra
 
     # -- internals ---------------------------------------------------------------------
 
@@ -311,7 +337,8 @@ class RedisWriter:
             self._read_available()
             inflight = self._inflight
             while inflight and (
-                len(inflight) > self._limit or self._unanswered_bytes > self._querybuf_limit
+                len(inflight) + self._run_extra > self._limit
+                or self._unanswered_bytes > self._querybuf_limit
             ):
                 self._read_blocking()
         except BaseException as e:
@@ -330,15 +357,39 @@ class RedisWriter:
 
     def _process(self) -> None:
         gets = self.conn.reader.gets
-        popleft = self._inflight.popleft
+        inflight = self._inflight
+        popleft = inflight.popleft
         freed = 0
         cnt = 0
         last = None
-        while True:
+        while inflight:
+            entry, n = inflight[0]
+            if entry.__class__ is Run:  # one reply per command of the run
+                argvs = entry.argvs
+                total = len(argvs)
+                done = self._run_done
+                while done < total:
+                    r = gets()
+                    if r is False:
+                        break
+                    done += 1
+                    if r.__class__ is ReplyError:
+                        self._run_done = done
+                        self._on_reply_error(Entry(entry.db, argvs[done - 1]), r)  # type: ignore[arg-type]
+                if done < total:
+                    self._run_done = done
+                    break
+                self._run_done = 0
+                self._run_extra -= total - 1
+                popleft()
+                freed += n
+                cnt += total
+                last = entry
+                continue
             r = gets()
             if r is False:
                 break
-            entry, n = popleft()
+            popleft()
             freed += n
             if r.__class__ is ReplyError or entry.__class__ is _Internal:
                 # account before calling out, so status stays right if the handler raises
