@@ -60,6 +60,10 @@ KeyFinder = Callable[[Sequence[bytes]], "list[bytes] | None"]
 
 MAX_REDIRECTS = 16
 MAX_RETRIES = 20
+# An entry is given up only after this many redirections/retries AND this many seconds
+# since its first one: while a slot migrates, a multi-key command or a transaction can
+# bounce between ASK and TRYAGAIN for as long as the migration takes.
+REDIRECT_PATIENCE = 30.0
 
 _FIRST_KEY = frozenset(
     c.encode()
@@ -201,12 +205,13 @@ def fetch_topology(conn: Connection, tls: bool = False) -> list[tuple[int, int, 
 class _Retried(Entry):
     """A resent copy of an entry: counts its redirections, remembers the original."""
 
-    __slots__ = ("attempts", "orig")
+    __slots__ = ("attempts", "orig", "since")
 
-    def __init__(self, orig: Entry, attempts: int) -> None:
+    def __init__(self, orig: Entry, attempts: int, since: float) -> None:
         super().__init__(orig.db, orig.argv, orig.key, orig.offset, orig.resp)
         self.orig = orig
         self.attempts = attempts
+        self.since = since  # time of the first redirection
 
 
 def _original(entry: Entry) -> Entry:
@@ -216,12 +221,13 @@ def _original(entry: Entry) -> Entry:
 class _TxnHolder:
     """A transaction sent as one unit: MULTI, the commands, EXEC (all for db 0)."""
 
-    __slots__ = ("entries", "slot", "attempts")
+    __slots__ = ("entries", "slot", "attempts", "since")
 
     def __init__(self, entries: list[Entry], slot: int) -> None:
         self.entries = entries
         self.slot = slot  # -1: keyless commands only (the block goes to every master)
         self.attempts = 0
+        self.since = 0.0  # time of the first redirection
 
 
 _MULTI = b"MULTI"
@@ -788,9 +794,12 @@ class ClusterWriter:
             if slot_s.isdigit() and addr:
                 # the redirect is authoritative even if the map read just now lags
                 self._slots[int(slot_s)] = self._writer(addr)
+        now = time.monotonic()
         if obj.__class__ is _TxnHolder:
             obj.attempts += 1
-            if obj.attempts > limit:
+            if obj.attempts == 1:
+                obj.since = now
+            if obj.attempts > limit and now - obj.since > REDIRECT_PATIENCE:
                 self._fail(
                     obj.entries[-1],
                     f"gave up on a MULTI/EXEC block after {obj.attempts - 1}"
@@ -804,12 +813,17 @@ class ClusterWriter:
             else:
                 self._send_block(obj, None, False)
             return
-        n = obj.attempts + 1 if obj.__class__ is _Retried else 1
+        retried = obj.__class__ is _Retried
+        n = obj.attempts + 1 if retried else 1
+        since = obj.since if retried else now
         orig = _original(obj)
-        if n > limit:
-            self._fail(orig, f"gave up after {n - 1} redirections/retries: {kind} {info}")
+        if n > limit and now - since > REDIRECT_PATIENCE:
+            self._fail(
+                orig,
+                f"gave up after {n - 1} redirections/retries in {now - since:.0f}s: {kind} {info}",
+            )
             return
-        again = _Retried(orig, n)
+        again = _Retried(orig, n, since)
         if kind == "ASK":
             w = self._writer(info)
             self._cur.append(w)
