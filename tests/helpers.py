@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -157,3 +158,21 @@ def wait_with_peak_rss(proc: subprocess.Popen, poll: float = 0.01) -> tuple[int,
             break
         time.sleep(poll)
     return proc.wait(), peak_kb * 1024
+
+
+def feed_in_chunks(parser, data: bytes, seed: int, max_chunk: int, out: list,
+                   buf_limit: int | None = None) -> list:  # fmt: skip
+    """Feed ``data`` to an RDB parser in random pieces of 1..max_chunk bytes (seeded),
+    appending its records to ``out`` as they come (so they are there if it raises), then
+    ``finish()``. With ``buf_limit``, assert the parser never buffers that much."""
+    rnd = random.Random(seed)
+    i = 0
+    while i < len(data):
+        k = rnd.randint(1, max_chunk)
+        parser.feed(data[i : i + k])
+        i += k
+        out.extend(parser.records())
+        if buf_limit is not None:
+            assert len(parser._buf) < buf_limit  # a slice, never the whole value
+    parser.finish()
+    return out

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from helpers import TESTDATA
+from helpers import TESTDATA, feed_in_chunks
 from redshake.rdb.parser import RdbParser
 from redshake.rdb.primitives import RdbError, crc64, read_string
 from redshake.rdb.records import (
@@ -26,6 +26,7 @@ from redshake.rdb.records import (
     SelectDb,
     SlotInfo,
 )
+from redshake.rdb.values import StreamGroup, StreamValue, decode_value
 
 MANIFEST = json.loads((TESTDATA / "manifest.json").read_text())
 RDB_FILES = [f for f in MANIFEST["files"] if f["kind"] == "rdb"]
@@ -56,15 +57,9 @@ def parse_all(data: bytes, chunk_seed: int | None = None, **kw) -> tuple[RdbPars
     if chunk_seed is None:
         p.feed(data)
         out.extend(p.records())
+        p.finish()
     else:
-        rnd = random.Random(chunk_seed)
-        i = 0
-        while i < len(data):
-            k = rnd.randint(1, 4096)
-            p.feed(data[i : i + k])
-            i += k
-            out.extend(p.records())
-    p.finish()
+        feed_in_chunks(p, data, chunk_seed, 4096, out)
     return p, out
 
 
@@ -76,16 +71,9 @@ def parse_until_error(data: bytes, chunk_seed: int | None = None) -> tuple[list,
             p.feed(data)
             for r in p.records():
                 out.append(r)
+            p.finish()
         else:
-            rnd = random.Random(chunk_seed)
-            i = 0
-            while i < len(data):
-                k = rnd.randint(1, 4096)
-                p.feed(data[i : i + k])
-                i += k
-                for r in p.records():
-                    out.append(r)
-        p.finish()
+            feed_in_chunks(p, data, chunk_seed, 4096, out)
     return out, ei.value
 
 
@@ -317,8 +305,9 @@ def test_expiry_kept_across_non_key_opcode() -> None:
 # ---- big values, from real servers ------------------------------------------------------
 
 
-def _reassemble(recs: list) -> dict:
-    """key -> (type, kind, items) for streamed values; KeyValue keys -> (type, None, raw)."""
+def _reassemble(recs: list, by_db: bool = False) -> dict:
+    """key -> (type, kind, items) for streamed values; KeyValue keys -> (type, None, raw).
+    ``by_db``: keyed by (db, key)."""
     out: dict = {}
     cur = None
     for r in recs:
@@ -331,11 +320,11 @@ def _reassemble(recs: list) -> dict:
             items.extend(r.items)
         elif isinstance(r, BigKeyEnd):
             assert cur is not None
-            out[cur.key] = (cur.type, cur.kind, items, cur)
+            out[(cur.db, cur.key) if by_db else cur.key] = (cur.type, cur.kind, items, cur)
             cur = None
         elif isinstance(r, KeyValue):
             assert cur is None
-            out[r.key] = (r.type, None, r.raw, r)
+            out[(r.db, r.key) if by_db else r.key] = (r.type, None, r.raw, r)
     assert cur is None
     return out
 
@@ -376,16 +365,7 @@ def _check_big(server, n_hash: int, n_list: int, n_set: int, n_zset: int) -> dic
     c.save()
     data = (server.dir / "dump.rdb").read_bytes()
     p = RdbParser(big_value_threshold=64 << 10, part_items=1000)
-    recs: list = []
-    rnd = random.Random(1)
-    i = 0
-    while i < len(data):
-        k = rnd.randint(1, 32 << 10)
-        p.feed(data[i : i + k])
-        i += k
-        recs.extend(p.records())
-        assert len(p._buf) < 4 << 20  # never holds a whole big value
-    p.finish()
+    recs = feed_in_chunks(p, data, 1, 32 << 10, [], 4 << 20)
     got = _reassemble(recs)
     assert got[b"bighash"][1] == "hash"
     assert dict(got[b"bighash"][2]) == c.hgetall("bighash")
@@ -472,7 +452,18 @@ def test_big_hash_with_field_ttl_valkey91(servers) -> None:
     assert kv.type == 22 and not kv.empty
 
 
-STREAMABLE = {0, 1, 2, 3, 4, 5, 14, 18, 22, 24}  # 0: long raw strings
+STREAMABLE = {0, 1, 2, 3, 4, 5, 14, 15, 18, 19, 21, 22, 24}  # 0: long raw / LZF strings
+
+
+def stream_from_items(items: list) -> StreamValue:
+    """The StreamValue a streamed stream's items describe: entries, metadata, groups."""
+    (meta,) = [it for it in items if isinstance(it, StreamValue)]
+    i = items.index(meta)
+    assert all(type(it) is tuple for it in items[:i])
+    assert all(isinstance(it, StreamGroup) for it in items[i + 1 :])
+    meta.entries = items[:i]
+    meta.groups = items[i + 1 :]
+    return meta
 
 
 @pytest.mark.parametrize(
@@ -486,29 +477,28 @@ def test_corpus_streamed_with_tiny_threshold(f: dict) -> None:
     data = (TESTDATA / f["path"]).read_bytes()
     _, plain = parse_all(data)
     p = RdbParser(big_value_threshold=1, part_items=7)
-    rnd = random.Random(len(data))
-    recs: list = []
-    i = 0
-    while i < len(data):
-        k = rnd.randint(1, 64)
-        p.feed(data[i : i + k])
-        i += k
-        recs.extend(p.records())
-    p.finish()
+    recs = feed_in_chunks(p, data, len(data), 64, [])
     want = key_records(plain)
     got = key_records(recs)
     assert [(k.key, k.type, k.db, k.expire_ms, k.offset) for k in got] == [
         (k.key, k.type, k.db, k.expire_ms, k.offset) for k in want
     ]
-    streamed = _reassemble(recs)
+    streamed = _reassemble(recs, by_db=True)
     ttl_fields = 0
+    n_streams = 0
     for kv in want:
-        typ, kind, items, start = streamed[kv.key]
+        typ, kind, items, start = streamed[kv.db, kv.key]
         if kind is None:
             continue
         assert typ in STREAMABLE and not kv.empty
-        if typ == 0:  # a raw string streamed in byte pieces
+        if typ == 0:  # a raw or LZF string streamed in byte pieces
             assert kind == "string" and b"".join(items) == read_string(kv.raw, 0)[0]
+            assert start.count == sum(map(len, items))
+            continue
+        if typ in (15, 19, 21):
+            assert kind == "stream" and start.count == -1
+            assert stream_from_items(items) == decode_value(typ, kv.raw, valkey=False)
+            n_streams += 1
             continue
         if start.count >= 0:
             assert len(items) == start.count
@@ -517,6 +507,11 @@ def test_corpus_streamed_with_tiny_threshold(f: dict) -> None:
             assert all(it[2] == -1 or it[2] > 1_600_000_000_000 for it in items)
     if f["rdb"]["types"].keys() <= {"HASH_METADATA", "HASH_METADATA_PRE_GA", "HASH_2"}:
         assert ttl_fields == f["rdb"]["fields_with_ttl"]
+    # streams that span several chunks were streamed (tiny ones may fit in one chunk)
+    assert not [r.key for r in recs if type(r) is KeyValue and r.type in (15, 19, 21)
+                and len(r.raw) > 256]  # fmt: skip
+    if "rdb_with_stream" in f["path"] or "misc_with_stream" in f["path"]:
+        assert n_streams
 
 
 def test_field_ttl_values_streamed() -> None:
@@ -535,6 +530,87 @@ def test_field_ttl_values_streamed() -> None:
         ((typ, kind, items, _),) = _reassemble(recs).values()
         exp = {f: e for f, _, e in items}
         assert kind == "hash" and exp[f1] == e1 and exp[f2] == e2
+
+
+# ---- long LZF strings, streamed -----------------------------------------------------------
+
+
+def _lzf_rdb(comp: bytes, ulen: int) -> bytes:
+    """An RDB with an LZF-encoded string ``z`` (then a small key ``k``)."""
+    from redshake.rdb.dump import encode_length
+
+    value = b"\xc3" + encode_length(len(comp)) + encode_length(ulen) + comp
+    return _rdb(b"REDIS0009", b"\xfe\x00\x00\x01z" + value + b"\x00\x01k\x01v")
+
+
+def _mixed_data(size: int, seed: int) -> bytes:
+    """Runs of random bytes (LZF literals), of one repeated byte (long back-references) and
+    of repeated text: every kind of LZF instruction, in every order."""
+    rnd = random.Random(seed)
+    out = bytearray()
+    while len(out) < size:
+        k = rnd.random()
+        if k < 0.3:
+            out += rnd.randbytes(rnd.randint(1, 3000))
+        elif k < 0.5:
+            out += bytes((rnd.randrange(256),)) * rnd.randint(1, 20000)
+        else:
+            out += b"abc%ddef " % rnd.randint(0, 99) * rnd.randint(1, 300)
+    return bytes(out[:size])
+
+
+def _parse_chunked(data: bytes, seed: int, max_chunk: int, **kw) -> list:
+    return feed_in_chunks(RdbParser(**kw), data, seed, max_chunk, [], (256 << 10) + max_chunk)
+
+
+@pytest.mark.parametrize("resync", [512, 2])  # 2: the cheap boundary guess mostly fails
+def test_lzf_string_streamed_in_pieces(monkeypatch, resync: int) -> None:
+    import lzf
+
+    from redshake.rdb import primitives
+
+    monkeypatch.setattr(primitives, "_LZF_RESYNC", resync)
+    value = _mixed_data(3 << 20, resync)
+    comp = lzf.compress(value, len(value))
+    assert comp is not None and len(comp) > 256 << 10
+    data = _lzf_rdb(comp, len(value))
+    for seed, max_chunk in ((1, 100_000), (2, 7_000)):
+        recs = _parse_chunked(data, seed, max_chunk, big_value_threshold=64 << 10)
+        start = recs[1]
+        assert type(start) is BigKeyStart and (start.key, start.kind) == (b"z", "string")
+        assert start.count == len(value)
+        pieces = [x for r in recs if type(r) is BigKeyPart for x in r.items]
+        assert all(len(x) == 1 << 20 for x in pieces[:-1]) and len(pieces[-1]) <= 1 << 20
+        assert b"".join(pieces) == value
+        assert [type(r) for r in recs[-3:]] == [BigKeyEnd, KeyValue, Eof]
+    # under the threshold: one KeyValue with the value bytes as stored
+    _, recs = parse_all(data, big_value_threshold=len(comp))
+    (kv,) = [r for r in recs if type(r) is KeyValue and r.key == b"z"]
+    assert read_string(kv.raw, 0)[0] == value
+
+
+def test_lzf_string_corrupt_fails_cleanly() -> None:
+    import lzf
+
+    value = _mixed_data(1 << 20, 9)
+    comp = lzf.compress(value, len(value))
+    bad_ref = bytearray(comp)
+    bad_ref[len(comp) // 2 : len(comp) // 2 + 64] = b"\xff" * 64  # far back-references
+    cases = [
+        (comp, len(value) + 1, "short of its declared length"),
+        (comp, len(value) - 1, "invalid LZF data"),
+        (comp[:-1], len(value), "invalid LZF data"),  # the last instruction is cut
+        (b"\x20\x00" + comp, len(value) + 3, "invalid LZF data"),  # reference before the start
+        (bytes(bad_ref), len(value), "LZF"),
+    ]
+    for comp_, ulen, msg in cases:
+        data = _lzf_rdb(comp_, ulen)
+        for max_chunk in (len(data), 5000):
+            with pytest.raises(RdbError) as ei:
+                _parse_chunked(data, 3, max_chunk, big_value_threshold=1 << 10)
+            err = ei.value
+            assert msg in err.message and err.key == b"z", err
+            assert err.offset is not None and 12 < err.offset <= len(data), err
 
 
 def test_pre_ga_functions_load_on_redis70(servers) -> None:

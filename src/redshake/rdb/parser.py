@@ -18,10 +18,25 @@ of it are buffered, element-wise types (1 LIST, 2 SET, 3 ZSET, 4 HASH, 5 ZSET_2,
 quicklists -- node blobs are decoded one at a time --, and the hashes with field TTLs:
 Redis 22/24, Valkey 22) switch to streaming: ``BigKeyStart``, ``BigKeyPart`` (at most
 ``part_items`` items each), ``BigKeyEnd``; their bytes are released as they are consumed.
-A raw string value (type 0, not integer- or LZF-encoded) longer than the threshold is
-streamed as well, as kind ``"string"`` with parts of 1 MiB pieces (``count`` = its length).
-LZF-compressed strings, single ziplist/listpack/intset/zipmap blobs, streams and module
-values are buffered whole.
+
+Streams (15, 19, 21) stream the same way, as kind ``"stream"`` (``count`` -1): their nodes
+are decoded one at a time into live entries ``(id, [field, value, ...])`` (deleted ones are
+left out), then come one :class:`~redshake.rdb.values.StreamValue` item with the metadata
+(length, last id, first id, max deleted id, entries added; no entries, no groups) and one
+:class:`~redshake.rdb.values.StreamGroup` item per consumer group (its PEL and consumers).
+A stream also goes big when its nodes are small but its group tail is not.
+
+A string value of type 0 whose stored bytes exceed the threshold is streamed as kind
+``"string"`` with parts of 1 MiB pieces (``count`` = its length): a raw one as it is read,
+an LZF-compressed one (encoding 0xC3) decompressed 64 KiB of input at a time
+(:class:`~redshake.rdb.primitives.LzfStream`), so neither its compressed nor its
+decompressed bytes are ever held whole.
+
+Still buffered whole: single ziplist/listpack/intset/zipmap blobs (a huge blob is one
+rdb-string), one stream node or one consumer group (a node holds a few KiB of entries, or
+one bigger entry, unless stream-node-max-bytes was raised; a group holds its whole PEL),
+single elements of aggregates (a huge list element or hash value, raw or LZF), and module
+values.
 
 Incomplete aggregates resume where they stopped when more data arrives (no re-scan from
 the start of the record), and an incomplete string waits until its known end is buffered,
@@ -34,7 +49,7 @@ import struct
 from collections.abc import Iterator
 
 from . import walk
-from .primitives import Crc64, RdbError, Truncated
+from .primitives import Crc64, LzfStream, RdbError, Truncated
 from .records import (
     Aux,
     BigKeyEnd,
@@ -49,6 +64,7 @@ from .records import (
     SelectDb,
     SlotInfo,
 )
+from .values import decode_stream_meta
 from .walk import (
     BLOB_INTSET,
     BLOB_LISTPACK,
@@ -117,13 +133,13 @@ def _value_table(valkey: bool, version: int) -> list[_Vt | None]:
     tab[12] = _Vt(_K_STR, blob=BLOB_ZIPLIST)
     tab[13] = _Vt(_K_STR, blob=BLOB_ZIPLIST)
     tab[14] = _Vt(_K_AGG, walk.el_str, _T_QUICKLIST, reader=walk.rd_ql1, big_kind="list")
-    tab[15] = _Vt(_K_AGG, walk.el_pair, _T_STREAM)
+    tab[15] = _Vt(_K_AGG, walk.el_pair, _T_STREAM, reader=walk.rd_stream_node, big_kind="stream")
     tab[16] = _Vt(_K_STR, blob=BLOB_LISTPACK)
     tab[17] = _Vt(_K_STR, blob=BLOB_LISTPACK)
     tab[18] = _Vt(_K_AGG, walk.el_ql2, _T_QUICKLIST, reader=walk.rd_ql2, big_kind="list")
-    tab[19] = _Vt(_K_AGG, walk.el_pair, _T_STREAM)
+    tab[19] = _Vt(_K_AGG, walk.el_pair, _T_STREAM, reader=walk.rd_stream_node, big_kind="stream")
     tab[20] = _Vt(_K_STR, blob=BLOB_LISTPACK)
-    tab[21] = _Vt(_K_AGG, walk.el_pair, _T_STREAM)
+    tab[21] = _Vt(_K_AGG, walk.el_pair, _T_STREAM, reader=walk.rd_stream_node, big_kind="stream")
     if valkey:
         tab[22] = _Vt(_K_AGG, walk.el_hash_ttl_last, reader=walk.rd_hash2, big_kind="hash")
         if version >= 81:
@@ -144,17 +160,20 @@ def _value_table(valkey: bool, version: int) -> list[_Vt | None]:
 
 
 class _Big:
-    """State of a value being streamed element by element."""
+    """State of a value being streamed element by element: ``rem`` more calls of
+    ``reader(buf, pos, items, extra) -> end``; then, if set, ``then(buf, pos, big) -> end``
+    reads what follows and sets up the next reader (or clears ``then``)."""
 
-    __slots__ = ("reader", "rem", "items", "extra", "key", "part")
+    __slots__ = ("reader", "rem", "items", "extra", "key", "part", "then")
 
-    def __init__(self, reader, rem: int, extra, key: bytes, part: int = 0) -> None:
+    def __init__(self, reader, rem: int, extra, key: bytes, part: int = 0, then=None) -> None:
         self.reader = reader
         self.rem = rem
         self.items: list = []
         self.extra = extra
         self.key = key
         self.part = part  # items per BigKeyPart (0: the parser's part_items)
+        self.then = then
 
 
 # A raw string longer than the big-value threshold is streamed in pieces of this size,
@@ -172,6 +191,52 @@ def _str_piece(buf, p: int, items: list, left: list) -> int:
     items.append(bytes(buf[p:e]))
     left[0] -= n
     return e
+
+
+# An LZF-compressed string whose compressed length exceeds the threshold is decompressed
+# _LZF_SLICE compressed bytes at a time (python-lzf with a history prefix, see
+# primitives.LzfStream) and streamed like a raw one, in _STR_PIECE pieces of its output.
+_LZF_SLICE = 64 << 10
+
+
+class _LzfPieces:
+    __slots__ = ("lzf", "left", "out")
+
+    def __init__(self, clen: int, ulen: int) -> None:
+        self.lzf = LzfStream(ulen)
+        self.left = clen  # compressed bytes still to read
+        self.out = bytearray()  # output not yet cut into pieces (< _STR_PIECE between calls)
+
+
+def _lzf_piece(buf, p: int, items: list, st: _LzfPieces) -> int:
+    """Reader of one compressed slice of a streamed LZF string (``st.left`` bytes to go)."""
+    n = _LZF_SLICE if st.left > _LZF_SLICE else st.left
+    e = p + n
+    if e > len(buf):
+        raise Truncated(e)
+    out = st.out
+    out += st.lzf.decompress(buf[p:e], n == st.left)
+    st.left -= n
+    i = 0
+    while len(out) - i >= _STR_PIECE:
+        items.append(bytes(out[i : i + _STR_PIECE]))
+        i += _STR_PIECE
+    if i:
+        del out[:i]
+    if not st.left and out:
+        items.append(bytes(out))
+        out.clear()
+    return e
+
+
+def _stream_tail(buf, p: int, big: _Big) -> int:
+    """After the nodes of a streamed stream: its metadata (a StreamValue without entries nor
+    groups, as one item), then one reader call per consumer group (a StreamGroup item)."""
+    st = big.extra
+    meta, ngroups, q = decode_stream_meta(st.type, buf, p, st.first or b"0-0")
+    big.items.append(meta)
+    big.reader, big.rem, big.extra, big.then = walk.rd_stream_group, ngroups, st.type, None
+    return q
 
 
 _EL_STR = walk.el_str
@@ -385,11 +450,15 @@ class RdbParser:
                             if ve > n:
                                 raise Truncated(ve)
                         else:
-                            if t == 0 and b < 0xC0:  # a raw (not int / LZF) string
-                                slen, ds = _read_len(buf, vs)
+                            if t == 0 and (b < 0xC0 or b == 0xC3):  # raw or LZF, not int
+                                # LZF: compressed length, uncompressed length, data
+                                slen, ds = _read_len(buf, vs if b < 0xC0 else vs + 1)
                                 if slen > self._threshold:
+                                    ulen = -1
+                                    if b == 0xC3:
+                                        ulen, ds = _read_len(buf, ds)
                                     yield from self._go_big_string(
-                                        key, expire, idle, freq, off, ds, slen, db
+                                        key, expire, idle, freq, off, ds, slen, db, ulen
                                     )
                                     if self._big is not None:
                                         return
@@ -451,10 +520,13 @@ class RdbParser:
                         while rem:
                             q = elem(buf, q)
                             rem -= 1
+                    tail = vt.tail
+                    if tail == _T_STREAM:  # a big consumer-group tail can go big too
+                        ve = walk.skip_stream_tail(buf, q, t)
                 except SHORT:
                     self._pend = [t, key, expire, idle, freq, off, base + vs, cnt, base + q,
                                   rem, base + first]  # fmt: skip
-                    if rem and vt.reader is not None and n - self._pos > self._threshold:
+                    if vt.reader is not None and n - self._pos > self._threshold:
                         yield from self._go_big(vt, t, key, expire, idle, freq, off, vs, cnt,
                                                 first, db)  # fmt: skip
                         if self._big is not None:
@@ -462,9 +534,7 @@ class RdbParser:
                         p = self._pos
                         continue
                     raise
-                tail = vt.tail
                 if tail == _T_STREAM:
-                    ve = walk.skip_stream_tail(buf, q, t)
                     empty = False
                 elif tail == _T_QUICKLIST:
                     ve = q
@@ -577,24 +647,32 @@ class RdbParser:
     def _go_big(self, vt: _Vt, t, key, expire, idle, freq, off, vs, cnt, first, db):
         """Switch the pending aggregate to streaming mode at its first element."""
         extra = 0
+        then = None
         if vt.pre8:
             extra = _I64LE(self._buf, vs)[0]
+        elif vt.tail == _T_STREAM:
+            extra = walk.StreamWalk(t)
+            then = _stream_tail
         self._pend = None
         self._carry = None
-        self._big = _Big(vt.reader, cnt, extra, key)
+        self._big = _Big(vt.reader, cnt, extra, key, 0, then)
         self._pos = first
-        count = -1 if vt.tail == _T_QUICKLIST else cnt
+        count = cnt if vt.tail == _T_NONE else -1
         yield BigKeyStart(db, key, t, expire, idle, freq, off, vt.big_kind or _KIND[t], count)
         yield from self._big_run()
 
-    def _go_big_string(self, key, expire, idle, freq, off, ds, slen, db):
-        """A raw string longer than the threshold: stream it in pieces (kind "string")."""
+    def _go_big_string(self, key, expire, idle, freq, off, ds, slen, db, ulen=-1):
+        """A string whose stored bytes (``slen`` from ``ds``) exceed the threshold: stream it
+        in pieces (kind "string"); raw (``ulen`` -1) or LZF (``ulen`` = its output length)."""
         self._pend = None
         self._carry = None
-        pieces = -(-slen // _STR_PIECE)
-        self._big = _Big(_str_piece, pieces, [slen], key, _STR_PART)
+        if ulen < 0:
+            big = _Big(_str_piece, -(-slen // _STR_PIECE), [slen], key, _STR_PART)
+        else:
+            big = _Big(_lzf_piece, -(-slen // _LZF_SLICE), _LzfPieces(slen, ulen), key, _STR_PART)
+        self._big = big
         self._pos = ds
-        yield BigKeyStart(db, key, 0, expire, idle, freq, off, "string", slen)
+        yield BigKeyStart(db, key, 0, expire, idle, freq, off, "string", slen if ulen < 0 else ulen)
         yield from self._big_run()
 
     def _big_run(self) -> Iterator[Record]:
@@ -605,19 +683,25 @@ class RdbParser:
         if base + len(buf) < self._need:
             return
         p = self._pos
-        reader, extra, items, part = big.reader, big.extra, big.items, big.part or self._part
-        rem = big.rem
+        items, part = big.items, big.part or self._part
+        rem = 0
         try:
-            while rem:
-                p = reader(buf, p, items, extra)
-                rem -= 1
-                if len(items) >= part:
-                    big.rem = rem
-                    self._pos = p
-                    while len(items) >= part:
-                        chunk = items[:part]
-                        del items[:part]
-                        yield BigKeyPart(chunk)
+            while True:
+                reader, extra, rem = big.reader, big.extra, big.rem
+                while rem:
+                    p = reader(buf, p, items, extra)
+                    rem -= 1
+                    if len(items) >= part:
+                        big.rem = rem
+                        self._pos = p
+                        while len(items) >= part:
+                            chunk = items[:part]
+                            del items[:part]
+                            yield BigKeyPart(chunk)
+                big.rem = 0
+                if big.then is None:
+                    break
+                p = big.then(buf, p, big)
         except SHORT as e:
             need = e.args[0] if e.args and isinstance(e.args[0], int) else len(buf) + 1
             self._need = base + max(need, len(buf) + 1)

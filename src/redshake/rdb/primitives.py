@@ -8,6 +8,7 @@ of a complete value treats it as corruption.
 
 from __future__ import annotations
 
+import re
 import struct
 
 import lzf
@@ -22,6 +23,7 @@ __all__ = [
     "skip_string",
     "read_double_str",
     "lzf_decompress",
+    "LzfStream",
     "crc64",
     "Crc64",
     "ENC_INT8",
@@ -111,6 +113,96 @@ def lzf_decompress(data, ulen: int, pos: int = 0) -> bytes:
     if out is None or len(out) != ulen:
         raise RdbError("LZF data does not decompress to the declared length", pos)
     return out
+
+
+# ---- incremental LZF decompression ------------------------------------------------------
+#
+# python-lzf only decompresses whole buffers. An LZF stream is a sequence of instructions:
+# ctrl < 32: a literal run of ctrl+1 bytes that follow; ctrl >= 32: a back-reference of
+# (ctrl >> 5) + 2 bytes (one more length byte when ctrl >> 5 == 7), then one offset byte,
+# reaching at most 8192 bytes back in the output. So a compressed stream cut at instruction
+# boundaries decompresses piece by piece: before each piece, a prefix of literal runs
+# re-creates the last 8192 output bytes (all a back-reference can see), and the first
+# len(history) bytes of the result are dropped.
+
+_LZF_WINDOW = 8192
+# one whole instruction; under a possessive repeat, a match ends at the end of the last
+# instruction that is complete in the searched range (at C speed)
+_LZF_INSNS = re.compile(
+    b"(?:[\\x20-\\xdf][\\s\\S]|[\\xe0-\\xff][\\s\\S]{2}|"
+    + b"|".join(re.escape(bytes((c,))) + b"[\\s\\S]{%d}" % (c + 1) for c in range(32))
+    + b")*+"
+)
+# where to start the cheap search for the last instruction boundary of a piece (see
+# LzfStream.decompress)
+_LZF_RESYNC = 512
+
+
+def _lzf_literals(data: bytes) -> bytes:
+    """LZF literal runs (32 bytes each, the last one shorter) that decompress to ``data``."""
+    return b"".join(
+        bytes((len(c) - 1,)) + c for c in (data[i : i + 32] for i in range(0, len(data), 32))
+    )
+
+
+class LzfStream:
+    """Decompress one LZF stream fed in consecutive pieces, holding at most the last 8192
+    output bytes and an incomplete trailing instruction between calls (see above).
+
+    ``ulen`` is the declared uncompressed length: more output, or less at the end, is an
+    error. Raises :class:`RdbError` (without offset) on corrupt data."""
+
+    __slots__ = ("left", "_hist", "_carry")
+
+    def __init__(self, ulen: int) -> None:
+        self.left = ulen  # uncompressed bytes still expected
+        self._hist = b""
+        self._carry = b""
+
+    def decompress(self, chunk, final: bool) -> bytes:
+        """Output of ``chunk`` (the next compressed bytes; ``final``: the stream ends with it),
+        up to the end of its last complete instruction."""
+        data = self._carry + bytes(chunk) if self._carry else bytes(chunk)
+        if final:
+            cut = len(data)
+        elif len(data) <= _LZF_RESYNC:
+            cut = _LZF_INSNS.match(data).end()
+        else:
+            # Cheap guess: instruction boundaries found by parsing from an arbitrary point
+            # almost always line up with the real ones within a few instructions. The
+            # decompressor checks it: it fails unless its input ends on a real boundary.
+            cut = _LZF_INSNS.match(data, len(data) - _LZF_RESYNC).end()
+        out = self._run(data, cut)
+        if out is None and not final:
+            full = _LZF_INSNS.match(data).end()  # parse the piece from its first instruction
+            if full != cut:
+                cut = full
+                out = self._run(data, cut)
+        if out is None:
+            raise RdbError("invalid LZF data (corrupt, or longer than its declared length)")
+        self._carry = data[cut:]
+        self.left -= len(out)
+        if len(out) >= _LZF_WINDOW:
+            self._hist = out[-_LZF_WINDOW:]
+        elif out:
+            self._hist = (self._hist + out)[-_LZF_WINDOW:]
+        if final and self.left:
+            raise RdbError(f"LZF data ends {self.left} bytes short of its declared length")
+        return out
+
+    def _run(self, data: bytes, cut: int) -> bytes | None:
+        if cut == 0:
+            return b""
+        hist = self._hist
+        # a 3-byte back-reference yields at most 264 bytes: never allocate more than needed
+        limit = len(hist) + min(self.left, 88 * cut + 64)
+        try:
+            out = lzf.decompress(_lzf_literals(hist) + data[:cut], limit)
+        except ValueError:
+            return None
+        if out is None or len(out) < len(hist):
+            return None
+        return out[len(hist) :]
 
 
 def read_string(buf, pos: int) -> tuple[bytes, int]:

@@ -149,9 +149,10 @@ class KeyValue(_Rec):
 class BigKeyStart(_Rec):
     """Start of a value too big to buffer; its elements follow in :class:`BigKeyPart` records.
 
-    ``kind`` is ``'list'``, ``'set'``, ``'zset'``, ``'hash'`` or ``'string'`` (a long raw
-    string: parts hold consecutive byte pieces); ``count`` the declared number of elements
-    (for a string: its length), or -1 when the format does not say (quicklists).
+    ``kind`` is ``'list'``, ``'set'``, ``'zset'``, ``'hash'``, ``'stream'`` or ``'string'`` (a
+    long raw or LZF string: parts hold consecutive byte pieces of its content); ``count`` the
+    declared number of elements (for a string: its length), or -1 when the format does not
+    say (quicklists, streams).
     """
 
     __slots__ = ("db", "key", "type", "expire_ms", "idle", "freq", "offset", "kind", "count")
@@ -183,7 +184,9 @@ class BigKeyPart(_Rec):
     """Up to ``part_items`` elements of a big value.
 
     list/set: ``[bytes]``; zset: ``[(member, score_text)]``; hash: ``[(field, value)]`` or, for
-    hashes with field TTLs, ``[(field, value, expire_ms_or_-1)]``.
+    hashes with field TTLs, ``[(field, value, expire_ms_or_-1)]``; string: ``[bytes]`` pieces;
+    stream: entries ``(id, [field, value, ...])``, then once a ``StreamValue`` with the
+    metadata (no entries, no groups), then one ``StreamGroup`` per consumer group.
     """
 
     __slots__ = ("items",)

@@ -20,6 +20,7 @@ from .values import (
     ListValue,
     ModuleValue,
     SetValue,
+    StreamGroup,
     StreamValue,
     StringValue,
     Value,
@@ -31,6 +32,7 @@ __all__ = [
     "value_to_commands",
     "items_to_commands",
     "stream_to_commands",
+    "stream_part_commands",
     "supports_field_ttl",
 ]
 
@@ -152,6 +154,62 @@ def items_to_commands(
         raise ValueError(f"unknown item kind {kind!r}")
 
 
+def _stream_meta_commands(
+    key: bytes, meta: StreamValue, created: bool, ver: Version
+) -> Iterator[list[bytes]]:
+    """XSETID (last id, entries added, max deleted id) of a stream whose live entries were
+    added already; ``created``: at least one was (else the key is created empty first)."""
+    if not created:
+        # create the key: add then trim one entry; XSETID below restores the real ids
+        yield [b"XADD", key, b"MAXLEN", b"0", b"0-1", b"x", b"y"]
+    if ver >= (7, 0, 0):
+        yield [
+            b"XSETID", key, meta.last_id,
+            b"ENTRIESADDED", b"%d" % meta.entries_added,
+            b"MAXDELETEDID", meta.max_deleted_id,
+        ]  # fmt: skip
+    else:
+        yield [b"XSETID", key, meta.last_id]
+
+
+def _stream_group_commands(
+    key: bytes, g: StreamGroup, ver: Version, max_items: int
+) -> Iterator[list[bytes]]:
+    """XGROUP CREATE, then the group's pending entries (XCLAIM) and its consumers."""
+    create = [b"XGROUP", b"CREATE", key, g.name, g.last_id]
+    if ver >= (7, 0, 0) and g.entries_read >= 0:
+        create += [b"ENTRIESREAD", b"%d" % g.entries_read]
+    yield create
+    step = max(1, max_items)
+    pel = {pid: (t, c) for pid, t, c in g.pel}
+    for c in g.consumers:
+        # batch ids that share delivery time and count into one XCLAIM
+        batches: dict[tuple[int, int], list[bytes]] = {}
+        for pid in c.pel_ids:
+            t, cnt = pel.get(pid, (0, 0))
+            batches.setdefault((t, cnt), []).append(pid)
+        for (t, cnt), ids in batches.items():
+            for i in range(0, len(ids), step):
+                yield [
+                    b"XCLAIM", key, g.name, c.name, b"0", *ids[i : i + step],
+                    b"TIME", b"%d" % t, b"RETRYCOUNT", b"%d" % cnt, b"FORCE", b"JUSTID",
+                ]  # fmt: skip
+        if not c.pel_ids:
+            if ver >= (6, 2, 0):
+                yield [b"XGROUP", b"CREATECONSUMER", key, g.name, c.name]
+            else:
+                # reading the (empty) history of a new consumer creates it, nothing else
+                yield [
+                    b"XREADGROUP", b"GROUP", g.name, c.name, b"COUNT", b"1",
+                    b"STREAMS", key, b"0",
+                ]  # fmt: skip
+
+
+def _require_streams(key: bytes, version: Version) -> None:
+    if version < (5, 0, 0):
+        raise RewriteError("streams need a Redis >= 5.0 target", key)
+
+
 def stream_to_commands(
     key: bytes,
     value: StreamValue,
@@ -165,48 +223,35 @@ def stream_to_commands(
     What cannot be carried by commands: consumer seen-time / active-time (set to the time
     of the rebuild), and pending entries whose message was deleted from the stream (the
     server refuses to XCLAIM them)."""
-    ver = target_version
     for eid, fv in value.entries:
         yield [b"XADD", key, eid, *fv]
-    if not value.entries:
-        # create the key: add then trim one entry; XSETID below restores the real ids
-        yield [b"XADD", key, b"MAXLEN", b"0", b"0-1", b"x", b"y"]
-    if ver >= (7, 0, 0):
-        yield [
-            b"XSETID", key, value.last_id,
-            b"ENTRIESADDED", b"%d" % value.entries_added,
-            b"MAXDELETEDID", value.max_deleted_id,
-        ]  # fmt: skip
-    else:
-        yield [b"XSETID", key, value.last_id]
-    step = max(1, max_items)
+    yield from _stream_meta_commands(key, value, bool(value.entries), target_version)
     for g in value.groups:
-        create = [b"XGROUP", b"CREATE", key, g.name, g.last_id]
-        if ver >= (7, 0, 0) and g.entries_read >= 0:
-            create += [b"ENTRIESREAD", b"%d" % g.entries_read]
-        yield create
-        pel = {pid: (t, c) for pid, t, c in g.pel}
-        for c in g.consumers:
-            # batch ids that share delivery time and count into one XCLAIM
-            batches: dict[tuple[int, int], list[bytes]] = {}
-            for pid in c.pel_ids:
-                t, cnt = pel.get(pid, (0, 0))
-                batches.setdefault((t, cnt), []).append(pid)
-            for (t, cnt), ids in batches.items():
-                for i in range(0, len(ids), step):
-                    yield [
-                        b"XCLAIM", key, g.name, c.name, b"0", *ids[i : i + step],
-                        b"TIME", b"%d" % t, b"RETRYCOUNT", b"%d" % cnt, b"FORCE", b"JUSTID",
-                    ]  # fmt: skip
-            if not c.pel_ids:
-                if ver >= (6, 2, 0):
-                    yield [b"XGROUP", b"CREATECONSUMER", key, g.name, c.name]
-                else:
-                    # reading the (empty) history of a new consumer creates it, nothing else
-                    yield [
-                        b"XREADGROUP", b"GROUP", g.name, c.name, b"COUNT", b"1",
-                        b"STREAMS", key, b"0",
-                    ]  # fmt: skip
+        yield from _stream_group_commands(key, g, target_version, max_items)
+
+
+def stream_part_commands(
+    key: bytes,
+    items: list,
+    *,
+    created: bool,
+    target_version: Version = (7, 0, 0),
+    target_valkey: bool = False,
+    max_items: int = 512,
+) -> Iterator[list[bytes]]:
+    """Commands for one part of a stream that arrives in parts (parser kind 'stream'):
+    entries ``(id, [field, value, ...])`` (XADD), then, once, the metadata (a StreamValue
+    without entries) and the consumer groups (StreamGroup), in that order: the same
+    commands as :func:`stream_to_commands`. ``created``: an earlier part added an entry."""
+    _require_streams(key, target_version)
+    for it in items:
+        if type(it) is tuple:
+            yield [b"XADD", key, it[0], *it[1]]
+            created = True
+        elif isinstance(it, StreamGroup):
+            yield from _stream_group_commands(key, it, target_version, max_items)
+        else:
+            yield from _stream_meta_commands(key, it, created, target_version)
 
 
 def value_to_commands(
@@ -252,8 +297,7 @@ def value_to_commands(
         if value.field_expire:
             yield from _field_ttl_commands(key, value.field_expire.items(), max_items)
     elif isinstance(value, StreamValue):
-        if ver < (5, 0, 0):
-            raise RewriteError("streams need a Redis >= 5.0 target", key)
+        _require_streams(key, ver)
         yield from stream_to_commands(
             key, value, target_version=target_version, target_valkey=target_valkey,
             max_items=max_items,

@@ -40,6 +40,9 @@ __all__ = [
     "ModuleValue",
     "decode_value",
     "decode_value_at",
+    "stream_node_entries",
+    "decode_stream_meta",
+    "decode_stream_group",
     "format_score",
     "TYPE_NAMES",
 ]
@@ -288,50 +291,56 @@ def _signed_len(raw: bytes, pos: int) -> tuple[int, int]:
     return v, pos
 
 
-def _decode_stream(t: int, raw: bytes, pos: int) -> tuple[StreamValue, int]:
-    nodes, pos = read_length(raw, pos)
+def stream_node_entries(nodekey: bytes, lp: bytes) -> list[tuple[bytes, list[bytes]]]:
+    """Live entries ``[(id, [field, value, ...])]`` of one stream node: its 16-byte master
+    id and its listpack (entries flagged deleted are left out)."""
+    if len(nodekey) != 16:
+        raise RdbError(f"stream node key has {len(nodekey)} bytes instead of 16")
+    base_ms, base_seq = _ID(nodekey, 0)
+    vals = listpack_values(lp)
+    if not vals:
+        raise RdbError("empty listpack in a stream node")
     entries: list[tuple[bytes, list[bytes]]] = []
     append = entries.append
-    for _ in range(nodes):
-        nodekey, pos = read_string(raw, pos)
-        if len(nodekey) != 16:
-            raise RdbError(f"stream node key has {len(nodekey)} bytes instead of 16")
-        base_ms, base_seq = _ID(nodekey, 0)
-        lp, pos = read_string(raw, pos)
-        vals = listpack_values(lp)
-        if not vals:
-            raise RdbError("empty listpack in a stream node")
-        try:
-            count, deleted, nmf = vals[0], vals[1], vals[2]
-            master = [v if type(v) is bytes else b"%d" % v for v in vals[3 : 3 + nmf]]
-            i = 3 + nmf
-            if vals[i] != 0:
-                raise RdbError("stream node master entry is not terminated by 0")
-            i += 1
-            for _ in range(count + deleted):
-                flags, msd, seqd = vals[i], vals[i + 1], vals[i + 2]
-                i += 3
-                if flags & 2:  # SAMEFIELDS
-                    vs = vals[i : i + nmf]
-                    i += nmf
-                    fv: list[bytes] = []
-                    for f, v in zip(master, vs, strict=True):
-                        fv.append(f)
-                        fv.append(v if type(v) is bytes else b"%d" % v)
-                else:
-                    nf = vals[i]
-                    i += 1
-                    fv = [v if type(v) is bytes else b"%d" % v for v in vals[i : i + 2 * nf]]
-                    if len(fv) != 2 * nf:
-                        raise IndexError
-                    i += 2 * nf
-                i += 1  # lp-count
-                if not flags & 1:
-                    append((b"%d-%d" % (base_ms + msd, base_seq + seqd), fv))
-            if i != len(vals):
-                raise RdbError("stream node listpack has trailing elements")
-        except (IndexError, TypeError, ValueError):
-            raise RdbError("malformed stream node listpack") from None
+    try:
+        count, deleted, nmf = vals[0], vals[1], vals[2]
+        master = [v if type(v) is bytes else b"%d" % v for v in vals[3 : 3 + nmf]]
+        i = 3 + nmf
+        if vals[i] != 0:
+            raise RdbError("stream node master entry is not terminated by 0")
+        i += 1
+        for _ in range(count + deleted):
+            flags, msd, seqd = vals[i], vals[i + 1], vals[i + 2]
+            i += 3
+            if flags & 2:  # SAMEFIELDS
+                vs = vals[i : i + nmf]
+                i += nmf
+                fv: list[bytes] = []
+                for f, v in zip(master, vs, strict=True):
+                    fv.append(f)
+                    fv.append(v if type(v) is bytes else b"%d" % v)
+            else:
+                nf = vals[i]
+                i += 1
+                fv = [v if type(v) is bytes else b"%d" % v for v in vals[i : i + 2 * nf]]
+                if len(fv) != 2 * nf:
+                    raise IndexError
+                i += 2 * nf
+            i += 1  # lp-count
+            if not flags & 1:
+                append((b"%d-%d" % (base_ms + msd, base_seq + seqd), fv))
+        if i != len(vals):
+            raise RdbError("stream node listpack has trailing elements")
+    except (IndexError, TypeError, ValueError):
+        raise RdbError("malformed stream node listpack") from None
+    return entries
+
+
+def decode_stream_meta(t: int, raw, pos: int, first_id: bytes) -> tuple[StreamValue, int, int]:
+    """The part of a stream value (type ``t``) that follows its nodes, up to the number of
+    consumer groups: returns (StreamValue without entries and groups, number of groups, end).
+    ``first_id`` is the id of the first live entry (b"0-0" if none): type 15 does not
+    store it."""
     length, pos = read_length(raw, pos)
     lms, pos = read_length(raw, pos)
     lseq, pos = read_length(raw, pos)
@@ -345,44 +354,58 @@ def _decode_stream(t: int, raw: bytes, pos: int) -> tuple[StreamValue, int]:
         first_id = _fmt_id(fms, fseq)
         max_deleted = _fmt_id(dms, dseq)
     else:
-        first_id = entries[0][0] if entries else b"0-0"
         max_deleted = b"0-0"
         entries_added = length
     ngroups, pos = read_length(raw, pos)
-    groups: list[StreamGroup] = []
-    for _ in range(ngroups):
-        gname, pos = read_string(raw, pos)
-        gms, pos = read_length(raw, pos)
-        gseq, pos = read_length(raw, pos)
-        entries_read = -1
-        if t >= 19:
-            entries_read, pos = _signed_len(raw, pos)
-        npel, pos = read_length(raw, pos)
-        pel: list[tuple[bytes, int, int]] = []
-        for _ in range(npel):
+    meta = StreamValue([], length, last_id, first_id, max_deleted, entries_added, [])
+    return meta, ngroups, pos
+
+
+def decode_stream_group(t: int, raw, pos: int) -> tuple[StreamGroup, int]:
+    """One consumer group of a stream value of type ``t``, with its PEL and consumers."""
+    gname, pos = read_string(raw, pos)
+    gms, pos = read_length(raw, pos)
+    gseq, pos = read_length(raw, pos)
+    entries_read = -1
+    if t >= 19:
+        entries_read, pos = _signed_len(raw, pos)
+    npel, pos = read_length(raw, pos)
+    pel: list[tuple[bytes, int, int]] = []
+    for _ in range(npel):
+        pid, pos = _raw_id(raw, pos)
+        dtime, pos = _ms8(raw, pos)
+        dcount, pos = read_length(raw, pos)
+        pel.append((pid, dtime, dcount))
+    nconsumers, pos = read_length(raw, pos)
+    consumers: list[StreamConsumer] = []
+    for _ in range(nconsumers):
+        cname, pos = read_string(raw, pos)
+        seen, pos = _ms8(raw, pos)
+        active = seen
+        if t >= 21:
+            active, pos = _ms8(raw, pos)
+        ncpel, pos = read_length(raw, pos)
+        ids = []
+        for _ in range(ncpel):
             pid, pos = _raw_id(raw, pos)
-            dtime, pos = _ms8(raw, pos)
-            dcount, pos = read_length(raw, pos)
-            pel.append((pid, dtime, dcount))
-        nconsumers, pos = read_length(raw, pos)
-        consumers: list[StreamConsumer] = []
-        for _ in range(nconsumers):
-            cname, pos = read_string(raw, pos)
-            seen, pos = _ms8(raw, pos)
-            active = seen
-            if t >= 21:
-                active, pos = _ms8(raw, pos)
-            ncpel, pos = read_length(raw, pos)
-            ids = []
-            for _ in range(ncpel):
-                pid, pos = _raw_id(raw, pos)
-                ids.append(pid)
-            consumers.append(StreamConsumer(cname, seen, active, ids))
-        groups.append(StreamGroup(gname, _fmt_id(gms, gseq), entries_read, pel, consumers))
-    return (
-        StreamValue(entries, length, last_id, first_id, max_deleted, entries_added, groups),
-        pos,
-    )
+            ids.append(pid)
+        consumers.append(StreamConsumer(cname, seen, active, ids))
+    return StreamGroup(gname, _fmt_id(gms, gseq), entries_read, pel, consumers), pos
+
+
+def _decode_stream(t: int, raw: bytes, pos: int) -> tuple[StreamValue, int]:
+    nodes, pos = read_length(raw, pos)
+    entries: list[tuple[bytes, list[bytes]]] = []
+    for _ in range(nodes):
+        nodekey, pos = read_string(raw, pos)
+        lp, pos = read_string(raw, pos)
+        entries += stream_node_entries(nodekey, lp)
+    value, ngroups, pos = decode_stream_meta(t, raw, pos, entries[0][0] if entries else b"0-0")
+    value.entries = entries
+    for _ in range(ngroups):
+        group, pos = decode_stream_group(t, raw, pos)
+        value.groups.append(group)
+    return value, pos
 
 
 def _check_hfe(ms: int) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 
 from .primitives import RdbError, Truncated, lzf_decompress, read_double_str
+from .values import decode_stream_group, stream_node_entries
 
 _U16LE = struct.Struct("<H").unpack_from
 _U32LE = struct.Struct("<I").unpack_from
@@ -244,6 +245,36 @@ def rd_hash2(buf, p: int, out: list, extra: int) -> int:
     return p + 8
 
 
+class StreamWalk:
+    """State of a stream value streamed node by node: its type byte and the id of its
+    first live entry (type 15 does not store it in its tail)."""
+
+    __slots__ = ("type", "first")
+
+    def __init__(self, t: int) -> None:
+        self.type = t
+        self.first = b""
+
+
+def rd_stream_node(buf, p: int, out: list, st: StreamWalk) -> int:
+    """One stream node (master id + listpack): its live entries ``(id, [field, value, ...])``."""
+    nodekey, p = read_str(buf, p)
+    lp, p = read_str(buf, p)
+    entries = stream_node_entries(nodekey, lp)
+    if entries and not st.first:
+        st.first = entries[0][0]
+    out += entries
+    return p
+
+
+def rd_stream_group(buf, p: int, out: list, t: int) -> int:
+    """One consumer group of a stream tail, as a StreamGroup (PEL and consumers)."""
+    skip_stream_group(buf, p, t)  # decode once it is all buffered (raises Truncated(end))
+    group, p = decode_stream_group(t, buf, p)
+    out.append(group)
+    return p
+
+
 # ---- composite walkers --------------------------------------------------------------
 
 
@@ -253,17 +284,26 @@ def skip_stream_tail(buf, p: int, t: int) -> int:
         _, p = read_len(buf, p)
     groups, p = read_len(buf, p)
     for _ in range(groups):
-        p = skip_str(buf, p)
-        for _ in range(2 if t == 15 else 3):  # last_id[, entries_read]
-            _, p = read_len(buf, p)
-        pel, p = read_len(buf, p)
-        for _ in range(pel):
-            _, p = read_len(buf, p + 24)  # id(16) + delivery time(8), delivery count
-        consumers, p = read_len(buf, p)
-        for _ in range(consumers):
-            p = skip_str(buf, p) + (16 if t == 21 else 8)
-            n, p = read_len(buf, p)
-            p += 16 * n
+        p = skip_stream_group(buf, p, t)
+    return p
+
+
+def skip_stream_group(buf, p: int, t: int) -> int:
+    """Walk one consumer group of a stream tail. A PEL that is not buffered yet raises
+    Truncated with (a lower bound of) its end, so a caller fed small chunks does not walk
+    a big PEL again for every chunk."""
+    p = skip_str(buf, p)
+    for _ in range(2 if t == 15 else 3):  # last_id[, entries_read]
+        _, p = read_len(buf, p)
+    pel, p = read_len(buf, p)
+    _check(buf, p + 25 * pel)  # id(16) + delivery time(8) + delivery count (>= 1 byte)
+    for _ in range(pel):
+        _, p = read_len(buf, p + 24)
+    consumers, p = read_len(buf, p)
+    for _ in range(consumers):
+        p = skip_str(buf, p) + (16 if t == 21 else 8)  # name, seen[, active] time
+        n, p = read_len(buf, p)
+        p = _check(buf, p + 16 * n)
     return _check(buf, p)
 
 

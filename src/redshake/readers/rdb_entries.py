@@ -134,7 +134,7 @@ class RdbToEntries:
         self._replace = behavior == "rewrite"
         # current big key being streamed: (db, key, kind, expire_ms, skipping)
         self._big: tuple[int, bytes, str, int, bool] | None = None
-        self._big_started = False  # a streamed string got its first SET
+        self._big_started = False  # a streamed string got its SET, a stream its first XADD
 
     @property
     def methods(self) -> Counter[str]:
@@ -221,7 +221,9 @@ class RdbToEntries:
         if limit:
             ver = self._versions.get(t)
             if ver is None:
-                v = restore_version(t, self.src_version, self.src_valkey, caps.accepts, caps.plain_max)
+                v = restore_version(
+                    t, self.src_version, self.src_valkey, caps.accepts, caps.plain_max
+                )
                 if t in _ALWAYS_REENCODE:
                     v = None
                 ver = self._versions[t] = -1 if v is None else v
@@ -329,9 +331,23 @@ class RdbToEntries:
                 self._big_started = True
                 yield Entry(db, [op, key, piece], key)
             return
-        from ..rdb.rewrite import RewriteError, items_to_commands
+        from ..rdb.rewrite import RewriteError, items_to_commands, stream_part_commands
 
         try:
+            if kind == "stream":  # entries (XADD), then metadata and consumer groups
+                cmds = stream_part_commands(
+                    key,
+                    rec.items,
+                    created=self._big_started,
+                    target_version=self.caps.version,
+                    target_valkey=self.caps.is_valkey,
+                    max_items=self.max_items,
+                )
+                for argv in cmds:
+                    if argv[0] == b"XADD":
+                        self._big_started = True
+                    yield Entry(db, argv, key)
+                return
             for argv in items_to_commands(
                 key,
                 kind,
