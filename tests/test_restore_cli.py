@@ -12,6 +12,7 @@ import time
 import urllib.request
 
 import pytest
+import redis
 
 from datagen import populate
 from helpers import assert_same_data, restore_file, run_redshake, write_config
@@ -325,3 +326,37 @@ def test_status_json_and_sigterm(servers, tmp_path):
     assert "got signal SIGTERM" in out and "incomplete" in out
     assert "read_count=[" in out  # the periodic progress line
     assert 0 < dst.client().dbsize() < 400_000
+
+
+@pytest.mark.parametrize("behavior", ["panic", "skip", "rewrite"])
+def test_existing_string_keys_on_a_cluster_target(behavior, servers, tmp_path):
+    """Small strings go as SET ... NX (not RESTORE); on a cluster target an existing key
+    still counts as BUSYKEY and follows rdb_restore_command_behavior."""
+    src = servers.start("redis-7.0")
+    c = src.client()
+    for i in range(200):
+        c.set(f"s:{i}", f"value-{i}")
+    c.set("ttl", "x", px=600_000)  # a TTL: still RESTORE
+    c.save()
+    cluster = servers.cluster("redis-7.0", masters=3)
+    m = cluster.masters[0]
+    cc = redis.RedisCluster(host=m.host, port=m.port)
+    cc.set("s:7", "already here")
+    cc.set("s:150", "already here")
+    r = restore_file(src.dir / "dump.rdb", cluster.seed, tmp_path, cluster=True,
+                     rdb_restore_command_behavior=behavior)  # fmt: skip
+    out = r.stdout + r.stderr
+    if behavior == "panic":
+        assert r.returncode == 1, out
+        assert "already exists" in out
+        assert cc.get("s:7") == b"already here"
+    elif behavior == "skip":
+        assert r.returncode == 0, out
+        assert "busykey=2" in out
+        assert cc.get("s:7") == b"already here" and cc.get("s:150") == b"already here"
+        assert cc.get("s:8") == b"value-8" and cc.pttl("ttl") > 500_000
+    else:
+        assert r.returncode == 0, out
+        assert all(cc.get(f"s:{i}") == f"value-{i}".encode() for i in range(200))
+    if behavior != "panic":
+        assert "set=200" in out or "set=198" in out, out[-2000:]

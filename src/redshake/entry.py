@@ -7,7 +7,7 @@ from operator import itemgetter
 
 _first = itemgetter(0)
 
-__all__ = ["Entry", "KEYLESS_ALL_MASTERS", "Run"]
+__all__ = ["Entry", "KEYLESS_ALL_MASTERS", "RestoreSet", "Run"]
 
 # Marker for ``Entry.key``: the command has no key and must go to every master of a cluster
 # target (FLUSHALL, FUNCTION LOAD, SCRIPT LOAD, ...).
@@ -43,6 +43,14 @@ class Entry:
         shown = [a if len(a) <= 40 else a[:37] + b"..." for a in self.argv[:6]]
         more = f" +{len(self.argv) - 6} args" if len(self.argv) > 6 else ""
         return f"Entry(db={self.db}, argv={shown}{more})"
+
+
+class RestoreSet(Entry):
+    """A ``SET key value [PXAT ms] NX`` standing in for the RESTORE of a small string (same
+    result, cheaper on both ends): a nil reply means the key already existed, which writers
+    report like RESTORE's ``BUSYKEY`` error."""
+
+    __slots__ = ()
 
 
 class Run:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from .config.schema import Config
-from .entry import Entry, Run
+from .entry import Entry, RestoreSet, Run
 from .rdb.primitives import RdbError
 from .readers.rdb_entries import ConversionError, TargetCaps
 
@@ -74,7 +74,7 @@ class ErrorPolicy:
     def __call__(self, entry: Entry, message: str) -> None:
         key = entry.argv[1] if len(entry.argv) > 1 else b""
         cmd = entry.argv[0].decode("ascii", "replace").upper() if entry.argv else "?"
-        if message.startswith("BUSYKEY") and cmd == "RESTORE":
+        if message.startswith("BUSYKEY") and (cmd == "RESTORE" or entry.__class__ is RestoreSet):
             self.existing_key(entry.db, key)
             self.busy_restore += 1  # a RESTORE that was sent but did not write
             return

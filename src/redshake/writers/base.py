@@ -66,6 +66,7 @@ class TargetInfo:
     proto_max_bulk_len: int = DEFAULT_PROTO_MAX_BULK_LEN
     cluster: bool = False
     databases: int = 16
+    file_output: bool = False  # a file writer: keep RESTORE for every value (no SET stand-ins)
 
     def accepts_rdb(self, version: int, valkey_magic: bool = False) -> bool:
         """Would RESTORE / loading accept a payload of this RDB version?

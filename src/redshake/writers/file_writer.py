@@ -131,6 +131,7 @@ class FileWriter:
             self.info = TargetInfo(
                 version=(7, 4, 0), is_valkey=False, rdb_version=10,
                 proto_max_bulk_len=DEFAULT_PROTO_MAX_BULK_LEN, databases=1 << 30,
+                file_output=True,
             )  # fmt: skip
         else:
             # proto_max_bulk_len 0: no RESTORE, every value as readable commands
@@ -140,6 +141,7 @@ class FileWriter:
                 rdb_version=10,
                 proto_max_bulk_len=0,
                 databases=1 << 30,
+                file_output=True,
             )
 
     # -- writer API ------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from redshake.entry import Entry, Run
+from redshake.entry import Entry, RestoreSet, Run
 from redshake.resp.conn import Connection, ReplyError, connection_options, parse_address
 from redshake.resp.encode import encode
 from redshake.writers.base import TargetInfo, WriterError, probe_target
@@ -41,6 +41,14 @@ OnAbort = Callable[[list[Entry], list[tuple[Entry, str]], str], None]
 
 _MULTI = b"MULTI"
 _EXEC = b"EXEC"
+
+
+_BUSYKEY = ReplyError("BUSYKEY Target key name already exists.")
+
+
+def _is_restore_set(entry: object) -> bool:
+    """A RestoreSet, or a resent copy of one (cluster redirections keep it in ``orig``)."""
+    return entry.__class__ is RestoreSet or getattr(entry, "orig", None).__class__ is RestoreSet
 
 
 class _Block:
@@ -389,6 +397,8 @@ class RedisWriter:
             r = gets()
             if r is False:
                 break
+            if r is None and _is_restore_set(entry):
+                r = _BUSYKEY  # SET ... NX standing in for a RESTORE: the key existed
             popleft()
             freed += n
             if r.__class__ is ReplyError or entry.__class__ is _Internal:
