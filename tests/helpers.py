@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 # The corpus lives in shared/ beside the checkout (in development and in CI alike).
@@ -27,6 +29,8 @@ def toml_value(v) -> str:
         return str(v)
     if isinstance(v, list):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table
+        return "{" + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + "}"
     return json.dumps(str(v))
 
 
@@ -176,3 +180,25 @@ def feed_in_chunks(parser, data: bytes, seed: int, max_chunk: int, out: list,
             assert len(parser._buf) < buf_limit  # a slice, never the whole value
     parser.finish()
     return out
+
+
+def make_certs(d: Path) -> dict[str, str]:
+    """A test CA, and server and client certificates for 127.0.0.1 signed by it."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("openssl not found on PATH: the TLS tests need it")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True, cwd=d)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+        "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for who in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={who}",
+            "-keyout", f"{who}.key", "-out", f"{who}.csr")  # fmt: skip
+        run("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", f"{who}.crt")  # fmt: skip
+    return {
+        k: str(d / k) for k in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")
+    }

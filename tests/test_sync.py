@@ -24,7 +24,7 @@ import pytest
 import redis
 
 from datagen import populate
-from helpers import assert_same_data, write_config
+from helpers import assert_same_data, make_certs, write_config
 from redshake.repl.protocol import (
     CommandStream,
     ReplProtocolError,
@@ -694,3 +694,39 @@ def test_sync_stream_runs(servers, tmp_path, shakes):
     log = shake.log()
     assert "target replied error to INCRBY on key b'wrong' (db 3): WRONGTYPE" in log, log[-3000:]
     assert dst.client(3).get("c:199") == b"199"  # the run's commands before the error applied
+
+
+def test_sync_from_tls_source(servers, tmp_path, shakes):
+    """A source reached over TLS (server certificate verified, client certificate sent):
+    snapshot, stream, and a killed link resumed with +CONTINUE over a new TLS connection."""
+    certs = make_certs(tmp_path)
+    tls_port = free_port()
+    src = servers.start(
+        "redis-7.0",
+        args=[
+            "--tls-port", str(tls_port),
+            "--tls-cert-file", certs["server.crt"],
+            "--tls-key-file", certs["server.key"],
+            "--tls-ca-cert-file", certs["ca.crt"],
+            "--tls-auth-clients", "yes",  # a client certificate is required
+        ],
+    )  # fmt: skip
+    dst = servers.start("redis-7.0")
+    populate(src.client(), src.version, src.is_valkey)
+    reader = {
+        "address": f"127.0.0.1:{tls_port}",
+        "tls": True,
+        "tls_config": {"ca_cert": certs["ca.crt"], "cert": certs["client.crt"], "key": certs["client.key"]},
+    }
+    shake = Shake(tmp_path, src, dst, reader=reader).start()
+    shakes.append(shake)
+    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    halt = start_load(src, 2)
+    time.sleep(1)
+    assert kill_replica_links(src) >= 1
+    time.sleep(1)
+    halt()
+    wait_converged(src, shake)
+    assert assert_same_data(src, dst) > 0
+    assert stat(src, "sync_partial_ok") >= 1
+    assert shake.terminate() == 0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -12,6 +10,7 @@ import pytest
 import redis
 
 import servers as srv
+from helpers import make_certs
 from redshake.commands.slots import key_slot
 from redshake.entry import KEYLESS_ALL_MASTERS, Entry
 from redshake.resp.conn import (
@@ -292,29 +291,8 @@ def test_auth_acl_user(servers, name: str) -> None:
 # -- TLS -----------------------------------------------------------------------------------
 
 
-def _make_certs(d: Path) -> dict[str, str]:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.fail("openssl not found on PATH: the TLS tests need it")
-
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], check=True, capture_output=True, cwd=d)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-        "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
-    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for who in ("server", "client"):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={who}",
-            "-keyout", f"{who}.key", "-out", f"{who}.csr")  # fmt: skip
-        run("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", f"{who}.crt")  # fmt: skip
-    return {
-        k: str(d / k) for k in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")
-    }
-
-
 def test_tls(servers, tmp_dir: Path) -> None:
-    certs = _make_certs(tmp_dir)
+    certs = make_certs(tmp_dir)
     tls_port = srv.free_port()
     s = servers.start(
         "redis-7.0",
