@@ -237,8 +237,12 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
             info.rdb_version,
             " cluster" if cfg.writer.cluster else "",
         )
+    caps = TargetCaps.from_target_info(info, adv.target_redis_proto_max_bulk_len)
+    if transform is not None:
+        # filters and Lua functions written for RedisShake expect every RDB key as RESTORE
+        caps.set_strings = False
     ctx = ReaderContext(
-        caps=TargetCaps.from_target_info(info, adv.target_redis_proto_max_bulk_len),
+        caps=caps,
         behavior=adv.rdb_restore_command_behavior,
         workdir=Path(adv.dir),
         stop=stop,
