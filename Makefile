@@ -27,3 +27,7 @@ bench: install servers
 	$(PIP) install -q --disable-pip-version-check rdbtools rdb-py
 	$(PY) bench/rdb_parse.py
 	$(PY) bench/rdb_restore.py
+	$(PY) bench/full_sync.py
+	$(PY) bench/incremental.py
+	$(PY) bench/incremental.py --catchup
+	$(PY) bench/lua_function.py
