@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2_000_000)
     ap.add_argument("--pipeline", type=int, default=16)
     ap.add_argument("--catchup", action="store_true", help="apply a backlog with the source idle")
+    ap.add_argument("--exactly-once", action="store_true", help="with advanced.exactly_once_key")
     a = ap.parse_args()
     src = start_server("redis-7.0", args=["--repl-backlog-size", "1gb"] if a.catchup else [])
     dst = start_server("redis-7.0")
@@ -67,7 +68,7 @@ def main() -> None:
     cfg.write_text(
         f'[sync_reader]\naddress = "{src.address}"\n[redis_writer]\naddress = "{dst.address}"\n'
         f'[advanced]\ndir = "{work / "data"}"\nlog_interval = 5\nstatus_port = {port}\n'
-        'status_bind = "127.0.0.1"\n'
+        'status_bind = "127.0.0.1"\n' + ('exactly_once_key = "redshake:pos"\n' if a.exactly_once else "")
     )
     log = open(work / "shake.out", "w")
     argv = [sys.executable, "-m", "redshake.cli", str(cfg)]

@@ -730,3 +730,52 @@ def test_sync_from_tls_source(servers, tmp_path, shakes):
     assert assert_same_data(src, dst) > 0
     assert stat(src, "sync_partial_ok") >= 1
     assert shake.terminate() == 0
+
+
+def test_sync_exactly_once_after_kill9(servers, tmp_path, shakes):
+    """advanced.exactly_once_key: each stream batch is one MULTI/EXEC with a position
+    marker, so kill -9 under a NON-idempotent load (INCR, RPUSH, APPEND) and a restart
+    resume exactly where the target is: equal data, no full sync, nothing applied twice."""
+    src = servers.start("redis-7.0", args=["--repl-backlog-size", "64mb"])
+    dst = servers.start("redis-7.0")
+    adv = {"exactly_once_key": "redshake:pos", "exactly_once_db": 15}
+    populate(src.client(), src.version, False, big=False)
+    shake = Shake(tmp_path, src, dst, advanced=adv).start()
+    shakes.append(shake)
+    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    full0, partial0 = stat(src, "sync_full"), stat(src, "sync_partial_ok")
+    halt = start_load(src)
+    try:
+        for _ in range(3):
+            time.sleep(1.5)
+            shake.kill()
+            time.sleep(0.3)
+            shake = Shake(tmp_path, src, dst, advanced=adv).start()
+            shakes.append(shake)
+            wait_for(lambda s=shake: "resuming with PSYNC" in s.log(), 30, "the restart", shake)
+        time.sleep(1)
+    finally:
+        halt()
+    wait_converged(src, shake)
+    assert stat(src, "sync_full") == full0, shake.log()[-3000:]
+    assert stat(src, "sync_partial_ok") == partial0 + 3
+    assert assert_same_data(src, dst, dbs=list(range(15))) > 0
+    logs = "".join(s.log() for s in shakes)
+    assert "ahead of the checkpoint" in logs  # the marker, not the checkpoint, set the resume point
+    replid = src.info("replication")["master_replid"]
+    master = replica_offset(src)[0]
+    assert dst.client(15).get(f"redshake:pos:{src.address}").split()[:2] == [
+        replid.encode(), str(master).encode()]  # fmt: skip
+    assert shake.terminate() == 0
+
+
+def test_exactly_once_needs_sync_reader_and_standalone_target(servers, tmp_path):
+    dst = servers.start("redis-7.0")
+    cfg = write_config(tmp_path / "bad.toml", {
+        "rdb_reader": {"filepath": str(tmp_path / "none.rdb")},
+        "redis_writer": {"address": dst.address},
+        "advanced": {"dir": str(tmp_path / "w"), "exactly_once_key": "pos"},
+    })  # fmt: skip
+    r = subprocess.run([sys.executable, "-m", "redshake.cli", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "exactly_once_key needs a [sync_reader]" in r.stdout + r.stderr

@@ -218,6 +218,14 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         log.error("config error: %s. Nothing was written.", e)
         return EXIT_BAD_INPUT
     policy = ErrorPolicy(adv.rdb_restore_command_behavior, stats)
+    if adv.exactly_once_key and (
+        cfg.reader_type != "sync" or cfg.writer_type != "redis" or cfg.writer.cluster
+    ):
+        log.error(
+            "config error: advanced.exactly_once_key needs a [sync_reader] and a standalone "
+            "(or sentinel-managed) [redis_writer] target. Nothing was written."
+        )
+        return EXIT_BAD_INPUT
     t0 = time.monotonic()
     # 1. Build the reader and validate its input before touching the target.
     try:
@@ -251,6 +259,8 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         # a live reader that must re-seed the target (full resync) empties it through this
         options={"flush_target": writer.flushall},
     )
+    if adv.exactly_once_key:
+        ctx.options["read_marker"] = lambda key: writer.get(adv.exactly_once_db, key)
     if SHARD is not None:  # one shard of a cluster source: only this shard's slots
         from .shards import flush_slots
 
@@ -305,7 +315,9 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     # Runs of plain commands go to the writer whole when nothing needs single entries.
     write_run = getattr(writer, "write_run", None)
     inner = getattr(writer, "inner", writer)
-    if transform is not None or not hasattr(inner, "write_run"):
+    # Exactly-once mode: every stream batch is one MULTI/EXEC unit with its position marker.
+    units = bool(adv.exactly_once_key) and hasattr(reader, "unit_marker")
+    if transform is not None or not hasattr(inner, "write_run") or units:
         write_run = None
     if write_run is not None and hasattr(reader, "runs"):
         reader.runs = True
@@ -323,6 +335,9 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
                 writer.poll()
                 reader.acked(writer.acked_offset)
                 continue
+            unit = units and reader.phase == "aof"
+            if unit:
+                writer.begin_unit()
             for e in batch:
                 if e.__class__ is Run:
                     if write_run is not None:
@@ -340,14 +355,21 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
                 if name is None:
                     name = names[raw_name] = raw_name.decode("ascii", "replace").upper()
                 read_by_cmd[name] = read_by_cmd.get(name, 0) + 1
+                if unit and (name == "MULTI" or name == "EXEC"):
+                    continue  # the unit around the batch is the transaction
                 if transform is None:
                     write(e)
                     write_by_cmd[name] = write_by_cmd.get(name, 0) + 1
                 else:
                     for e2 in transform(e):
-                        write(e2)
                         wn = e2.argv[0].decode("ascii", "replace").upper()
+                        if unit and (wn == "MULTI" or wn == "EXEC"):
+                            continue
+                        write(e2)
                         write_by_cmd[wn] = write_by_cmd.get(wn, 0) + 1
+            if unit:
+                mkey, mvalue, moff = reader.unit_marker()
+                writer.end_unit(adv.exactly_once_db, mkey, mvalue, moff)
             n += 1
             if not n & 1023:
                 now = time.monotonic()

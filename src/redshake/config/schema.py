@@ -216,6 +216,10 @@ class AdvancedConfig:
     # redshake additions
     status_bind: str = "0.0.0.0"
     metrics_port: int = field(default=0, metadata=_PORT)
+    # live sync into a standalone target, exactly once across crashes: every batch is one
+    # MULTI/EXEC that also sets this key (in exactly_once_db) to the source position
+    exactly_once_key: str = ""
+    exactly_once_db: int = field(default=0, metadata={"min": 0})
 
     @property
     def log_path(self) -> Path:

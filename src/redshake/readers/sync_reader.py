@@ -134,6 +134,8 @@ class SyncReader:
         # set by the driver when the writer takes whole runs of plain commands (write_run)
         # and no transform needs single entries
         self.runs = False
+        # exactly-once mode: the target key holding "<replid> <offset> <db>" (see unit_marker)
+        self.marker_key = b""
 
     # -- Reader protocol ----------------------------------------------------------------
 
@@ -156,6 +158,7 @@ class SyncReader:
                     "[%s] checkpoint: replid %s offset %d db %d: resuming with PSYNC",
                     self.name, cp.replid, cp.offset, cp.db,
                 )  # fmt: skip
+                resume = self._resume_from_marker(cp.replid, cp.offset) or resume
             else:
                 log.info(
                     "[%s] checkpoint says an earlier snapshot was not completely applied: "
@@ -163,6 +166,43 @@ class SyncReader:
                 )  # fmt: skip
                 self._dirty_target = True
         self.link = SourceLink(self.opts, self.spool, resume, self.name)
+
+    def _resume_from_marker(self, replid: str, offset: int) -> tuple[str, int] | None:
+        """Exactly-once mode: the target's marker says exactly how far it got. After a
+        crash it is ahead of the checkpoint (written ten times a second); resume there."""
+        read = self.ctx.options.get("read_marker")
+        if not self.marker_key or read is None:
+            return None
+        raw = read(self.marker_key)
+        try:
+            m_replid, m_off, m_db = raw.decode().split() if raw else ("", "-1", "0")
+            m_offset, db = int(m_off), int(m_db)
+        except (UnicodeDecodeError, ValueError):
+            log.warning("[%s] marker %r holds %r: ignored", self.name, self.marker_key, raw)
+            return None
+        if m_replid != replid or m_offset <= offset:
+            return None
+        log.info(
+            "[%s] the target's marker %r is ahead of the checkpoint: it has applied the "
+            "stream up to offset %d (db %d); resuming there, nothing is applied twice",
+            self.name, self.marker_key.decode("utf-8", "replace"), m_offset, db,
+        )  # fmt: skip
+        self.db = db
+        return replid, m_offset
+
+    def unit_marker(self) -> tuple[bytes, bytes, int]:
+        """(key, value, tagged offset) of the exactly-once marker for everything handed
+        over so far: ``<replid> <offset> <db at that offset>``."""
+        off = self._yielded_upto
+        ep = self._ep
+        assert ep is not None
+        db = self.db
+        for change_off, change_db in reversed(self._db_changes):
+            if change_off <= off:
+                db = change_db
+                break
+        value = b"%s %d %d" % (ep.replid.encode(), off, db)
+        return self.marker_key, value, ep.num * EPOCH_SPAN + off
 
     def batches(self) -> Iterator[list[Entry]]:
         link = self.link
@@ -826,6 +866,22 @@ class ReconnectingWriter:
         except (OSError, Exception) as e:
             self._recover(e)
 
+    def begin_unit(self) -> None:
+        if self.discard:
+            return
+        try:
+            self.inner.begin_unit()
+        except (OSError, Exception) as e:
+            self._recover(e)
+
+    def end_unit(self, db: int, key: bytes, value: bytes, offset: int) -> None:
+        if self.discard:
+            return
+        try:
+            self.inner.end_unit(db, key, value, offset)
+        except (OSError, Exception) as e:
+            self._recover(e)
+
     def poll(self) -> None:
         if self.discard:
             return
@@ -988,7 +1044,7 @@ def _build(cfg, ctx, address: str | None) -> SyncReader:
             raise ValueError(f"advanced.aws_psync has no entry for the source {addr}")
         psync = match[0]
     tls_config = rc.tls_config.as_dict()
-    return SyncReader(
+    reader = SyncReader(
         ctx,
         addr,
         username=rc.username,
@@ -1004,3 +1060,6 @@ def _build(cfg, ctx, address: str | None) -> SyncReader:
         resolve=resolve,
         identity=f"sentinel_{sentinel.master_name}" if resolve is not None else None,
     )
+    if adv.exactly_once_key:  # one marker per source (a cluster source has several)
+        reader.marker_key = f"{adv.exactly_once_key}:{reader.source_id}".encode()
+    return reader

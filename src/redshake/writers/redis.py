@@ -223,6 +223,31 @@ class RedisWriter:
         if self._qps:
             self._throttle()
 
+    def begin_unit(self) -> None:
+        """Open an atomic unit (exactly-once mode): everything written until :meth:`end_unit`
+        goes out as one MULTI ... EXEC, so the target applies all of it or none of it (a
+        transaction whose EXEC never arrived is discarded when the connection closes).
+        MULTI/EXEC entries must not be written inside a unit."""
+        if self._block is None:
+            self._write_txn(Entry(self._db, [_MULTI]))
+
+    def end_unit(self, db: int, key: bytes, value: bytes, offset: int) -> None:
+        """Close the unit with ``SET key value`` in ``db`` (the position marker) and EXEC;
+        ``offset`` becomes the acknowledged offset when the EXEC reply arrives."""
+        self._write_txn(Entry(db, [b"SET", key, value]))
+        self._write_txn(Entry(self._db, [_EXEC], None, offset))
+
+    def get(self, db: int, key: bytes) -> bytes | None:
+        """Synchronously read a string key (after everything written so far is applied)."""
+        self._no_open_block("GET")
+        self.flush()
+        out: list[object] = []
+        self._guard(lambda: out.append(self.conn.call("SELECT", db)))
+        self._guard(lambda: out.append(self.conn.call("GET", key)))
+        self._guard(lambda: self.conn.call("SELECT", self._db))
+        v = out[1]
+        return v if isinstance(v, bytes) else None
+
     @property
     def in_transaction(self) -> bool:
         """A MULTI was written and its EXEC not yet."""
