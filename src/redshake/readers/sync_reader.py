@@ -167,9 +167,9 @@ class SyncReader:
                 self._dirty_target = True
         self.link = SourceLink(self.opts, self.spool, resume, self.name)
 
-    def _resume_from_marker(self, replid: str, offset: int) -> tuple[str, int] | None:
-        """Exactly-once mode: the target's marker says exactly how far it got. After a
-        crash it is ahead of the checkpoint (written ten times a second); resume there."""
+    def _marker_position(self, replid: str, offset: int) -> tuple[int, int] | None:
+        """Exactly-once mode: (offset, db) from the target's marker when it is ahead of
+        ``offset`` for the same replication id: the target applied exactly that much."""
         read = self.ctx.options.get("read_marker")
         if not self.marker_key or read is None:
             return None
@@ -183,12 +183,19 @@ class SyncReader:
         if m_replid != replid or m_offset <= offset:
             return None
         log.info(
-            "[%s] the target's marker %r is ahead of the checkpoint: it has applied the "
-            "stream up to offset %d (db %d); resuming there, nothing is applied twice",
-            self.name, self.marker_key.decode("utf-8", "replace"), m_offset, db,
+            "[%s] the target's marker %r is ahead of offset %d: the target has applied the "
+            "stream up to offset %d (db %d); continuing there, nothing is applied twice",
+            self.name, self.marker_key.decode("utf-8", "replace"), offset, m_offset, db,
         )  # fmt: skip
-        self.db = db
-        return replid, m_offset
+        return m_offset, db
+
+    def _resume_from_marker(self, replid: str, offset: int) -> tuple[str, int] | None:
+        """After a crash the marker is ahead of the checkpoint (written ten times a second)."""
+        pos = self._marker_position(replid, offset)
+        if pos is None:
+            return None
+        self.db = pos[1]
+        return replid, pos[0]
 
     def unit_marker(self) -> tuple[bytes, bytes, int]:
         """(key, value, tagged offset) of the exactly-once marker for everything handed
@@ -315,6 +322,10 @@ class SyncReader:
             while len(self._db_changes) > 1 and self._db_changes[-1][0] > off:
                 self._db_changes.pop()
             db = self._db_at(off)
+            # a batch whose EXEC reply was lost with the connection may still have been applied
+            pos = self._marker_position(ep.replid, off)
+            if pos is not None:
+                off, db = pos
             log.info("[%s] re-sending the stream from offset %d (db %d)", self.name, off, db)
             self._start_stream(off, db)
             self._last_entry_off = None
