@@ -26,7 +26,15 @@ from redshake.rdb.records import (
     SelectDb,
     SlotInfo,
 )
-from redshake.rdb.values import StreamGroup, StreamValue, decode_value
+from redshake.rdb.values import (
+    STREAM_CLAIMS_CHUNK,
+    StreamConsumer,
+    StreamConsumerPart,
+    StreamGroup,
+    StreamGroupHead,
+    StreamValue,
+    decode_value,
+)
 
 MANIFEST = json.loads((TESTDATA / "manifest.json").read_text())
 RDB_FILES = [f for f in MANIFEST["files"] if f["kind"] == "rdb"]
@@ -456,13 +464,34 @@ STREAMABLE = {0, 1, 2, 3, 4, 5, 14, 15, 18, 19, 21, 22, 24}  # 0: long raw / LZF
 
 
 def stream_from_items(items: list) -> StreamValue:
-    """The StreamValue a streamed stream's items describe: entries, metadata, groups."""
+    """The StreamValue a streamed stream's items describe: entries, metadata, groups. A
+    group arrives as a StreamGroupHead and its consumers' StreamConsumerParts: its PEL is
+    rebuilt from their pending entries (in id order)."""
     (meta,) = [it for it in items if isinstance(it, StreamValue)]
     i = items.index(meta)
     assert all(type(it) is tuple for it in items[:i])
-    assert all(isinstance(it, StreamGroup) for it in items[i + 1 :])
     meta.entries = items[:i]
-    meta.groups = items[i + 1 :]
+    heads: list[StreamGroupHead] = []
+    for it in items[i + 1 :]:
+        if type(it) is StreamGroupHead:
+            heads.append(it)
+            g = StreamGroup(it.name, it.last_id, it.entries_read, [], [])
+            meta.groups.append(g)
+            continue
+        assert type(it) is StreamConsumerPart and it.group == g.name
+        assert len(it.pending) <= STREAM_CLAIMS_CHUNK
+        last = g.consumers[-1] if g.consumers else None
+        if (last is not None and last.name == it.name and last.pel_ids
+                and len(last.pel_ids) % STREAM_CLAIMS_CHUNK == 0):  # fmt: skip
+            assert it.pending  # the next chunk of the same consumer
+        else:
+            last = StreamConsumer(it.name, it.seen_time, it.active_time, [])
+            g.consumers.append(last)
+        last.pel_ids += [pid for pid, _, _ in it.pending]
+        g.pel += it.pending
+    for g, h in zip(meta.groups, heads, strict=True):
+        g.pel.sort(key=lambda e: tuple(map(int, e[0].split(b"-"))))
+        assert len(g.pel) <= h.pending
     return meta
 
 

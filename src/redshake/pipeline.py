@@ -249,6 +249,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     if transform is not None:
         # filters and Lua functions written for RedisShake expect every RDB key as RESTORE
         caps.set_strings = False
+        caps.temp_keys = False  # nor temporary keys for huge elements
     ctx = ReaderContext(
         caps=caps,
         behavior=adv.rdb_restore_command_behavior,

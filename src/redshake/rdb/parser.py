@@ -22,9 +22,16 @@ Redis 22/24, Valkey 22) switch to streaming: ``BigKeyStart``, ``BigKeyPart`` (at
 Streams (15, 19, 21) stream the same way, as kind ``"stream"`` (``count`` -1): their nodes
 are decoded one at a time into live entries ``(id, [field, value, ...])`` (deleted ones are
 left out), then come one :class:`~redshake.rdb.values.StreamValue` item with the metadata
-(length, last id, first id, max deleted id, entries added; no entries, no groups) and one
-:class:`~redshake.rdb.values.StreamGroup` item per consumer group (its PEL and consumers).
-A stream also goes big when its nodes are small but its group tail is not.
+(length, last id, first id, max deleted id, entries added; no entries, no groups), then
+per consumer group a :class:`~redshake.rdb.values.StreamGroupHead` (name, last id, entries
+read, PEL size) and :class:`~redshake.rdb.values.StreamConsumerPart` items: each consumer's
+pending entries ``(id, delivery time, delivery count)``, at most ``STREAM_CLAIMS_CHUNK`` per
+item (one empty item for a consumer without any), one item per ``BigKeyPart``. The group's
+global PEL comes before its consumers in the file: it is read in chunks into a compact store
+(raw ids, times and counts in a bytearray and two arrays, 32 bytes an entry, no Python
+object per entry), kept until the group's last consumer is read, and each consumer's ids are
+looked up in it (PEL entries no consumer owns are left out). A stream also goes big when its
+nodes are small but its group tail is not.
 
 A string value of type 0 whose stored bytes exceed the threshold is streamed as kind
 ``"string"`` with parts of 1 MiB pieces (``count`` = its length): a raw one as it is read,
@@ -32,11 +39,22 @@ an LZF-compressed one (encoding 0xC3) decompressed 64 KiB of input at a time
 (:class:`~redshake.rdb.primitives.LzfStream`), so neither its compressed nor its
 decompressed bytes are ever held whole.
 
+Inside a streamed value of type 1 to 5, a single string whose stored bytes (raw, or
+LZF-compressed) exceed the threshold -- a huge list element, set or zset member, hash field
+or value -- is streamed the same way: ``BigElementStart(role, length)``, ``BigElementPart``
+(1 MiB pieces), ``BigElementEnd``, between the ``BigKeyPart`` records of its key, after the
+items before it; its item comes in a later part with ``BIG_ELEMENT`` in its place (see
+:mod:`~redshake.rdb.records`). An aggregate whose next element ends more than the threshold
+past its start goes big at once, without buffering that element.
+
 Still buffered whole: single ziplist/listpack/intset/zipmap blobs (a huge blob is one
-rdb-string), one stream node or one consumer group (a node holds a few KiB of entries, or
-one bigger entry, unless stream-node-max-bytes was raised; a group holds its whole PEL),
-single elements of aggregates (a huge list element or hash value, raw or LZF), and module
-values.
+rdb-string), hence a huge element of a list in a modern RDB (quicklist types 14 and 18: a
+ziplist/listpack node, or since Redis 7 a PLAIN node of its own; compact hashes, sets and
+zsets only hold such elements when their ``*-max-*-value`` settings were raised), the
+strings of the hashes with field TTLs (22, 24), one stream node (a node holds a few KiB of
+entries, or one bigger entry, unless stream-node-max-bytes was raised), and module values.
+Held compactly rather than streamed: the PEL of the consumer group being read (32 bytes a
+pending entry, released after the group).
 
 Incomplete aggregates resume where they stopped when more data arrives (no re-scan from
 the start of the record), and an incomplete string waits until its known end is buffered,
@@ -46,12 +64,17 @@ so feeding small chunks costs no more than feeding the whole file.
 from __future__ import annotations
 
 import struct
+from array import array
 from collections.abc import Iterator
 
 from . import walk
-from .primitives import Crc64, LzfStream, RdbError, Truncated
+from .primitives import Crc64, LzfStream, RdbError, Truncated, read_double_str
 from .records import (
+    BIG_ELEMENT,
     Aux,
+    BigElementEnd,
+    BigElementPart,
+    BigElementStart,
     BigKeyEnd,
     BigKeyPart,
     BigKeyStart,
@@ -64,7 +87,14 @@ from .records import (
     SelectDb,
     SlotInfo,
 )
-from .values import decode_stream_meta
+from .values import (
+    STREAM_CLAIMS_CHUNK,
+    StreamConsumerPart,
+    StreamGroupHead,
+    decode_stream_consumer_head,
+    decode_stream_group_head,
+    decode_stream_meta,
+)
 from .walk import (
     BLOB_INTSET,
     BLOB_LISTPACK,
@@ -81,6 +111,9 @@ __all__ = ["RdbParser"]
 _I32LE = struct.Struct("<i").unpack_from
 _I64LE = struct.Struct("<q").unpack_from
 _U64LE = struct.Struct("<Q").unpack_from
+_U32BE = struct.Struct(">I").unpack_from
+_U64BE = struct.Struct(">Q").unpack_from
+_F64LE = struct.Struct("<d").unpack_from
 
 _HEADER, _BODY, _DONE = 0, 1, 2
 
@@ -120,11 +153,12 @@ class _Vt:
 def _value_table(valkey: bool, version: int) -> list[_Vt | None]:
     tab: list[_Vt | None] = [None] * 256
     tab[0] = _Vt(_K_STR)
-    tab[1] = _Vt(_K_AGG, walk.el_str, reader=walk.rd_str, big_kind="list")
-    tab[2] = _Vt(_K_AGG, walk.el_str, reader=walk.rd_str, big_kind="set")
-    tab[3] = _Vt(_K_AGG, walk.el_zset_str, reader=walk.rd_zset_str, big_kind="zset")
-    tab[4] = _Vt(_K_AGG, walk.el_pair, reader=walk.rd_pair, big_kind="hash")
-    tab[5] = _Vt(_K_AGG, walk.el_zset_bin, reader=walk.rd_zset_bin, big_kind="zset")
+    # (types 1 to 5: the element readers below, which also stream a single huge string)
+    tab[1] = _Vt(_K_AGG, walk.el_str, reader=_rd_elem, big_kind="list")
+    tab[2] = _Vt(_K_AGG, walk.el_str, reader=_rd_elem, big_kind="set")
+    tab[3] = _Vt(_K_AGG, walk.el_zset_str, reader=_rd_zset_elem, big_kind="zset")
+    tab[4] = _Vt(_K_AGG, walk.el_pair, reader=_rd_pair_elem, big_kind="hash")
+    tab[5] = _Vt(_K_AGG, walk.el_zset_bin, reader=_rd_zset_elem, big_kind="zset")
     tab[6] = _Vt(_K_ERR, msg="module value of pre-GA type 6 cannot be parsed without the module")
     tab[7] = _Vt(_K_MOD)
     tab[9] = _Vt(_K_STR, blob=BLOB_ZIPMAP)
@@ -164,7 +198,7 @@ class _Big:
     ``reader(buf, pos, items, extra) -> end``; then, if set, ``then(buf, pos, big) -> end``
     reads what follows and sets up the next reader (or clears ``then``)."""
 
-    __slots__ = ("reader", "rem", "items", "extra", "key", "part", "then")
+    __slots__ = ("reader", "rem", "items", "extra", "key", "part", "then", "sub")
 
     def __init__(self, reader, rem: int, extra, key: bytes, part: int = 0, then=None) -> None:
         self.reader = reader
@@ -174,6 +208,9 @@ class _Big:
         self.key = key
         self.part = part  # items per BigKeyPart (0: the parser's part_items)
         self.then = then
+        # while one huge string of an element is streamed (BigElementPart pieces): the
+        # aggregate's (reader, rem, extra, then, part), restored at its end
+        self.sub: tuple | None = None
 
 
 # A raw string longer than the big-value threshold is streamed in pieces of this size,
@@ -229,14 +266,318 @@ def _lzf_piece(buf, p: int, items: list, st: _LzfPieces) -> int:
     return e
 
 
+# ---- element readers of streamed lists, sets, zsets and hashes of types 1 to 5 -------------
+#
+# Like walk.rd_str / rd_pair / rd_zset_*, except that an rdb-string whose stored length
+# (raw, or LZF-compressed) exceeds the threshold is not read: _GoElem is raised at it, and
+# _RdbParser._big_run streams it in BigElementPart pieces (_str_piece / _lzf_piece), then
+# calls the reader again, which goes on from the string after it (``stage``) and puts
+# BIG_ELEMENT in the item in its place.
+
+
+class _GoElem(Exception):
+    __slots__ = ("head", "role", "stage", "held")
+
+    def __init__(self, head: tuple[int, int, int], role: str, stage: int, held) -> None:
+        self.head = head  # (data start, stored length, uncompressed length or -1)
+        self.role = role
+        self.stage = stage  # the reader's stage once the string is streamed
+        self.held = held  # what it keeps of the element meanwhile (a hash field)
+
+
+class _Elems:
+    """State of the element reader of a streamed value of type 1 to 5."""
+
+    __slots__ = ("limit", "short", "role", "bin", "stage", "held")
+
+    def __init__(self, limit: int, role: str, binary: bool) -> None:
+        self.limit = limit
+        # header bytes below this one announce strings that cannot exceed the limit
+        self.short = 0x80 if limit >= 0x3FFF else 0x40 if limit >= 0x3F else 0
+        self.role = role  # of a list or set element
+        self.bin = binary  # zset scores: 8-byte doubles (type 5), else strings (type 3)
+        self.stage = 0  # strings of the current element already read (a hash field) or streamed
+        self.held = None  # the hash field read before a streamed value
+
+
+def _big_head(buf, p: int, limit: int) -> tuple[int, int, int] | None:
+    """(data start, stored length, uncompressed length or -1) of the raw or LZF rdb-string at
+    ``p`` when its stored length exceeds ``limit``; else None."""
+    b = buf[p]
+    if b < 0x40:
+        n, q = b, p + 1
+    elif b < 0x80:
+        n, q = ((b & 0x3F) << 8) | buf[p + 1], p + 2
+    elif b == 0x80:
+        n, q = _U32BE(buf, p + 1)[0], p + 5
+    elif b == 0x81:
+        n, q = _U64BE(buf, p + 1)[0], p + 9
+    elif b == 0xC3:
+        n, q = read_len(buf, p + 1)
+        if n <= limit:
+            return None
+        u, q = read_len(buf, q)
+        return q, n, u
+    else:
+        return None  # an integer (or an error read_str reports)
+    return (q, n, -1) if n > limit else None
+
+
+def _rd_elem(buf, p: int, items: list, ctx: _Elems) -> int:
+    """List (type 1) or set (type 2) element."""
+    if ctx.stage:
+        ctx.stage = 0
+        items.append(BIG_ELEMENT)
+        return p
+    if buf[p] >= ctx.short:
+        h = _big_head(buf, p, ctx.limit)
+        if h is not None:
+            raise _GoElem(h, ctx.role, 1, None)
+    s, p = read_str(buf, p)
+    items.append(s)
+    return p
+
+
+def _rd_pair_elem(buf, p: int, items: list, ctx: _Elems) -> int:
+    """Hash (type 4) field and value."""
+    stage = ctx.stage
+    if stage == 2:
+        f, v = ctx.held, BIG_ELEMENT
+    else:
+        short = ctx.short
+        if stage == 0:
+            if buf[p] >= short:
+                h = _big_head(buf, p, ctx.limit)
+                if h is not None:
+                    raise _GoElem(h, "field", 1, BIG_ELEMENT)
+            f, p = read_str(buf, p)
+        else:
+            f = ctx.held
+        if buf[p] >= short:
+            h = _big_head(buf, p, ctx.limit)
+            if h is not None:
+                raise _GoElem(h, "value", 2, f)
+        v, p = read_str(buf, p)
+    ctx.stage = 0
+    ctx.held = None
+    items.append((f, v))
+    return p
+
+
+def _rd_zset_elem(buf, p: int, items: list, ctx: _Elems) -> int:
+    """Sorted set member and score: an 8-byte double (type 5) or a string (type 3)."""
+    if ctx.stage:
+        m = BIG_ELEMENT
+    else:
+        if buf[p] >= ctx.short:
+            h = _big_head(buf, p, ctx.limit)
+            if h is not None:
+                raise _GoElem(h, "member", 1, None)
+        m, p = read_str(buf, p)
+    if ctx.bin:
+        s = repr(_F64LE(buf, p)[0]).encode()
+        p += 8
+    else:
+        s, p = read_double_str(buf, p)
+    ctx.stage = 0
+    items.append((m, s))
+    return p
+
+
+_ELEM_READERS = (_rd_elem, _rd_pair_elem, _rd_zset_elem)
+_ELEM_ROLE = {1: "element", 2: "member", 3: "member", 4: "field", 5: "member"}
+
+
 def _stream_tail(buf, p: int, big: _Big) -> int:
     """After the nodes of a streamed stream: its metadata (a StreamValue without entries nor
-    groups, as one item), then one reader call per consumer group (a StreamGroup item)."""
+    groups, as one item), then its consumer groups (see _StreamGroups), one item per part."""
     st = big.extra
     meta, ngroups, q = decode_stream_meta(st.type, buf, p, st.first or b"0-0")
     big.items.append(meta)
-    big.reader, big.rem, big.extra, big.then = walk.rd_stream_group, ngroups, st.type, None
+    big.reader, big.rem, big.extra = None, 0, _StreamGroups(st.type, ngroups)
+    big.then = _group_head if ngroups else None
+    big.part = 1  # a consumer part holds up to STREAM_CLAIMS_CHUNK pending entries
     return q
+
+
+# Consumer groups of a streamed stream. A group's global PEL is read by a `then` hook, up to
+# _PEL_CHUNK complete entries per call, into a compact store (16-byte raw ids in one
+# bytearray, delivery times and counts in two arrays: 32 bytes an entry) that is kept until
+# the group's consumers are read; then each consumer's pending ids, STREAM_CLAIMS_CHUNK per
+# reader call, are looked up in it (both are in ascending id order: a forward search from
+# the previous hit) and come out as StreamConsumerPart items. `then` hooks also read the
+# group and consumer heads.
+_PEL_CHUNK = 4096
+_ID16 = struct.Struct(">QQ")
+
+
+class _StreamGroups:
+    __slots__ = ("type", "groups", "name", "consumers", "consumer", "left", "ptr",
+                 "ids", "times", "counts", "last", "unsorted")  # fmt: skip
+
+    def __init__(self, t: int, ngroups: int) -> None:
+        self.type = t
+        self.groups = ngroups  # groups not finished yet (the current one included)
+        self.name = b""  # current group
+        self.consumers = 0  # consumers of the current group not read yet
+        self.consumer: tuple[bytes, int, int] = (b"", 0, 0)  # name, seen time, active time
+        self.left = 0  # PEL entries, then pending ids of the current consumer, to read
+        self.ptr = 0  # the current consumer's next id is at or after this PEL entry
+        self.new_store()
+
+    def new_store(self) -> None:
+        self.ids = bytearray()
+        self.times = array("q")
+        self.counts = array("Q")
+        self.last = b""  # id of the last PEL entry read
+        self.unsorted = False  # PEL not in id order (never written so by Redis)
+
+    def find(self, rid: bytes, lo: int) -> int:
+        """Index of PEL entry ``rid`` (16 raw bytes) at or after entry ``lo``, or -1."""
+        ids = self.ids
+        if self.unsorted:
+            i = ids.find(rid)
+            while i >= 0 and i & 15:
+                i = ids.find(rid, i + 1)
+            return i >> 4 if i >= 0 else -1
+        n = len(ids) >> 4
+        hi, step = n, 1  # gallop from lo, then bisect
+        while lo + step - 1 < n:
+            j = lo + step - 1
+            if ids[j << 4 : (j << 4) + 16] >= rid:
+                hi = j
+                break
+            lo = j + 1
+            step <<= 1
+        while lo < hi:
+            j = (lo + hi) >> 1
+            if ids[j << 4 : (j << 4) + 16] < rid:
+                lo = j + 1
+            else:
+                hi = j
+        return lo if lo < n and ids[lo << 4 : (lo << 4) + 16] == rid else -1
+
+
+def _group_head(buf, p: int, big: _Big) -> int:
+    """Start of a consumer group: a StreamGroupHead item; its PEL is read next."""
+    st = big.extra
+    name, last_id, entries_read, npel, p = decode_stream_group_head(st.type, buf, p)
+    big.items.append(StreamGroupHead(name, last_id, entries_read, npel))
+    st.name, st.left = name, npel
+    big.then = _group_pel if npel else _group_consumers
+    return p
+
+
+def _group_pel(buf, p: int, big: _Big) -> int:
+    """Up to _PEL_CHUNK entries of a group's PEL (16-byte id, 8-byte delivery time, len-enc
+    delivery count each) into its compact store: every complete one that is buffered (this
+    hook runs again while entries are left), so a PEL fed in small pieces is read once."""
+    st = big.extra
+    n = _PEL_CHUNK if st.left > _PEL_CHUNK else st.left
+    ids = bytearray()
+    times = array("q")
+    counts = array("Q")
+    last, unsorted = st.last, st.unsorted
+    I64, rlen, tadd, cadd = _I64LE, read_len, times.append, counts.append
+    end = len(buf)
+    k = 0
+    try:
+        while k < n:
+            if p + 25 > end:
+                raise Truncated(p + 25)
+            rid = buf[p : p + 16]
+            t = I64(buf, p + 16)[0]
+            b = buf[p + 24]
+            if b < 0x40:
+                c, q = b, p + 25
+            else:
+                c, q = rlen(buf, p + 24)
+            tadd(t)
+            cadd(c)
+            if rid <= last:
+                unsorted = True
+            ids += rid
+            last = rid
+            p = q
+            k += 1
+    except SHORT:
+        if not k:
+            raise
+    st.ids += ids
+    st.times += times
+    st.counts += counts
+    st.last, st.unsorted = bytes(last), unsorted
+    st.left -= k
+    if not st.left:
+        big.then = _group_consumers
+    return p
+
+
+def _group_consumers(buf, p: int, big: _Big) -> int:
+    """After a group's PEL: the number of its consumers."""
+    st = big.extra
+    st.consumers, p = read_len(buf, p)
+    big.reader, big.rem = None, 0
+    big.then = _consumer_head if st.consumers else _group_end
+    return p
+
+
+def _consumer_head(buf, p: int, big: _Big) -> int:
+    """Start of a consumer: its pending ids are read next (a consumer without any is one
+    empty StreamConsumerPart)."""
+    st = big.extra
+    name, seen, active, n, p = decode_stream_consumer_head(st.type, buf, p)
+    if not n:
+        big.items.append(StreamConsumerPart(st.name, name, seen, active, []))
+    st.consumer, st.left, st.ptr = (name, seen, active), n, 0
+    st.consumers -= 1
+    big.reader, big.rem = _rd_consumer_ids, -(-n // STREAM_CLAIMS_CHUNK)
+    big.then = _consumer_head if st.consumers else _group_end
+    return p
+
+
+def _rd_consumer_ids(buf, p: int, items: list, st: _StreamGroups) -> int:
+    """Reader of up to STREAM_CLAIMS_CHUNK pending ids of a consumer (16 raw bytes each),
+    looked up in the group's PEL store: one StreamConsumerPart item."""
+    n = STREAM_CLAIMS_CHUNK if st.left > STREAM_CLAIMS_CHUNK else st.left
+    e = p + 16 * n
+    if e > len(buf):
+        raise Truncated(e)
+    raw = bytes(buf[p:e])
+    ids, times, counts, ptr = st.ids, st.times, st.counts, st.ptr
+    o = ptr << 4
+    if not st.unsorted and ids[o : o + len(raw)] == raw:  # the next n entries of the PEL
+        pending = [(b"%d-%d" % msq, times[i], counts[i])
+                   for i, msq in enumerate(_ID16.iter_unpack(raw), ptr)]  # fmt: skip
+        ptr += n
+    else:
+        pending = []
+        append, find = pending.append, st.find
+        for j in range(0, len(raw), 16):
+            rid = raw[j : j + 16]
+            sid = b"%d-%d" % _ID16.unpack_from(raw, j)
+            o = ptr << 4
+            i = ptr if ids[o : o + 16] == rid else find(rid, ptr)
+            if i < 0:
+                append((sid, 0, 0))  # not in the PEL (as the whole-value rebuild does)
+            else:
+                append((sid, times[i], counts[i]))
+                ptr = i + 1
+    name, seen, active = st.consumer
+    items.append(StreamConsumerPart(st.name, name, seen, active, pending))
+    st.left -= n
+    st.ptr = ptr
+    return e
+
+
+def _group_end(buf, p: int, big: _Big) -> int:
+    """After the last consumer of a group: release its PEL store; next group or the end."""
+    st = big.extra
+    st.new_store()
+    st.groups -= 1
+    big.reader, big.rem = None, 0
+    big.then = _group_head if st.groups else None
+    return p
 
 
 _EL_STR = walk.el_str
@@ -523,10 +864,17 @@ class RdbParser:
                     tail = vt.tail
                     if tail == _T_STREAM:  # a big consumer-group tail can go big too
                         ve = walk.skip_stream_tail(buf, q, t)
-                except SHORT:
+                except SHORT as e:
                     self._pend = [t, key, expire, idle, freq, off, base + vs, cnt, base + q,
                                   rem, base + first]  # fmt: skip
-                    if vt.reader is not None and n - self._pos > self._threshold:
+                    reader = vt.reader
+                    if reader is not None and (
+                        n - self._pos > self._threshold
+                        # an element that ends past the threshold: stream it, do not wait
+                        # for all of it (elements of types 1 to 5 only)
+                        or (reader in _ELEM_READERS and type(e) is Truncated and e.args
+                            and e.args[0] - self._pos > self._threshold)
+                    ):  # fmt: skip
                         yield from self._go_big(vt, t, key, expire, idle, freq, off, vs, cnt,
                                                 first, db)  # fmt: skip
                         if self._big is not None:
@@ -548,6 +896,10 @@ class RdbParser:
                 yield KV(db, key, t, bytes(buf[vs:ve]), expire, idle, freq, off, empty)
             except SHORT as e:
                 need = e.args[0] if e.args and isinstance(e.args[0], int) else len(buf) + 1
+                pend = self._pend
+                if pend is not None and vtab[pend[0]].reader is not None:
+                    # retry no later than when it goes big (a stream's PEL end is far away)
+                    need = min(need, self._pos + self._threshold + 1)
                 self._need = base + max(need, len(buf) + 1)
                 p = self._pos
                 break
@@ -650,6 +1002,8 @@ class RdbParser:
         then = None
         if vt.pre8:
             extra = _I64LE(self._buf, vs)[0]
+        elif vt.reader in _ELEM_READERS:
+            extra = _Elems(self._threshold, _ELEM_ROLE[t], t == 5)
         elif vt.tail == _T_STREAM:
             extra = walk.StreamWalk(t)
             then = _stream_tail
@@ -683,25 +1037,50 @@ class RdbParser:
         if base + len(buf) < self._need:
             return
         p = self._pos
-        items, part = big.items, big.part or self._part
+        items = big.items
         rem = 0
         try:
             while True:
                 reader, extra, rem = big.reader, big.extra, big.rem
-                while rem:
-                    p = reader(buf, p, items, extra)
-                    rem -= 1
-                    if len(items) >= part:
-                        big.rem = rem
-                        self._pos = p
-                        while len(items) >= part:
-                            chunk = items[:part]
-                            del items[:part]
-                            yield BigKeyPart(chunk)
+                sub = big.sub
+                part = big.part or self._part
+                Part = BigKeyPart if sub is None else BigElementPart
+                try:
+                    while rem:
+                        p = reader(buf, p, items, extra)
+                        rem -= 1
+                        if len(items) >= part:
+                            big.rem = rem
+                            self._pos = p
+                            while len(items) >= part:
+                                chunk = items[:part]
+                                del items[:part]
+                                yield Part(chunk)
+                except _GoElem as g:
+                    yield from self._elem_start(big, g, p, rem)
+                    p = self._pos
+                    continue
                 big.rem = 0
+                if sub is not None:  # the end of a streamed element string
+                    self._pos = p
+                    if items:
+                        chunk = items[:]
+                        items.clear()
+                        yield BigElementPart(chunk)
+                    big.reader, big.rem, big.extra, big.then, big.part = sub
+                    big.sub = None
+                    yield BigElementEnd()
+                    continue
                 if big.then is None:
                     break
                 p = big.then(buf, p, big)
+                if len(items) >= (big.part or self._part):
+                    # what a `then` hook added (it may also have lowered the part size: the
+                    # items before it stay together, fewer than the previous part size)
+                    self._pos = p
+                    chunk = items[:]
+                    items.clear()
+                    yield BigKeyPart(chunk)
         except SHORT as e:
             need = e.args[0] if e.args and isinstance(e.args[0], int) else len(buf) + 1
             self._need = base + max(need, len(buf) + 1)
@@ -717,3 +1096,27 @@ class RdbParser:
             items.clear()
             yield BigKeyPart(chunk)
         yield BigKeyEnd()
+
+    def _elem_start(self, big: _Big, g: _GoElem, p: int, rem: int) -> Iterator[Record]:
+        """An element reader met a string over the threshold at ``p``: the items before it go
+        out, then it is streamed (``big.sub`` keeps the aggregate's reader meanwhile)."""
+        items = big.items
+        big.rem = rem
+        if items:  # (state unchanged: the reader raises _GoElem again if resumed here)
+            self._pos = p
+            chunk = items[:]
+            items.clear()
+            yield BigKeyPart(chunk)
+        ctx = big.extra
+        ctx.stage, ctx.held = g.stage, g.held
+        big.sub = (big.reader, rem, ctx, big.then, big.part)
+        ds, slen, ulen = g.head
+        if ulen < 0:
+            big.reader, big.rem, big.extra = _str_piece, -(-slen // _STR_PIECE), [slen]
+        else:
+            big.reader, big.rem = _lzf_piece, -(-slen // _LZF_SLICE)
+            big.extra = _LzfPieces(slen, ulen)
+        big.then = None
+        big.part = _STR_PART
+        self._pos = ds
+        yield BigElementStart(g.role, slen if ulen < 0 else ulen)

@@ -16,6 +16,10 @@ __all__ = [
     "BigKeyStart",
     "BigKeyPart",
     "BigKeyEnd",
+    "BigElementStart",
+    "BigElementPart",
+    "BigElementEnd",
+    "BIG_ELEMENT",
     "Eof",
     "Record",
 ]
@@ -186,7 +190,12 @@ class BigKeyPart(_Rec):
     list/set: ``[bytes]``; zset: ``[(member, score_text)]``; hash: ``[(field, value)]`` or, for
     hashes with field TTLs, ``[(field, value, expire_ms_or_-1)]``; string: ``[bytes]`` pieces;
     stream: entries ``(id, [field, value, ...])``, then once a ``StreamValue`` with the
-    metadata (no entries, no groups), then one ``StreamGroup`` per consumer group.
+    metadata (no entries, no groups), then per consumer group a ``StreamGroupHead`` and its
+    consumers' ``StreamConsumerPart`` items (pending entries in chunks; see
+    :func:`~redshake.rdb.values.stream_group_parts`), one item per part.
+
+    In a list, set, zset or hash of the element-wise types (1 to 5), a string that was itself
+    streamed (see :class:`BigElementStart`) is the placeholder :data:`BIG_ELEMENT` in its item.
     """
 
     __slots__ = ("items",)
@@ -199,6 +208,52 @@ class BigKeyEnd(_Rec):
     """End of a big value."""
 
     __slots__ = ()
+
+
+class BigElementStart(_Rec):
+    """Start of one string of a big value's element that is itself too big to buffer (a
+    300 MB hash value, set member, ...): its bytes follow in :class:`BigElementPart` records
+    (pieces of at most 1 MiB), then :class:`BigElementEnd`. It comes between the
+    :class:`BigKeyPart` records of its key, after those holding the items before it; the item
+    it belongs to comes in a later part with :data:`BIG_ELEMENT` in its place (a hash
+    item may hold two). ``role`` is ``'element'`` (list), ``'member'`` (set, zset),
+    ``'field'`` or ``'value'`` (hash); ``length`` its (uncompressed) length."""
+
+    __slots__ = ("role", "length")
+
+    def __init__(self, role: str, length: int) -> None:
+        self.role = role
+        self.length = length
+
+
+class BigElementPart(_Rec):
+    """Consecutive byte pieces of the string a :class:`BigElementStart` announced."""
+
+    __slots__ = ("pieces",)
+
+    def __init__(self, pieces: list) -> None:
+        self.pieces = pieces
+
+
+class BigElementEnd(_Rec):
+    """End of a streamed element string."""
+
+    __slots__ = ()
+
+
+class _BigElement:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "BIG_ELEMENT"
+
+    def __reduce__(self) -> str:
+        return "BIG_ELEMENT"
+
+
+BIG_ELEMENT = _BigElement()
+"""Placeholder, in a :class:`BigKeyPart` item, for a string that was streamed as
+:class:`BigElementStart` / :class:`BigElementPart` / :class:`BigElementEnd` before it."""
 
 
 class Eof(_Rec):
@@ -223,5 +278,8 @@ Record = (
     | BigKeyStart
     | BigKeyPart
     | BigKeyEnd
+    | BigElementStart
+    | BigElementPart
+    | BigElementEnd
     | Eof
 )

@@ -20,11 +20,14 @@ from .values import (
     ListValue,
     ModuleValue,
     SetValue,
+    StreamConsumerPart,
     StreamGroup,
+    StreamGroupHead,
     StreamValue,
     StringValue,
     Value,
     ZSetValue,
+    stream_group_parts,
 )
 
 __all__ = [
@@ -172,37 +175,47 @@ def _stream_meta_commands(
         yield [b"XSETID", key, meta.last_id]
 
 
+def _stream_group_item_commands(
+    key: bytes, it: StreamGroupHead | StreamConsumerPart, ver: Version, max_items: int
+) -> Iterator[list[bytes]]:
+    """Commands for one item of a group (see values.stream_group_parts): XGROUP CREATE for
+    its head; for a consumer part, its pending entries (XCLAIM, ids that share delivery time
+    and count batched together), or the consumer itself when it has no pending entry."""
+    if type(it) is StreamGroupHead:
+        create = [b"XGROUP", b"CREATE", key, it.name, it.last_id]
+        if ver >= (7, 0, 0) and it.entries_read >= 0:
+            create += [b"ENTRIESREAD", b"%d" % it.entries_read]
+        yield create
+        return
+    if not it.pending:
+        if ver >= (6, 2, 0):
+            yield [b"XGROUP", b"CREATECONSUMER", key, it.group, it.name]
+        else:
+            # reading the (empty) history of a new consumer creates it, nothing else
+            yield [
+                b"XREADGROUP", b"GROUP", it.group, it.name, b"COUNT", b"1",
+                b"STREAMS", key, b"0",
+            ]  # fmt: skip
+        return
+    step = max(1, max_items)
+    batches: dict[tuple[int, int], list[bytes]] = {}
+    for pid, t, cnt in it.pending:
+        batches.setdefault((t, cnt), []).append(pid)
+    for (t, cnt), ids in batches.items():
+        for i in range(0, len(ids), step):
+            yield [
+                b"XCLAIM", key, it.group, it.name, b"0", *ids[i : i + step],
+                b"TIME", b"%d" % t, b"RETRYCOUNT", b"%d" % cnt, b"FORCE", b"JUSTID",
+            ]  # fmt: skip
+
+
 def _stream_group_commands(
     key: bytes, g: StreamGroup, ver: Version, max_items: int
 ) -> Iterator[list[bytes]]:
-    """XGROUP CREATE, then the group's pending entries (XCLAIM) and its consumers."""
-    create = [b"XGROUP", b"CREATE", key, g.name, g.last_id]
-    if ver >= (7, 0, 0) and g.entries_read >= 0:
-        create += [b"ENTRIESREAD", b"%d" % g.entries_read]
-    yield create
-    step = max(1, max_items)
-    pel = {pid: (t, c) for pid, t, c in g.pel}
-    for c in g.consumers:
-        # batch ids that share delivery time and count into one XCLAIM
-        batches: dict[tuple[int, int], list[bytes]] = {}
-        for pid in c.pel_ids:
-            t, cnt = pel.get(pid, (0, 0))
-            batches.setdefault((t, cnt), []).append(pid)
-        for (t, cnt), ids in batches.items():
-            for i in range(0, len(ids), step):
-                yield [
-                    b"XCLAIM", key, g.name, c.name, b"0", *ids[i : i + step],
-                    b"TIME", b"%d" % t, b"RETRYCOUNT", b"%d" % cnt, b"FORCE", b"JUSTID",
-                ]  # fmt: skip
-        if not c.pel_ids:
-            if ver >= (6, 2, 0):
-                yield [b"XGROUP", b"CREATECONSUMER", key, g.name, c.name]
-            else:
-                # reading the (empty) history of a new consumer creates it, nothing else
-                yield [
-                    b"XREADGROUP", b"GROUP", g.name, c.name, b"COUNT", b"1",
-                    b"STREAMS", key, b"0",
-                ]  # fmt: skip
+    """XGROUP CREATE, then the group's pending entries (XCLAIM) and its consumers: the
+    commands of the items the group arrives as when its stream is streamed."""
+    for it in stream_group_parts(g):
+        yield from _stream_group_item_commands(key, it, ver, max_items)
 
 
 def _require_streams(key: bytes, version: Version) -> None:
@@ -241,17 +254,20 @@ def stream_part_commands(
 ) -> Iterator[list[bytes]]:
     """Commands for one part of a stream that arrives in parts (parser kind 'stream'):
     entries ``(id, [field, value, ...])`` (XADD), then, once, the metadata (a StreamValue
-    without entries) and the consumer groups (StreamGroup), in that order: the same
-    commands as :func:`stream_to_commands`. ``created``: an earlier part added an entry."""
+    without entries), then the consumer groups (each a StreamGroupHead and its
+    StreamConsumerParts, or a whole StreamGroup), in that order: the same commands as
+    :func:`stream_to_commands`. ``created``: an earlier part added an entry."""
     _require_streams(key, target_version)
     for it in items:
         if type(it) is tuple:
             yield [b"XADD", key, it[0], *it[1]]
             created = True
+        elif isinstance(it, StreamValue):
+            yield from _stream_meta_commands(key, it, created, target_version)
         elif isinstance(it, StreamGroup):
             yield from _stream_group_commands(key, it, target_version, max_items)
         else:
-            yield from _stream_meta_commands(key, it, created, target_version)
+            yield from _stream_group_item_commands(key, it, target_version, max_items)
 
 
 def value_to_commands(

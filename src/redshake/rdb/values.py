@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Iterator
 
 from .encodings import (
     intset_members,
@@ -37,12 +38,18 @@ __all__ = [
     "StreamValue",
     "StreamGroup",
     "StreamConsumer",
+    "StreamGroupHead",
+    "StreamConsumerPart",
+    "STREAM_CLAIMS_CHUNK",
     "ModuleValue",
     "decode_value",
     "decode_value_at",
     "stream_node_entries",
     "decode_stream_meta",
     "decode_stream_group",
+    "decode_stream_group_head",
+    "decode_stream_consumer_head",
+    "stream_group_parts",
     "format_score",
     "TYPE_NAMES",
 ]
@@ -162,6 +169,65 @@ class StreamGroup(Value):
         self.entries_read = entries_read
         self.pel = pel
         self.consumers = consumers
+
+
+# A consumer's pending entries travel in items of at most this many entries (see
+# StreamConsumerPart); the command rebuild batches XCLAIMs within one item.
+STREAM_CLAIMS_CHUNK = 4096
+
+
+class StreamGroupHead(Value):
+    """Start of a consumer group, when a stream's groups arrive in parts (see
+    :func:`stream_group_parts`): what XGROUP CREATE needs; ``pending`` = size of its PEL."""
+
+    __slots__ = ("name", "last_id", "entries_read", "pending")
+
+    def __init__(self, name: bytes, last_id: bytes, entries_read: int, pending: int) -> None:
+        self.name = name
+        self.last_id = last_id
+        self.entries_read = entries_read
+        self.pending = pending
+
+
+class StreamConsumerPart(Value):
+    """Pending entries of one consumer of group ``group``, when a stream's groups arrive in
+    parts: ``pending`` = [(id, delivery_time_ms, delivery_count)] for at most
+    STREAM_CLAIMS_CHUNK of its pending ids, in their order (time and count 0 for an id the
+    group's PEL does not hold). A consumer with n pending ids comes as ceil(n / chunk) parts;
+    one without any as a single part with an empty ``pending``."""
+
+    __slots__ = ("group", "name", "seen_time", "active_time", "pending")
+
+    def __init__(
+        self,
+        group: bytes,
+        name: bytes,
+        seen_time: int,
+        active_time: int,
+        pending: list[tuple[bytes, int, int]],
+    ) -> None:
+        self.group = group
+        self.name = name
+        self.seen_time = seen_time
+        self.active_time = active_time
+        self.pending = pending
+
+
+def stream_group_parts(g: StreamGroup) -> Iterator[StreamGroupHead | StreamConsumerPart]:
+    """The items a whole decoded group arrives as when its stream is streamed (what the
+    streaming parser yields for it): a head, then each consumer's pending entries in chunks.
+    PEL entries that no consumer owns are not in them (the command rebuild cannot claim an
+    entry for nobody)."""
+    yield StreamGroupHead(g.name, g.last_id, g.entries_read, len(g.pel))
+    pel = {pid: (t, c) for pid, t, c in g.pel}
+    step = STREAM_CLAIMS_CHUNK
+    for c in g.consumers:
+        ids = c.pel_ids
+        if not ids:
+            yield StreamConsumerPart(g.name, c.name, c.seen_time, c.active_time, [])
+        for i in range(0, len(ids), step):
+            pending = [(pid, *pel.get(pid, (0, 0))) for pid in ids[i : i + step]]
+            yield StreamConsumerPart(g.name, c.name, c.seen_time, c.active_time, pending)
 
 
 class StreamValue(Value):
@@ -361,8 +427,9 @@ def decode_stream_meta(t: int, raw, pos: int, first_id: bytes) -> tuple[StreamVa
     return meta, ngroups, pos
 
 
-def decode_stream_group(t: int, raw, pos: int) -> tuple[StreamGroup, int]:
-    """One consumer group of a stream value of type ``t``, with its PEL and consumers."""
+def decode_stream_group_head(t: int, raw, pos: int) -> tuple[bytes, bytes, int, int, int]:
+    """The start of a consumer group of a stream of type ``t``: (name, last delivered id,
+    entries read (-1 = unknown), number of PEL entries, position of the first PEL entry)."""
     gname, pos = read_string(raw, pos)
     gms, pos = read_length(raw, pos)
     gseq, pos = read_length(raw, pos)
@@ -370,6 +437,24 @@ def decode_stream_group(t: int, raw, pos: int) -> tuple[StreamGroup, int]:
     if t >= 19:
         entries_read, pos = _signed_len(raw, pos)
     npel, pos = read_length(raw, pos)
+    return gname, _fmt_id(gms, gseq), entries_read, npel, pos
+
+
+def decode_stream_consumer_head(t: int, raw, pos: int) -> tuple[bytes, int, int, int, int]:
+    """The start of a consumer of a stream of type ``t``: (name, seen time, active time,
+    number of pending ids, position of the first 16-byte pending id)."""
+    cname, pos = read_string(raw, pos)
+    seen, pos = _ms8(raw, pos)
+    active = seen
+    if t >= 21:
+        active, pos = _ms8(raw, pos)
+    ncpel, pos = read_length(raw, pos)
+    return cname, seen, active, ncpel, pos
+
+
+def decode_stream_group(t: int, raw, pos: int) -> tuple[StreamGroup, int]:
+    """One consumer group of a stream value of type ``t``, with its PEL and consumers."""
+    gname, last_id, entries_read, npel, pos = decode_stream_group_head(t, raw, pos)
     pel: list[tuple[bytes, int, int]] = []
     for _ in range(npel):
         pid, pos = _raw_id(raw, pos)
@@ -379,18 +464,13 @@ def decode_stream_group(t: int, raw, pos: int) -> tuple[StreamGroup, int]:
     nconsumers, pos = read_length(raw, pos)
     consumers: list[StreamConsumer] = []
     for _ in range(nconsumers):
-        cname, pos = read_string(raw, pos)
-        seen, pos = _ms8(raw, pos)
-        active = seen
-        if t >= 21:
-            active, pos = _ms8(raw, pos)
-        ncpel, pos = read_length(raw, pos)
+        cname, seen, active, ncpel, pos = decode_stream_consumer_head(t, raw, pos)
         ids = []
         for _ in range(ncpel):
             pid, pos = _raw_id(raw, pos)
             ids.append(pid)
         consumers.append(StreamConsumer(cname, seen, active, ids))
-    return StreamGroup(gname, _fmt_id(gms, gseq), entries_read, pel, consumers), pos
+    return StreamGroup(gname, last_id, entries_read, pel, consumers), pos
 
 
 def _decode_stream(t: int, raw: bytes, pos: int) -> tuple[StreamValue, int]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 
 from .primitives import RdbError, Truncated, lzf_decompress, read_double_str
-from .values import decode_stream_group, stream_node_entries
+from .values import stream_node_entries
 
 _U16LE = struct.Struct("<H").unpack_from
 _U32LE = struct.Struct("<I").unpack_from
@@ -264,14 +264,6 @@ def rd_stream_node(buf, p: int, out: list, st: StreamWalk) -> int:
     if entries and not st.first:
         st.first = entries[0][0]
     out += entries
-    return p
-
-
-def rd_stream_group(buf, p: int, out: list, t: int) -> int:
-    """One consumer group of a stream tail, as a StreamGroup (PEL and consumers)."""
-    skip_stream_group(buf, p, t)  # decode once it is all buffered (raises Truncated(end))
-    group, p = decode_stream_group(t, buf, p)
-    out.append(group)
     return p
 
 

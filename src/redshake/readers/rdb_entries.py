@@ -14,22 +14,30 @@ Every key is written the cheapest way the target can load faithfully:
    larger than ``proto_max_bulk_len``, values that arrive in parts (big keys), streams a target
    cannot load, field TTLs, or when forced with ``target_redis_proto_max_bulk_len = 0``.
 
+A single element string too big to buffer (``BigElementStart`` ... ``BigElementEnd``: a 300 MB
+hash value, set member, ...) is built in a temporary key of the same cluster slot with SET +
+APPENDs of its pieces, then one EVAL moves it into the aggregate (RPUSH / SADD / ZADD / HSET)
+and deletes the temporary key.
+
 Key TTLs are always absolute: ``RESTORE ... ABSTTL`` / ``PEXPIREAT``. Keys already expired are
 skipped and counted, so are empty aggregates (an old Redis bug left some in RDB files).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 
+from ..commands.slots import key_slot
 from ..entry import KEYLESS_ALL_MASTERS, Entry, RestoreSet
 from ..rdb import records as R
 from ..rdb.dump import make_payload, plain_encode, restore_version
 
-__all__ = ["TargetCaps", "RdbToEntries", "ConversionError"]
+__all__ = ["TargetCaps", "RdbToEntries", "ConversionError", "temp_key_tag"]
 
 log = logging.getLogger("redshake")
 
@@ -55,6 +63,51 @@ _RESTORE = b"*4\r\n$7\r\nRESTORE\r\n$%d\r\n%s\r\n$1\r\n0\r\n$%d\r\n%s\r\n"
 _RESTORE_REPLACE = b"*5\r\n$7\r\nRESTORE\r\n$%d\r\n%s\r\n$1\r\n0\r\n$%d\r\n%s\r\n$7\r\nREPLACE\r\n"
 
 
+# Moves streamed element strings from their temporary keys into the aggregate. KEYS[1]: the
+# key; KEYS[2..]: the temporary keys, in the order of their arguments. ARGV[1]: the command
+# (RPUSH, SADD, ZADD, HSET, HMSET); ARGV[2]: one letter per argument after the key, "t" for
+# the value of the next temporary key, "a" for the next of ARGV[3..].
+_ELEM_SCRIPT = b"""\
+local args, k, j, pat = {}, 2, 3, ARGV[2]
+for i = 1, #pat do
+  if string.byte(pat, i) == 116 then
+    local v = redis.call('GET', KEYS[k])
+    if not v then
+      return redis.error_reply('redshake: temporary key ' .. KEYS[k] .. ' is missing')
+    end
+    args[i] = v
+    k = k + 1
+  else
+    args[i] = ARGV[j]
+    j = j + 1
+  end
+end
+redis.call(ARGV[1], KEYS[1], unpack(args))
+redis.call('DEL', unpack(KEYS, 2))
+return 1
+"""
+
+_TAG_CHARS = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_tags: dict[int, bytes] = {}
+
+
+def temp_key_tag(slot: int) -> bytes:
+    """The first (shortest) alphanumeric hash tag whose cluster slot is ``slot`` (cached): a
+    temporary key ``{tag}...`` lives on the same node as the key it is built for."""
+    tag = _tags.get(slot)
+    if tag is None:
+        for n in range(1, 5):
+            for t in itertools.product(_TAG_CHARS, repeat=n):
+                b = bytes(t)
+                s = key_slot(b)
+                if s not in _tags:
+                    _tags[s] = b
+                if s == slot:
+                    return b
+        raise AssertionError(f"no hash tag found for slot {slot}")  # pragma: no cover
+    return tag
+
+
 class ConversionError(Exception):
     """A value that cannot be written to this target at all (e.g. field TTLs on an old target)."""
 
@@ -70,6 +123,7 @@ class TargetCaps:
         "proto_max_bulk_len",
         "accepts",
         "set_strings",
+        "temp_keys",
     )
 
     def __init__(
@@ -80,6 +134,7 @@ class TargetCaps:
         proto_max_bulk_len: int,
         accepts: Callable[[int, bool], bool],
         set_strings: bool = True,
+        temp_keys: bool = True,
     ) -> None:
         self.version = version
         self.is_valkey = is_valkey
@@ -89,6 +144,9 @@ class TargetCaps:
         self.accepts = accepts
         # small plain strings as SET (NX) instead of RESTORE (a server target, not a file)
         self.set_strings = set_strings
+        # huge single elements built in temporary keys (else reassembled in memory: for
+        # files, and for filters / Lua functions, which must see the real commands)
+        self.temp_keys = temp_keys
 
     @classmethod
     def from_target_info(cls, info, proto_max_bulk_len_setting: int) -> TargetCaps:
@@ -98,7 +156,8 @@ class TargetCaps:
             else 0
         )
         return cls(info.version, info.is_valkey, info.rdb_version, limit, info.accepts_rdb,
-                   set_strings=not getattr(info, "file_output", False))  # fmt: skip
+                   set_strings=not getattr(info, "file_output", False),
+                   temp_keys=not getattr(info, "file_output", False))  # fmt: skip
 
 
 class RdbToEntries:
@@ -146,6 +205,15 @@ class RdbToEntries:
         # current big key being streamed: (db, key, kind, expire_ms, skipping)
         self._big: tuple[int, bytes, str, int, bool] | None = None
         self._big_started = False  # a streamed string got its SET, a stream its first XADD
+        # streamed element strings (BigElementStart ...): temporary keys, completed ones in
+        # the order their BIG_ELEMENT placeholders will come; the one being written
+        self._elem_keys: list[bytes] = []
+        self._elem_key: bytes | None = None
+        self._elem_started = False
+        self._elem_token = os.urandom(4).hex().encode()
+        self._elem_count = 0
+        self._elem_buf: bytearray | None = None  # without temporary keys: the one being read
+        self._elem_values: list[bytes] = []  # ... and the completed ones, in order
 
     @property
     def methods(self) -> Counter[str]:
@@ -170,6 +238,12 @@ class RdbToEntries:
             return list(self._big_start(rec))
         if t is R.BigKeyEnd:
             return list(self._big_end())
+        if t is R.BigElementPart:
+            return list(self._elem_part(rec))
+        if t is R.BigElementStart:
+            return self._elem_start()
+        if t is R.BigElementEnd:
+            return self._elem_end()
         if t is R.Function:
             return list(self._function(rec))
         if t is R.Aux:
@@ -355,6 +429,11 @@ class RdbToEntries:
             return
         from ..rdb.rewrite import RewriteError, items_to_commands, stream_part_commands
 
+        if self._elem_keys:  # items with streamed strings among them
+            yield from self._part_with_elements(db, key, kind, rec.items)
+            return
+        if self._elem_values:  # streamed strings reassembled in memory: put them in place
+            rec = R.BigKeyPart([self._fill_elements(it) for it in rec.items])
         try:
             if kind == "stream":  # entries (XADD), then metadata and consumer groups
                 cmds = stream_part_commands(
@@ -385,11 +464,120 @@ class RdbToEntries:
 
     def _big_end(self) -> Iterator[Entry]:
         big, self._big = self._big, None
+        self._elem_keys.clear()
+        self._elem_key = None
+        self._elem_values.clear()
+        self._elem_buf = None
         if big is None:
             return
         db, key, _kind, exp, skipping = big
         if not skipping and exp != -1:
             yield Entry(db, [b"PEXPIREAT", key, str(exp).encode()], key)
+
+
+    # -- single element strings too big to buffer, built in temporary keys ---------------
+
+    def _elem_start(self) -> tuple[()]:
+        if self._big is None:
+            raise ConversionError("element part outside of a big key")
+        if self._big[4]:  # the key is skipped
+            return ()
+        if not self.caps.temp_keys:  # reassembled in memory, written as a plain item
+            self._elem_buf = bytearray()
+            return ()
+        self._elem_count += 1
+        tag = temp_key_tag(key_slot(self._big[1]))
+        self._elem_key = b"{%s}redshake:tmp:%s:%d" % (tag, self._elem_token, self._elem_count)
+        self._elem_started = False
+        return ()
+
+    def _elem_part(self, rec) -> Iterator[Entry]:
+        if self._elem_buf is not None:
+            for piece in rec.pieces:
+                self._elem_buf += piece
+            return
+        tmp = self._elem_key
+        if tmp is None:
+            return
+        db = self._big[0]  # type: ignore[index]
+        for piece in rec.pieces:
+            op = b"APPEND" if self._elem_started else b"SET"
+            self._elem_started = True
+            yield Entry(db, [op, tmp, piece], tmp)
+
+    def _elem_end(self) -> tuple[()]:
+        if self._elem_buf is not None:
+            self._elem_values.append(bytes(self._elem_buf))
+            self._elem_buf = None
+        if self._elem_key is not None:
+            self._elem_keys.append(self._elem_key)
+            self._elem_key = None
+        return ()
+
+    def _fill_elements(self, item):
+        big = R.BIG_ELEMENT
+        if item is big:
+            return self._elem_values.pop(0)
+        if type(item) is tuple and big in item:
+            return tuple(self._elem_values.pop(0) if a is big else a for a in item)
+        return item
+
+    def _part_with_elements(self, db: int, key: bytes, kind: str, items: list) -> Iterator[Entry]:
+        """Commands for a part whose items hold BIG_ELEMENT placeholders: the plain items
+        as usual, each item with a placeholder as one EVAL of _ELEM_SCRIPT."""
+        from ..rdb.rewrite import RewriteError, items_to_commands
+
+        big = R.BIG_ELEMENT
+        run: list = []
+        for it in items:
+            if it is not big and not (type(it) is tuple and big in it):
+                run.append(it)
+                continue
+            try:
+                if run:
+                    for argv in items_to_commands(
+                        key, kind, run, max_items=self.max_items, max_bytes=self.max_bytes,
+                        target_version=self.caps.version, target_valkey=self.caps.is_valkey,
+                    ):  # fmt: skip
+                        yield Entry(db, argv, key)
+                    run = []
+            except RewriteError as e:
+                raise ConversionError(str(e)) from None
+            if kind == "list":
+                cmd, args = b"RPUSH", [it]
+            elif kind == "set":
+                cmd, args = b"SADD", [it]
+            elif kind == "zset":
+                cmd, args = b"ZADD", [it[1], it[0]]
+            elif kind == "hash":
+                cmd = b"HSET" if self.caps.version >= (4, 0, 0) else b"HMSET"
+                args = [it[0], it[1]]
+            else:
+                raise ConversionError(f"streamed element in a value of kind {kind!r}")
+            tmps = []
+            plain = []
+            pat = bytearray()
+            for a in args:
+                if a is big:
+                    if not self._elem_keys:
+                        raise ConversionError("streamed element missing before its item")
+                    tmps.append(self._elem_keys.pop(0))
+                    pat += b"t"
+                else:
+                    plain.append(a)
+                    pat += b"a"
+            argv = [b"EVAL", _ELEM_SCRIPT, b"%d" % (1 + len(tmps)), key, *tmps, cmd, bytes(pat),
+                    *plain]  # fmt: skip
+            yield Entry(db, argv, key)
+        if run:
+            try:
+                for argv in items_to_commands(
+                    key, kind, run, max_items=self.max_items, max_bytes=self.max_bytes,
+                    target_version=self.caps.version, target_valkey=self.caps.is_valkey,
+                ):  # fmt: skip
+                    yield Entry(db, argv, key)
+            except RewriteError as e:
+                raise ConversionError(str(e)) from None
 
 
 def _plain_items(kind: str, value):
