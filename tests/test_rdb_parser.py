@@ -14,7 +14,11 @@ from helpers import TESTDATA, feed_in_chunks
 from redshake.rdb.parser import RdbParser
 from redshake.rdb.primitives import RdbError, crc64, read_string
 from redshake.rdb.records import (
+    BIG_ELEMENT,
     Aux,
+    BigElementEnd,
+    BigElementPart,
+    BigElementStart,
     BigKeyEnd,
     BigKeyPart,
     BigKeyStart,
@@ -315,19 +319,37 @@ def test_expiry_kept_across_non_key_opcode() -> None:
 
 def _reassemble(recs: list, by_db: bool = False) -> dict:
     """key -> (type, kind, items) for streamed values; KeyValue keys -> (type, None, raw).
-    ``by_db``: keyed by (db, key)."""
+    ``by_db``: keyed by (db, key). Streamed element strings (BigElementStart ...) are put
+    back in place of their BIG_ELEMENT placeholders."""
     out: dict = {}
     cur = None
+    elems: list[bytes] = []
+    piece: list[bytes] | None = None
     for r in recs:
         if isinstance(r, BigKeyStart):
             assert cur is None
             cur = r
             items: list = []
+        elif isinstance(r, BigElementStart):
+            assert cur is not None and piece is None
+            piece = []
+        elif isinstance(r, BigElementPart):
+            assert piece is not None
+            piece.extend(r.pieces)
+        elif isinstance(r, BigElementEnd):
+            assert piece is not None
+            elems.append(b"".join(piece))
+            piece = None
         elif isinstance(r, BigKeyPart):
             assert cur is not None and 0 < len(r.items)
-            items.extend(r.items)
+            for it in r.items:
+                if it is BIG_ELEMENT:
+                    it = elems.pop(0)
+                elif type(it) is tuple and BIG_ELEMENT in it:
+                    it = tuple(elems.pop(0) if x is BIG_ELEMENT else x for x in it)
+                items.append(it)
         elif isinstance(r, BigKeyEnd):
-            assert cur is not None
+            assert cur is not None and not elems and piece is None
             out[(cur.db, cur.key) if by_db else cur.key] = (cur.type, cur.kind, items, cur)
             cur = None
         elif isinstance(r, KeyValue):

@@ -15,9 +15,10 @@ decompression, no blob decoding).
 
 Big values: when a record is still incomplete while more than ``big_value_threshold`` bytes
 of it are buffered, element-wise types (1 LIST, 2 SET, 3 ZSET, 4 HASH, 5 ZSET_2, 14/18
-quicklists -- node blobs are decoded one at a time --, and the hashes with field TTLs:
-Redis 22/24, Valkey 22) switch to streaming: ``BigKeyStart``, ``BigKeyPart`` (at most
-``part_items`` items each), ``BigKeyEnd``; their bytes are released as they are consumed.
+quicklists -- node blobs are decoded one at a time, huge ones piecewise --, and the hashes
+with field TTLs: Redis 22/24, Valkey 22) switch to streaming: ``BigKeyStart``, ``BigKeyPart``
+(at most ``part_items`` items each), ``BigKeyEnd``; their bytes are released as they are
+consumed.
 
 Streams (15, 19, 21) stream the same way, as kind ``"stream"`` (``count`` -1): their nodes
 are decoded one at a time into live entries ``(id, [field, value, ...])`` (deleted ones are
@@ -39,22 +40,29 @@ an LZF-compressed one (encoding 0xC3) decompressed 64 KiB of input at a time
 (:class:`~redshake.rdb.primitives.LzfStream`), so neither its compressed nor its
 decompressed bytes are ever held whole.
 
-Inside a streamed value of type 1 to 5, a single string whose stored bytes (raw, or
-LZF-compressed) exceed the threshold -- a huge list element, set or zset member, hash field
-or value -- is streamed the same way: ``BigElementStart(role, length)``, ``BigElementPart``
-(1 MiB pieces), ``BigElementEnd``, between the ``BigKeyPart`` records of its key, after the
-items before it; its item comes in a later part with ``BIG_ELEMENT`` in its place (see
-:mod:`~redshake.rdb.records`). An aggregate whose next element ends more than the threshold
-past its start goes big at once, without buffering that element.
+Inside a streamed value of type 1 to 5 or a hash with field TTLs (Redis 22/24, Valkey 22),
+a single string whose stored bytes (raw, or LZF-compressed) exceed the threshold -- a huge
+list element, set or zset member, hash field or value -- is streamed the same way:
+``BigElementStart(role, length)``, ``BigElementPart`` (1 MiB pieces), ``BigElementEnd``,
+between the ``BigKeyPart`` records of its key, after the items before it; its item comes in a
+later part with ``BIG_ELEMENT`` in its place (see :mod:`~redshake.rdb.records`); a hash item
+with field TTLs is ``(field, value, expire ms or -1)``. An aggregate whose next element ends
+more than the threshold past its start goes big at once, without buffering that element.
 
-Still buffered whole: single ziplist/listpack/intset/zipmap blobs (a huge blob is one
-rdb-string), hence a huge element of a list in a modern RDB (quicklist types 14 and 18: a
-ziplist/listpack node, or since Redis 7 a PLAIN node of its own; compact hashes, sets and
-zsets only hold such elements when their ``*-max-*-value`` settings were raised), the
-strings of the hashes with field TTLs (22, 24), one stream node (a node holds a few KiB of
-entries, or one bigger entry, unless stream-node-max-bytes was raised), and module values.
-Held compactly rather than streamed: the PEL of the consumer group being read (32 bytes a
-pending entry, released after the group).
+Lists in quicklists (types 14 and 18): a node whose blob's stored bytes exceed the threshold
+is not read whole either. A PLAIN node (type 18, container 1: one element) is streamed as an
+element; a ziplist / listpack node is parsed as its bytes come (``_LZF_SLICE`` stored bytes at
+a time, LZF-decompressed piecewise when compressed; see ``_Node``): its small entries become
+items, and an entry string over the threshold (Redis puts an element bigger than the node
+size limit in a node of its own) is streamed as an element.
+
+Still buffered whole: the ziplist/listpack/intset/zipmap blobs of compact values (a huge blob
+is one rdb-string: compact hashes, sets and zsets only hold huge elements when their
+``*-max-*-value`` settings were raised; Redis's HASH_LISTPACK_EX 23/25 likewise), one
+stream node (a node holds a few KiB of entries, or one bigger entry, unless
+stream-node-max-bytes was raised), and module values. Held compactly rather than streamed:
+the PEL of the consumer group being read (32 bytes a pending entry, released after the
+group).
 
 Incomplete aggregates resume where they stopped when more data arrives (no re-scan from
 the start of the record), and an incomplete string waits until its known end is buffered,
@@ -68,6 +76,7 @@ from array import array
 from collections.abc import Iterator
 
 from . import walk
+from .encodings import _backlen_size, listpack_entries, ziplist_entries
 from .primitives import Crc64, LzfStream, RdbError, Truncated, read_double_str
 from .records import (
     BIG_ELEMENT,
@@ -113,6 +122,8 @@ _I64LE = struct.Struct("<q").unpack_from
 _U64LE = struct.Struct("<Q").unpack_from
 _U32BE = struct.Struct(">I").unpack_from
 _U64BE = struct.Struct(">Q").unpack_from
+_U16LE = struct.Struct("<H").unpack_from
+_U32LE = struct.Struct("<I").unpack_from
 _F64LE = struct.Struct("<d").unpack_from
 
 _HEADER, _BODY, _DONE = 0, 1, 2
@@ -166,25 +177,23 @@ def _value_table(valkey: bool, version: int) -> list[_Vt | None]:
     tab[11] = _Vt(_K_STR, blob=BLOB_INTSET)
     tab[12] = _Vt(_K_STR, blob=BLOB_ZIPLIST)
     tab[13] = _Vt(_K_STR, blob=BLOB_ZIPLIST)
-    tab[14] = _Vt(_K_AGG, walk.el_str, _T_QUICKLIST, reader=walk.rd_ql1, big_kind="list")
+    tab[14] = _Vt(_K_AGG, walk.el_str, _T_QUICKLIST, reader=_rd_ql1_node, big_kind="list")
     tab[15] = _Vt(_K_AGG, walk.el_pair, _T_STREAM, reader=walk.rd_stream_node, big_kind="stream")
     tab[16] = _Vt(_K_STR, blob=BLOB_LISTPACK)
     tab[17] = _Vt(_K_STR, blob=BLOB_LISTPACK)
-    tab[18] = _Vt(_K_AGG, walk.el_ql2, _T_QUICKLIST, reader=walk.rd_ql2, big_kind="list")
+    tab[18] = _Vt(_K_AGG, walk.el_ql2, _T_QUICKLIST, reader=_rd_ql2_node, big_kind="list")
     tab[19] = _Vt(_K_AGG, walk.el_pair, _T_STREAM, reader=walk.rd_stream_node, big_kind="stream")
     tab[20] = _Vt(_K_STR, blob=BLOB_LISTPACK)
     tab[21] = _Vt(_K_AGG, walk.el_pair, _T_STREAM, reader=walk.rd_stream_node, big_kind="stream")
     if valkey:
-        tab[22] = _Vt(_K_AGG, walk.el_hash_ttl_last, reader=walk.rd_hash2, big_kind="hash")
+        tab[22] = _Vt(_K_AGG, walk.el_hash_ttl_last, reader=_rd_hash_ttl_last, big_kind="hash")
         if version >= 81:
             tab[23] = _Vt(_K_ERR, msg="Valkey PATH_HASH (type 23) is not supported")
     elif version >= 12:
-        tab[22] = _Vt(
-            _K_AGG, walk.el_hash_ttl_first, reader=walk.rd_hash_meta_pre_ga, big_kind="hash"
-        )
+        tab[22] = _Vt(_K_AGG, walk.el_hash_ttl_first, reader=_rd_hash_ttl_first, big_kind="hash")
         tab[23] = _Vt(_K_STR, blob=BLOB_LISTPACK)
         tab[24] = _Vt(
-            _K_AGG, walk.el_hash_ttl_first, pre8=True, reader=walk.rd_hash_meta, big_kind="hash"
+            _K_AGG, walk.el_hash_ttl_first, pre8=True, reader=_rd_hash_ttl_first, big_kind="hash"
         )
         tab[25] = _Vt(_K_BLOB8, blob=BLOB_LISTPACK)
         if version >= 13:
@@ -196,9 +205,10 @@ def _value_table(valkey: bool, version: int) -> list[_Vt | None]:
 class _Big:
     """State of a value being streamed element by element: ``rem`` more calls of
     ``reader(buf, pos, items, extra) -> end``; then, if set, ``then(buf, pos, big) -> end``
-    reads what follows and sets up the next reader (or clears ``then``)."""
+    reads what follows and sets up the next reader (or clears ``then``). A reader may also
+    end its run by raising _SubEnd at the start of a call (before consuming anything)."""
 
-    __slots__ = ("reader", "rem", "items", "extra", "key", "part", "then", "sub")
+    __slots__ = ("reader", "rem", "items", "extra", "key", "part", "then", "sub", "node")
 
     def __init__(self, reader, rem: int, extra, key: bytes, part: int = 0, then=None) -> None:
         self.reader = reader
@@ -211,6 +221,9 @@ class _Big:
         # while one huge string of an element is streamed (BigElementPart pieces): the
         # aggregate's (reader, rem, extra, then, part), restored at its end
         self.sub: tuple | None = None
+        # while one huge quicklist node is parsed piecewise (_Node): the same for the
+        # aggregate's node reader
+        self.node: tuple | None = None
 
 
 # A raw string longer than the big-value threshold is streamed in pieces of this size,
@@ -278,8 +291,10 @@ def _lzf_piece(buf, p: int, items: list, st: _LzfPieces) -> int:
 class _GoElem(Exception):
     __slots__ = ("head", "role", "stage", "held")
 
-    def __init__(self, head: tuple[int, int, int], role: str, stage: int, held) -> None:
-        self.head = head  # (data start, stored length, uncompressed length or -1)
+    def __init__(self, head: tuple[int, int, int] | None, role: str, stage: int, held) -> None:
+        # (data start, stored length, uncompressed length or -1); None: an entry string of a
+        # huge quicklist node (_Node)
+        self.head = head
         self.role = role
         self.stage = stage  # the reader's stage once the string is streamed
         self.held = held  # what it keeps of the element meanwhile (a hash field)
@@ -288,7 +303,7 @@ class _GoElem(Exception):
 class _Elems:
     """State of the element reader of a streamed value of type 1 to 5."""
 
-    __slots__ = ("limit", "short", "role", "bin", "stage", "held")
+    __slots__ = ("limit", "short", "role", "bin", "stage", "held", "base")
 
     def __init__(self, limit: int, role: str, binary: bool) -> None:
         self.limit = limit
@@ -297,7 +312,10 @@ class _Elems:
         self.role = role  # of a list or set element
         self.bin = binary  # zset scores: 8-byte doubles (type 5), else strings (type 3)
         self.stage = 0  # strings of the current element already read (a hash field) or streamed
-        self.held = None  # the hash field read before a streamed value
+        self.held = None  # the hash field (and field TTL) read before a streamed value
+        # Redis hashes with field TTLs: added to a stored TTL to make it absolute (type 24:
+        # the hash's min-expire minus 1; pre-GA type 22 stores absolute TTLs: 0)
+        self.base = 0
 
 
 def _big_head(buf, p: int, limit: int) -> tuple[int, int, int] | None:
@@ -384,8 +402,348 @@ def _rd_zset_elem(buf, p: int, items: list, ctx: _Elems) -> int:
     return p
 
 
-_ELEM_READERS = (_rd_elem, _rd_pair_elem, _rd_zset_elem)
-_ELEM_ROLE = {1: "element", 2: "member", 3: "member", 4: "field", 5: "member"}
+def _rd_hash_ttl_first(buf, p: int, items: list, ctx: _Elems) -> int:
+    """Redis hash with field TTLs (pre-GA type 22, type 24 HASH_METADATA): len-enc TTL (0:
+    none), field, value -> item (field, value, absolute expire ms or -1)."""
+    stage = ctx.stage
+    if stage == 2:
+        f, ttl = ctx.held
+        v = BIG_ELEMENT
+    else:
+        short = ctx.short
+        if stage == 0:
+            ttl, p = read_len(buf, p)
+            if buf[p] >= short:
+                h = _big_head(buf, p, ctx.limit)
+                if h is not None:
+                    raise _GoElem(h, "field", 1, ttl)
+            f, p = read_str(buf, p)
+        else:
+            f, ttl = BIG_ELEMENT, ctx.held
+        if buf[p] >= short:
+            h = _big_head(buf, p, ctx.limit)
+            if h is not None:
+                raise _GoElem(h, "value", 2, (f, ttl))
+        v, p = read_str(buf, p)
+    ctx.stage = 0
+    ctx.held = None
+    items.append((f, v, ttl + ctx.base if ttl else -1))
+    return p
+
+
+def _rd_hash_ttl_last(buf, p: int, items: list, ctx: _Elems) -> int:
+    """Valkey hash with field TTLs (type 22 HASH_2): field, value, 8-byte LE absolute expire
+    ms (negative: none) -> item (field, value, expire ms or -1)."""
+    stage = ctx.stage
+    if stage == 2:
+        f, v = ctx.held, BIG_ELEMENT
+    else:
+        short = ctx.short
+        if stage == 0:
+            if buf[p] >= short:
+                h = _big_head(buf, p, ctx.limit)
+                if h is not None:
+                    raise _GoElem(h, "field", 1, BIG_ELEMENT)
+            f, p = read_str(buf, p)
+        else:
+            f = ctx.held
+        if buf[p] >= short:
+            h = _big_head(buf, p, ctx.limit)
+            if h is not None:
+                raise _GoElem(h, "value", 2, f)
+        v, p = read_str(buf, p)
+    exp = _I64LE(buf, p)[0]
+    ctx.stage = 0
+    ctx.held = None
+    items.append((f, v, exp if exp >= 0 else -1))
+    return p + 8
+
+
+# ---- quicklist nodes (types 14 and 18) -----------------------------------------------------
+#
+# A node whose blob (an rdb-string, raw or LZF) is at most the threshold is decoded whole. A
+# PLAIN node (type 18, container 1) over it is one element: streamed like the strings above.
+# A ziplist / listpack node over it is parsed piecewise (_Node): _GoNode is raised at it, and
+# _RdbParser._big_run reads it with _node_read, _LZF_SLICE stored bytes at a time (decompressed
+# when LZF), its small entries as items; an entry string over the threshold is streamed in
+# BigElementPart pieces (_node_piece) with BIG_ELEMENT in its item.
+
+
+class _SubEnd(Exception):
+    """Raised by a reader at the start of a call: its run (a node, an element) is over."""
+
+
+class _GoNode(Exception):
+    def __init__(self, node: _Node) -> None:
+        self.node = node
+
+
+def _ql_node(buf, p: int, q: int, items: list, ctx: _Elems, c: int) -> int:
+    """The node blob at ``q`` (its node starts at ``p``): ``c`` 1 PLAIN, 2 PACKED (listpack),
+    0 ziplist (type 14)."""
+    if ctx.stage:  # a PLAIN node streamed as an element
+        ctx.stage = 0
+        items.append(BIG_ELEMENT)
+        return q
+    if buf[q] >= ctx.short:
+        h = _big_head(buf, q, ctx.limit)
+        if h is not None:
+            if c == 1:
+                raise _GoElem(h, "element", 1, None)
+            raise _GoNode(_Node(h, c == 2, ctx.limit))
+    blob, e = read_str(buf, q)
+    if c == 1:
+        items.append(blob)
+        return e
+    try:
+        items.extend(listpack_entries(blob) if c == 2 else ziplist_entries(blob))
+    except RdbError as err:
+        raise RdbError(f"quicklist node: {err.message}", p) from None
+    return e
+
+
+def _rd_ql1_node(buf, p: int, items: list, ctx: _Elems) -> int:
+    """Quicklist (type 14) node: a ziplist rdb-string."""
+    return _ql_node(buf, p, p, items, ctx, 0)
+
+
+def _rd_ql2_node(buf, p: int, items: list, ctx: _Elems) -> int:
+    """Quicklist (type 18) node: container (1 PLAIN, 2 PACKED), then an rdb-string."""
+    if ctx.stage:
+        return _ql_node(buf, p, p, items, ctx, 1)
+    c, q = read_len(buf, p)
+    if c != 1 and c != 2:
+        raise RdbError(f"invalid quicklist container {c} (expected 1 PLAIN or 2 PACKED)", p)
+    return _ql_node(buf, p, q, items, ctx, c)
+
+
+_ZL_SMALL = [str(i).encode() for i in range(13)]
+
+
+class _Node:
+    """A ziplist or listpack node blob over the threshold, parsed as its stored bytes come."""
+
+    __slots__ = ("lzf", "left", "size", "work", "lp", "limit", "phase", "count", "seen",
+                 "dleft", "skip", "go", "after", "start")  # fmt: skip
+
+    def __init__(self, head: tuple[int, int, int], listpack: bool, limit: int) -> None:
+        self.start, slen, ulen = head  # (data start, stored length, uncompressed or -1)
+        self.lzf = LzfStream(ulen) if ulen >= 0 else None
+        self.left = slen  # stored bytes still to read
+        self.size = slen if ulen < 0 else ulen  # the blob's length
+        self.work = bytearray()  # blob bytes read, not yet parsed
+        self.lp = listpack
+        self.limit = limit
+        self.phase = 0  # 0: header, 1: entries, 2: after the end byte
+        self.count = 0  # entries the header declares
+        self.seen = 0  # entries found
+        self.dleft = 0  # bytes of the streamed entry string still to go out
+        self.skip = 0  # bytes to drop after it (a listpack backlen)
+        self.go = False  # an entry string is to be streamed: the next call starts it
+        self.after = False  # one was: its BIG_ELEMENT item comes next
+
+    def pull(self, buf, p: int) -> int:
+        """Read the next stored slice at ``p`` into ``work``; the position after it."""
+        n = _LZF_SLICE if self.left > _LZF_SLICE else self.left
+        if not n:
+            raise RdbError("quicklist node: entry runs past the end of the node")
+        e = p + n
+        if e > len(buf):
+            raise Truncated(e)
+        if self.lzf is None:
+            self.work += buf[p:e]
+        else:
+            try:
+                self.work += self.lzf.decompress(buf[p:e], n == self.left)
+            except RdbError as err:
+                raise RdbError(f"quicklist node: {err.message}", p) from None
+        self.left -= n
+        return e
+
+    def parse(self, items: list) -> bool:
+        """Parse what ``work`` holds: complete entries as items, up to an entry string over
+        the limit (``go``) or the end byte. False when nothing could be done."""
+        w = self.work
+        progress = False
+        if self.after:  # the item of the entry string just streamed
+            items.append(BIG_ELEMENT)
+            self.after = False
+            self.seen += 1
+            progress = True
+        if self.skip:  # (its listpack backlen)
+            k = min(self.skip, len(w))
+            if k:
+                del w[:k]
+                self.skip -= k
+                progress = True
+            if self.skip:
+                return progress
+        n = len(w)
+        i = 0
+        bad = "quicklist node: "
+        if self.phase == 0:
+            hl = 6 if self.lp else 10
+            if n < hl:
+                return progress
+            total = _U32LE(w, 0)[0]
+            if total != self.size:
+                raise RdbError(f"{bad}{'listpack' if self.lp else 'ziplist'} header says "
+                               f"{total} bytes but the blob has {self.size}")  # fmt: skip
+            self.count = _U16LE(w, hl - 2)[0]
+            self.phase = 1
+            i = hl
+        if self.phase == 1:
+            if self.lp:
+                i, seen = self._lp_entries(w, i, n, items, self.limit, self.seen)
+            else:
+                i, seen = self._zl_entries(w, i, n, items, self.limit, self.seen)
+            self.seen = seen
+            if self.phase == 2:
+                if self.left or i != n:
+                    raise RdbError(f"{bad}end byte before the end of the blob")
+                if self.count != 65535 and self.count != seen:
+                    raise RdbError(f"{bad}header says {self.count} elements but {seen} were "
+                                   "found")  # fmt: skip
+        if i:
+            del w[:i]
+            progress = True
+        return progress
+
+    def _zl_entries(self, w, i: int, n: int, items: list, limit: int, seen: int):
+        while i < n:
+            b = w[i]
+            if b == 0xFF:
+                self.phase = 2
+                return i + 1, seen
+            q = i + (5 if b == 0xFE else 1)
+            if q >= n:
+                break
+            c = w[q]
+            t = c >> 6
+            if t == 0:
+                d, ln = q + 1, c & 0x3F
+            elif t == 1:
+                if q + 2 > n:
+                    break
+                d, ln = q + 2, ((c & 0x3F) << 8) | w[q + 1]
+            elif t == 2:
+                if c != 0x80:
+                    raise RdbError(f"quicklist node: invalid ziplist string encoding byte "
+                                   f"0x{c:02x}")  # fmt: skip
+                if q + 5 > n:
+                    break
+                d, ln = q + 5, _U32BE(w, q + 1)[0]
+            else:
+                if 0xF1 <= c <= 0xFD:
+                    items.append(_ZL_SMALL[c - 0xF1])
+                    i = q + 1
+                elif c == 0xC0 or c == 0xD0 or c == 0xE0 or c == 0xF0 or c == 0xFE:
+                    k = {0xC0: 2, 0xD0: 4, 0xE0: 8, 0xF0: 3, 0xFE: 1}[c]
+                    if q + 1 + k > n:
+                        break
+                    v = int.from_bytes(w[q + 1 : q + 1 + k], "little", signed=True)
+                    items.append(str(v).encode())
+                    i = q + 1 + k
+                else:
+                    raise RdbError(f"quicklist node: invalid ziplist entry encoding byte "
+                                   f"0x{c:02x}")  # fmt: skip
+                seen += 1
+                continue
+            if ln > limit:
+                self.dleft, self.skip, self.go = ln, 0, True
+                return d, seen
+            if d + ln > n:
+                break
+            items.append(bytes(w[d : d + ln]))
+            seen += 1
+            i = d + ln
+        return i, seen
+
+    def _lp_entries(self, w, i: int, n: int, items: list, limit: int, seen: int):
+        while i < n:
+            c = w[i]
+            if c == 0xFF:
+                self.phase = 2
+                return i + 1, seen
+            if c < 0x80:
+                if i + 2 > n:
+                    break
+                items.append(str(c).encode())
+                i += 2
+                seen += 1
+                continue
+            if c < 0xC0:
+                d, ln, hl = i + 1, c & 0x3F, 1
+            elif c < 0xE0:
+                if i + 3 > n:
+                    break
+                v = ((c & 0x1F) << 8) | w[i + 1]
+                items.append(str(v - 8192 if v >= 4096 else v).encode())
+                i += 3
+                seen += 1
+                continue
+            elif c < 0xF0:
+                if i + 2 > n:
+                    break
+                d, ln, hl = i + 2, ((c & 0x0F) << 8) | w[i + 1], 2
+            elif c == 0xF0:
+                if i + 5 > n:
+                    break
+                d, ln, hl = i + 5, _U32LE(w, i + 1)[0], 5
+            elif c <= 0xF4:
+                k = (2, 3, 4, 8)[c - 0xF1]
+                if i + 2 + k > n:  # + a 1-byte backlen
+                    break
+                v = int.from_bytes(w[i + 1 : i + 1 + k], "little", signed=True)
+                items.append(str(v).encode())
+                i += 2 + k
+                seen += 1
+                continue
+            else:
+                raise RdbError(f"quicklist node: invalid listpack entry encoding byte "
+                               f"0x{c:02x}")  # fmt: skip
+            bl = _backlen_size(hl + ln)
+            if ln > limit:
+                self.dleft, self.skip, self.go = ln, bl, True
+                return d, seen
+            if d + ln + bl > n:
+                break
+            items.append(bytes(w[d : d + ln]))
+            seen += 1
+            i = d + ln + bl
+        return i, seen
+
+
+def _node_read(buf, p: int, items: list, st: _Node) -> int:
+    """Reader of a huge quicklist node: parse what is read, else read the next slice."""
+    if st.go:
+        raise _GoElem(None, "element", 0, None)
+    if st.phase == 2:
+        raise _SubEnd
+    if st.parse(items):
+        return p
+    return st.pull(buf, p)
+
+
+def _node_piece(buf, p: int, items: list, st: _Node) -> int:
+    """Reader of the pieces of an entry string of a huge quicklist node."""
+    left = st.dleft
+    if not left:
+        raise _SubEnd
+    n = _STR_PIECE if left > _STR_PIECE else left
+    w = st.work
+    if len(w) >= n:
+        items.append(bytes(w[:n]))
+        del w[:n]
+        st.dleft = left - n
+        return p
+    return st.pull(buf, p)
+
+
+_ELEM_READERS = (_rd_elem, _rd_pair_elem, _rd_zset_elem, _rd_hash_ttl_first, _rd_hash_ttl_last,
+                 _rd_ql1_node, _rd_ql2_node)  # fmt: skip
+_ELEM_ROLE = {1: "element", 2: "member", 3: "member", 4: "field", 5: "member", 22: "field",
+              24: "field", 14: "element", 18: "element"}  # fmt: skip
 
 
 def _stream_tail(buf, p: int, big: _Big) -> int:
@@ -1000,10 +1358,10 @@ class RdbParser:
         """Switch the pending aggregate to streaming mode at its first element."""
         extra = 0
         then = None
-        if vt.pre8:
-            extra = _I64LE(self._buf, vs)[0]
-        elif vt.reader in _ELEM_READERS:
+        if vt.reader in _ELEM_READERS:
             extra = _Elems(self._threshold, _ELEM_ROLE[t], t == 5)
+            if vt.pre8:  # type 24: TTLs relative to the hash's min-expire
+                extra.base = _I64LE(self._buf, vs)[0] - 1
         elif vt.tail == _T_STREAM:
             extra = walk.StreamWalk(t)
             then = _stream_tail
@@ -1060,7 +1418,20 @@ class RdbParser:
                     yield from self._elem_start(big, g, p, rem)
                     p = self._pos
                     continue
+                except _GoNode as g:  # a huge quicklist node: parse it piecewise
+                    big.node = (reader, rem, extra, big.then, big.part)
+                    big.reader, big.rem, big.extra, big.then = _node_read, -1, g.node, None
+                    p = g.node.start
+                    continue
+                except _SubEnd:
+                    pass
                 big.rem = 0
+                if sub is None and big.node is not None:  # the end of a huge quicklist node
+                    self._pos = p
+                    reader, rem, extra, big.then, big.part = big.node
+                    big.reader, big.rem, big.extra = reader, rem - 1, extra
+                    big.node = None
+                    continue
                 if sub is not None:  # the end of a streamed element string
                     self._pos = p
                     if items:
@@ -1108,8 +1479,14 @@ class RdbParser:
             items.clear()
             yield BigKeyPart(chunk)
         ctx = big.extra
-        ctx.stage, ctx.held = g.stage, g.held
         big.sub = (big.reader, rem, ctx, big.then, big.part)
+        if g.head is None:  # an entry string of a huge quicklist node (ctx: its _Node)
+            ctx.go, ctx.after = False, True
+            big.reader, big.rem, big.then, big.part = _node_piece, -1, None, _STR_PART
+            self._pos = p
+            yield BigElementStart(g.role, ctx.dleft)
+            return
+        ctx.stage, ctx.held = g.stage, g.held
         ds, slen, ulen = g.head
         if ulen < 0:
             big.reader, big.rem, big.extra = _str_piece, -(-slen // _STR_PIECE), [slen]

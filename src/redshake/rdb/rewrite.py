@@ -107,7 +107,7 @@ def _field_ttl_commands(
             yield [b"HPEXPIREAT", key, _ms(ms), b"FIELDS", b"%d" % len(part), *part]
 
 
-def _require_field_ttl(key: bytes, version: Version, valkey: bool) -> None:
+def require_field_ttl(key: bytes, version: Version, valkey: bool) -> None:
     if not supports_field_ttl(version, valkey):
         name = "Valkey" if valkey else "Redis"
         raise RewriteError(
@@ -145,7 +145,7 @@ def items_to_commands(
         if items and len(items[0]) == 3:
             fexp = [(it[0], it[2]) for it in items if it[2] is not None and it[2] >= 0]
             if fexp:
-                _require_field_ttl(key, target_version, target_valkey)
+                require_field_ttl(key, target_version, target_valkey)
             yield from _chunks(
                 [cmd, key], ((it[0], it[1]) for it in items), 2, max_items, max_bytes
             )
@@ -307,7 +307,7 @@ def value_to_commands(
         )
     elif isinstance(value, HashValue):
         if value.field_expire:
-            _require_field_ttl(key, target_version, target_valkey)
+            require_field_ttl(key, target_version, target_valkey)
         cmd = b"HSET" if ver >= (4, 0, 0) else b"HMSET"
         yield from _chunks([cmd, key], value.pairs, 2, max_items, max_bytes)
         if value.field_expire:

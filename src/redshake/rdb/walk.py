@@ -191,60 +191,6 @@ def rd_zset_bin(buf, p: int, out: list, extra: int) -> int:
     return p + 8
 
 
-def rd_ql1(buf, p: int, out: list, extra: int) -> int:
-    from .encodings import ziplist_entries
-
-    start = p
-    blob, p = read_str(buf, p)
-    try:
-        out.extend(ziplist_entries(blob))
-    except RdbError as e:
-        raise RdbError(f"quicklist node: {e.message}", start) from None
-    return p
-
-
-def rd_ql2(buf, p: int, out: list, extra: int) -> int:
-    start = p
-    c, p = read_len(buf, p)
-    blob, p = read_str(buf, p)
-    if c == 1:
-        out.append(blob)
-    elif c == 2:
-        from .encodings import listpack_entries
-
-        try:
-            out.extend(listpack_entries(blob))
-        except RdbError as e:
-            raise RdbError(f"quicklist node: {e.message}", start) from None
-    else:
-        raise RdbError(f"invalid quicklist container {c} (expected 1 PLAIN or 2 PACKED)", start)
-    return p
-
-
-def rd_hash_meta_pre_ga(buf, p: int, out: list, extra: int) -> int:
-    ttl, p = read_len(buf, p)
-    f, p = read_str(buf, p)
-    v, p = read_str(buf, p)
-    out.append((f, v, ttl if ttl else -1))
-    return p
-
-
-def rd_hash_meta(buf, p: int, out: list, extra: int) -> int:
-    ttl, p = read_len(buf, p)
-    f, p = read_str(buf, p)
-    v, p = read_str(buf, p)
-    out.append((f, v, ttl + extra - 1 if ttl else -1))
-    return p
-
-
-def rd_hash2(buf, p: int, out: list, extra: int) -> int:
-    f, p = read_str(buf, p)
-    v, p = read_str(buf, p)
-    exp = _I64LE(buf, p)[0]
-    out.append((f, v, exp if exp >= 0 else -1))
-    return p + 8
-
-
 class StreamWalk:
     """State of a stream value streamed node by node: its type byte and the id of its
     first live entry (type 15 does not store it in its tail)."""

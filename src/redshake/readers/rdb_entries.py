@@ -16,8 +16,8 @@ Every key is written the cheapest way the target can load faithfully:
 
 A single element string too big to buffer (``BigElementStart`` ... ``BigElementEnd``: a 300 MB
 hash value, set member, ...) is built in a temporary key of the same cluster slot with SET +
-APPENDs of its pieces, then one EVAL moves it into the aggregate (RPUSH / SADD / ZADD / HSET)
-and deletes the temporary key.
+APPENDs of its pieces, then one EVAL moves it into the aggregate (RPUSH / SADD / ZADD / HSET,
+plus HPEXPIREAT for a hash field with a TTL) and deletes the temporary key.
 
 Key TTLs are always absolute: ``RESTORE ... ABSTTL`` / ``PEXPIREAT``. Keys already expired are
 skipped and counted, so are empty aggregates (an old Redis bug left some in RDB files).
@@ -66,23 +66,34 @@ _RESTORE_REPLACE = b"*5\r\n$7\r\nRESTORE\r\n$%d\r\n%s\r\n$1\r\n0\r\n$%d\r\n%s\r\
 # Moves streamed element strings from their temporary keys into the aggregate. KEYS[1]: the
 # key; KEYS[2..]: the temporary keys, in the order of their arguments. ARGV[1]: the command
 # (RPUSH, SADD, ZADD, HSET, HMSET); ARGV[2]: one letter per argument after the key, "t" for
-# the value of the next temporary key, "a" for the next of ARGV[3..].
+# the value of the next temporary key, "a" for the next of ARGV[3..]; a last letter "e" (hash
+# field with a TTL): the next of ARGV[3..] is the field's absolute expire time in ms, set with
+# HPEXPIREAT on the first argument (the field) once the command has run.
 _ELEM_SCRIPT = b"""\
-local args, k, j, pat = {}, 2, 3, ARGV[2]
+local args, n, k, j, pat, ttl = {}, 0, 2, 3, ARGV[2], nil
 for i = 1, #pat do
-  if string.byte(pat, i) == 116 then
+  local c = string.byte(pat, i)
+  if c == 116 then
     local v = redis.call('GET', KEYS[k])
     if not v then
       return redis.error_reply('redshake: temporary key ' .. KEYS[k] .. ' is missing')
     end
-    args[i] = v
+    n = n + 1
+    args[n] = v
     k = k + 1
+  elseif c == 101 then
+    ttl = ARGV[j]
+    j = j + 1
   else
-    args[i] = ARGV[j]
+    n = n + 1
+    args[n] = ARGV[j]
     j = j + 1
   end
 end
 redis.call(ARGV[1], KEYS[1], unpack(args))
+if ttl then
+  redis.call('HPEXPIREAT', KEYS[1], ttl, 'FIELDS', 1, args[1])
+end
 redis.call('DEL', unpack(KEYS, 2))
 return 1
 """
@@ -525,7 +536,7 @@ class RdbToEntries:
     def _part_with_elements(self, db: int, key: bytes, kind: str, items: list) -> Iterator[Entry]:
         """Commands for a part whose items hold BIG_ELEMENT placeholders: the plain items
         as usual, each item with a placeholder as one EVAL of _ELEM_SCRIPT."""
-        from ..rdb.rewrite import RewriteError, items_to_commands
+        from ..rdb.rewrite import RewriteError, items_to_commands, require_field_ttl
 
         big = R.BIG_ELEMENT
         run: list = []
@@ -543,6 +554,7 @@ class RdbToEntries:
                     run = []
             except RewriteError as e:
                 raise ConversionError(str(e)) from None
+            ttl = None
             if kind == "list":
                 cmd, args = b"RPUSH", [it]
             elif kind == "set":
@@ -552,6 +564,12 @@ class RdbToEntries:
             elif kind == "hash":
                 cmd = b"HSET" if self.caps.version >= (4, 0, 0) else b"HMSET"
                 args = [it[0], it[1]]
+                if len(it) == 3 and it[2] is not None and it[2] >= 0:  # a field TTL
+                    try:
+                        require_field_ttl(key, self.caps.version, self.caps.is_valkey)
+                    except RewriteError as e:
+                        raise ConversionError(str(e)) from None
+                    ttl = it[2]
             else:
                 raise ConversionError(f"streamed element in a value of kind {kind!r}")
             tmps = []
@@ -566,6 +584,9 @@ class RdbToEntries:
                 else:
                     plain.append(a)
                     pat += b"a"
+            if ttl is not None:
+                plain.append(b"%d" % ttl)
+                pat += b"e"
             argv = [b"EVAL", _ELEM_SCRIPT, b"%d" % (1 + len(tmps)), key, *tmps, cmd, bytes(pat),
                     *plain]  # fmt: skip
             yield Entry(db, argv, key)
