@@ -356,26 +356,30 @@ def _rd_elem(buf, p: int, items: list, ctx: _Elems) -> int:
     return p
 
 
-def _rd_pair_elem(buf, p: int, items: list, ctx: _Elems) -> int:
-    """Hash (type 4) field and value."""
-    stage = ctx.stage
-    if stage == 2:
-        f, v = ctx.held, BIG_ELEMENT
-    else:
-        short = ctx.short
-        if stage == 0:
-            if buf[p] >= short:
-                h = _big_head(buf, p, ctx.limit)
-                if h is not None:
-                    raise _GoElem(h, "field", 1, BIG_ELEMENT)
-            f, p = read_str(buf, p)
-        else:
-            f = ctx.held
+def _field_value(buf, p: int, ctx: _Elems) -> tuple[bytes, bytes, int]:
+    """A hash field and its value (type 4, Valkey 22); either may be a streamed string."""
+    if ctx.stage == 2:
+        return ctx.held, BIG_ELEMENT, p
+    short = ctx.short
+    if ctx.stage == 0:
         if buf[p] >= short:
             h = _big_head(buf, p, ctx.limit)
             if h is not None:
-                raise _GoElem(h, "value", 2, f)
-        v, p = read_str(buf, p)
+                raise _GoElem(h, "field", 1, BIG_ELEMENT)
+        f, p = read_str(buf, p)
+    else:
+        f = ctx.held
+    if buf[p] >= short:
+        h = _big_head(buf, p, ctx.limit)
+        if h is not None:
+            raise _GoElem(h, "value", 2, f)
+    v, p = read_str(buf, p)
+    return f, v, p
+
+
+def _rd_pair_elem(buf, p: int, items: list, ctx: _Elems) -> int:
+    """Hash (type 4) field and value."""
+    f, v, p = _field_value(buf, p, ctx)
     ctx.stage = 0
     ctx.held = None
     items.append((f, v))
@@ -434,24 +438,7 @@ def _rd_hash_ttl_first(buf, p: int, items: list, ctx: _Elems) -> int:
 def _rd_hash_ttl_last(buf, p: int, items: list, ctx: _Elems) -> int:
     """Valkey hash with field TTLs (type 22 HASH_2): field, value, 8-byte LE absolute expire
     ms (negative: none) -> item (field, value, expire ms or -1)."""
-    stage = ctx.stage
-    if stage == 2:
-        f, v = ctx.held, BIG_ELEMENT
-    else:
-        short = ctx.short
-        if stage == 0:
-            if buf[p] >= short:
-                h = _big_head(buf, p, ctx.limit)
-                if h is not None:
-                    raise _GoElem(h, "field", 1, BIG_ELEMENT)
-            f, p = read_str(buf, p)
-        else:
-            f = ctx.held
-        if buf[p] >= short:
-            h = _big_head(buf, p, ctx.limit)
-            if h is not None:
-                raise _GoElem(h, "value", 2, f)
-        v, p = read_str(buf, p)
+    f, v, p = _field_value(buf, p, ctx)
     exp = _I64LE(buf, p)[0]
     ctx.stage = 0
     ctx.held = None
