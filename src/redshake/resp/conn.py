@@ -230,8 +230,8 @@ class Connection:
         except OSError as e:
             raise ConnError(f"write to {self.address} failed: {e}") from None
 
-    def fill(self) -> int:
-        """Blocking read of up to 64 KiB into the reply parser; returns the byte count."""
+    def recv(self) -> bytes:
+        """Blocking read of up to 64 KiB (not fed to the reply parser)."""
         try:
             data = self.sock.recv(READ_SIZE)
         except TimeoutError:
@@ -240,8 +240,25 @@ class Connection:
             raise ConnError(f"read from {self.address} failed: {e}") from None
         if not data:
             raise ConnError(f"connection closed by {self.address}")
+        return data
+
+    def fill(self) -> int:
+        """Blocking read of up to 64 KiB into the reply parser; returns the byte count."""
+        data = self.recv()
         self.reader.feed(data)
         return len(data)
+
+    def recv_available(self) -> bytes:
+        """Whatever can be read without waiting (b"" when nothing), not fed to the parser."""
+        if not self.readable():
+            return b""
+        data = self.recv()
+        if self.tls:  # drain what the TLS layer already decrypted
+            parts = [data]
+            while self.readable():
+                parts.append(self.recv())
+            data = b"".join(parts)
+        return data
 
     def readable(self) -> bool:
         """True when a read would not block (data in the socket or in the TLS buffer)."""

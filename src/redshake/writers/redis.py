@@ -44,6 +44,7 @@ _EXEC = b"EXEC"
 
 
 _BUSYKEY = ReplyError("BUSYKEY Target key name already exists.")
+_OKS = b"+OK\r\n" * 4096  # a run never has more commands than that (sync reader: 1024)
 
 
 def _is_restore_set(entry: object) -> bool:
@@ -381,11 +382,42 @@ class RedisWriter:
             raise
 
     def _read_available(self) -> None:
-        if self.conn.fill_available():
-            self._process()
+        data = self.conn.recv_available()
+        if data:
+            self._absorb(data)
 
     def _read_blocking(self) -> None:
-        self.conn.fill()
+        self._absorb(self.conn.recv())
+
+    def _absorb(self, data: bytes) -> None:
+        """Replies just received. Fast path: while a Run heads the queue and the reply parser
+        holds nothing, a stretch of plain ``+OK`` replies (what SET and most writes answer) is
+        recognised by one bytes comparison instead of being parsed one by one."""
+        inflight = self._inflight
+        pos = 0
+        if inflight and inflight[0][0].__class__ is Run and not self.conn.reader.has_data():
+            end = len(data)
+            while inflight:
+                run, n = inflight[0]
+                if run.__class__ is not Run:
+                    break
+                total = len(run.argvs)
+                m = min(total - self._run_done, (end - pos) // 5)
+                if not m or data[pos : pos + 5 * m] != _OKS[: 5 * m]:
+                    break  # something else (or not all OK): the parser takes it from here
+                pos += 5 * m
+                self._run_done += m
+                if self._run_done < total:
+                    break  # the rest of this run's replies have not arrived yet
+                self._run_done = 0
+                self._run_extra -= total - 1
+                inflight.popleft()
+                self._unanswered_bytes -= n
+                self.answered += total
+                self.acked_offset = run.offset
+            if pos == end:
+                return
+        self.conn.reader.feed(data[pos:] if pos else data)
         self._process()
 
     def _process(self) -> None:
