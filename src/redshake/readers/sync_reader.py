@@ -560,136 +560,115 @@ class SyncReader:
             run: list | None = None  # plain commands being gathered into one Run
             run_start = 0
             raw = b""
-            while True:
-                argv = gets()
-                if argv is False:
-                    break
-                if argv.__class__ is not list or not argv:
-                    raise ReplProtocolError(f"unexpected item in the replication stream: {argv!r}"[:200])
-                start = end
-                a0 = argv[0]
-                kind = kinds.get(a0)
-                if kind is None:
-                    kind = _kind(a0, kinds)
-                if not kind and txn is None and runs:
-                    # fast path: only the length is needed, the bytes are sliced off the
-                    # chunk when the run is closed
-                    try:
-                        ln = ARRAY_SIZES[len(argv)]
-                        for x in argv:
-                            ln += BULK_SIZES[len(x)]
-                    except IndexError:  # 4096 arguments or an argument of 4096 bytes
-                        ln = encoded_len(argv)
-                    end += ln
-                    entries += 1
-                    if run is None:
-                        run = [argv]
-                        run_start = start
-                    else:
-                        run.append(argv)
-                    if len(run) >= BATCH_MAX:
-                        batch.append(_make_run(db, run, chunk, cs, run_start, end, span_base))
+            while True:  # until the chunk is parsed, handing over full batches
+                while True:
+                    argv = gets()
+                    if argv is False:
+                        break
+                    if argv.__class__ is not list or not argv:
+                        raise ReplProtocolError(f"unexpected item in the replication stream: {argv!r}"[:200])
+                    start = end
+                    a0 = argv[0]
+                    kind = kinds.get(a0)
+                    if kind is None:
+                        kind = _kind(a0, kinds)
+                    if not kind and txn is None and runs:
+                        # fast path: only the length is needed, the bytes are sliced off the
+                        # chunk when the run is closed
+                        try:
+                            ln = ARRAY_SIZES[len(argv)]
+                            for x in argv:
+                                ln += BULK_SIZES[len(x)]
+                        except IndexError:  # 4096 arguments or an argument of 4096 bytes
+                            ln = encoded_len(argv)
+                        end += ln
+                        entries += 1
+                        if run is None:
+                            run = [argv]
+                            run_start = start
+                        else:
+                            run.append(argv)
+                        if len(run) >= BATCH_MAX:
+                            break  # hand the batch over, then go on with the chunk
+                        continue
+                    if run is not None:
+                        batch.append(_make_run(db, run, chunk, cs, run_start, start, span_base))
                         run = None
-                        last_entry = safe = end
-                        parser.advance(start, end, encode(argv))
-                        self.entries += entries
-                        entries = 0
-                        self.sent_offset = end
-                        self._last_entry_off = last_entry
-                        self._yielded_upto = safe
-                        self.db = db
-                        yield batch
-                        if self._rewind:
-                            return
-                        batch = []
-                        last_beat = time.monotonic()
-                    continue
-                if run is not None:
-                    batch.append(_make_run(db, run, chunk, cs, run_start, start, span_base))
-                    run = None
-                    last_entry = safe = start
-                raw = encode(argv)
-                end += len(raw)
-                if not kind:
-                    entries += 1
-                    if txn is None:
-                        batch.append(Entry(db, argv, None, span_base + end, raw))
-                        last_entry = safe = end
-                        if len(batch) >= BATCH_MAX:
-                            parser.advance(start, end, raw)
-                            self.entries += entries
-                            entries = 0
-                            self.sent_offset = end
-                            self._last_entry_off = last_entry
-                            self._yielded_upto = safe
-                            self.db = db
-                            yield batch
-                            if self._rewind:
-                                return
-                            batch = []
-                            last_beat = time.monotonic()
-                    else:
-                        txn.append(Entry(db, argv, None, -1, raw))
-                    continue
-                parser.advance(start, end, raw)
-                if kind == _K_INTERNAL:
-                    if not _internal(argv[0].lower(), argv):
+                        last_entry = safe = start
+                    raw = encode(argv)
+                    end += len(raw)
+                    if not kind:
                         entries += 1
                         if txn is None:
                             batch.append(Entry(db, argv, None, span_base + end, raw))
                             last_entry = safe = end
+                            if len(batch) >= BATCH_MAX:
+                                break  # hand the batch over, then go on with the chunk
                         else:
                             txn.append(Entry(db, argv, None, -1, raw))
                         continue
+                    parser.advance(start, end, raw)
+                    if kind == _K_INTERNAL:
+                        if not _internal(argv[0].lower(), argv):
+                            entries += 1
+                            if txn is None:
+                                batch.append(Entry(db, argv, None, span_base + end, raw))
+                                last_entry = safe = end
+                            else:
+                                txn.append(Entry(db, argv, None, -1, raw))
+                            continue
+                        self.dropped += 1
+                        if txn is None:
+                            safe = end
+                        continue
+                    name = argv[0].lower()
+                    if name == b"select":
+                        try:
+                            db = int(argv[1])
+                        except (IndexError, ValueError):
+                            log.warning("[%s] bad SELECT in the stream: %r", self.name, argv)
+                        db_changes.append((end, db))
+                    elif name == b"multi":
+                        txn = [Entry(db, argv, None, -1, raw)]
+                        continue
+                    elif name == b"exec":
+                        if txn is None:
+                            log.warning("[%s] EXEC without MULTI in the stream (dropped)", self.name)
+                        else:
+                            txn.append(Entry(db, argv, None, span_base + end, raw))
+                            batch.extend(txn)
+                            txn = None
+                            last_entry = safe = end
+                            entries += 1
+                        continue
+                    elif name == b"replconf":
+                        if len(argv) > 1 and argv[1].lower() == b"getack":
+                            self.getacks += 1
+                            link.send_ack()
                     self.dropped += 1
                     if txn is None:
                         safe = end
-                    continue
-                name = argv[0].lower()
-                if name == b"select":
-                    try:
-                        db = int(argv[1])
-                    except (IndexError, ValueError):
-                        log.warning("[%s] bad SELECT in the stream: %r", self.name, argv)
-                    db_changes.append((end, db))
-                elif name == b"multi":
-                    txn = [Entry(db, argv, None, -1, raw)]
-                    continue
-                elif name == b"exec":
-                    if txn is None:
-                        log.warning("[%s] EXEC without MULTI in the stream (dropped)", self.name)
-                    else:
-                        txn.append(Entry(db, argv, None, span_base + end, raw))
-                        batch.extend(txn)
-                        txn = None
-                        last_entry = safe = end
-                        entries += 1
-                    continue
-                elif name == b"replconf":
-                    if len(argv) > 1 and argv[1].lower() == b"getack":
-                        self.getacks += 1
-                        link.send_ack()
-                self.dropped += 1
-                if txn is None:
-                    safe = end
-            if run is not None:
-                batch.append(_make_run(db, run, chunk, cs, run_start, end, span_base))
-                last_entry = safe = end
-                raw = encode(run[-1])  # check the run's end against the bytes received
-                start = end - len(raw)
-                run = None
-            if end != parser.offset:
-                parser.advance(start, end, raw)
-            self.entries += entries
-            self.sent_offset = end
-            self.db = db
-            if batch:
-                self._last_entry_off = last_entry
-                self._yielded_upto = safe
-                yield batch
-                if self._rewind:
-                    return
-                batch = []
+                if run is not None:
+                    batch.append(_make_run(db, run, chunk, cs, run_start, end, span_base))
+                    last_entry = safe = end
+                    raw = encode(run[-1])  # check the run's end against the bytes received
+                    start = end - len(raw)
+                    run = None
+                if end != parser.offset:
+                    parser.advance(start, end, raw)
+                self.entries += entries
+                self.sent_offset = end
+                self.db = db
+                if batch:
+                    self._last_entry_off = last_entry
+                    self._yielded_upto = safe
+                    yield batch
+                    if self._rewind:
+                        return
+                    batch = []
+                if argv is False:
+                    break  # the chunk is parsed
+                entries = 0  # a full batch was handed over mid-chunk: go on parsing the chunk
             if time.monotonic() - last_beat > HEARTBEAT:
                 last_beat = time.monotonic()
                 yield []
