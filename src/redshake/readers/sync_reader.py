@@ -180,7 +180,15 @@ class SyncReader:
         except (UnicodeDecodeError, ValueError):
             log.warning("[%s] marker %r holds %r: ignored", self.name, self.marker_key, raw)
             return None
-        if m_replid != replid or m_offset <= offset:
+        if m_replid != replid:
+            if m_replid:
+                log.warning(
+                    "[%s] the target's marker %r belongs to replication id %s, not %s: not used "
+                    "(commands after offset %d may be applied twice)",
+                    self.name, self.marker_key.decode("utf-8", "replace"), m_replid, replid, offset,
+                )  # fmt: skip
+            return None
+        if m_offset <= offset:
             return None
         log.info(
             "[%s] the target's marker %r is ahead of offset %d: the target has applied the "
