@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import redis
 
 from helpers import TESTDATA, assert_same_data, manifest, restore_file
 
@@ -50,6 +51,22 @@ def test_restore_matches_native_load(f, servers, tmp_path):
     r = restore_file(src, target, tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert_same_data(oracle, target)
+    assert function_libraries(target) == function_libraries(oracle)
+
+
+def function_libraries(server) -> list[tuple[bytes, bytes]]:
+    """(library name, code) of every function library, as FUNCTION LIST WITHCODE shows them;
+    empty on servers without functions (< 7.0)."""
+    try:
+        libs = server.client().execute_command("FUNCTION", "LIST", "WITHCODE")
+    except redis.ResponseError:
+        return []
+    out = []
+    for lib in libs:
+        d = dict(zip(lib[::2], lib[1::2], strict=True)) if isinstance(lib, list) else lib
+        d = {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
+        out.append((d["library_name"], d["library_code"]))
+    return sorted(out)
 
 
 @pytest.mark.parametrize("f", CORRUPT, ids=[f["path"] for f in CORRUPT])

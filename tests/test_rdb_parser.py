@@ -242,8 +242,8 @@ def test_function_records() -> None:
     _, recs = parse_all(data)
     funcs = [r.code for r in recs if isinstance(r, Function)]
     assert len(funcs) == 2
-    assert funcs[0].startswith(b"#!lua name=lib2\nlocal function test2()")
-    assert funcs[1].startswith(b"#!lua name=lib1\nlocal function test1()")
+    assert funcs[0].startswith(b"#!LUA name=lib2\nlocal function test2()")
+    assert funcs[1].startswith(b"#!LUA name=lib1\nlocal function test1()")
     assert b"redis.register_function('test1'" in funcs[1]
     data = (TESTDATA / "rdb/librdb/function2.rdb").read_bytes()
     _, recs = parse_all(data)

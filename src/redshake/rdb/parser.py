@@ -1287,7 +1287,9 @@ class RdbParser:
             return Function(code)
         if t == 0xF6:
             # Redis 7.0 release-candidate format: name, engine, has-description flag,
-            # [description], code (the code has no shebang line).
+            # [description], code (the code has no shebang line). Redis 7.0 loads it as
+            # "#!<engine as stored> name=<name>\n<code>" (FUNCTION LIST WITHCODE shows
+            # e.g. "#!LUA name=lib1"); the description is dropped, as 7.0 GA has none.
             name, q = read_str(buf, p + 1)
             engine, q = read_str(buf, q)
             has_desc, q = read_len(buf, q)
@@ -1295,7 +1297,7 @@ class RdbParser:
                 q = skip_str(buf, q)
             code, q = read_str(buf, q)
             if not code.startswith(b"#!"):
-                code = b"#!" + engine.lower() + b" name=" + name + b"\n" + code
+                code = b"#!" + engine + b" name=" + name + b"\n" + code
             self._pos = q
             return Function(code)
         if t == 0xF4 and not self.is_valkey and self.version >= 12:
