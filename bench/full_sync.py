@@ -57,7 +57,8 @@ def redshake_seconds(src) -> tuple[float, int]:
         work = Path(tempfile.mkdtemp(prefix="redshake-bench-"))
         cfg = work / "shake.toml"
         cfg.write_text(
-            f'[sync_reader]\naddress = "{src.address}"\nsync_aof = false\n'
+            # the native replica announces capa eof: let the source send to both alike
+            f'[sync_reader]\naddress = "{src.address}"\nsync_aof = false\ntry_diskless = true\n'
             f'[redis_writer]\naddress = "{target.address}"\n'
             f'[advanced]\ndir = "{work / "data"}"\nlog_interval = 0\n'
         )

@@ -75,6 +75,7 @@ class SyncReader:
         flush_on_resync: bool = True,
         resolve: Callable[[], str] | None = None,
         identity: str | None = None,
+        diskless: bool = False,
     ) -> None:
         self.ctx = ctx
         host, port = parse_address(address)
@@ -104,6 +105,7 @@ class SyncReader:
             rdb_only=not sync_aof,
             keep_rdb=sync_rdb,
             resolve=resolve,
+            diskless=diskless,
         )
         self.link: SourceLink | None = None
         self.checkpoint: Checkpoint | None = None
@@ -1057,6 +1059,7 @@ def _build(cfg, ctx, address: str | None) -> SyncReader:
         flush_on_resync=bool(ctx.options.get("flush_on_resync", rc.flush_on_resync)),
         resolve=resolve,
         identity=f"sentinel_{sentinel.master_name}" if resolve is not None else None,
+        diskless=rc.try_diskless,
     )
     if adv.exactly_once_key:  # one marker per source (a cluster source has several)
         reader.marker_key = f"{adv.exactly_once_key}:{reader.source_id}".encode()

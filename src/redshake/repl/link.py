@@ -68,6 +68,11 @@ class LinkOptions:
     keep_rdb: bool = True  # sync_rdb
     repl_timeout: float = 60.0
     resolve: Callable[[], str] | None = None  # sentinel lookup before every connection
+    # try_diskless: announce "capa eof" so the master may stream the snapshot without a
+    # file. Off by default, as in RedisShake: a disk-based sync starts its BGSAVE at once,
+    # while a diskless one waits repl-diskless-sync-delay (5 s by default) and every write
+    # made meanwhile arrives inside the snapshot instead of as a command.
+    diskless: bool = False
 
 
 @dataclass
@@ -221,7 +226,10 @@ class SourceLink(threading.Thread):
             self._use_sync = True
         if not self._use_sync:
             self._replconf(conn, "listening-port", str(o.listening_port))
-            self._replconf(conn, "capa", "eof", "capa", "psync2")
+            if o.diskless:
+                self._replconf(conn, "capa", "eof", "capa", "psync2")
+            else:
+                self._replconf(conn, "capa", "psync2")
             if self.source_valkey and self.source_version >= (8, 0, 0):
                 announce = "9.0.0" if self.source_version >= (9, 0, 0) else ver
                 self._replconf(conn, "version", announce)
