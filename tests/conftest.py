@@ -1,4 +1,5 @@
-"""Shared fixtures: ``servers`` (start real servers / clusters, always killed) and ``tmp_dir``."""
+"""Shared fixtures: ``servers`` (start real servers / clusters, always killed), ``shakes``
+(redshake processes, always killed) and ``tmp_dir``."""
 
 from __future__ import annotations
 
@@ -64,6 +65,17 @@ def servers(tmp_path: Path) -> Iterator[ServerFactory]:
 @pytest.fixture
 def tmp_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture
+def shakes() -> Iterator[list]:
+    """redshake processes a test started (append them); killed at teardown."""
+    started: list = []
+    try:
+        yield started
+    finally:
+        for s in started:
+            s.kill()
 
 
 @pytest.fixture(scope="session", autouse=True)

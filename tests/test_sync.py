@@ -97,14 +97,6 @@ class Shake:
         return json.loads((d / "checkpoint.json").read_text())
 
 
-@pytest.fixture
-def shakes():
-    started: list[Shake] = []
-    yield started
-    for s in started:
-        s.kill()
-
-
 def replica_offset(src) -> tuple[int, int, int]:
     """(master_repl_offset, offset ACKed by the first replica (-1: none), replicas)."""
     info = src.info("replication")

@@ -15,14 +15,6 @@ from servers import free_port
 from test_sync import Shake, replica_offset
 
 
-@pytest.fixture
-def shakes():
-    started: list[Shake] = []
-    yield started
-    for s in started:
-        s.kill()
-
-
 def _fill(cluster, n: int, prefix: str) -> None:
     """n keys of several types spread over every slot, written through the owning masters."""
     owners = _owners(cluster)

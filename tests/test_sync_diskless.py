@@ -10,15 +10,6 @@ import pytest
 from helpers import write_config
 from test_sync import Shake, replica_offset, wait_converged, wait_for
 
-
-@pytest.fixture
-def shakes():
-    started: list[Shake] = []
-    yield started
-    for s in started:
-        s.kill()
-
-
 # Splits MSET into SETs one db higher; everything else passes unchanged.
 SPLIT_MSET = """
 if string.upper(ARGV[1]) == "MSET" then
