@@ -7,20 +7,14 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
-
+import test_sync
 from datagen import populate
 from helpers import assert_same_data
+from redshake.commands.slots import key_slot
 from test_sync import Shake, start_load, stat, wait_converged, wait_for
-from test_sync_cluster import _converged, _digests, _fill
+from test_sync_cluster import _converged, _digests, _fill, _owners
 
-
-@pytest.fixture
-def shakes():
-    started: list[Shake] = []
-    yield started
-    for s in started:
-        s.kill()
+shakes = test_sync.shakes  # the fixture: redshake processes killed at teardown
 
 
 EMPTY = {"empty_db_before_sync": True}
@@ -130,3 +124,24 @@ def test_empty_db_before_sync_cluster_source_once(servers, tmp_path, shakes):
     assert "3 of 3 shards resume from their checkpoints: the target is kept" in log2
     assert "emptying the target" not in log2
     assert shake2.terminate() == 0, shake2.log()[-3000:]
+
+    # one shard lost its checkpoint: it alone starts with a full sync and deletes only the
+    # keys of its own slots; the two others resume and nothing of theirs is touched
+    first = src.masters[0]
+    (cp,) = (shake.work / f"shard_127.0.0.1_{first.port}").glob("reader_*/checkpoint.json")
+    cp.unlink()
+    owners = _owners(src)
+    mine = next(f"stale:{i}" for i in range(1000) if owners[key_slot(f"stale:{i}".encode())] is first)
+    theirs = next(f"stale:{i}" for i in range(1000) if owners[key_slot(f"stale:{i}".encode())] is not first)
+    dst.client().mset({mine: b"1", theirs: b"1"})
+    _fill(src, 300, "third")
+    shake3 = Shake(tmp_path, _Addr(src.seed), dst, reader=reader, advanced=EMPTY, name="shake3").start()
+    shakes.append(shake3)
+    _converged(src, shake3)
+    log3 = shake3.log()
+    assert "2 of 3 shards resume from their checkpoints: the target is kept" in log3
+    assert dst.client().exists(mine) == 0
+    assert dst.client().exists(theirs) == 1  # not a FLUSHALL
+    dst.client().delete(theirs)
+    assert _digests(src.masters) == _digests([dst])
+    assert shake3.terminate() == 0, log3[-3000:]

@@ -261,59 +261,33 @@ class _StartError(Exception):
 def _discover(cfg: Config, stop) -> list[tuple[str, list[tuple[int, int]]]]:
     """The shards of the source cluster; a source never reached is tried again until
     sync_reader.connect_timeout (then exit 1); refusals are bad configuration (exit 2)."""
-    from .pipeline import EXIT_BAD_INPUT, EXIT_FAILURE
-    from .resp.conn import AuthError, ConnError, TLSVerifyError
+    from .pipeline import EXIT_BAD_INPUT, EXIT_FAILURE, FatalError
+    from .readers.sync_reader import reach_source
+    from .resp.conn import AuthError, TLSVerifyError
 
     rc = cfg.reader
-    limit = float(rc.connect_timeout)
-    t0 = time.monotonic()
-    delay = 0.5
-    attempts = 0
-    while True:
-        try:
-            return source_shards(
-                rc.address,
-                prefer_replica=rc.prefer_replica,
-                **connection_options(
-                    username=rc.username,
-                    password=rc.password,
-                    tls=rc.tls,
-                    tls_verify=not rc.tls_skip_verify,
-                    tls_config=rc.tls_config.as_dict(),
-                ),
-            )
-        except (AuthError, TLSVerifyError) as e:
-            raise _StartError(f"the cluster source {rc.address} refused us: {e}", EXIT_BAD_INPUT) from None
-        except ReplyError as e:
-            if "cluster support disabled" in e.message:
-                raise _StartError(
-                    f"the source {rc.address} is not a node of a cluster: set cluster = false in "
-                    "[sync_reader]",
-                    EXIT_BAD_INPUT,
-                ) from None
+    opts = _conn_opts(rc)
+    try:
+        return reach_source(
+            lambda: source_shards(rc.address, prefer_replica=rc.prefer_replica, **opts),
+            rc.address, float(rc.connect_timeout), stop, "cluster source",
+        )  # fmt: skip
+    except (AuthError, TLSVerifyError) as e:
+        raise _StartError(f"the cluster source {rc.address} refused us: {e}", EXIT_BAD_INPUT) from None
+    except ReplyError as e:
+        if "cluster support disabled" in e.message:
             raise _StartError(
-                f"the source {rc.address} refused to describe its cluster: {e.message}", EXIT_BAD_INPUT
+                f"the source {rc.address} is not a node of a cluster: set cluster = false in "
+                "[sync_reader]",
+                EXIT_BAD_INPUT,
             ) from None
-        except (ConnError, OSError) as e:
-            attempts += 1
-            waited = time.monotonic() - t0
-            if limit > 0 and waited + delay > limit:
-                raise _StartError(
-                    f"cannot reach the cluster source {rc.address} ({e}); gave up after "
-                    f"{waited:.0f}s and {attempts} attempts (sync_reader.connect_timeout = "
-                    f"{limit:g}; 0 waits forever)",
-                    EXIT_FAILURE,
-                ) from None
-            log.warning(
-                "cannot reach the cluster source %s (%s); trying again in %.1fs (attempt #%d)",
-                rc.address, e, delay, attempts,
-            )  # fmt: skip
-            end = time.monotonic() + delay
-            while time.monotonic() < end:
-                if stop():
-                    raise _StartError("stopped before the source was reached", EXIT_FAILURE) from None
-                time.sleep(0.1)
-            delay = min(delay * 2, 10.0)
+        raise _StartError(
+            f"the source {rc.address} refused to describe its cluster: {e.message}", EXIT_BAD_INPUT
+        ) from None
+    except FatalError as e:
+        raise _StartError(str(e), EXIT_FAILURE) from None
+    except KeyboardInterrupt:
+        raise _StartError("stopped before the source was reached", EXIT_FAILURE) from None
 
 
 def _empty_target_once(cfg: Config, shards) -> Config:
@@ -355,6 +329,17 @@ def _empty_target_once(cfg: Config, shards) -> Config:
     return replace(cfg, advanced=replace(cfg.advanced, empty_db_before_sync=False))
 
 
+def _conn_opts(rc) -> dict:
+    """Connection keyword arguments for the source of reader config ``rc``."""
+    return connection_options(
+        username=rc.username,
+        password=rc.password,
+        tls=rc.tls,
+        tls_verify=not rc.tls_skip_verify,
+        tls_config=rc.tls_config.as_dict(),
+    )
+
+
 def _shard_dir(base: Path, address: str) -> Path:
     host, port = parse_address(address)
     return base / f"shard_{host.replace(':', '_')}_{port}"
@@ -366,15 +351,8 @@ def is_cluster_node(rc) -> bool:
     from .resp.conn import ConnError
 
     host, port = parse_address(rc.address)
-    opts = connection_options(
-        username=rc.username,
-        password=rc.password,
-        tls=rc.tls,
-        tls_verify=not rc.tls_skip_verify,
-        tls_config=rc.tls_config.as_dict(),
-    )
     try:
-        with Connection(host, port, io_timeout=30.0, **opts) as c:
+        with Connection(host, port, io_timeout=30.0, **_conn_opts(rc)) as c:
             raw = c.call("INFO", "cluster")
     except (ConnError, OSError, ReplyError):
         return False

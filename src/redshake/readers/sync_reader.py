@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from ..entry import Entry, Run
 from ..rdb import records as R
@@ -38,6 +39,7 @@ from ..util import human_bytes
 __all__ = ["SyncReader", "build", "EPOCH_SPAN", "tag"]
 
 log = logging.getLogger("redshake")
+_T = TypeVar("_T")
 
 EPOCH_SPAN = 1 << 64  # entry.offset = epoch * EPOCH_SPAN + replication offset
 READ_CHUNK = 1 << 20
@@ -187,52 +189,29 @@ class SyncReader:
         """Reach the source once before anything is written: a wrong password, a rejected
         certificate or a node of a cluster read alone is refused at once (exit 2); a source
         that cannot be reached is tried again until ``connect_timeout`` (then exit 1)."""
-        from ..pipeline import FatalError
         from ..readers.rdb_entries import ConversionError
-        from ..resp.conn import AuthError, Connection, ConnError, TLSVerifyError, connection_options
+        from ..resp.conn import AuthError, Connection, TLSVerifyError, connection_options
 
         o = self.opts
-        limit = self.connect_timeout
-        t0 = time.monotonic()
-        delay = 0.5
-        attempts = 0
-        while True:
-            address = o.resolve() if o.resolve is not None else self.address
-            host, port = parse_address(address)
-            try:
-                with Connection(
-                    host, port, io_timeout=30.0,
-                    **connection_options(
-                        username=o.username, password=o.password, tls=o.tls,
-                        tls_verify=o.tls_verify, tls_config=o.tls_config,
-                    ),
-                ) as conn:  # fmt: skip
-                    info = _source_info(conn)
-                break
-            except AuthError as e:
-                raise ConversionError(f"the source {address} refused the credentials: {e}") from None
-            except TLSVerifyError as e:
-                raise ConversionError(str(e)) from None
-            except (ConnError, OSError) as e:
-                attempts += 1
-                waited = time.monotonic() - t0
-                if limit > 0 and waited + delay > limit:
-                    raise FatalError(
-                        f"cannot reach the source {address} ({e}); gave up after {waited:.0f}s "
-                        f"and {attempts} attempts (sync_reader.connect_timeout = {limit:g}; 0 "
-                        "waits forever)"
-                    ) from None
-                log.warning(
-                    "[%s] cannot reach the source %s (%s); trying again in %.1fs (attempt #%d%s)",
-                    self.name, address, e, delay, attempts,
-                    f", giving up after {limit:g}s" if limit > 0 else "",
-                )  # fmt: skip
-                end = time.monotonic() + delay
-                while time.monotonic() < end:
-                    if self.ctx.stop():
-                        raise KeyboardInterrupt from None
-                    time.sleep(0.1)
-                delay = min(delay * 2, 10.0)
+        where = [self.address]
+
+        def attempt() -> dict[str, str]:
+            where[0] = o.resolve() if o.resolve is not None else self.address
+            host, port = parse_address(where[0])
+            opts = connection_options(
+                username=o.username, password=o.password, tls=o.tls,
+                tls_verify=o.tls_verify, tls_config=o.tls_config,
+            )  # fmt: skip
+            with Connection(host, port, io_timeout=30.0, **opts) as conn:
+                return _source_info(conn)
+
+        try:
+            info = reach_source(attempt, self.address, self.connect_timeout, self.ctx.stop, self.name)
+        except AuthError as e:
+            raise ConversionError(f"the source {where[0]} refused the credentials: {e}") from None
+        except TLSVerifyError as e:
+            raise ConversionError(str(e)) from None
+        address = where[0]
         if info.get("refused"):
             raise ConversionError(f"the source {address} refused PING: {info['refused']}")
         if info.get("cluster_enabled") == "1" and not self.cluster_node_ok:
@@ -1050,6 +1029,42 @@ def planned_resume(workdir: Path, address: str, sync_aof: bool = True) -> bool:
     (PSYNC, nothing re-copied) rather than start with a full sync?"""
     cp = load_checkpoint(Path(workdir).absolute() / reader_dirname(address) / "checkpoint.json")
     return bool(cp and cp.source == address and cp.phase == PHASE_AOF and cp.replid and sync_aof)
+
+
+def reach_source(attempt: Callable[[], _T], address: str, limit: float, stop, label: str) -> _T:
+    """``attempt()`` until it does not fail to connect: a source never reached is tried again
+    with back-off for ``limit`` seconds (0: forever), then FatalError; a refused password or
+    certificate is raised at once (retrying cannot fix it); a stop request raises
+    KeyboardInterrupt."""
+    from ..pipeline import FatalError
+    from ..resp.conn import AuthError, ConnError, TLSVerifyError
+
+    t0 = time.monotonic()
+    delay = 0.5
+    attempts = 0
+    while True:
+        try:
+            return attempt()
+        except (AuthError, TLSVerifyError):
+            raise
+        except (ConnError, OSError) as e:
+            attempts += 1
+            waited = time.monotonic() - t0
+            if limit > 0 and waited + delay > limit:
+                raise FatalError(
+                    f"cannot reach the source {address} ({e}); gave up after {waited:.0f}s and "
+                    f"{attempts} attempts (sync_reader.connect_timeout = {limit:g}; 0 waits forever)"
+                ) from None
+            log.warning(
+                "[%s] cannot reach the source %s (%s); trying again in %.1fs (attempt #%d%s)",
+                label, address, e, delay, attempts, f", giving up after {limit:g}s" if limit > 0 else "",
+            )  # fmt: skip
+            end = time.monotonic() + delay
+            while time.monotonic() < end:
+                if stop():
+                    raise KeyboardInterrupt from None
+                time.sleep(0.1)
+            delay = min(delay * 2, 10.0)
 
 
 def _source_info(conn) -> dict[str, str]:
