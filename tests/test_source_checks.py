@@ -347,3 +347,18 @@ def test_source_restart_is_retried_past_connect_timeout(servers, tmp_path, shake
     doc = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read())
     assert doc["reader"]["reconnects"] >= 1
     assert shake.terminate() == 0
+
+
+def test_moved_reply_names_the_fix():
+    """A MOVED met after start (the upfront check passed) names cluster = true too."""
+    from redshake.entry import Entry
+    from redshake.pipeline import ErrorPolicy, FatalError
+    from redshake.status.stats import Stats
+
+    policy = ErrorPolicy("panic", Stats())
+    policy.standalone_target = "127.0.0.1:7000"
+    with pytest.raises(FatalError, match=r"is a cluster: set cluster = true in \[redis_writer\]"):
+        policy(Entry(0, [b"SET", b"k", b"v"]), "MOVED 3999 127.0.0.1:7001")
+    policy.standalone_target = ""  # a cluster writer: the plain target error
+    with pytest.raises(FatalError, match="target error for SET"):
+        policy(Entry(0, [b"SET", b"k", b"v"]), "MOVED 3999 127.0.0.1:7001")
