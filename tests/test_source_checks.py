@@ -217,10 +217,13 @@ def test_v3_sync_from_one_cluster_node_copies_every_shard(servers, tmp_path, sha
 
 
 class FakeMaster:
-    """Answers the replica handshake, then sends ``payload`` after the PSYNC and closes."""
+    """Answers the replica handshake, then sends ``payloads[n]`` after the n-th PSYNC (the
+    last one for every later PSYNC) and closes, or with ``keep_open`` keeps the connection
+    that got the last payload open."""
 
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
+    def __init__(self, *payloads: bytes, keep_open: bool = False) -> None:
+        self.payloads = payloads
+        self.keep_open = keep_open
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
@@ -255,9 +258,13 @@ class FakeMaster:
                     if name == b"info":
                         conn.sendall(b"$%d\r\n%s\r\n" % (len(info), info))
                     elif name in (b"psync", b"sync"):
+                        n = len(self.psyncs)
                         self.psyncs.append(time.monotonic())
-                        conn.sendall(self.payload)
-                        return
+                        conn.sendall(self.payloads[min(n, len(self.payloads) - 1)])
+                        if not (self.keep_open and n >= len(self.payloads) - 1):
+                            return
+                    elif name == b"replconf" and len(cmd) > 1 and cmd[1].lower() == b"ack":
+                        continue
                     elif name == b"ping":
                         conn.sendall(b"+PONG\r\n")
                     else:
@@ -276,7 +283,7 @@ class FakeMaster:
 @pytest.fixture
 def fake_masters():
     started: list[FakeMaster] = []
-    yield lambda payload: started.append(FakeMaster(payload)) or started[-1]
+    yield lambda *payloads, **kw: started.append(FakeMaster(*payloads, **kw)) or started[-1]
     for m in started:
         m.close()
 
@@ -320,6 +327,29 @@ def test_truncated_snapshot_backs_off(servers, tmp_path, fake_masters, shakes):
     assert "Traceback" not in log
     flushes = int(dst.info("commandstats").get("cmdstat_flushall", {}).get("calls", 0))
     assert flushes <= len(master.psyncs)
+
+
+def test_loading_source_is_retried(servers, tmp_path, fake_masters, shakes):
+    """-LOADING answers to PSYNC are retried (logged, counted) until the source serves the
+    snapshot (a real server's RDB file)."""
+    real = servers.start("redis-7.0")
+    real.client().set(b"from-the-snapshot", b"yes")
+    real.client().execute_command("SAVE")
+    rdb = (real.dir / "dump.rdb").read_bytes()
+    loading = b"-LOADING Redis is loading the dataset in memory\r\n"
+    full = b"+FULLRESYNC " + REPLID + b" 0\r\n$%d\r\n" % len(rdb) + rdb
+    master = fake_masters(loading, loading, full, keep_open=True)
+    dst = servers.start("redis-7.0")
+    port = free_port()
+    shake = Shake(tmp_path, master, dst, status_port=port).start()
+    shakes.append(shake)
+    wait_for(lambda: dst.client().get(b"from-the-snapshot") == b"yes", 60, "the snapshot", shake)
+    doc = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read())
+    assert doc["reader"]["reconnects"] >= 2
+    assert "LOADING" in doc["reader"]["last_link_error"]
+    assert doc["reader"]["failed_snapshots"] == 0
+    assert "source not ready: LOADING" in shake.log()
+    assert shake.terminate() == 0
 
 
 def test_source_restart_is_retried_past_connect_timeout(servers, tmp_path, shakes):
