@@ -211,6 +211,16 @@ def test_v3_sync_from_one_cluster_node_copies_every_shard(servers, tmp_path, sha
     assert _digests(src.masters) == _digests([dst])
     assert "is a node of a cluster: copying every shard" in shake.log()
     assert shake.terminate() == 0, shake.log()[-3000:]
+    # the same for a v3 scan
+    dst2 = servers.start("redis-7.0")
+    scan = tmp_path / "scan.toml"
+    scan.write_text(
+        f'type = "scan"\n[source]\naddress = "{src.masters[0].address}"\n'
+        f'[target]\naddress = "{dst2.address}"\n[advanced]\ndir = "{tmp_path / "work2"}"\n'
+    )
+    r = run_redshake(scan, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _digests(src.masters) == _digests([dst2])
 
 
 # -- item: the live link: what cannot heal stops, what can is retried ---------------------------
