@@ -1068,27 +1068,26 @@ def reach_source(attempt: Callable[[], _T], address: str, limit: float, stop, la
 
 
 def _source_info(conn) -> dict[str, str]:
-    """INFO server + cluster of a source (``refused``: PING was refused for lack of rights;
-    LOADING and the like are fine: the server is there)."""
+    """INFO cluster of a source (``refused``: PING was refused for lack of rights; LOADING and
+    the like are fine: the server is there)."""
     from ..resp.conn import ReplyError
 
-    out: dict[str, str] = {}
     try:
         conn.call("PING")
     except ReplyError as e:
         if e.code in ("NOAUTH", "WRONGPASS", "NOPERM"):
             return {"refused": e.message}
-        return out
-    for section in ("server", "cluster"):
-        try:
-            raw = conn.call("INFO", section)
-        except ReplyError:
-            continue
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-        for line in text.splitlines():
-            k, sep, v = line.partition(":")
-            if sep and not line.startswith("#"):
-                out[k.strip()] = v.strip()
+        return {}
+    try:
+        raw = conn.call("INFO", "cluster")
+    except ReplyError:  # INFO forbidden: nothing to tell
+        return {}
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        k, sep, v = line.partition(":")
+        if sep and not line.startswith("#"):
+            out[k.strip()] = v.strip()
     return out
 
 
