@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 1
+    except Exception as e:  # a defect: one line for the user, the traceback in the debug log
+        import logging
+
+        logging.getLogger("redshake").debug("unexpected error", exc_info=True)
+        sys.stderr.write(f"redshake failed: {type(e).__name__}: {e} (log_level = \"debug\" logs where)\n")
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,8 +5,10 @@ from __future__ import annotations
 import gc
 import logging
 import signal
+import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from .config.schema import Config
@@ -70,6 +72,8 @@ class ErrorPolicy:
         self.busy_skipped = 0
         self.busy_restore = 0
         self.failed = 0
+        # the address of a target written without cluster = true (a MOVED names the fix)
+        self.standalone_target = ""
 
     def __call__(self, entry: Entry, message: str) -> None:
         key = entry.argv[1] if len(entry.argv) > 1 else b""
@@ -81,6 +85,8 @@ class ErrorPolicy:
         self.failed += 1
         self.stats.fail()  # visible in the status JSON (failed_count) right away
         log.error("target replied error to %s on key %r (db %d): %s", cmd, key, entry.db, message)
+        if self.standalone_target and message.startswith(("MOVED ", "ASK ")):
+            raise FatalError(f"{not_cluster_writer(self.standalone_target)} ({cmd} got {message})")
         raise FatalError(f"target error for {cmd} key {key!r} in db {entry.db}: {message}")
 
     def existing_key(self, db: int, key: bytes) -> None:
@@ -109,7 +115,7 @@ def run(cfg: Config) -> int:
     """Run a loaded config. Returns the process exit code."""
     from .status.logging import format_progress, setup_logging
     from .status.stats import Stats
-    from .workdir import WorkDir
+    from .workdir import WorkDir, WorkDirLocked
 
     adv = cfg.advanced
     # Entries are short-lived and acyclic; with the default gen-0 threshold (700) the cycle
@@ -117,7 +123,14 @@ def run(cfg: Config) -> int:
     # less often; everything allocated until now is frozen out of the collector's scans.
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
-    with WorkDir(adv.dir) as wd:
+    try:
+        workdir = WorkDir(adv.dir)
+    except WorkDirLocked:
+        raise
+    except OSError as e:
+        sys.stderr.write(f"config error: advanced.dir: {e.strerror or e}. Nothing was written.\n")
+        return EXIT_BAD_INPUT
+    with workdir as wd:
         log_path = Path(adv.log_file)
         if not log_path.is_absolute():
             log_path = Path(wd.path) / log_path
@@ -148,6 +161,7 @@ def run(cfg: Config) -> int:
         stop = _Stop()
         stop.install()
         try:
+            cfg = _v3_cluster_source(cfg)
             if cfg.reader_type == "sync" and cfg.reader.cluster:
                 from .shards import run_sharded
 
@@ -155,6 +169,23 @@ def run(cfg: Config) -> int:
             return _drive(cfg, stats, stop, format_progress)
         finally:
             stop.restore()
+
+
+def _v3_cluster_source(cfg: Config) -> Config:
+    """A v3 sync.toml has no way to say that the source is a cluster: when its address is a
+    node of one, follow every shard (reading that node alone would copy its slots only)."""
+    if SHARD is not None or cfg.source_format != "v3" or cfg.reader_type not in ("sync", "scan"):
+        return cfg  # (a shard process reads its own node)
+    if cfg.reader.cluster:
+        return cfg
+    from .shards import is_cluster_node
+
+    if not is_cluster_node(cfg.reader):
+        return cfg
+    log.info(
+        "the source %s is a node of a cluster: copying every shard of the cluster", cfg.reader.address
+    )
+    return replace(cfg, reader=replace(cfg.reader, cluster=True))
 
 
 def _unsupported(cfg: Config) -> str:
@@ -218,6 +249,8 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         log.error("config error: %s. Nothing was written.", e)
         return EXIT_BAD_INPUT
     policy = ErrorPolicy(adv.rdb_restore_command_behavior, stats)
+    if cfg.writer_type == "redis" and not cfg.writer.cluster:
+        policy.standalone_target = cfg.writer.address or "(from sentinel)"
     if adv.exactly_once_key and (
         cfg.reader_type != "sync" or cfg.writer_type != "redis" or cfg.writer.cluster
     ):
@@ -234,6 +267,10 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         log.error("cannot use the target: %s: %s", type(e).__name__, e)
         return EXIT_FAILURE
     info = writer.info
+    if cfg.writer_type == "redis" and info.cluster and not cfg.writer.cluster:
+        log.error("config error: %s. Nothing was written.", not_cluster_writer(cfg.writer.address))
+        writer.close()
+        return EXIT_BAD_INPUT
     if cfg.writer_type == "file":
         log.info("target: file %s (type %s)", cfg.writer.filepath, cfg.writer.type)
     else:
@@ -266,6 +303,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         from .shards import flush_slots
 
         ctx.options["flush_target"] = lambda: flush_slots(writer, SHARD["ranges"])
+        ctx.options["shard"] = True
     try:
         reader = build_reader(cfg, ctx)
         reader.prepare()
@@ -273,6 +311,10 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         log.error("invalid input: %s. Nothing was written to the target.", e)
         writer.close()
         return EXIT_BAD_INPUT
+    except FatalError as e:
+        log.error("%s. Nothing was written to the target.", e)
+        writer.close()
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         log.warning("interrupted before anything was written")
         writer.close()
@@ -283,10 +325,18 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     if wrap_writer is not None:
         writer = wrap_writer(writer)
 
-    status_server = _start_status(cfg, stats, reader, writer)
+    try:
+        status_server = _start_status(cfg, stats, reader, writer)
+    except OSError as e:
+        log.error("config error: %s. Nothing was written.", e)
+        _close_quietly(reader, writer)
+        return EXIT_BAD_INPUT
     if adv.empty_db_before_sync:
-        log.info("empty_db_before_sync: FLUSHALL on the target")
-        writer.flushall()
+        refused = _empty_target(reader, ctx.options["flush_target"])
+        if refused:
+            log.error("%s. Nothing was written.", refused)
+            _close_quietly(reader, writer, status_server)
+            return EXIT_BAD_INPUT
 
     def line() -> str:
         return format_progress(
@@ -419,6 +469,46 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
             log.info("%s", extra)
     _summary(reader, policy, stats, time.monotonic() - t1, code, transform is not None)
     return code
+
+
+def not_cluster_writer(address: str) -> str:
+    """What to tell a user whose standalone writer meets a cluster target."""
+    return (
+        f"the target {address} is a cluster: set cluster = true in [redis_writer] "
+        '(v3 sync.toml: [target] type = "cluster")'
+    )
+
+
+def _empty_target(reader, flush) -> str:
+    """advanced.empty_db_before_sync: empty the target before a snapshot is applied, never
+    before a resume from a checkpoint (that would keep only what was written since the stop).
+    Returns why the target refused, or "" when done / not needed now."""
+    if getattr(reader, "will_resume", False):
+        log.info(
+            "empty_db_before_sync: resuming from the checkpoint, the target is kept (it is "
+            "emptied should the source answer with a full resynchronisation instead)"
+        )
+        reader.empty_on_full_sync = True
+        return ""
+    log.info("empty_db_before_sync: emptying the target (FLUSHALL) before the copy")
+    try:
+        flush()
+    except Exception as e:  # READONLY replica, ACL, renamed FLUSHALL, lost connection
+        return f"empty_db_before_sync: the target refused to be emptied: {e}"
+    emptied = getattr(reader, "target_emptied", None)
+    if emptied is not None:
+        emptied()
+    return ""
+
+
+def _close_quietly(*parts) -> None:
+    for part in parts:
+        if part is None:
+            continue
+        try:
+            part.close()
+        except Exception:
+            log.debug("close failed", exc_info=True)
 
 
 def _describe_mode(cfg: Config) -> str:

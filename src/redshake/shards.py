@@ -153,45 +153,52 @@ def _shard_main(cfg: Config, address: str, ranges, workdir: str, status_q, code_
 
 def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
     """Parent: discover shards, start one process each, aggregate status, wait."""
-    from .pipeline import EXIT_FAILURE, EXIT_OK
+    from .pipeline import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK
     from .status.stats import combine
 
     rc = cfg.reader
-    shards = source_shards(
-        rc.address,
-        prefer_replica=rc.prefer_replica,
-        **connection_options(
-            username=rc.username,
-            password=rc.password,
-            tls=rc.tls,
-            tls_verify=not rc.tls_skip_verify,
-            tls_config=rc.tls_config.as_dict(),
-        ),
-    )
+    try:
+        shards = _discover(cfg, stop)
+    except _StartError as e:
+        log.error("%s. Nothing was written.", e)
+        return e.code
     if not shards:
         log.error("cluster source %s: no master owns slots", rc.address)
         return EXIT_FAILURE
     log.info("cluster source %s: %d shards: %s", rc.address, len(shards), ", ".join(a for a, _ in shards))
+    latest: dict[str, dict] = {}
+    server = None
+    if cfg.advanced.status_port:
+        from .status.server import StatusServer
+
+        board = _ShardBoard(latest, [a for a, _ in shards])
+        try:
+            server = StatusServer(cfg.advanced.status_port, cfg.advanced.status_bind, board)
+        except OSError as e:
+            log.error("config error: %s. Nothing was written.", e)
+            return EXIT_BAD_INPUT
+    if cfg.advanced.empty_db_before_sync:
+        try:
+            cfg = _empty_target_once(cfg, shards)
+        except _StartError as e:
+            if server is not None:
+                server.close()
+            log.error("%s. Nothing was written.", e)
+            return e.code
     ctx = mp.get_context("fork")
     status_q = ctx.Queue()
     code_q = ctx.Queue()
     base = Path(cfg.advanced.dir)
     procs: dict[str, mp.process.BaseProcess] = {}
     for addr, ranges in shards:
-        host, port = parse_address(addr)
-        wd = str(base / f"shard_{host.replace(':', '_')}_{port}")
+        wd = str(_shard_dir(base, addr))
         p = ctx.Process(
             target=_shard_main, args=(cfg, addr, ranges, wd, status_q, code_q), name=f"shard-{addr}"
         )
         p.start()
         procs[addr] = p
-    latest: dict[str, dict] = {}
-    board = _ShardBoard(latest, [a for a, _ in shards])
-    server = None
-    if cfg.advanced.status_port:
-        from .status.server import StatusServer
-
-        server = StatusServer(cfg.advanced.status_port, cfg.advanced.status_bind, board).start()
+    if server is not None:
+        server.start()
     codes: dict[str, int] = {}
     forwarded = False
     last_line = time.monotonic()
@@ -241,6 +248,116 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
     for addr, _ in shards:
         log.info("shard %s exited with %s", addr, codes.get(addr))
     return worst
+
+
+class _StartError(Exception):
+    """The cluster source cannot be started: ``code`` is the exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _discover(cfg: Config, stop) -> list[tuple[str, list[tuple[int, int]]]]:
+    """The shards of the source cluster; a source never reached is tried again until
+    sync_reader.connect_timeout (then exit 1); refusals are bad configuration (exit 2)."""
+    from .pipeline import EXIT_BAD_INPUT, EXIT_FAILURE, FatalError
+    from .readers.sync_reader import reach_source
+    from .resp.conn import AuthError, TLSVerifyError
+
+    rc = cfg.reader
+    opts = _conn_opts(rc)
+    try:
+        return reach_source(
+            lambda: source_shards(rc.address, prefer_replica=rc.prefer_replica, **opts),
+            rc.address, float(rc.connect_timeout), stop, "cluster source",
+        )  # fmt: skip
+    except (AuthError, TLSVerifyError) as e:
+        raise _StartError(f"the cluster source {rc.address} refused us: {e}", EXIT_BAD_INPUT) from None
+    except ReplyError as e:
+        if "cluster support disabled" in e.message:
+            raise _StartError(
+                f"the source {rc.address} is not a node of a cluster: set cluster = false in "
+                "[sync_reader]",
+                EXIT_BAD_INPUT,
+            ) from None
+        raise _StartError(
+            f"the source {rc.address} refused to describe its cluster: {e.message}", EXIT_BAD_INPUT
+        ) from None
+    except FatalError as e:
+        raise _StartError(str(e), EXIT_FAILURE) from None
+    except KeyboardInterrupt:
+        raise _StartError("stopped before the source was reached", EXIT_FAILURE) from None
+
+
+def _empty_target_once(cfg: Config, shards) -> Config:
+    """advanced.empty_db_before_sync for a cluster source: the target is emptied once, here,
+    when every shard starts with a full sync; when some shard resumes from its checkpoint the
+    target is kept and each shard that needs a snapshot empties only its own slots (a
+    FLUSHALL would erase what the resuming shards copied). Returns the shards' config."""
+    from .pipeline import EXIT_BAD_INPUT, not_cluster_writer
+    from .readers.sync_reader import planned_resume
+    from .writers import build_writer
+
+    base = Path(cfg.advanced.dir)
+    resuming = [a for a, _ in shards if planned_resume(_shard_dir(base, a), a, cfg.reader.sync_aof)]
+    if resuming:
+        log.info(
+            "empty_db_before_sync: %d of %d shards resume from their checkpoints: the target is "
+            "kept; a shard that needs a full sync empties only its own slots",
+            len(resuming), len(shards),
+        )  # fmt: skip
+        return cfg
+    log.info("empty_db_before_sync: emptying the target once (FLUSHALL) before the shards start")
+    try:
+        writer = build_writer(cfg, None)
+    except Exception as e:
+        raise _StartError(f"cannot use the target: {type(e).__name__}: {e}", 1) from None
+    try:
+        if cfg.writer_type == "redis" and writer.info.cluster and not cfg.writer.cluster:
+            raise _StartError(f"config error: {not_cluster_writer(cfg.writer.address)}", EXIT_BAD_INPUT)
+        writer.flushall()
+    except _StartError:
+        raise
+    except Exception as e:
+        raise _StartError(f"empty_db_before_sync: the target refused to be emptied: {e}", EXIT_BAD_INPUT) from None
+    finally:
+        try:
+            writer.close()
+        except Exception:
+            log.debug("close failed", exc_info=True)
+    return replace(cfg, advanced=replace(cfg.advanced, empty_db_before_sync=False))
+
+
+def _conn_opts(rc) -> dict:
+    """Connection keyword arguments for the source of reader config ``rc``."""
+    return connection_options(
+        username=rc.username,
+        password=rc.password,
+        tls=rc.tls,
+        tls_verify=not rc.tls_skip_verify,
+        tls_config=rc.tls_config.as_dict(),
+    )
+
+
+def _shard_dir(base: Path, address: str) -> Path:
+    host, port = parse_address(address)
+    return base / f"shard_{host.replace(':', '_')}_{port}"
+
+
+def is_cluster_node(rc) -> bool:
+    """Whether the source of reader config ``rc`` answers INFO with cluster_enabled:1 (False
+    when it cannot be asked: the reader then reports the problem itself)."""
+    from .resp.conn import ConnError
+
+    host, port = parse_address(rc.address)
+    try:
+        with Connection(host, port, io_timeout=30.0, **_conn_opts(rc)) as c:
+            raw = c.call("INFO", "cluster")
+    except (ConnError, OSError, ReplyError):
+        return False
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return "cluster_enabled:1" in text
 
 
 class _ShardBoard:

@@ -108,6 +108,10 @@ class SyncReaderConfig(EndpointConfig):
     # snapshot so keys deleted on the source meanwhile do not survive (false when several
     # sources feed the same target)
     flush_on_resync: bool = True
+    # redshake: seconds to keep trying a source that was never reached in this run (wrong
+    # address, server down) before giving up with exit 1; 0 = wait forever. A source lost
+    # after it was reached is always retried.
+    connect_timeout: int = field(default=180, metadata={"min": 0})
 
 
 @dataclass

@@ -80,6 +80,13 @@ def _version_of(info: dict[str, str]) -> tuple[tuple[int, int, int], bool]:
     return (parts[0], parts[1], parts[2]), valkey
 
 
+def _cluster_enabled(conn: Connection) -> bool:
+    try:
+        return parse_info(conn.call("INFO", "cluster")).get("cluster_enabled") == "1"
+    except ReplyError:  # INFO forbidden by ACL: nothing to tell
+        return False
+
+
 class ScanReader:
     """The ``[scan_reader]`` (see the module doc)."""
 
@@ -214,6 +221,12 @@ class ScanReader:
                 seed.close()
                 raise ScanSourceError(f"{address}: the cluster has no master holding slots")
         else:
+            if _cluster_enabled(seed):
+                seed.close()
+                raise ScanSourceError(
+                    f"the source {address} is a node of a cluster: alone it holds only its own "
+                    "slots. Set cluster = true in [scan_reader] to copy every shard"
+                )
             read = address
             if rc.prefer_replica:
                 rep = self._pick_replica(seed)

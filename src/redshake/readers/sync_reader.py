@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from ..entry import Entry, Run
 from ..rdb import records as R
@@ -38,6 +39,7 @@ from ..util import human_bytes
 __all__ = ["SyncReader", "build", "EPOCH_SPAN", "tag"]
 
 log = logging.getLogger("redshake")
+_T = TypeVar("_T")
 
 EPOCH_SPAN = 1 << 64  # entry.offset = epoch * EPOCH_SPAN + replication offset
 READ_CHUNK = 1 << 20
@@ -76,11 +78,21 @@ class SyncReader:
         resolve: Callable[[], str] | None = None,
         identity: str | None = None,
         diskless: bool = False,
+        connect_timeout: float = 180.0,
+        cluster_node_ok: bool = False,
     ) -> None:
         self.ctx = ctx
-        host, port = parse_address(address)
         self.address = address
-        self.name = f"reader_{host.replace(':', '_')}_{port}"
+        self.name = reader_dirname(address)
+        # prepare(): how long to keep trying a source never reached (0: forever); whether a
+        # node of a cluster may be read alone (one shard of a cluster source)
+        self.connect_timeout = connect_timeout
+        self.cluster_node_ok = cluster_node_ok
+        # prepare() found a checkpoint to resume from with PSYNC (nothing is re-copied)
+        self.will_resume = False
+        # advanced.empty_db_before_sync while resuming: empty the target should the source
+        # answer with a full resynchronisation instead
+        self.empty_on_full_sync = False
         # what the checkpoint belongs to: the address, or the Sentinel master name (whose
         # address changes on failover while the replication history continues)
         self.source_id = identity or address
@@ -142,6 +154,7 @@ class SyncReader:
     # -- Reader protocol ----------------------------------------------------------------
 
     def prepare(self) -> None:
+        self._preflight()
         self.checkpoint = cp = load_checkpoint(self.cp_path)
         self.spool.clear()
         resume = None
@@ -161,6 +174,7 @@ class SyncReader:
                     self.name, cp.replid, cp.offset, cp.db,
                 )  # fmt: skip
                 resume = self._resume_from_marker(cp.replid, cp.offset) or resume
+                self.will_resume = True
             else:
                 log.info(
                     "[%s] checkpoint says an earlier snapshot was not completely applied: "
@@ -168,6 +182,45 @@ class SyncReader:
                 )  # fmt: skip
                 self._dirty_target = True
         self.link = SourceLink(self.opts, self.spool, resume, self.name)
+
+    def target_emptied(self) -> None:
+        """The driver emptied the target before the first snapshot (empty_db_before_sync)."""
+        self._dirty_target = False
+
+    def _preflight(self) -> None:
+        """Reach the source once before anything is written: a wrong password, a rejected
+        certificate or a node of a cluster read alone is refused at once (exit 2); a source
+        that cannot be reached is tried again until ``connect_timeout`` (then exit 1)."""
+        from ..readers.rdb_entries import ConversionError
+        from ..resp.conn import AuthError, Connection, TLSVerifyError, connection_options
+
+        o = self.opts
+        where = [self.address]
+
+        def attempt() -> dict[str, str]:
+            where[0] = o.resolve() if o.resolve is not None else self.address
+            host, port = parse_address(where[0])
+            opts = connection_options(
+                username=o.username, password=o.password, tls=o.tls,
+                tls_verify=o.tls_verify, tls_config=o.tls_config,
+            )  # fmt: skip
+            with Connection(host, port, io_timeout=30.0, **opts) as conn:
+                return _source_info(conn)
+
+        try:
+            info = reach_source(attempt, self.address, self.connect_timeout, self.ctx.stop, self.name)
+        except AuthError as e:
+            raise ConversionError(f"the source {where[0]} refused the credentials: {e}") from None
+        except TLSVerifyError as e:
+            raise ConversionError(str(e)) from None
+        address = where[0]
+        if info.get("refused"):
+            raise ConversionError(f"the source {address} refused PING: {info['refused']}")
+        if info.get("cluster_enabled") == "1" and not self.cluster_node_ok:
+            raise ConversionError(
+                f"the source {address} is a node of a cluster: alone it holds only its own "
+                "slots. Set cluster = true in [sync_reader] to copy every shard"
+            )
 
     def _marker_position(self, replid: str, offset: int) -> tuple[int, int] | None:
         """Exactly-once mode: (offset, db) from the target's marker when it is ahead of
@@ -370,14 +423,17 @@ class SyncReader:
         # a full sync
         self.keys_read = 0
         self.rdb_sent = 0
-        if self._dirty_target and self.sync_rdb:
+        empty_first, self.empty_on_full_sync = self.empty_on_full_sync, False
+        if (self._dirty_target or empty_first) and self.sync_rdb:
             flush = self.ctx.options.get("flush_target")
-            if self.flush_on_resync and flush is not None:
+            if (self.flush_on_resync or empty_first) and flush is not None:
                 log.warning(
                     "[%s] new full sync of a target that holds an earlier copy: emptying the "
                     "target first (FLUSHALL) so that keys deleted on the source meanwhile do "
-                    "not survive (sync_reader.flush_on_resync = false to keep them)",
+                    "not survive (%s)",
                     self.name,
+                    "advanced.empty_db_before_sync" if empty_first
+                    else "sync_reader.flush_on_resync = false to keep them",
                 )  # fmt: skip
                 flush()
             else:
@@ -805,6 +861,8 @@ class SyncReader:
             "reconnects": link.reconnects if link else 0,
             "partial_resyncs": link.partial_resyncs if link else 0,
             "full_syncs": link.full_syncs if link else 0,
+            "failed_snapshots": link.failed_snapshots if link else 0,
+            "last_link_error": link.last_error if link else "",
             "target_reconnects": self._writer.reconnects if self._writer is not None else 0,
             "spool_bytes": self.spool.bytes_on_disk,
             "entries": self.entries,
@@ -962,6 +1020,79 @@ def _internal(name: bytes, argv: list[bytes]) -> bool:
     return name in (b"trimslots", b"opinfo")
 
 
+def reader_dirname(address: str) -> str:
+    """The name (and work sub-directory) of the reader of ``address``."""
+    host, port = parse_address(address)
+    return f"reader_{host.replace(':', '_')}_{port}"
+
+
+def planned_resume(workdir: Path, address: str, sync_aof: bool = True) -> bool:
+    """Would a reader of ``address`` working in ``workdir`` resume from its checkpoint
+    (PSYNC, nothing re-copied) rather than start with a full sync?"""
+    cp = load_checkpoint(Path(workdir).absolute() / reader_dirname(address) / "checkpoint.json")
+    return bool(cp and cp.source == address and cp.phase == PHASE_AOF and cp.replid and sync_aof)
+
+
+def reach_source(attempt: Callable[[], _T], address: str, limit: float, stop, label: str) -> _T:
+    """``attempt()`` until it does not fail to connect: a source never reached is tried again
+    with back-off for ``limit`` seconds (0: forever), then FatalError; a refused password or
+    certificate is raised at once (retrying cannot fix it); a stop request raises
+    KeyboardInterrupt."""
+    from ..pipeline import FatalError
+    from ..resp.conn import AuthError, ConnError, TLSVerifyError
+
+    t0 = time.monotonic()
+    delay = 0.5
+    attempts = 0
+    while True:
+        try:
+            return attempt()
+        except (AuthError, TLSVerifyError):
+            raise
+        except (ConnError, OSError) as e:
+            attempts += 1
+            waited = time.monotonic() - t0
+            if limit > 0 and waited + delay > limit:
+                raise FatalError(
+                    f"cannot reach the source {address} ({e}); gave up after {waited:.0f}s and "
+                    f"{attempts} attempts (sync_reader.connect_timeout = {limit:g}; 0 waits forever)"
+                ) from None
+            log.warning(
+                "[%s] cannot reach the source %s (%s); trying again in %.1fs (attempt #%d%s)",
+                label, address, e, delay, attempts, f", giving up after {limit:g}s" if limit > 0 else "",
+            )  # fmt: skip
+            end = time.monotonic() + delay
+            while time.monotonic() < end:
+                if stop():
+                    raise KeyboardInterrupt from None
+                time.sleep(0.1)
+            delay = min(delay * 2, 10.0)
+
+
+def _source_info(conn) -> dict[str, str]:
+    """INFO cluster of a source (``refused``: PING was refused for lack of rights; LOADING and
+    the like are fine: the server is there)."""
+    from ..resp.conn import ReplyError
+
+    try:
+        conn.call("PING")
+    except ReplyError as e:
+        if e.code in ("NOAUTH", "WRONGPASS", "NOPERM"):
+            return {"refused": e.message}
+        return {}
+    try:
+        raw = conn.call("INFO", "cluster")
+    except ReplyError:  # INFO forbidden: nothing to tell
+        return {}
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        k, sep, v = line.partition(":")
+        if sep and not line.startswith("#"):
+            out[k.strip()] = v.strip()
+    return out
+
+
 def _fatal(e: BaseException) -> BaseException:
     from ..pipeline import FatalError
 
@@ -1060,6 +1191,8 @@ def _build(cfg, ctx, address: str | None) -> SyncReader:
         resolve=resolve,
         identity=f"sentinel_{sentinel.master_name}" if resolve is not None else None,
         diskless=rc.try_diskless,
+        connect_timeout=float(rc.connect_timeout),
+        cluster_node_ok=bool(ctx.options.get("shard")),
     )
     if adv.exactly_once_key:  # one marker per source (a cluster source has several)
         reader.marker_key = f"{adv.exactly_once_key}:{reader.source_id}".encode()

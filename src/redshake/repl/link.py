@@ -19,6 +19,7 @@ from ..resp.conn import (
     Connection,
     ConnError,
     ReplyError,
+    TLSVerifyError,
     connection_options,
     parse_address,
 )
@@ -32,6 +33,7 @@ from .protocol import (
     EV_REPLY,
     EV_STREAM,
     ReplProtocolError,
+    SnapshotSizeError,
     TransferFramer,
     ack_command,
     parse_psync_reply,
@@ -48,6 +50,11 @@ log = logging.getLogger("redshake")
 DEFAULT_LISTENING_PORT = 0
 RECV_SIZE = 1 << 18
 ACK_INTERVAL = 1.0
+# After a snapshot transfer that broke, the next full sync is asked for after this many
+# seconds, doubled at each failure in a row up to SNAPSHOT_RETRY_MAX: every new snapshot
+# empties the target again, so a source that keeps failing must not make that a tight loop.
+SNAPSHOT_RETRY_FIRST = 1.0
+SNAPSHOT_RETRY_MAX = 60.0
 
 
 class LinkFatal(Exception):
@@ -121,6 +128,10 @@ class SourceLink(threading.Thread):
         self._use_sync = False
         self._logged_bgsave = False
         self._established = False
+        self.failed_snapshots = 0  # full syncs whose snapshot transfer broke
+        self.last_error = ""
+        self._snapshot_wait = 0.0
+        self._session_full: Epoch | None = None  # the full sync this connection started
 
     # -- called from the main thread ----------------------------------------------------
 
@@ -158,7 +169,8 @@ class SourceLink(threading.Thread):
             try:
                 self._session()
                 delay = 0.1
-            except (AuthError, LinkFatal) as e:
+            except (AuthError, TLSVerifyError, SnapshotSizeError, LinkFatal) as e:
+                # retrying cannot help: a refused password / certificate, a garbage header
                 with self.cond:
                     self.fatal = e
                     self.cond.notify_all()
@@ -169,9 +181,23 @@ class SourceLink(threading.Thread):
                 if self._established:  # the link worked: start backing off from scratch
                     delay = 0.1
                 self.reconnects += 1
+                self.last_error = str(e)
                 wait = delay
                 if isinstance(e, _Retry):
                     wait = max(wait, 1.0)
+                broken = self._session_full
+                if broken is not None and not broken.rdb_done:
+                    self.failed_snapshots += 1
+                    self._snapshot_wait = min(
+                        max(self._snapshot_wait * 2, SNAPSHOT_RETRY_FIRST), SNAPSHOT_RETRY_MAX
+                    )
+                    wait = max(wait, self._snapshot_wait)
+                    size = "?" if broken.rdb_size in (None, -1) else str(broken.rdb_size)
+                    log.error(
+                        "[%s] the snapshot transfer broke after %d of %s bytes (failed snapshot "
+                        "#%d): %s; asking for a new snapshot in %.0fs",
+                        self.label, broken.rdb_received, size, self.failed_snapshots, e, wait,
+                    )  # fmt: skip
                 log.warning(
                     "[%s] source link: %s; reconnecting in %.1fs (reconnect #%d)",
                     self.label, e, wait, self.reconnects,
@@ -272,6 +298,7 @@ class SourceLink(threading.Thread):
 
     def _session(self) -> None:
         self._established = False
+        self._session_full = None
         self.status = "hand shaking"
         conn = self._conn = self._connect()
         self._handshake(conn)
@@ -332,6 +359,8 @@ class SourceLink(threading.Thread):
             ep = Epoch(self.epochs, kind, replid, start, received=start)
             self.epoch = ep
             self.cond.notify_all()
+        if kind == "full":
+            self._session_full = ep
         return ep
 
     def _handle(self, framer: TransferFramer, events, conn: Connection, want) -> None:
@@ -365,6 +394,7 @@ class SourceLink(threading.Thread):
                 ep.rdb_size = val  # type: ignore[assignment]
                 self.status = "receiving rdb"
                 if self.opts.keep_rdb:
+                    _check_room(spool.dir, val)  # type: ignore[arg-type]
                     spool.open_rdb(ep.num)
                 log.info(
                     "[%s] receiving the snapshot: %s", self.label,
@@ -382,6 +412,7 @@ class SourceLink(threading.Thread):
                     ep.rdb_done = True
                     self.cond.notify_all()
                 self._established = True
+                self._snapshot_wait = 0.0
                 self.status = "syncing aof"
                 log.info("[%s] snapshot received: %d bytes", self.label, ep.rdb_received)
                 if self.opts.rdb_only:
@@ -464,6 +495,24 @@ class SourceLink(threading.Thread):
 
 class _Retry(Exception):
     pass
+
+
+def _check_room(directory, size: int) -> None:
+    """A snapshot of ``size`` bytes is spooled to ``directory``: refuse at once when the
+    disk cannot hold it (the transfer would fail at the end, again and again)."""
+    import shutil
+
+    if size <= 0:
+        return
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return
+    if size > free:
+        raise LinkFatal(
+            f"the source announced a snapshot of {size} bytes but the work directory {directory} "
+            f"has only {free} bytes free"
+        )
 
 
 def _parse_info(raw) -> dict[str, str]:

@@ -21,6 +21,8 @@ __all__ = [
     "TransferFramer",
     "CommandStream",
     "ReplProtocolError",
+    "SnapshotSizeError",
+    "MAX_SNAPSHOT_SIZE",
     "EOF_MARK_SIZE",
     "ack_command",
 ]
@@ -30,6 +32,15 @@ EOF_MARK_SIZE = 40
 
 class ReplProtocolError(Exception):
     """The master sent something the replication protocol does not allow."""
+
+
+class SnapshotSizeError(ReplProtocolError):
+    """The snapshot header announces a size no snapshot can have (negative, absurd): asking
+    again would get the same answer."""
+
+
+# The largest snapshot a header may announce (16 TiB): beyond it the header is garbage.
+MAX_SNAPSHOT_SIZE = 1 << 44
 
 
 @dataclass
@@ -165,7 +176,12 @@ class TransferFramer:
                     try:
                         n = int(line[1:])
                     except ValueError:
-                        raise ReplProtocolError(f"bad RDB payload header {line!r}") from None
+                        raise SnapshotSizeError(f"bad snapshot header {line[:80]!r}") from None
+                    if n < 0 or n > MAX_SNAPSHOT_SIZE:
+                        raise SnapshotSizeError(
+                            f"the source announced a snapshot of {n} bytes ({line[:80]!r}): not a "
+                            "valid replication payload"
+                        )
                     self._remaining = n
                     self.state = _S_RDB_LEN
                     out.append((EV_RDB_BEGIN, n))

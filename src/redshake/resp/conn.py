@@ -205,7 +205,7 @@ class Connection:
             raw.close()
             raise TLSVerifyError(
                 f"TLS certificate of {self.address} could not be verified: {e.verify_message}"
-                " (set ca_cert, or tls_verify=false to skip the check)"
+                " (set tls_config.ca_cert, or tls_skip_verify = true to skip the check)"
             ) from None
         except (ssl.SSLError, OSError) as e:
             raw.close()

@@ -43,7 +43,7 @@ from prometheus_client.registry import Collector
 
 from redshake.status.stats import Stats
 
-__all__ = ["StatusServer", "StatusBoard", "METRICS_CONTENT_TYPE"]
+__all__ = ["StatusServer", "StatusBoard", "StatusBindError", "METRICS_CONTENT_TYPE"]
 
 log = logging.getLogger("redshake")
 
@@ -223,6 +223,13 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
+class StatusBindError(OSError):
+    """The status port cannot be bound (in use, not allowed, no such address)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 class StatusServer:
     """Serve ``snapshot()`` as JSON (every path) and as Prometheus metrics (``/metrics``).
 
@@ -235,7 +242,14 @@ class StatusServer:
     ) -> None:
         self.snapshot = snapshot
         cls = _Server6 if ":" in bind else _Server
-        self._httpd = cls((bind, port), _Handler)
+        try:
+            self._httpd = cls((bind, port), _Handler)
+        except OSError as e:
+            raise StatusBindError(
+                e.errno,
+                f"cannot serve the status on {bind}:{port}: {e.strerror or e} (set another "
+                "advanced.status_port, or 0 for none)",
+            ) from None
         self._httpd.owner = self  # type: ignore[attr-defined]
         self.bind = bind
         self.port: int = self._httpd.server_address[1]
