@@ -7,15 +7,11 @@ from __future__ import annotations
 import threading
 import time
 
-import test_sync
 from datagen import populate
 from helpers import assert_same_data
 from redshake.commands.slots import key_slot
 from test_sync import Shake, start_load, stat, wait_converged, wait_for
 from test_sync_cluster import _converged, _digests, _fill, _owners
-
-shakes = test_sync.shakes  # the fixture: redshake processes killed at teardown
-
 
 EMPTY = {"empty_db_before_sync": True}
 

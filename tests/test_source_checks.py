@@ -18,14 +18,11 @@ from pathlib import Path
 import hiredis
 import pytest
 
-import test_sync
 from datagen import populate
 from helpers import assert_same_data, make_certs, run_redshake, write_config
 from servers import free_port
 from test_sync import Shake, start_load, wait_converged, wait_for
 from test_sync_cluster import _digests, _fill
-
-shakes = test_sync.shakes  # the fixture: redshake processes killed at teardown
 
 
 def _run(tmp: Path, sections: dict, name: str = "shake") -> tuple[int, str]:
