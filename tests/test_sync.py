@@ -741,13 +741,14 @@ def test_sync_exactly_once_after_kill9(servers, tmp_path, shakes):
     full0, partial0 = stat(src, "sync_full"), stat(src, "sync_partial_ok")
     halt = start_load(src)
     try:
-        for _ in range(3):
+        for i in range(3):
             time.sleep(1.5)
             shake.kill()
             time.sleep(0.3)
             shake = Shake(tmp_path, src, dst, advanced=adv).start()
             shakes.append(shake)
-            wait_for(lambda s=shake: "resuming with PSYNC" in s.log(), 30, "the restart", shake)
+            # the source accepted this restart's PSYNC (not merely redshake meaning to send it)
+            wait_for(lambda n=partial0 + i + 1: stat(src, "sync_partial_ok") >= n, 30, "the restart", shake)
         time.sleep(1)
     finally:
         halt()
