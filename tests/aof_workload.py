@@ -11,6 +11,7 @@ a test compares source and target.
 from __future__ import annotations
 
 import random
+import time
 
 import redis
 
@@ -189,3 +190,30 @@ class Workload:
             p.hset(self.key("h"), "tx", self.value())
             p.set(self.key("s"), self.value(), px=self.ttl_ms())
             p.execute()
+
+    def op_expiry_carriers(self, c) -> None:
+        """Commands that carry, keep or conditionally change an expiry (where supported)."""
+        v = self.v
+        kind = self.rnd.choice("slhz")
+        k, k2 = self.key(kind), self.key(kind)
+        r = self.rnd.random()
+        if r < 0.2 and v >= (6, 2, 0):
+            c.copy(k, k2, destination_db=self.rnd.choice(DBS), replace=True)
+        elif r < 0.3 and v >= (4, 0, 0) and self.rnd.random() < 0.3:
+            c.swapdb(*self.rnd.sample(DBS, 2))
+        elif r < 0.5 and v >= (7, 0, 0):
+            opt = self.rnd.choice(("gt", "lt", "nx", "xx"))
+            c.pexpire(k, self.ttl_ms(), **{opt: True})
+        elif r < 0.65 and v >= (6, 2, 0):
+            c.set(k, self.value(), px=30)
+            c.getex(k, pxat=int(c.time()[0]) * 1000 + self.rnd.randint(100_000, 3_000_000))
+        elif r < 0.8 and v >= (6, 0, 0):
+            c.set(self.key("s"), self.value(), keepttl=True)
+        else:  # RESTORE ... ABSTTL, made persistent before it runs out or not
+            dump = c.dump(k)
+            if dump is not None:
+                p = c.pipeline(transaction=False)
+                p.restore(k2, int(time.time() * 1000) + 30, dump, replace=True, absttl=True)
+                if self.rnd.random() < 0.7:
+                    p.persist(k2)
+                p.execute()
