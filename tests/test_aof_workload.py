@@ -10,7 +10,7 @@ import time
 import pytest
 
 from aof_workload import DBS, Workload
-from helpers import assert_same_data, digest_map, expire_map, keys_of
+from helpers import assert_same_data, digest_map, expire_map, keys_of, run_redshake, write_config
 from test_aof import failed_rewrite, nkeys, run_aof, wait_rewrite
 
 SHIFTED = "expiries were already past or due within"
@@ -144,3 +144,41 @@ def test_point_in_time_random_workload(name, preamble, seed, servers, tmp_path):
     assert r.returncode == 2, r.stdout[-3000:]
     assert "before the snapshot this AOF starts from" in r.stdout, r.stdout[-3000:]
     assert nkeys(dst) == 0
+
+
+def test_past_expiries_into_cluster(servers, tmp_path):
+    """A Redis 7.0 AOF whose keys' expiries are past or due soon when replayed into a cluster:
+    the keys made persistent or renamed (to a key of the same slot) in time survive, the
+    others expire; each expiry check goes to the master of its key."""
+    src = aof_source(servers, "redis-7.0", "yes")
+    c = src.client()
+    for i in range(60):
+        p = c.pipeline(transaction=False)
+        p.set(f"k{i}", "v", px=40)
+        if i % 2:
+            p.persist(f"k{i}")
+        if i % 5 == 0:
+            p.rename(f"k{i}", f"{{k{i}}}r")
+        p.set(f"f{i}", "v", px=600_000)
+        p.execute()
+    time.sleep(0.1)  # the unsaved ones run out at the source
+    want = {k: c.execute_command("PEXPIRETIME", k) for k in keys_of(c)}
+    assert 60 < len(want) < 120
+    cl = servers.cluster("redis-7.0", 3)
+    cfg_dir = tmp_path / "cluster"
+    cfg_dir.mkdir()
+    cfg = write_config(
+        cfg_dir / "shake.toml",
+        {
+            "aof_reader": {"filepath": str(src.dir / "appendonlydir")},
+            "redis_writer": {"address": cl.seed, "cluster": True},
+            "advanced": {"dir": str(cfg_dir / "work"), "log_interval": 0},
+        },
+    )
+    r = run_redshake(cfg)
+    assert r.returncode == 0, r.stdout[-3000:]
+    got = {}
+    for m in cl.masters:
+        mc = m.client()
+        got.update({k: mc.execute_command("PEXPIRETIME", k) for k in keys_of(mc)})
+    assert got == want
