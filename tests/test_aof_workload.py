@@ -182,3 +182,29 @@ def test_past_expiries_into_cluster(servers, tmp_path):
         mc = m.client()
         got.update({k: mc.execute_command("PEXPIRETIME", k) for k in keys_of(mc)})
     assert got == want
+
+
+def test_replay_to_file_then_loaded_by_server(servers, tmp_path):
+    """aof_reader -> [file_writer] type aof: the file (shifted expiries and their EVALs
+    included) loaded as an AOF by a server gives the source's data."""
+    src = aof_source(servers, "redis-7.0", "yes")
+    w = Workload(src, 21)
+    w.run(400)
+    rewrite(src)
+    w.run(400)
+    w.close()
+    out = tmp_path / "loaded" / "appendonly.aof"
+    out.parent.mkdir()
+    cfg = write_config(
+        tmp_path / "shake.toml",
+        {
+            "aof_reader": {"filepath": str(src.dir / "appendonlydir")},
+            "file_writer": {"filepath": str(out), "type": "aof"},
+            "advanced": {"dir": str(tmp_path / "work"), "log_interval": 0},
+        },
+    )
+    r = run_redshake(cfg)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert SHIFTED in r.stdout and b"EVAL" in out.read_bytes()
+    loaded = servers.start("redis-7.0", dir=out.parent, args=["--appendonly", "yes"])
+    assert assert_same_data(src, loaded) > 100
