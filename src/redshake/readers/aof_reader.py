@@ -7,8 +7,19 @@ entry carries its database. ``MULTI`` ... ``EXEC`` blocks are forwarded as entri
 batch so the target applies them atomically.
 
 ``timestamp`` (point in time): replay stops right before the first ``#TS:<unix>`` annotation
-greater than it (in INCR files or a single-file AOF; a BASE file is replayed in full). A
-``MULTI`` block the cut-off falls into is dropped whole.
+greater than it (in INCR files or a single-file AOF; a BASE file is replayed in full, and a
+``timestamp`` older than the BASE file is refused). A ``MULTI`` block the cut-off falls into is
+dropped whole.
+
+Expiry times that are already past: the server loads an AOF with the clock stopped (no key
+expires while loading; ``SET ... PXAT <past>``, ``PEXPIREAT <past>`` and expired keys of the
+RDB part are all kept, so a later ``PERSIST``, ``RENAME`` or ``APPEND`` still finds them) and
+expires what is due once loading is over. A live target would drop such keys at once, so
+every absolute expiry that is past, or due within :data:`DEFER_MS`, is replayed shifted by
+:data:`SHIFT_MS` (far in the future, same order among the shifted ones), the key is noted,
+and when the replay is complete one EVAL per noted key (and the keys RENAME, MOVE, COPY or
+SWAPDB carried it to) puts back the true expiry of a key that still has a shifted one: the
+key then expires exactly as on the server.
 
 All files are parsed once in :meth:`prepare` before anything is written (cheap: no values
 are decoded when the RDB part has a checksum), so corrupt or truncated input stops the run
@@ -19,6 +30,7 @@ with the file, the byte offset and what was expected, and nothing is written. Wi
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import Counter
@@ -42,6 +54,39 @@ READ_SIZE = 256 * 1024
 BATCH = 1024
 
 _SELECT, _MULTI, _EXEC = b"SELECT", b"MULTI", b"EXEC"
+
+# Expiries past or due within DEFER_MS of being sent are sent SHIFT_MS later (see the module
+# docstring). 2**50 ms is some 35,000 years: no real expiry is that far, and a shifted one
+# plus today's time still fits a Lua number (a double) exactly.
+SHIFT_MS = 1 << 50
+DEFER_MS = 3_600_000
+
+# Commands whose absolute expiry may need shifting, and those that carry a key's expiry to
+# another key or database (their targets must be checked at the end too).
+_EXPIRY_CMDS = frozenset({b"SET", b"PEXPIREAT", b"EXPIREAT", b"GETEX", b"RESTORE"})
+_CARRY_CMDS = frozenset({b"RENAME", b"RENAMENX", b"MOVE", b"COPY", b"SWAPDB"})
+# ... and those after which a key has no expiry (or no longer exists): it is forgotten, so
+# the set of noted keys stays small when the source deleted its expired keys.
+_CLEAR_CMDS = frozenset({b"DEL", b"UNLINK", b"PERSIST", b"FLUSHDB", b"FLUSHALL"})
+_AT_OPTS = {b"PXAT": 1, b"EXAT": 1000}
+
+# Puts back the true expiry of a key whose expiry is still a shifted one. ARGV[2] = "1":
+# the target has PEXPIRETIME; otherwise PTTL + TIME (to the millisecond of the clock read).
+RESTORE_EXPIRY_LUA = b"""pcall(redis.replicate_commands)
+local s = tonumber(ARGV[1])
+local t
+if ARGV[2] == '1' then
+  t = redis.call('PEXPIRETIME', KEYS[1])
+else
+  t = redis.call('PTTL', KEYS[1])
+  if t < 0 then return 0 end
+  local now = redis.call('TIME')
+  t = t + tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+end
+if t < s then return 0 end
+redis.call('PEXPIREAT', KEYS[1], string.format('%.0f', t - s))
+return 1
+"""
 
 
 class _Part:
@@ -136,6 +181,11 @@ class AofFileReader(FileReaderBase):
         self.transactions = 0
         self.skipped: Counter[str] = Counter()
         self.last_ts = 0
+        self.base_ts = 0  # when the base (or RDB preamble) was written: #TS or RDB ctime
+        # keys that got a shifted expiry, or may have received one (RENAME & co.)
+        self.deferred: set[tuple[int, bytes]] = set()
+        self.expiries_shifted = 0
+        self.expiry_checks = 0
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -239,6 +289,12 @@ class AofFileReader(FileReaderBase):
                                     self.sent = base + end
                                 block = None
                                 continue
+                        if not dry and len(name) <= 9:
+                            up = name.upper()
+                            if up in _EXPIRY_CMDS:
+                                argv = self._expiry(db, argv, up, block is None)
+                            elif self.deferred and (up in _CARRY_CMDS or up in _CLEAR_CMDS):
+                                self._carry(db, argv, up, block is None)
                         e = Entry(db, argv, None, base + end)
                         if block is not None:
                             block.append(e)
@@ -251,6 +307,8 @@ class AofFileReader(FileReaderBase):
                         ann: Annotation = item  # type: ignore[assignment]
                         if ann.ts is not None:
                             self.last_ts = ann.ts
+                            if part.role == "base" and not self.base_ts:
+                                self.base_ts = ann.ts
                             if timed and ann.ts > T:
                                 self.cut = (idx, ann.start, ann.ts)
                                 if block is not None:
@@ -268,11 +326,22 @@ class AofFileReader(FileReaderBase):
                         if t is R.KeyValue or t is R.BigKeyStart:
                             self.rdb_keys += 1
                         elif t is R.Eof:
-                            if dry and not item.verified:  # type: ignore[attr-defined]
-                                self._decode_pass(part)
+                            if dry:
+                                if not item.verified:  # type: ignore[attr-defined]
+                                    self._decode_pass(part)
+                                self._check_point_in_time(fname)
                             continue
+                        elif t is R.Aux and item.key == b"ctime":  # type: ignore[attr-defined]
+                            v = item.value  # type: ignore[attr-defined]
+                            if isinstance(v, bytes) and v.isdigit():
+                                self.base_ts = int(v)
                         if dry:
                             continue
+                        if (t is R.KeyValue or t is R.BigKeyStart) and item.expire_ms != -1:  # type: ignore[attr-defined]
+                            shifted = self._shift(item.expire_ms)  # type: ignore[attr-defined]
+                            if shifted:
+                                item.expire_ms = shifted  # type: ignore[attr-defined]
+                                self._note(item.db, item.key)  # type: ignore[attr-defined]
                         if conv is None:
                             conv = self._converter(part)
                         out = conv.convert(item)
@@ -328,8 +397,130 @@ class AofFileReader(FileReaderBase):
                     )  # fmt: skip
             if not dry:
                 self.sent = base + part.size
+            elif part.role == "base":
+                self._check_point_in_time(fname)
         if batch:
             yield batch
+
+    def _check_point_in_time(self, fname: str) -> None:
+        """A point in time older than the snapshot the AOF starts from cannot be replayed."""
+        T = self.timestamp
+        if T and self.base_ts and T < self.base_ts:
+            raise AofError(
+                f"point in time {T} is before the snapshot this AOF starts from was taken "
+                f"({self.base_ts}): the AOF holds no older state (the commands before it were "
+                "rewritten into the snapshot)",
+                0,
+                file=fname,
+            )
+
+    # -- expiries that are past while replaying ----------------------------------------------
+
+    @staticmethod
+    def _shift(when_ms: int) -> int:
+        """The shifted expiry for an absolute time that is past or due soon, else 0."""
+        if 0 < when_ms <= time.time() * 1000 + DEFER_MS:
+            return when_ms + SHIFT_MS
+        return 0
+
+    def _note(self, db: int, key: bytes) -> None:
+        self.deferred.add((db, key))
+        self.expiries_shifted += 1
+
+    def _expiry(self, db: int, argv: list[bytes], up: bytes, forget: bool) -> list[bytes]:
+        """``argv`` with a past absolute expiry shifted (SET/GETEX PXAT/EXAT, PEXPIREAT,
+        EXPIREAT, RESTORE ... ABSTTL); the key is noted. ``forget``: a plain SET may drop
+        the key from the noted ones (not inside a MULTI block, which may yet be dropped)."""
+        n = len(argv)
+        if n < 3:
+            return argv
+        key = argv[1]
+        try:
+            if up == b"PEXPIREAT" or up == b"EXPIREAT":
+                shifted = self._shift(int(argv[2]) * (1000 if up == b"EXPIREAT" else 1))
+                if shifted:
+                    self._note(db, key)
+                    return [b"PEXPIREAT", key, b"%d" % shifted]
+                if n > 3 and (db, key) in self.deferred:
+                    # NX/XX/GT/LT would compare with a shifted expiry; the server logs the
+                    # command only when its condition held, so it applies unconditionally.
+                    return argv[:3]
+                return argv
+            if up == b"RESTORE":
+                if n > 4 and any(a.upper() == b"ABSTTL" for a in argv[4:]):
+                    shifted = self._shift(int(argv[2]))
+                    if shifted:
+                        self._note(db, key)
+                        return [argv[0], key, b"%d" % shifted, *argv[3:]]
+                return argv
+            keep = up == b"GETEX"  # GETEX without option keeps the expiry, SET clears it
+            for i in range(3 if up == b"SET" else 2, n):
+                opt = argv[i].upper()
+                mult = _AT_OPTS.get(opt)
+                if mult and i + 1 < n:
+                    shifted = self._shift(int(argv[i + 1]) * mult)
+                    if shifted:
+                        self._note(db, key)
+                        return [*argv[:i], b"PXAT", b"%d" % shifted, *argv[i + 2 :]]
+                    keep = True
+                    break
+                if opt == b"KEEPTTL" or opt == b"EX" or opt == b"PX":
+                    keep = True
+            if not keep and forget:
+                self.deferred.discard((db, key))
+        except ValueError:
+            pass  # not a number: the target rejects it like the server would
+        return argv
+
+    def _carry(self, db: int, argv: list[bytes], up: bytes, forget: bool) -> None:
+        """Note where RENAME, RENAMENX, MOVE, COPY and SWAPDB take a noted key's expiry;
+        forget keys deleted or made persistent (``forget``: not inside a MULTI block)."""
+        d = self.deferred
+        n = len(argv)
+        try:
+            if up in _CLEAR_CMDS:
+                if forget and up == b"FLUSHALL":
+                    d.clear()
+                elif forget and up == b"FLUSHDB":
+                    d.difference_update([x for x in d if x[0] == db])
+                elif forget:
+                    d.difference_update([(db, k) for k in argv[1:]])
+            elif up == b"SWAPDB":
+                if n == 3:
+                    a, b = int(argv[1]), int(argv[2])
+                    d.update([(b if k_db == a else a, k) for k_db, k in d if k_db in (a, b)])
+            elif n >= 3 and (db, argv[1]) in d:
+                if up == b"MOVE":
+                    d.add((int(argv[2]), argv[1]))
+                elif up == b"COPY":
+                    to = db
+                    for i in range(3, n - 1):
+                        if argv[i].upper() == b"DB":
+                            to = int(argv[i + 1])
+                    d.add((to, argv[2]))
+                else:
+                    d.add((db, argv[2]))
+        except ValueError:
+            pass
+
+    def _expiry_pass(self) -> Iterator[list[Entry]]:
+        """After a complete replay: put back the true expiry of every noted key that still
+        has a shifted one (a past one makes the key expire, as after the server's load)."""
+        caps = self.ctx.caps
+        exact = b"1" if caps.version >= (7, 0, 0) or caps.is_valkey else b"0"
+        shift = b"%d" % SHIFT_MS
+        self.state = "restoring expiries"
+        self.expiry_checks = len(self.deferred)
+        batch: list[Entry] = []
+        for db, key in sorted(self.deferred):
+            argv = [b"EVAL", RESTORE_EXPIRY_LUA, b"1", key, shift, exact]
+            batch.append(Entry(db, argv, key, self.total))
+            if len(batch) >= BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+        self.deferred.clear()
 
     def _converter(self, part: _Part):
         if self.conv is None:
@@ -395,7 +586,7 @@ class AofFileReader(FileReaderBase):
 
     def batches(self) -> Iterator[list[Entry]]:
         try:
-            for batch in self._walk(dry=False):
+            for batch in itertools.chain(self._walk(dry=False), self._expiry_pass()):
                 yield batch
                 if self.ctx.stop():
                     self.state = "stopped"
@@ -452,6 +643,13 @@ class AofFileReader(FileReaderBase):
             lines.append(
                 "aof_reader: skipped "
                 + ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items()))
+            )
+        if self.expiry_checks:
+            lines.append(
+                f"aof_reader: {self.expiries_shifted} expiries were already past or due within "
+                f"{DEFER_MS // 60000} minutes: replayed shifted so no key expired while "
+                f"loading (as on the server), then the true expiry was put back on "
+                f"{self.expiry_checks} keys that could still carry one (one EVAL each)"
             )
         if self.cut is not None:
             idx, off, ts = self.cut
