@@ -267,6 +267,7 @@ class AofFileReader(FileReaderBase):
                             pe = big.piece(item)  # type: ignore[union-attr, arg-type]
                             if pe is not None:  # handed over now, ahead of a MULTI block
                                 batch.append(pe)
+                                self.sent = base + end
                                 yield batch
                                 yield PIECE_DONE
                                 batch = []
