@@ -132,34 +132,43 @@ def test_live_stream_huge_commands(servers, tmp_path, shakes, target):
     assert peak - base < BIG, f"peak RSS {peak / 1e6:.0f} MB, {base / 1e6:.0f} MB before"
 
 
-def test_live_kill9_mid_command_redoes_it(servers, tmp_path, shakes):
-    """kill -9 while the pieces of a huge SET are being written (a temporary key exists on
-    the target): the restarted run resumes with PSYNC from the checkpoint, which is before
-    that SET, redoes it into the same temporary key, and nothing is left behind."""
+@pytest.mark.parametrize("how", ["kill9", "target-reconnect", "target-reconnect-exactly-once"])
+def test_live_interrupted_mid_command_redoes_it(servers, tmp_path, shakes, how):
+    """Interrupted while the pieces of a huge SET are being written (a temporary key exists
+    on the target): kill -9 and a restart (PSYNC from the checkpoint, which is before that
+    SET), or the target dropping redshake's connection (re-sent from the acknowledged
+    offset, or from the exactly-once marker). The SET is redone into the same temporary key;
+    nothing is left behind."""
     src = _source(servers, args=["--repl-backlog-size", "256mb"])
     dst = servers.start("redis-7.0")
     d = dst.client()
     d.config_set("proto-max-bulk-len", str(1 << 30))
-    shake = Shake(tmp_path, src, dst).start()
+    adv = {"exactly_once_key": "pos", "exactly_once_db": 15} if "exactly" in how else {}
+    shake = Shake(tmp_path, src, dst, advanced=adv).start()
     shakes.append(shake)
     wait_for(lambda: "now following the stream" in shake.log(), 60, "the stream phase", shake)
     c = src.client()
     c.set(b"before", b"1")
     value = os.urandom(BIG)
     c.set(b"big", value, px=3_600_000)
-    c.set(b"after", b"2")
+    c.incr(b"after")  # not idempotent: applied twice would show
     wait_for(lambda: d.keys("*redshake:tmp*"), 120, "a temporary key on the target", shake)
-    shake.kill()
-    assert not d.exists(b"big") or d.strlen(b"big") == BIG
-    partial0 = int(src.info("stats")["sync_partial_ok"])
-    shake2 = Shake(tmp_path, src, dst).start()
-    shakes.append(shake2)
-    wait_converged(src, shake2, timeout=180)
-    assert "resuming with PSYNC" in shake2.log()
-    assert int(src.info("stats")["sync_partial_ok"]) == partial0 + 1
-    assert shake2.terminate() == 0
-    assert assert_same_data(src, dst) == 3  # no temporary key left
-    assert d.get(b"big") == value
+    if how == "kill9":
+        shake.kill()
+        assert not d.exists(b"big") or d.strlen(b"big") == BIG
+        partial0 = int(src.info("stats")["sync_partial_ok"])
+        shake = Shake(tmp_path, src, dst).start()
+        shakes.append(shake)
+        wait_converged(src, shake, timeout=180)
+        assert "resuming with PSYNC" in shake.log()
+        assert int(src.info("stats")["sync_partial_ok"]) == partial0 + 1
+    else:
+        d.execute_command("CLIENT", "KILL", "TYPE", "normal")
+        wait_converged(src, shake, timeout=180)
+        assert "target reconnected" in shake.log(), shake.log()[-3000:]
+    assert shake.terminate() == 0
+    assert assert_same_data(src, dst, dbs=list(range(15))) == 3  # no temporary key left
+    assert d.get(b"big") == value and d.get(b"after") == b"1"
 
 
 # -- AOF replay ------------------------------------------------------------------------------
