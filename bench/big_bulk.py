@@ -27,6 +27,7 @@ import urllib.request
 from pathlib import Path
 
 from common import kill_all, start_server, wait_with_peak_rss
+
 from helpers import peak_rss
 
 MB = 1 << 20

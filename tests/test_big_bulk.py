@@ -77,6 +77,21 @@ def huge_workload(c, rnd: random.Random, dbs: tuple[int, ...] = (0, 1, 2)) -> No
     small(200)
 
 
+def assert_cluster_copy(src, cluster) -> None:
+    """Same keys and DEBUG DIGEST-VALUEs on the cluster's masters as on the source (no key
+    missing or extra, no temporary key left), and the big SET's TTL kept."""
+    from test_sync_cluster import _digests
+
+    assert _digests([src]) == _digests(cluster.masters)
+    ttl = []
+    for m in cluster.masters:
+        try:
+            ttl.append(m.client().ttl(b"big:ex"))
+        except redis.ResponseError:  # MOVED: another master owns the key
+            pass
+    assert ttl and max(ttl) > 3000, ttl
+
+
 def _source(servers, name: str = "redis-7.0", **kw):
     src = servers.start(name, **kw)
     src.client().config_set("proto-max-bulk-len", str(1 << 30))
@@ -114,16 +129,7 @@ def test_live_stream_huge_commands(servers, tmp_path, shakes, target):
     peak = peak_rss(shake.proc.pid)
     assert shake.terminate() == 0, shake.log()[-3000:]
     if target == "cluster":
-        from test_sync_cluster import _digests
-
-        assert _digests([src]) == _digests(dst.masters)
-        ttl = []
-        for m in dst.masters:
-            try:
-                ttl.append(m.client().ttl(b"big:ex"))
-            except redis.ResponseError:  # MOVED: another master owns the key
-                pass
-        assert ttl and max(ttl) > 3000, ttl
+        assert_cluster_copy(src, dst)
     else:
         assert assert_same_data(src, dst) > 100  # digests and TTLs, no key missing or extra
     print(f"\nlive stream, {BIG >> 20} MiB SET: peak RSS {peak / 1e6:.0f} MB (idle {base / 1e6:.0f} MB)")
@@ -175,9 +181,11 @@ def test_live_interrupted_mid_command_redoes_it(servers, tmp_path, shakes, how):
 
 
 def _run_aof(tmp: Path, filepath: Path, dst, **filter_cfg) -> tuple[int, str, int]:
+    """``dst``: a server, or a cluster (its seed address, ``cluster = true``)."""
+    cluster = hasattr(dst, "masters")
     sections = {
         "aof_reader": {"filepath": str(filepath)},
-        "redis_writer": {"address": dst.address},
+        "redis_writer": {"address": dst.seed, "cluster": True} if cluster else {"address": dst.address},
         "advanced": {"dir": str(tmp / "work"), "log_interval": 0},
     }
     if filter_cfg:
@@ -191,10 +199,13 @@ def _run_aof(tmp: Path, filepath: Path, dst, **filter_cfg) -> tuple[int, str, in
     return code, out.read_text(errors="replace"), peak
 
 
-@pytest.mark.parametrize("name, layout", [("redis-6.2", "single"), ("redis-7.0", "multi-part")])
-def test_aof_huge_commands(servers, tmp_path, name, layout):
+@pytest.mark.parametrize("name, layout, target", [("redis-6.2", "single", "standalone"),
+                                                  ("redis-7.0", "multi-part", "standalone"),
+                                                  ("redis-7.0", "multi-part", "cluster")])  # fmt: skip
+def test_aof_huge_commands(servers, tmp_path, name, layout, target):
     """The source's own AOF (appendfsync always: complete on disk once a write returns):
-    one file (Redis 6.2), or a manifest with an RDB-preamble BASE and an INCR file."""
+    one file (Redis 6.2), or a manifest with an RDB-preamble BASE and an INCR file, into a
+    standalone server or a 3-master cluster (db 0 only)."""
     src = _source(servers, name, args=["--appendonly", "yes", "--appendfsync", "always",
                                        "--aof-use-rdb-preamble", "yes",
                                        "--auto-aof-rewrite-percentage", "0"])  # fmt: skip
@@ -210,16 +221,24 @@ def test_aof_huge_commands(servers, tmp_path, name, layout):
         filepath = src.dir / "appendonlydir"
     else:
         filepath = src.dir / "appendonly.aof"
-    huge_workload(c, rnd)
+    huge_workload(c, rnd, (0,) if target == "cluster" else (0, 1, 2))
     # the huge commands are in the AOF part, not in an RDB preamble (the RDB reader's path)
     tail = max(filepath.glob("*.incr.aof"), key=lambda f: f.stat().st_size) if layout == "multi-part" else filepath
     assert tail.stat().st_size > BIG and tail.read_bytes()[:5] != b"REDIS"
-    dst = servers.start("redis-7.0")
-    dst.client().config_set("proto-max-bulk-len", str(1 << 30))
+    if target == "cluster":
+        dst = servers.cluster("redis-7.0", masters=3)
+        for m in dst.masters:
+            m.client().config_set("proto-max-bulk-len", str(1 << 30))
+    else:
+        dst = servers.start("redis-7.0")
+        dst.client().config_set("proto-max-bulk-len", str(1 << 30))
     code, out, peak = _run_aof(tmp_path, filepath, dst)
     assert code == 0, out[-3000:]
-    assert assert_same_data(src, dst) > 300  # digests and TTLs, no key missing or extra
-    print(f"\nAOF ({layout}), {BIG >> 20} MiB SET: peak RSS {peak / 1e6:.0f} MB")
+    if target == "cluster":
+        assert_cluster_copy(src, dst)
+    else:
+        assert assert_same_data(src, dst) > 300  # digests and TTLs, no key missing or extra
+    print(f"\nAOF ({layout}, {target}), {BIG >> 20} MiB SET: peak RSS {peak / 1e6:.0f} MB")
     # the interpreter and modules take ~35-45 MB; one copy of the value would add 50 MB
     assert 0 < peak < BIG + 16 * MB, f"peak RSS {peak / 1e6:.0f} MB"
 
