@@ -264,18 +264,20 @@ class AofParser:
                     if end + 2 > n:
                         if self._big:
                             size = int(s)
-                            if size > self._max_bulk:
-                                raise self._error(
-                                    f"bulk string length {size} exceeds the maximum of "
-                                    f"{self._max_bulk} bytes (argument {len(argv) + 1} of {argc})",
-                                    p,
-                                )
                             if size > self._big:
                                 self._stream = size
                                 self._pos = pos = p = start
                                 self._partial = (argv, argc, base + p)
+                                # the consumer may refuse it first, with its own message
                                 yield BigArg(argv, argc, size), base + p
                                 self._partial = None
+                                if size > self._max_bulk:
+                                    raise self._error(
+                                        f"bulk string length {size} exceeds the maximum of "
+                                        f"{self._max_bulk} bytes (argument {len(argv) + 1} of "
+                                        f"{argc})",
+                                        cr + 2 - len(s) - 3,
+                                    )
                                 continue
                         self._need = base + end + 2
                         incomplete = True

@@ -134,7 +134,9 @@ class BigCommand:
                 argv,
                 f"argument {ev.index + 1} is {ev.length} bytes, more than the target accepts "
                 f"(proto-max-bulk-len {self.limit}); raise proto-max-bulk-len on the target "
-                "or filter this key out",
+                "or filter this key out"
+                + ("; a length this large may also be damaged input" if ev.length > self.max_bulk
+                   else ""),
             )
         if ev.index == 0:
             raise self._fail(argv, f"a command name of {ev.length} bytes (corrupt input?)")
