@@ -151,17 +151,23 @@ def wait_with_peak_rss(proc: subprocess.Popen, poll: float = 0.01) -> tuple[int,
     /proc while it runs: it restarts at exec, unlike ru_maxrss of a child forked from a large
     parent, which also counts the parent's pages from before the exec. VmHWM only grows, so
     the last value read before exit is the peak."""
-    peak_kb = 0
+    peak = 0
     while proc.poll() is None:
         try:
-            with open(f"/proc/{proc.pid}/status") as st:
-                for line in st:
-                    if line.startswith("VmHWM:"):
-                        peak_kb = max(peak_kb, int(line.split()[1]))
+            peak = max(peak, peak_rss(proc.pid))
         except (FileNotFoundError, ProcessLookupError):
             break
         time.sleep(poll)
-    return proc.wait(), peak_kb * 1024
+    return proc.wait(), peak
+
+
+def peak_rss(pid: int) -> int:
+    """The peak RSS (VmHWM, bytes) of a running process so far."""
+    with open(f"/proc/{pid}/status") as st:
+        for line in st:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def feed_in_chunks(parser, data: bytes, seed: int, max_chunk: int, out: list,

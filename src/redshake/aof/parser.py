@@ -17,6 +17,13 @@ The grammar is stricter than the server's loader, which skips the two bytes afte
 string without looking at them: every header line and every bulk string must end in CRLF,
 so an AOF whose line endings were converted to LF is reported as such instead of loading
 garbage.
+
+``AofParser(big_arg=n)``: an argument longer than ``n`` bytes is not buffered. The parser
+yields a :class:`BigArg` (the arguments read so far, the index and length of this one), then
+the argument's bytes as ``bytes`` pieces of at most ``PIECE`` bytes, and finally the command
+whose argv holds ``None`` in place of each such argument. A bulk string declaring more than
+``max_bulk`` bytes, or a command whose buffered part grows beyond ``max_bulk``, is an error
+(a ``$9999999999`` header must not make the buffer grow without end).
 """
 
 from __future__ import annotations
@@ -25,9 +32,11 @@ from collections.abc import Iterator
 
 from ..rdb.primitives import RdbError
 
-__all__ = ["AofParser", "AofError", "Annotation", "MAX_LINE"]
+__all__ = ["AofParser", "AofError", "Annotation", "BigArg", "MAX_LINE", "MAX_BULK", "PIECE"]
 
 MAX_LINE = 64 * 1024  # a header or annotation line longer than this is corrupt input
+MAX_BULK = 512 << 20  # the servers' default proto-max-bulk-len
+PIECE = 1 << 20  # size of the pieces a streamed argument is yielded in
 _COMPACT_AT = 1 << 20
 
 
@@ -71,6 +80,19 @@ class Annotation:
         return f"Annotation({self.text!r})"
 
 
+class BigArg:
+    """An argument too long to buffer starts: ``argv`` holds the arguments read before it
+    (the list the command is built in), ``index`` is its position, ``length`` its size."""
+
+    __slots__ = ("argv", "argc", "index", "length")
+
+    def __init__(self, argv: list, argc: int, length: int) -> None:
+        self.argv = argv
+        self.argc = argc
+        self.index = len(argv)
+        self.length = length
+
+
 def _show(b) -> str:
     return repr(bytes(b[:40]))
 
@@ -78,7 +100,10 @@ def _show(b) -> str:
 class AofParser:
     """Streaming parser; see the module docstring."""
 
-    def __init__(self, start_offset: int = 0) -> None:
+    def __init__(self, start_offset: int = 0, big_arg: int = 0, max_bulk: int = 0) -> None:
+        self._big = big_arg  # stream arguments longer than this (0: buffer everything)
+        self._max_bulk = max_bulk or (MAX_BULK if big_arg else 0)
+        self._stream = 0  # bytes of the streamed argument still to come
         self._buf = bytearray()
         self._base = start_offset  # absolute offset of _buf[0]
         self._pos = 0  # index of the first byte of the next item
@@ -103,7 +128,7 @@ class AofParser:
 
     def finish(self) -> None:
         """End of input: raise AofError(truncated=True) if a command is incomplete."""
-        if self._pos >= len(self._buf):
+        if self._pos >= len(self._buf) and self._partial is None:
             return
         what = "inside a command"
         if self._partial is not None:
@@ -194,6 +219,30 @@ class AofParser:
                 # arguments
                 incomplete = False
                 while len(argv) < argc:
+                    if self._stream:  # an argument streamed in pieces
+                        rem = self._stream
+                        take = rem if rem < PIECE else PIECE
+                        if n - p < take + (2 if take == rem else 0):
+                            self._need = base + p + take + (2 if take == rem else 0)
+                            incomplete = True
+                            break
+                        piece = bytes(buf[p : p + take])
+                        p += take
+                        self._stream = rem = rem - take
+                        if not rem:
+                            if buf[p] != 0x0D or buf[p + 1] != 0x0A:
+                                raise self._error(
+                                    f"bulk string not followed by CRLF (found "
+                                    f"{_show(buf[p : p + 2])}): wrong length or damaged file",
+                                    p,
+                                )
+                            p += 2
+                            argv.append(None)
+                        self._pos = pos = p  # consumed: the buffer may drop it
+                        self._partial = (argv, argc, base + p)
+                        yield piece, base + p
+                        self._partial = None
+                        continue
                     if p >= n:
                         incomplete = True
                         break
@@ -213,6 +262,23 @@ class AofParser:
                     start = cr + 2
                     end = start + int(s)
                     if end + 2 > n:
+                        if self._big:
+                            size = int(s)
+                            if size > self._big:
+                                self._stream = size
+                                self._pos = pos = p = start
+                                self._partial = (argv, argc, base + p)
+                                # the consumer may refuse it first, with its own message
+                                yield BigArg(argv, argc, size), base + p
+                                self._partial = None
+                                if size > self._max_bulk:
+                                    raise self._error(
+                                        f"bulk string length {size} exceeds the maximum of "
+                                        f"{self._max_bulk} bytes (argument {len(argv) + 1} of "
+                                        f"{argc})",
+                                        cr + 2 - len(s) - 3,
+                                    )
+                                continue
                         self._need = base + end + 2
                         incomplete = True
                         break
@@ -226,6 +292,12 @@ class AofParser:
                     p = end + 2
                 if incomplete:
                     self._partial = (argv, argc, base + p)
+                    if self._big and n - pos > self._max_bulk:
+                        raise self._error(
+                            f"command of more than {self._max_bulk} bytes (argument "
+                            f"{len(argv) + 1} of {argc})",
+                            pos,
+                        )
                     break
                 pos = p
                 self._pos = pos

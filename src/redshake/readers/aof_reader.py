@@ -38,11 +38,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..aof.manifest import ManifestError, read_manifest
-from ..aof.parser import Annotation, AofError, AofParser
+from ..aof.parser import Annotation, AofError, AofParser, BigArg
 from ..entry import Entry
 from ..rdb import records as R
 from ..rdb.parser import RdbParser
 from ..rdb.primitives import RdbError
+from ..repl.bigbulk import MAX_BULK, PIECE, PIECE_DONE, BigCommand, limits
 from ..util import human_bytes
 from .base import FileReaderBase
 
@@ -87,6 +88,12 @@ if t < s then return 0 end
 redis.call('PEXPIREAT', KEYS[1], string.format('%.0f', t - s))
 return 1
 """
+
+
+def _what(item) -> str:
+    """cmd: argv; big: a long argument starts (BigArg); piece: its bytes; ann: Annotation."""
+    t = item.__class__
+    return "cmd" if t is list else "piece" if t is bytes else "big" if t is BigArg else "ann"
 
 
 class _Part:
@@ -158,6 +165,9 @@ class AofFileReader(FileReaderBase):
         self.filepath = str(filepath)
         self.timestamp = timestamp
         self.ignore_truncated = ignore_truncated
+        # arguments longer than PIECE go to the target in pieces (see repl.bigbulk)
+        self._limit, self._temp_keys = limits(ctx)
+        self._max_bulk = max(self._limit, MAX_BULK)
         files, self.manifest = plan_files(filepath)
         self.parts: list[_Part] = []
         start = 0
@@ -206,7 +216,7 @@ class AofFileReader(FileReaderBase):
                 if head[:5] == b"REDIS" or head[:6] == b"VALKEY":
                     rdb = RdbParser()
                 else:
-                    aof = AofParser()
+                    aof = AofParser(0, PIECE, self._max_bulk)
                 chunk = head
                 while chunk:
                     if stop():
@@ -216,16 +226,16 @@ class AofFileReader(FileReaderBase):
                         for rec in rdb.records():
                             yield "rdb", rec, rdb.offset
                         if rdb.done:
-                            aof = AofParser(rdb.offset)
+                            aof = AofParser(rdb.offset, PIECE, self._max_bulk)
                             rest = rdb.trailing
                             rdb = None
                             aof.feed(rest)
                             for item, end in aof.items():
-                                yield ("cmd" if type(item) is list else "ann"), item, end
+                                yield _what(item), item, end
                     else:
                         aof.feed(chunk)  # type: ignore[union-attr]
                         for item, end in aof.items():  # type: ignore[union-attr]
-                            yield ("cmd" if type(item) is list else "ann"), item, end
+                            yield _what(item), item, end
                     chunk = f.read(min(READ_SIZE, remaining)) if remaining > 0 else b""
                     remaining -= len(chunk)
             if rdb is not None:
@@ -255,6 +265,7 @@ class AofFileReader(FileReaderBase):
             block: list[Entry] | None = None
             block_at = 0
             conv = None
+            big: BigCommand | None = None  # a command whose long arguments come in pieces
             try:
                 for kind, item, end in self._items(part):
                     if len(batch) >= BATCH:
@@ -295,7 +306,11 @@ class AofFileReader(FileReaderBase):
                                 argv = self._expiry(db, argv, up, block is None)
                             elif self.deferred and (up in _CARRY_CMDS or up in _CLEAR_CMDS):
                                 self._carry(db, argv, up, block is None)
-                        e = Entry(db, argv, None, base + end)
+                        if big is None:
+                            e = Entry(db, argv, None, base + end)
+                        else:  # its long arguments went ahead in pieces (or were kept)
+                            e = big.finish(argv, base + end)
+                            big = None
                         if block is not None:
                             block.append(e)
                         else:
@@ -303,6 +318,21 @@ class AofFileReader(FileReaderBase):
                             if not dry:
                                 batch.append(e)
                                 self.sent = base + end
+                    elif kind == "piece":
+                        if not dry:
+                            pe = big.piece(item)  # type: ignore[union-attr, arg-type]
+                            if pe is not None:  # handed over now, ahead of a MULTI block
+                                batch.append(pe)
+                                self.sent = base + end
+                                yield batch
+                                yield PIECE_DONE
+                                batch = []
+                    elif kind == "big":
+                        if big is None:
+                            big = BigCommand(db, b"a%d" % (base + end), limit=self._limit,
+                                             temp_keys=self._temp_keys, max_bulk=self._max_bulk,
+                                             where=f"{fname} at byte offset {end}")  # fmt: skip
+                        big.arg(item)  # type: ignore[arg-type]
                     elif kind == "ann":
                         ann: Annotation = item  # type: ignore[assignment]
                         if ann.ts is not None:

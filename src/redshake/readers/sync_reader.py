@@ -28,6 +28,7 @@ from ..entry import Entry, Run
 from ..rdb import records as R
 from ..rdb.parser import RdbParser
 from ..rdb.primitives import RdbError
+from ..repl.bigbulk import PIECE, live_command
 from ..repl.checkpoint import PHASE_AOF, PHASE_RDB, Checkpoint, load_checkpoint, save_checkpoint
 from ..repl.link import DEFAULT_LISTENING_PORT, LinkOptions, SourceLink
 from ..repl.protocol import CommandStream, ReplProtocolError
@@ -47,6 +48,9 @@ READ_CHUNK = 1 << 20
 # after every ~1 KiB consumed, so parsing costs grow with the size of what was fed at once
 # (measured: ~460 ns per SET fed 1 MiB at a time, ~150 ns fed 64 KiB at a time).
 STREAM_READ_CHUNK = 64 << 10
+# A command still incomplete after this many bytes is read in pieces (repl.bigbulk): any
+# argument longer than PIECE is then seen there (at most one chunk arrives between checks).
+BIG_AT = PIECE - 2 * STREAM_READ_CHUNK
 BATCH_MAX = 1024
 HEARTBEAT = 0.1  # yield an empty batch at least this often, so acks flow while busy
 CHECKPOINT_EVERY = 0.1  # rename (survives kill -9); fsync'd at most once per second
@@ -735,6 +739,23 @@ class SyncReader:
                 if argv is False:
                     break  # the chunk is parsed
                 entries = 0  # a full batch was handed over mid-chunk: go on parsing the chunk
+            if parser.fed_offset - end > BIG_AT:  # a command too long to buffer: in pieces
+                big = yield from live_command(self, ep, end, db)
+                if big is None:
+                    if self._rewind:
+                        return
+                    break
+                e, end = big
+                parser = CommandStream(end)
+                self.entries += 1
+                self.sent_offset = end
+                if txn is None:
+                    e.offset = span_base + end
+                    batch.append(e)
+                    last_entry = safe = end
+                else:
+                    e.offset = -1
+                    txn.append(e)
             if time.monotonic() - last_beat > HEARTBEAT:
                 last_beat = time.monotonic()
                 yield []

@@ -370,8 +370,11 @@ class ClusterWriter:
             if key.__class__ is bytes and entry.db == 0:  # the common case, inline
                 w = self._slots[key_slot(key)]
                 if w is not None:
-                    # recorded before writing: its reply may be read during write()
-                    track.append([entry.offset, entry, 0, w, w.written + 1])
+                    # recorded before writing: its reply may be read during write(); without
+                    # the entry (a redirected one is resent from the node writer's error
+                    # handler), so answered pieces of a huge value are not kept behind a
+                    # slower master's head of line
+                    track.append([entry.offset, None, 0, w, w.written + 1])
                     w.write(entry)
                     if len(track) > 4096:
                         self._release()

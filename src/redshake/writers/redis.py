@@ -34,6 +34,11 @@ __all__ = ["RedisWriter", "SEND_BYTES", "UNLIMITED_QPS"]
 
 SEND_BYTES = 32 * 1024
 UNLIMITED_QPS = 300000
+# Unanswered bytes held at most (besides querybuf_limit): every unanswered entry stays in
+# memory until its reply, and the kernel buffers of a local target take tens of MB, so
+# without this the pieces of a huge value would pile up (small commands never get here:
+# pipeline_count_limit bounds them first).
+INFLIGHT_BYTES = 16 << 20
 
 OnError = Callable[[Entry, str], None]
 # (entries of the block from MULTI to EXEC, [(entry, error message)], EXEC's error message)
@@ -137,7 +142,7 @@ class RedisWriter:
         self._unanswered_bytes = 0
         self._limit = max(1, int(pipeline_count_limit))
         self._batch = max(1, self._limit // 2)
-        self._querybuf_limit = max(1, int(querybuf_limit))
+        self._querybuf_limit = max(1, min(int(querybuf_limit), INFLIGHT_BYTES))
         self._exc: BaseException | None = None
         self._closed = False
         self._qps = int(max_qps) if 0 < max_qps < UNLIMITED_QPS else 0
