@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import redis
 
-import test_sync
 from helpers import assert_same_data, peak_rss, wait_with_peak_rss, write_config
 from redshake.aof.parser import AofError, AofParser, BigArg
 from redshake.repl.bigbulk import BigCommand, BigCommandError
@@ -28,7 +27,6 @@ MB = 1 << 20
 BIG = 48 * MB  # the largest single argument of the workloads below
 
 
-shakes = test_sync.shakes  # the fixture
 
 
 def huge_workload(c, rnd: random.Random, dbs: tuple[int, ...] = (0, 1, 2)) -> None:
