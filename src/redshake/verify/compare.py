@@ -24,9 +24,14 @@ __all__ = ["Options", "Verifier", "Diff", "REASONS"]
 
 BATCH = 500
 PAGE_KEYS = 64  # keys read page by page together (bounds the memory of one round)
+DUMP_MAX = 64 * 1024  # keys estimated bigger than this are not DUMPed (memory bounded)
+DUMP_ROUND = 8 * 1024 * 1024
 RECHECK_KEEP = 100_000  # differing keys kept for re-check rounds
 REASONS = ("missing", "extra", "type", "value", "ttl")
 _ZERO_DIGEST = b"0" * 40
+_META = b"*2\r\n$4\r\nTYPE\r\n$%d\r\n%s\r\n*2\r\n$4\r\nPTTL\r\n$%d\r\n%s\r\n"
+_META_MEMORY = _META + b"*3\r\n$6\r\nMEMORY\r\n$5\r\nUSAGE\r\n$%d\r\n%s\r\n"
+_META_DIGEST = _META + b"*3\r\n$5\r\nDEBUG\r\n$12\r\nDIGEST-VALUE\r\n$%d\r\n%s\r\n"
 
 
 @dataclass
@@ -122,6 +127,8 @@ class Verifier:
         self.extra_filter = extra_filter  # target key of ours? (None: every key is)
         self.inverse_db = inverse_db or {}
         self.progress = progress
+        # same server build on both sides: equal DUMP payloads prove equal values, cheaply
+        self.dump_first = opts.mode == "full" and source.server_id == target.server_id != ""
         self.stats = Stats()
         self.diffs: list[Diff] = []
         self.notes: list[str] = []
@@ -133,7 +140,7 @@ class Verifier:
     def _pace(self, n: int) -> None:
         self._paced += n
         if self.progress is not None:
-            self.progress.update(self.stats.checked_source + self.stats.checked_target, self._paced)
+            self.progress.update(self._paced, self._paced)
         if self.opts.rate > 0:
             ahead = self._paced / self.opts.rate - (time.monotonic() - self._t0)
             if ahead > 0:
@@ -159,26 +166,34 @@ class Verifier:
             out.extend(self._compare_mapped(db, tdb, pairs))
         return out
 
-    def _meta(self, side: Side, db: int, keys: list[bytes]) -> list[list[Any]]:
+    def _meta(self, side: Side, db: int, keys: list[bytes]):
+        """Send TYPE + PTTL (+ MEMORY USAGE before a DUMP comparison, or DEBUG DIGEST-VALUE)
+        for every key; :meth:`Side.collect` reads the replies."""
         full = self.opts.mode == "full"
+        dump = self.dump_first
 
-        def build(k: bytes) -> list[tuple]:
-            cmds: list[tuple] = [("TYPE", k), ("PTTL", k)]
-            if full and side.debug_for(k):
-                cmds.append(("DEBUG", "DIGEST-VALUE", k))
-            return cmds
+        def build(k: bytes) -> tuple[bytes, int]:
+            n = len(k)
+            if full:
+                if dump:
+                    return _META_MEMORY % (n, k, n, k, n, k), 3
+                if side.debug_for(k):
+                    return _META_DIGEST % (n, k, n, k, n, k), 3
+            return _META % (n, k, n, k), 2
 
-        return side.run(db, keys, build)
+        return side.send(db, keys, build)
 
     def _compare_mapped(self, db: int, tdb: int, pairs: list[tuple[bytes, bytes]]) -> list[Diff]:
         skeys = [p[0] for p in pairs]
         tkeys = [p[1] for p in pairs]
-        sm = self._meta(self.src, db, skeys)
-        tm = self._meta(self.dst, tdb, tkeys)
+        sp = self._meta(self.src, db, skeys)
+        tp = self._meta(self.dst, tdb, tkeys)
+        sm = self.src.collect(sp)
+        tm = self.dst.collect(tp)
         out: list[Diff] = []
-        confirm: list[int] = []
+        values: list[int] = []  # keys whose values are compared
         for i, (s, t) in enumerate(zip(sm, tm, strict=True)):
-            for r in (*s, *t):
+            for r in (*s[:2], *t[:2]):
                 if isinstance(r, ReplyError):
                     raise VerifyError(f"reply error while comparing: {r.message}")
             sk, tk = skeys[i], tkeys[i]
@@ -195,20 +210,64 @@ class Verifier:
             else:
                 d = self._ttl_diff(db, sk, tdb, tk, int(s[1]), int(t[1]))
                 if self.opts.mode == "full":
-                    sd = _digest(s)
-                    td = _digest(t)
-                    if sd is None or td is None or sd != td or sd == _ZERO_DIGEST:
-                        confirm.append(i)
-                        if d is not None:
-                            out.append(d)  # TTL already off: the value is checked anyway
-                        continue
+                    values.append(i)
+                    if d is not None:
+                        out.append(d)  # TTL already off: the value is checked anyway
+                    continue
             if d is None:
                 self.stats.equal += 1
             else:
                 out.append(d)
+        if not values:
+            return out
+        ttl_off = {d.key for d in out if d.reason == "ttl"}
+        confirm: list[int] = []
+        if self.dump_first:
+            small = [i for i in values if _small(sm[i][2]) and _small(tm[i][2])]
+            mem = {i: max(sm[i][2], tm[i][2]) for i in small}
+            same = set(self._same_dumps(db, tdb, pairs, small, mem))
+            rest = [i for i in values if i not in same]
+            for i in same:
+                self.stats.equal += skeys[i] not in ttl_off
+            if rest and self.src.debug_everywhere and self.dst.debug_everywhere:
+                sp = self.src.send(db, [skeys[i] for i in rest], lambda k: [("DEBUG", "DIGEST-VALUE", k)])
+                tp = self.dst.send(tdb, [tkeys[i] for i in rest], lambda k: [("DEBUG", "DIGEST-VALUE", k)])
+                for i, a, b in zip(rest, self.src.collect(sp), self.dst.collect(tp), strict=True):
+                    sm[i] = [sm[i][0], sm[i][1], a[0]]
+                    tm[i] = [tm[i][0], tm[i][1], b[0]]
+            else:
+                confirm = rest
+        if not confirm:
+            for i in values if not self.dump_first else rest:
+                sd, td = _digest(sm[i]), _digest(tm[i])
+                if sd is None or td is None or sd != td or sd == _ZERO_DIGEST:
+                    confirm.append(i)
+                else:
+                    self.stats.equal += skeys[i] not in ttl_off
         if confirm:
             out.extend(self._confirm_values(db, tdb, [pairs[i] for i in confirm], [sm[i][0] for i in confirm], out))
         return out
+
+    def _same_dumps(
+        self, db: int, tdb: int, pairs: list[tuple[bytes, bytes]], idx: list[int], mem: dict[int, int]
+    ) -> list[int]:
+        """The keys of ``idx`` whose DUMP payloads are byte for byte the same on both sides
+        (same value for sure); DUMPs go in rounds of at most DUMP_ROUND bytes (estimated)."""
+        same: list[int] = []
+        pos = 0
+        while pos < len(idx):
+            chunk: list[int] = []
+            budget = 0
+            while pos < len(idx) and len(chunk) < BATCH and budget < DUMP_ROUND:
+                chunk.append(idx[pos])
+                budget += mem[idx[pos]]
+                pos += 1
+            sp = self.src.send(db, [pairs[i][0] for i in chunk], lambda k: [("DUMP", k)])
+            tp = self.dst.send(tdb, [pairs[i][1] for i in chunk], lambda k: [("DUMP", k)])
+            for i, a, b in zip(chunk, self.src.collect(sp), self.dst.collect(tp), strict=True):
+                if isinstance(a[0], bytes) and a[0] == b[0]:
+                    same.append(i)
+        return same
 
     def _ttl_diff(self, db: int, sk: bytes, tdb: int, tk: bytes, sttl: int, tttl: int) -> Diff | None:
         if sttl == -1 and tttl == -1:
@@ -229,8 +288,7 @@ class Verifier:
         for i in range(0, len(pairs), PAGE_KEYS):
             chunk = pairs[i : i + PAGE_KEYS]
             ctypes = types[i : i + PAGE_KEYS]
-            sd = _page_digests(self.src, db, [p[0] for p in chunk], ctypes)
-            td = _page_digests(self.dst, tdb, [p[1] for p in chunk], ctypes)
+            sd, td = _page_digests([(self.src, db, [p[0] for p in chunk]), (self.dst, tdb, [p[1] for p in chunk])], ctypes)
             for (sk, tk), typ, a, b in zip(chunk, ctypes, sd, td, strict=True):
                 if a is None or b is None:
                     self.stats.skip("uncomparable_type")
@@ -258,8 +316,10 @@ class Verifier:
         if not ours:
             return []
         self.stats.checked_target += len(ours)
-        st = self.src.run(sdb, ours, lambda k: [("EXISTS", k)])
-        tt = self.dst.run(tdb, ours, lambda k: [("PTTL", k)])
+        sp = self.src.send(sdb, ours, lambda k: (b"*2\r\n$6\r\nEXISTS\r\n$%d\r\n%s\r\n" % (len(k), k), 1))
+        tp = self.dst.send(tdb, ours, lambda k: (b"*2\r\n$4\r\nPTTL\r\n$%d\r\n%s\r\n" % (len(k), k), 1))
+        st = self.src.collect(sp)
+        tt = self.dst.collect(tp)
         out: list[Diff] = []
         for k, s, t in zip(ours, st, tt, strict=True):
             if s[0] == 0 and t[0] != -2:
@@ -340,6 +400,10 @@ class Verifier:
         return still
 
 
+def _small(mem: Any) -> bool:
+    return isinstance(mem, int) and 0 < mem <= DUMP_MAX
+
+
 def _digest(replies: list[Any]) -> bytes | None:
     if len(replies) < 3 or isinstance(replies[2], ReplyError):
         return None
@@ -347,22 +411,27 @@ def _digest(replies: list[Any]) -> bytes | None:
     return r[0] if isinstance(r, list) else r
 
 
-def _page_digests(side: Side, db: int, keys: list[bytes], types: list[bytes]) -> list[bytes | None]:
-    """Digest of each key's value, all keys advancing one page per pipeline round."""
-    readers = [reader_for(t, k) for t, k in zip(types, keys, strict=True)]
-    active = [r for r in readers if r is not None]
-    while active:
-        cmds = {id(r): r.next_command() for r in active}
-        replies = side.run(db, [r.key for r in active], [[cmds[id(r)]] for r in active])
-        nxt = []
-        for r, rep in zip(active, replies, strict=True):
-            if isinstance(rep[0], ReplyError):
-                # WRONGTYPE: the key changed type between the reads
-                r.done = True
-                r.count = -1
+def _page_digests(jobs: list[tuple[Side, int, list[bytes]]], types: list[bytes]) -> list[list[bytes | None]]:
+    """Digest of each key's value for each (side, db, keys) job, all keys of all jobs
+    advancing one page per pipeline round (the sides work at the same time)."""
+    readers = [[reader_for(t, k) for t, k in zip(types, keys, strict=True)] for _, _, keys in jobs]
+    active = [[r for r in rs if r is not None] for rs in readers]
+    while any(active):
+        pending = [
+            side.send(db, [r.key for r in act], [[r.next_command()] for r in act]) if act else None
+            for (side, db, _), act in zip(jobs, active, strict=True)
+        ]
+        for n, ((side, _, _), act, p) in enumerate(zip(jobs, active, pending, strict=True)):
+            if p is None:
                 continue
-            r.feed(rep[0])
-            if not r.done:
-                nxt.append(r)
-        active = nxt
-    return [r.digest() if r is not None else None for r in readers]
+            nxt = []
+            for r, rep in zip(act, side.collect(p), strict=True):
+                if isinstance(rep[0], ReplyError):  # WRONGTYPE: the key changed type meanwhile
+                    r.done = True
+                    r.count = -1
+                    continue
+                r.feed(rep[0])
+                if not r.done:
+                    nxt.append(r)
+            active[n] = nxt
+    return [[r.digest() if r is not None else None for r in rs] for rs in readers]

@@ -188,7 +188,8 @@ def verify(plan: Plan, opts: Options, progress_factory=None) -> tuple[dict[str, 
                     "extra_checked": opts.check_extra,
                     "value_check": (
                         "none" if opts.mode == "quick"
-                        else "digest" if src.debug_everywhere and dst.debug_everywhere else "pages"
+                        else ("dump, " if v.dump_first else "")
+                        + ("digest" if src.debug_everywhere and dst.debug_everywhere else "pages")
                     ),
                 }
             )  # fmt: skip

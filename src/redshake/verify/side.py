@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..commands.slots import SLOTS, key_slot
 from ..resp.conn import Connection, ReplyError, connection_options, parse_address
+from ..resp.encode import encode_many
 from ..writers.cluster import fetch_topology
 
 __all__ = ["Endpoint", "Side", "VerifyError", "parse_url"]
@@ -130,6 +131,9 @@ class Side:
         else:
             self.nodes = [seed]
         self._selected = [0] * len(self.nodes)
+        info = self.nodes[0].call("INFO", "server").decode("utf-8", "replace")
+        fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+        self.server_id = f"{fields.get('server_name', 'redis')} {fields.get('valkey_version') or fields.get('redis_version', '')}"
         self.debug = [self._probe_debug(c) for c in self.nodes]
 
     def _connect(self, address: str) -> Connection:
@@ -218,25 +222,41 @@ class Side:
         return self.slot_node[key_slot(key)] if self.ep.cluster else 0
 
     def run(self, db: int, keys: Sequence[bytes], build) -> list[list[Any]]:
-        """For every key, the replies of its commands: ``build(key)`` or ``build[i]`` for the
-        i-th key (one pipeline per node; replies in key order)."""
-        out: list[list[Any]] = [[] for _ in keys]
+        """For every key, the replies of its commands (see :meth:`send`)."""
+        return self.collect(self.send(db, keys, build))
+
+    def send(self, db: int, keys: Sequence[bytes], build) -> tuple[int, list[tuple[int, list[int], list[int]]]]:
+        """Send the commands of every key without reading the replies (so both sides work at
+        once): ``build(key)`` or ``build[i]`` for the i-th key gives a list of commands, or
+        ``(resp_bytes, count)`` already encoded. One pipeline per node."""
         by_node: dict[int, list[int]] = {}
         for j, k in enumerate(keys):
             by_node.setdefault(self.node_of(k), []).append(j)
+        sent = []
         for i, idx in by_node.items():
             self._select(i, db)
-            cmds: list[Sequence[Any]] = []
+            parts: list[bytes] = []
             counts: list[int] = []
             for j in idx:
                 cs = build(keys[j]) if callable(build) else build[j]
-                counts.append(len(cs))
-                cmds.extend(cs)
-            replies = self.nodes[i].pipeline(cmds)
-            pos = 0
-            for j, n in zip(idx, counts, strict=True):
-                out[j] = replies[pos : pos + n]
-                pos += n
+                if isinstance(cs, tuple):
+                    parts.append(cs[0])
+                    counts.append(cs[1])
+                else:
+                    parts.append(encode_many(cs))
+                    counts.append(len(cs))
+            self.nodes[i].send(b"".join(parts))
+            sent.append((i, idx, counts))
+        return len(keys), sent
+
+    def collect(self, pending: tuple[int, list[tuple[int, list[int], list[int]]]]) -> list[list[Any]]:
+        """The replies of :meth:`send`, per key in key order."""
+        n, sent = pending
+        out: list[list[Any]] = [[] for _ in range(n)]
+        for i, idx, counts in sent:
+            read = self.nodes[i].read_reply
+            for j, c in zip(idx, counts, strict=True):
+                out[j] = [read() for _ in range(c)]
         return out
 
     def call(self, db: int, key: bytes, *args: Any) -> Any:
