@@ -387,3 +387,20 @@ def test_redis_to_valkey_full_and_rate_limit(servers):
     assert rep["value_check"] == "digest" and rep["keys_equal"] == rep["keys_checked"]["source"]
     n = rep["keys_checked"]["source"] + rep["keys_checked"]["target"]
     assert rep["seconds"] >= n / 2000 * 0.9  # paced: never faster than the rate allows
+
+
+def test_exactly_once_marker_is_not_an_extra_key(servers, tmp_path):
+    src, dst = servers.start("redis-7.0"), servers.start("redis-7.0")
+    workload(src.client(), 11, n=50, dbs=(0,))
+    copy_all(src, dst)
+    dst.client(9).set("shake-marker", "replid:123")
+    sections = {
+        "sync_reader": {"address": src.address},
+        "redis_writer": {"address": dst.address},
+        "advanced": {"dir": str(tmp_path / "work"), "exactly_once_key": "shake-marker", "exactly_once_db": 9},
+    }
+    r = cli("verify", str(write_config(tmp_path / "s.toml", sections)), "--format", "json", "--no-progress")
+    assert r.returncode == 0, r.stdout + r.stderr
+    dst.client(9).set("other", "1")
+    r = cli("verify", str(write_config(tmp_path / "s.toml", sections)), "--format", "json", "--no-progress")
+    assert r.returncode == 1 and found(json.loads(r.stdout)) == {(9, "other"): "extra"}

@@ -23,6 +23,7 @@ class Plan:
     chain: Any = None  # TransformChain or None
     db_map: dict[int, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    ignore_target: set[tuple[int, bytes]] = field(default_factory=set)  # (db, key) not ours
 
 
 def _endpoint(sec: Any, what: str) -> Endpoint:
@@ -65,6 +66,8 @@ def plan_from_config(cfg: Config) -> Plan:
     except TransformError as e:
         raise VerifyError(str(e)) from None
     plan = Plan(src, dst, chain)
+    if cfg.advanced.exactly_once_key:  # redshake's own marker on the target
+        plan.ignore_target.add((cfg.advanced.exactly_once_db, cfg.advanced.exactly_once_key.encode()))
     if chain is not None and chain.function is not None:
         plan.notes.append(
             "a Lua function is configured: keys are mapped through it (as for the snapshot's RESTORE); "
@@ -165,10 +168,11 @@ def verify(plan: Plan, opts: Options, progress_factory=None) -> tuple[dict[str, 
                 progress = progress_factory(total)
             mapper = transform_mapper(plan.chain, plan.db_map)
             extra_filter = None
-            if plan.chain is not None:  # target keys the filter would not copy are not ours
+            ignore = plan.ignore_target
+            if plan.chain is not None or ignore:  # target keys the filter would not copy are not ours
 
                 def extra_filter(db: int, key: bytes) -> bool:
-                    return mapper(db, key) is not None
+                    return (db, key) not in ignore and mapper(db, key) is not None
 
             v = Verifier(
                 src, dst, opts, mapper,
