@@ -230,8 +230,8 @@ class Verifier:
             for i in same:
                 self.stats.equal += skeys[i] not in ttl_off
             if rest and self.src.debug_everywhere and self.dst.debug_everywhere:
-                sp = self.src.send(db, [skeys[i] for i in rest], lambda k: [("DEBUG", "DIGEST-VALUE", k)])
-                tp = self.dst.send(tdb, [tkeys[i] for i in rest], lambda k: [("DEBUG", "DIGEST-VALUE", k)])
+                sp = self.src.send(db, [skeys[i] for i in rest], _digest_cmd)
+                tp = self.dst.send(tdb, [tkeys[i] for i in rest], _digest_cmd)
                 for i, a, b in zip(rest, self.src.collect(sp), self.dst.collect(tp), strict=True):
                     sm[i] = [sm[i][0], sm[i][1], a[0]]
                     tm[i] = [tm[i][0], tm[i][1], b[0]]
@@ -262,8 +262,8 @@ class Verifier:
                 chunk.append(idx[pos])
                 budget += mem[idx[pos]]
                 pos += 1
-            sp = self.src.send(db, [pairs[i][0] for i in chunk], lambda k: [("DUMP", k)])
-            tp = self.dst.send(tdb, [pairs[i][1] for i in chunk], lambda k: [("DUMP", k)])
+            sp = self.src.send(db, [pairs[i][0] for i in chunk], _dump_cmd)
+            tp = self.dst.send(tdb, [pairs[i][1] for i in chunk], _dump_cmd)
             for i, a, b in zip(chunk, self.src.collect(sp), self.dst.collect(tp), strict=True):
                 if isinstance(a[0], bytes) and a[0] == b[0]:
                     same.append(i)
@@ -398,6 +398,14 @@ class Verifier:
             saved.equal += self.stats.equal
             self.stats = saved
         return still
+
+
+def _dump_cmd(k: bytes) -> tuple[bytes, int]:
+    return b"*2\r\n$4\r\nDUMP\r\n$%d\r\n%s\r\n" % (len(k), k), 1
+
+
+def _digest_cmd(k: bytes) -> tuple[bytes, int]:
+    return b"*3\r\n$5\r\nDEBUG\r\n$12\r\nDIGEST-VALUE\r\n$%d\r\n%s\r\n" % (len(k), k), 1
 
 
 def _small(mem: Any) -> bool:

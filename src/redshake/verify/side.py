@@ -230,16 +230,20 @@ class Side:
         once): ``build(key)`` or ``build[i]`` for the i-th key gives a list of commands, or
         ``(resp_bytes, count)`` already encoded. One pipeline per node."""
         by_node: dict[int, list[int]] = {}
-        for j, k in enumerate(keys):
-            by_node.setdefault(self.node_of(k), []).append(j)
+        if self.ep.cluster:
+            for j, k in enumerate(keys):
+                by_node.setdefault(self.node_of(k), []).append(j)
+        else:
+            by_node[0] = list(range(len(keys)))
+        built = [build(k) for k in keys] if callable(build) else build
         sent = []
         for i, idx in by_node.items():
             self._select(i, db)
             parts: list[bytes] = []
             counts: list[int] = []
             for j in idx:
-                cs = build(keys[j]) if callable(build) else build[j]
-                if isinstance(cs, tuple):
+                cs = built[j]
+                if type(cs) is tuple:
                     parts.append(cs[0])
                     counts.append(cs[1])
                 else:
