@@ -404,3 +404,22 @@ def test_exactly_once_marker_is_not_an_extra_key(servers, tmp_path):
     dst.client(9).set("other", "1")
     r = cli("verify", str(write_config(tmp_path / "s.toml", sections)), "--format", "json", "--no-progress")
     assert r.returncode == 1 and found(json.loads(r.stdout)) == {(9, "other"): "extra"}
+
+
+def test_a_server_lost_mid_run_is_reported_incomplete(servers):
+    src, dst = servers.start("redis-7.0"), servers.start("redis-7.0")
+    workload(src.client(), 12, n=300, dbs=(0,))
+    copy_all(src, dst)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "redshake.cli", "verify", "--source", url(src), "--target", url(dst),
+         "--rate", "150", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while _commandstat(dst, "type") == 0:  # the comparison has started
+        assert p.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    dst.stop()
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 2, out + err
+    assert "incomplete" in err and "Traceback" not in err and "result:" not in out

@@ -95,11 +95,15 @@ def wait_converged(
     while True:
         ok, why = lag_state(cfg, plan)
         if ok:
-            report, code = verify(plan, opts)
-            if code == 0:
-                sys.stderr.write("converged: caught up and the verify sample is equal\n")
-                return 0, report
-            why = f"caught up, but {report['total_differences']} sampled key(s) differ"
+            try:
+                report, code = verify(plan, opts)
+            except VerifyError as e:  # a server unreachable for a moment: try again
+                code, why = 2, f"verify sample failed: {e}"
+            else:
+                if code == 0:
+                    sys.stderr.write("converged: caught up and the verify sample is equal\n")
+                    return 0, report
+                why = f"caught up, but {report['total_differences']} sampled key(s) differ"
         if time.monotonic() >= deadline:
             sys.stderr.write(f"not converged after {timeout:g} s: {why}\n")
             return 1, report
