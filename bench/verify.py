@@ -2,9 +2,11 @@
 redis-7.0 servers, against an anchor measured in the same run: a pipelined DUMP loop over
 the same source keys (SCAN + DUMP, batches of the same size as verify's).
 
-    python bench/verify.py [--scale 1.0] [--modes quick,full,pages]
+    python bench/verify.py [--scale 1.0] [--modes quick,full,pages,cross,cross-pages]
 
-``pages`` is full mode with DEBUG disabled on both servers (values read page by page). Prints
+``pages`` is full mode with DEBUG disabled on both servers; ``cross`` / ``cross-pages`` the
+same with a Valkey 8.1 target (different builds: no DUMP shortcut, so DEBUG DIGEST-VALUE,
+or with ``cross-pages`` every value read page by page). Prints
 keys/s (source keys per second of wall time; verify also scans the target) for each mode
 and the anchor.
 """
@@ -27,10 +29,10 @@ from redshake.resp.conn import connect  # noqa: E402
 from redshake.verify.compare import BATCH  # noqa: E402
 
 
-def load(rdb: Path, args: list[str]):
+def load(rdb: Path, args: list[str], name: str = "redis-7.0"):
     d = Path(tempfile.mkdtemp(prefix="redshake-bench-verify-"))
     shutil.copy(rdb, d / "dump.rdb")
-    return start_server("redis-7.0", dir=d, dbfilename="dump.rdb", args=args, timeout=600)
+    return start_server(name, dir=d, dbfilename="dump.rdb", args=args, timeout=600)
 
 
 def dump_anchor(address: str) -> tuple[float, int]:
@@ -61,8 +63,9 @@ def main() -> None:
     rdb = dataset(name, standard_2m(ns.scale))
     try:
         for mode in ns.modes.split(","):
-            extra = ["--enable-debug-command", "no"] if mode == "pages" else []
-            src, dst = load(rdb, extra), load(rdb, extra)
+            extra = ["--enable-debug-command", "no"] if mode.endswith("pages") else []
+            target = "valkey-8.1" if mode.startswith("cross") else "redis-7.0"
+            src, dst = load(rdb, extra), load(rdb, extra, target)
             keys = src.client().dbsize()
             anchor_s, anchor_n = dump_anchor(src.address)
             out = Path(tempfile.mkdtemp(prefix="redshake-bench-verify-")) / "report.json"
@@ -75,7 +78,7 @@ def main() -> None:
             rep = json.loads(out.read_text())
             assert rep["keys_checked"]["source"] == keys, rep["keys_checked"]
             print(
-                f"{mode:5s}: {keys} keys in {secs:.1f} s = {keys / secs:,.0f} source keys/s "
+                f"{mode:11s}: {keys} keys in {secs:.1f} s = {keys / secs:,.0f} source keys/s "
                 f"(values: {rep['value_check']}, peak RSS {rss / 2**20:.0f} MiB); "
                 f"anchor SCAN+DUMP: {anchor_n / anchor_s:,.0f} keys/s; ratio {anchor_s / secs:.2f}",
                 flush=True,

@@ -76,30 +76,22 @@ class _String(PageReader):
 
 
 class _Ranged(PageReader):
-    """Lists and sorted sets: pages by index; the length is read first."""
+    """Lists and sorted sets: pages by index until a short page."""
 
     def __init__(self, key: bytes, zset: bool) -> None:
         super().__init__(key)
         self.zset = zset
-        self.length = -1
         self.pos = 0
 
     def next_command(self) -> tuple | None:
         if self.done:
             return None
-        if self.length < 0:
-            return ("ZCARD" if self.zset else "LLEN", self.key)
         end = self.pos + ELEMENT_PAGE - 1
         if self.zset:
             return ("ZRANGE", self.key, self.pos, end, "WITHSCORES")
         return ("LRANGE", self.key, self.pos, end)
 
     def feed(self, reply: Any) -> None:
-        if self.length < 0:
-            self.length = int(reply)
-            self.h.update(self.length.to_bytes(8, "little"))
-            self.done = self.length == 0
-            return
         if self.zset:
             for i in range(0, len(reply) - 1, 2):
                 _lp(self.h, reply[i])
@@ -111,7 +103,7 @@ class _Ranged(PageReader):
             n = len(reply)
         self.pos += n
         self.count = self.pos
-        if n < ELEMENT_PAGE or self.pos >= self.length:
+        if n < ELEMENT_PAGE:
             self.done = True
 
 
