@@ -15,7 +15,7 @@ import threading
 import time
 
 from datagen import populate
-from helpers import wait_with_peak_rss, write_config
+from helpers import restore_file, wait_with_peak_rss, write_config
 from redshake.commands.slots import key_slot
 from servers import free_port
 from test_sync import Shake, mixed_load, wait_converged
@@ -327,7 +327,13 @@ def test_bad_input_exits_2(servers, tmp_path):
         "redis_writer": {"address": s.address},
     })  # fmt: skip
     r = cli("verify", str(cfg))
-    assert r.returncode == 2 and "live source server" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "cannot read" in r.stderr and "Traceback" not in r.stderr
+    cfg = write_config(tmp_path / "aof.toml", {
+        "aof_reader": {"filepath": str(tmp_path / "x.aof")},
+        "redis_writer": {"address": s.address},
+    })  # fmt: skip
+    r = cli("verify", str(cfg))
+    assert r.returncode == 2 and "live source server or an RDB file" in r.stderr and "Traceback" not in r.stderr
     r = cli("verify", "--source", url(s), "--target", f"redis://127.0.0.1:{free_port()}")
     assert r.returncode == 2 and "refused" in r.stderr and "Traceback" not in r.stderr
     r = cli("verify", "--source", "http://x:1", "--target", url(s))
@@ -423,3 +429,33 @@ def test_a_server_lost_mid_run_is_reported_incomplete(servers):
     out, err = p.communicate(timeout=60)
     assert p.returncode == 2, out + err
     assert "incomplete" in err and "Traceback" not in err and "result:" not in out
+
+
+def test_rdb_file_source_quick(servers, tmp_path):
+    src, dst = servers.start("redis-7.0"), servers.start("redis-7.0")
+    populate(src.client(), src.version, False, functions=False)
+    workload(src.client(), 13, n=200, dbs=(0, 2))
+    src.client().save()
+    rdb = src.dir / "dump.rdb"
+    r = restore_file(rdb, dst, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    cfg = tmp_path / "shake.toml"  # restore_file's config: [rdb_reader] -> [redis_writer]
+    r = cli("verify", str(cfg), "--format", "json", "--no-progress")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["keys_checked"]["source"] == sum(src.client(d).dbsize() for d in (0, 2, 3))
+    c = dst.client(2)
+    gone = next(c.scan_iter(match="w2:*"))
+    c.delete(gone)
+    c.set("not-in-file", "1")
+    c.set("not-in-file-2", "1")
+    ttl = next(k for k in dst.client().scan_iter(match="w0:*") if dst.client().pttl(k) == -1)
+    dst.client().expire(ttl, 10_000)
+    r = cli("verify", str(cfg), "--format", "json", "--no-progress")
+    rep = json.loads(r.stdout)
+    assert r.returncode == 1
+    assert rep["differences"] == {"missing": 1, "extra": 2, "type": 0, "value": 0, "ttl": 1}
+    assert {(d["db"], d["key"], d["reason"]) for d in rep["keys"]} == {
+        (2, gone.decode(), "missing"), (0, ttl.decode(), "ttl"), (2, "", "extra")}
+    r = cli("verify", str(cfg), "--mode", "full")
+    assert r.returncode == 2 and "only --mode quick" in r.stderr
