@@ -10,6 +10,8 @@ from . import __version__
 
 USAGE = """\
 usage: redshake CONFIG.toml
+       redshake verify CONFIG.toml | --source URL --target URL [options]  (see verify --help)
+       redshake wait --converged CONFIG.toml [options]  (see wait --help)
        redshake version | --version | -v
        redshake --help
 
@@ -35,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     if args[0] in ("-v", "--version", "version"):
         print(version_line())
         return 0
+    if args[0] in ("verify", "wait"):
+        from .verify import cli as verify_cli
+
+        return (verify_cli.main_verify if args[0] == "verify" else verify_cli.main_wait)(args[1:])
     p = argparse.ArgumentParser(prog="redshake", usage=USAGE, add_help=False)
     p.add_argument("config")
     ns, extra = p.parse_known_args(args)
