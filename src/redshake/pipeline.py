@@ -218,14 +218,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         log.error("config error: %s. Nothing was written.", e)
         return EXIT_BAD_INPUT
     policy = ErrorPolicy(adv.rdb_restore_command_behavior, stats)
-    if adv.exactly_once_key and (
-        cfg.reader_type != "sync" or cfg.writer_type != "redis" or cfg.writer.cluster
-    ):
-        log.error(
-            "config error: advanced.exactly_once_key needs a [sync_reader] and a standalone "
-            "(or sentinel-managed) [redis_writer] target. Nothing was written."
-        )
-        return EXIT_BAD_INPUT
+    eonce = _exactly_once_possible(cfg)
     t0 = time.monotonic()
     # 1. Build the reader and validate its input before touching the target.
     try:
@@ -260,7 +253,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         # a live reader that must re-seed the target (full resync) empties it through this
         options={"flush_target": writer.flushall},
     )
-    if adv.exactly_once_key:
+    if eonce:
         ctx.options["read_marker"] = lambda key: writer.get(adv.exactly_once_db, key)
     if SHARD is not None:  # one shard of a cluster source: only this shard's slots
         from .shards import flush_slots
@@ -268,6 +261,10 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         ctx.options["flush_target"] = lambda: flush_slots(writer, SHARD["ranges"])
     try:
         reader = build_reader(cfg, ctx)
+        if hasattr(reader, "marker_key"):
+            eonce = eonce and _marker_writable(cfg, writer, reader.marker_key)
+            if not eonce:
+                reader.marker_key = b""  # at-least-once: no marker is read or written
         reader.prepare()
     except (RdbError, FileNotFoundError, ConversionError) as e:
         log.error("invalid input: %s. Nothing was written to the target.", e)
@@ -316,9 +313,10 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     # Runs of plain commands go to the writer whole when nothing needs single entries.
     write_run = getattr(writer, "write_run", None)
     inner = getattr(writer, "inner", writer)
-    # Exactly-once mode: every stream batch is one MULTI/EXEC unit with its position marker.
-    units = bool(adv.exactly_once_key) and hasattr(reader, "unit_marker")
-    if transform is not None or not hasattr(inner, "write_run") or units:
+    # Exactly-once mode: every stream batch is one MULTI/EXEC unit with its position marker
+    # (runs of plain commands still go whole, inside the unit).
+    units = eonce and hasattr(reader, "unit_marker")
+    if transform is not None or not hasattr(inner, "write_run"):
         write_run = None
     if write_run is not None and hasattr(reader, "runs"):
         reader.runs = True
@@ -419,6 +417,61 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
             log.info("%s", extra)
     _summary(reader, policy, stats, time.monotonic() - t1, code, transform is not None)
     return code
+
+
+def _exactly_once_possible(cfg: Config) -> bool:
+    """Whether this run applies the live stream exactly once (``advanced.exactly_once``,
+    default on). A live sync into a target that cannot hold the marker falls back to
+    at-least-once with a warning; other readers have no live stream to apply once."""
+    adv = cfg.advanced
+    if cfg.reader_type != "sync":
+        return False
+    if not adv.exactly_once or not adv.exactly_once_key:
+        log.info(
+            "exactly-once is off (advanced.exactly_once = false): after a crash or a lost target "
+            "connection, commands since the last checkpoint may be applied twice"
+        )
+        return False
+    why = ""
+    if cfg.writer_type != "redis":
+        why = "the target is a file, which cannot hold a position marker"
+    elif cfg.writer.cluster:
+        why = (
+            "the target is a cluster: a MULTI/EXEC there must keep every key in one slot, so a "
+            "batch cannot be applied atomically together with a position marker"
+        )
+    if why:
+        log.warning(
+            "exactly-once is not possible (%s): live sync is at-least-once, so after a crash "
+            "or a lost target connection, commands since the last checkpoint (at most ~0.1s "
+            "of the stream) may be applied twice (INCR, LPUSH, APPEND... then differ). Set "
+            "advanced.exactly_once = false to silence this warning",
+            why,
+        )
+        return False
+    return True
+
+
+def _marker_writable(cfg: Config, writer, key: bytes) -> bool:
+    """Exactly-once mode: can the target hold the position marker? Else at-least-once,
+    with a warning saying why."""
+    adv = cfg.advanced
+    refusal = writer.try_marker(adv.exactly_once_db, key)
+    if not refusal:
+        log.info(
+            "exactly-once: every stream batch is one MULTI/EXEC that also sets the position "
+            "marker %r in db %d of the target (advanced.exactly_once = false: no marker)",
+            key.decode("utf-8", "replace"), adv.exactly_once_db,
+        )  # fmt: skip
+        return True
+    log.warning(
+        "exactly-once is not possible: the target refused the position marker %r in db %d "
+        "(%s). Live sync is at-least-once: after a crash or a lost target connection, commands "
+        "since the last checkpoint may be applied twice. Allow the marker (or set "
+        "advanced.exactly_once_key / exactly_once_db), or set advanced.exactly_once = false",
+        key.decode("utf-8", "replace"), adv.exactly_once_db, refusal,
+    )  # fmt: skip
+    return False
 
 
 def _describe_mode(cfg: Config) -> str:

@@ -1058,6 +1058,6 @@ def _build(cfg, ctx, address: str | None) -> SyncReader:
         resolve=resolve,
         identity=f"sentinel_{sentinel.master_name}" if resolve is not None else None,
     )
-    if adv.exactly_once_key:  # one marker per source (a cluster source has several)
+    if adv.exactly_once and adv.exactly_once_key:  # one marker per source (a cluster source has several)
         reader.marker_key = f"{adv.exactly_once_key}:{reader.source_id}".encode()
     return reader
