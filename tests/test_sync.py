@@ -146,12 +146,13 @@ def stat(src, field: str) -> int:
     return int(src.info("stats")[field])
 
 
-def mixed_load(src, stop: threading.Event, seed: int, idempotent: bool = False) -> None:
+def mixed_load(src, stop: threading.Event, seed: int, idempotent: bool = False,
+               dbs: tuple[int, ...] = (0, 0, 1)) -> None:  # fmt: skip
     """Mixed writes over several dbs, types, TTLs and transactions until ``stop``."""
     rnd = random.Random(seed)
-    clients = {db: src.client(db) for db in (0, 1)}
+    clients = {db: src.client(db) for db in set(dbs)}
     while not stop.is_set():
-        db = rnd.choice((0, 0, 1))
+        db = rnd.choice(dbs)
         c = clients[db]
         p = c.pipeline(transaction=rnd.random() < 0.2)
         for _ in range(20):
@@ -188,10 +189,10 @@ def mixed_load(src, stop: threading.Event, seed: int, idempotent: bool = False) 
         time.sleep(0.002)
 
 
-def start_load(src, n: int = MIXED_WRITERS, idempotent: bool = False):
+def start_load(src, n: int = MIXED_WRITERS, idempotent: bool = False, dbs: tuple[int, ...] = (0, 0, 1)):
     stop = threading.Event()
     threads = [
-        threading.Thread(target=mixed_load, args=(src, stop, 100 + i, idempotent), daemon=True)
+        threading.Thread(target=mixed_load, args=(src, stop, 100 + i, idempotent, dbs), daemon=True)
         for i in range(n)
     ]
     for t in threads:

@@ -253,7 +253,10 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         # a live reader that must re-seed the target (full resync) empties it through this
         options={"flush_target": writer.flushall},
     )
-    if eonce:
+    if eonce and cfg.writer.cluster:  # one marker per slot
+        ctx.options["read_slot_markers"] = writer.read_markers
+        ctx.options["skip_applied"] = writer.set_skip
+    elif eonce:
         ctx.options["read_marker"] = lambda key: writer.get(adv.exactly_once_db, key)
     if SHARD is not None:  # one shard of a cluster source: only this shard's slots
         from .shards import flush_slots
@@ -265,6 +268,10 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
             eonce = eonce and _marker_writable(cfg, writer, reader.marker_key)
             if not eonce:
                 reader.marker_key = b""  # at-least-once: no marker is read or written
+                ctx.options.pop("skip_applied", None)
+            elif hasattr(writer, "marker_value"):  # cluster: blocks sent early mark themselves
+                writer.marker_prefix = reader.marker_key
+                writer.marker_value = reader.marker_value
         reader.prepare()
     except (RdbError, FileNotFoundError, ConversionError) as e:
         log.error("invalid input: %s. Nothing was written to the target.", e)
@@ -316,6 +323,8 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     # Exactly-once mode: every stream batch is one MULTI/EXEC unit with its position marker
     # (runs of plain commands still go whole, inside the unit).
     units = eonce and hasattr(reader, "unit_marker")
+    # (a cluster writer gives the commands of a source transaction the offset of its EXEC)
+    unit_offset = getattr(inner, "unit_offset", None)
     if transform is not None or not hasattr(inner, "write_run"):
         write_run = None
     if write_run is not None and hasattr(reader, "runs"):
@@ -355,6 +364,8 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
                     name = names[raw_name] = raw_name.decode("ascii", "replace").upper()
                 read_by_cmd[name] = read_by_cmd.get(name, 0) + 1
                 if unit and (name == "MULTI" or name == "EXEC"):
+                    if name == "EXEC" and unit_offset is not None:
+                        unit_offset(e.offset)
                     continue  # the unit around the batch is the transaction
                 if transform is None:
                     write(e)
@@ -363,6 +374,8 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
                     for e2 in transform(e):
                         wn = e2.argv[0].decode("ascii", "replace").upper()
                         if unit and (wn == "MULTI" or wn == "EXEC"):
+                            if wn == "EXEC" and unit_offset is not None:
+                                unit_offset(e.offset)
                             continue
                         write(e2)
                         write_by_cmd[wn] = write_by_cmd.get(wn, 0) + 1
@@ -432,21 +445,12 @@ def _exactly_once_possible(cfg: Config) -> bool:
             "connection, commands since the last checkpoint may be applied twice"
         )
         return False
-    why = ""
     if cfg.writer_type != "redis":
-        why = "the target is a file, which cannot hold a position marker"
-    elif cfg.writer.cluster:
-        why = (
-            "the target is a cluster: a MULTI/EXEC there must keep every key in one slot, so a "
-            "batch cannot be applied atomically together with a position marker"
-        )
-    if why:
         log.warning(
-            "exactly-once is not possible (%s): live sync is at-least-once, so after a crash "
-            "or a lost target connection, commands since the last checkpoint (at most ~0.1s "
-            "of the stream) may be applied twice (INCR, LPUSH, APPEND... then differ). Set "
-            "advanced.exactly_once = false to silence this warning",
-            why,
+            "exactly-once is not possible (the target is a file, which cannot hold a position "
+            "marker): live sync is at-least-once, so after a crash, commands since the last "
+            "checkpoint may be written twice. Set advanced.exactly_once = false to silence "
+            "this warning"
         )
         return False
     return True
@@ -458,6 +462,13 @@ def _marker_writable(cfg: Config, writer, key: bytes) -> bool:
     adv = cfg.advanced
     refusal = writer.try_marker(adv.exactly_once_db, key)
     if not refusal:
+        if cfg.writer.cluster:
+            log.info(
+                "exactly-once: the commands of every stream batch go as one MULTI/EXEC per slot "
+                "that also sets that slot's position marker %r:{<tag of the slot>} "
+                "(advanced.exactly_once = false: no markers)", key.decode("utf-8", "replace"),
+            )  # fmt: skip
+            return True
         log.info(
             "exactly-once: every stream batch is one MULTI/EXEC that also sets the position "
             "marker %r in db %d of the target (advanced.exactly_once = false: no marker)",
