@@ -185,9 +185,13 @@ def test_standalone_source_into_cluster_target(servers, tmp_path, shakes):
     text = shake.cfg.read_text().replace("[redis_writer]\n", "[redis_writer]\ncluster = true\n")
     shake.cfg.write_text(text)
     shakes.append(shake.start())
+    lib = "#!lua name=lib\nredis.register_function('f', function() return 1 end)"
     for i in range(300):
         c.set(f"after:{i}".encode(), b"v")
         c.hset(f"h:{i % 7}".encode(), f"f{i}".encode(), b"1")
+        if i == 150:  # keyless, to every master (in exactly-once mode: between the slot blocks)
+            p = c.pipeline(transaction=False)
+            p.incr(b"n1").execute_command("FUNCTION", "LOAD", lib).incr(b"n2").incr(b"n1").execute()
     for i in range(50):
         p = c.pipeline(transaction=True)
         p.set(f"{{tx{i}}}:a".encode(), b"1")
@@ -200,6 +204,8 @@ def test_standalone_source_into_cluster_target(servers, tmp_path, shakes):
     c.delete(b"s:1", b"s:2")
     wait_converged(src, shake)
     assert _digests([src]) == _digests(dst.masters)
+    for m in dst.masters:
+        assert m.client().execute_command("FUNCTION", "LIST")[0][1] == b"lib"
     assert shake.terminate() == 0, shake.log()[-3000:]
 
 

@@ -441,7 +441,8 @@ def _exactly_once_possible(cfg: Config) -> bool:
         return False
     if not adv.exactly_once or not adv.exactly_once_key:
         log.info(
-            "exactly-once is off (advanced.exactly_once = false): after a crash or a lost target "
+            "exactly-once is off (advanced.exactly_once = false or an empty exactly_once_key): "
+            "after a crash or a lost target "
             "connection, commands since the last checkpoint may be applied twice"
         )
         return False

@@ -629,7 +629,8 @@ class RedisWriter:
         if off >= 0:
             self.acked_offset = off
         if r.__class__ is list:
-            if any(res.__class__ is ReplyError for res in r):  # type: ignore[attr-defined]
+            # all OK (what SET and most writes answer) is one count in C
+            if r.count(b"OK") != len(r) and ReplyError in map(type, r):  # type: ignore[attr-defined,arg-type]
                 for e, res in zip(_queued_entries(blk.queued), r, strict=False):  # type: ignore[call-overload]
                     if res.__class__ is ReplyError and e is not None:
                         self._on_reply_error(e, res)  # type: ignore[arg-type]
