@@ -462,8 +462,8 @@ class RedisWriter:
         recognised by one bytes comparison instead of being parsed one by one."""
         inflight = self._inflight
         pos = 0
-        if inflight and inflight[0][0].__class__ is _QueuedRun and not self.conn.reader.has_data():
-            pos = self._absorb_queued(data)
+        if inflight and inflight[0][0].__class__ is not Run and not self.conn.reader.has_data():
+            pos = self._absorb_unit(data)
             if pos == len(data):
                 return
         if inflight and inflight[0][0].__class__ is Run and not self.conn.reader.has_data():
@@ -491,25 +491,50 @@ class RedisWriter:
         self.conn.reader.feed(data[pos:] if pos else data)
         self._process()
 
-    def _absorb_queued(self, data: bytes) -> int:
-        """Fast path for runs inside a unit: a stretch of ``+QUEUED`` replies recognised by
-        one bytes comparison. Returns how much of ``data`` was consumed."""
+    def _absorb_unit(self, data: bytes) -> int:
+        """Fast path for units (exactly-once mode): ``+OK`` to MULTI, stretches of ``+QUEUED``
+        to the commands (runs included) and an ``EXEC`` array of ``+OK`` only are recognised
+        by bytes comparisons instead of being parsed. Stops at anything else (the parser
+        takes it from there). Returns how much of ``data`` was consumed."""
         inflight = self._inflight
         pos = 0
         end = len(data)
-        while inflight:
+        while inflight and pos < end:
             item, n = inflight[0]
-            if item.__class__ is not _QueuedRun:
+            cls = item.__class__
+            if cls is _QueuedRun:
+                total = len(item.run.argvs)  # type: ignore[union-attr]
+                m = min(total - self._run_done, (end - pos) // 9)
+                if not m or data[pos : pos + 9 * m] != _QUEUEDS[: 9 * m]:
+                    break
+                pos += 9 * m
+                self._run_done += m
+                if self._run_done < total:
+                    break
+                self._queued_run_done(item)  # type: ignore[arg-type]
+            elif cls is _Internal and item.block is not None:  # type: ignore[union-attr]
+                blk = item.block  # type: ignore[union-attr]
+                desc = item.desc  # type: ignore[union-attr]
+                if desc == "EXEC":
+                    cnt = sum(q[2] if q.__class__ is tuple else 1 for q in blk.queued)  # type: ignore[index]
+                    head = b"*%d\r\n" % cnt
+                    ln = len(head) + 5 * cnt
+                    if (cnt > 4096 or blk.errors or not data.startswith(head, pos)
+                            or data[pos + len(head) : pos + ln] != _OKS[: 5 * cnt]):  # fmt: skip
+                        break
+                    pos += ln
+                    inflight.popleft()
+                    self._unanswered_bytes -= n
+                    self._special(item, [b"OK"] * cnt)  # type: ignore[arg-type]
+                    continue
+                expect = b"+OK\r\n" if desc == "MULTI" else b"+QUEUED\r\n"
+                if not data.startswith(expect, pos):
+                    break
+                pos += len(expect)
+                if desc != "MULTI":
+                    blk.queued.append(item.entry)  # type: ignore[union-attr]
+            else:
                 break
-            total = len(item.run.argvs)  # type: ignore[union-attr]
-            m = min(total - self._run_done, (end - pos) // 9)
-            if not m or data[pos : pos + 9 * m] != _QUEUEDS[: 9 * m]:
-                break  # something else: the parser takes it from here
-            pos += 9 * m
-            self._run_done += m
-            if self._run_done < total:
-                break
-            self._queued_run_done(item)  # type: ignore[arg-type]
             inflight.popleft()
             self._unanswered_bytes -= n
         return pos
