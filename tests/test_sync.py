@@ -762,7 +762,7 @@ def test_sync_exactly_once_after_kill9(servers, tmp_path, shakes, named):
             time.sleep(0.3)
             shake = Shake(tmp_path, src, dst, advanced=adv).start()
             shakes.append(shake)
-            wait_for(lambda s=shake: "resuming with PSYNC" in s.log(), 30, "the restart", shake)
+            wait_for(lambda s=shake: "partial resynchronisation accepted" in s.log(), 60, "the restart", shake)
         time.sleep(1)
     finally:
         halt()

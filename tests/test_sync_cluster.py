@@ -300,7 +300,7 @@ def test_sync_into_cluster_exactly_once_after_kill9(servers, tmp_path, shakes):
             time.sleep(1.5)
             shake.kill()
             shake = start()
-            wait_for(lambda s=shake: "resuming with PSYNC" in s.log(), 30, "the restart", shake)
+            wait_for(lambda s=shake: "partial resynchronisation accepted" in s.log(), 60, "the restart", shake)
         time.sleep(1)
     finally:
         halt()

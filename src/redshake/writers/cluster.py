@@ -609,6 +609,18 @@ class ClusterWriter:
         self._retry.append((obj, "RETRY", "CLUSTERDOWN slot not served", self._cur, None))
         self._need_refresh = True
 
+    def _entry_keys(self, entry: Entry) -> list[bytes] | None:
+        """The keys of ``entry`` ([] when keyless); None once reported as unknown."""
+        key = entry.key
+        if key.__class__ is bytes:
+            return [key]
+        if key is KEYLESS_ALL_MASTERS:
+            return []
+        keys = self.key_finder(entry.argv)
+        if keys is None:
+            self._fail(entry, f"cannot find the keys of {entry.cmd} to route it in a cluster")
+        return keys
+
     def _is_keyless(self, entry: Entry) -> bool:
         key = entry.key
         if key is KEYLESS_ALL_MASTERS:
@@ -644,16 +656,9 @@ class ClusterWriter:
                     " [filter] allow_db / a Lua function to remap",
                 )
                 continue
-            key = e.key
-            if key.__class__ is bytes:
-                keys: list[bytes] | None = [key]
-            elif key is KEYLESS_ALL_MASTERS:
-                keys = []
-            else:
-                keys = self.key_finder(e.argv)
-                if keys is None:
-                    self._fail(e, f"cannot find the keys of {e.cmd} to route it in a cluster")
-                    continue
+            keys = self._entry_keys(e)
+            if keys is None:
+                continue
             for k in keys:
                 slots.add(key_slot(k))
             if keys and len(first_keys) < 3:
@@ -796,23 +801,14 @@ class ClusterWriter:
         if entry.db != 0:
             self._route(entry)  # reports the db
             return
-        key = entry.key
-        if key.__class__ is bytes:
-            parts = [(key_slot(key), entry)]
-        elif key is KEYLESS_ALL_MASTERS:
-            parts = []
+        keys = self._entry_keys(entry)
+        if keys is None:
+            return
+        if keys and all(key_slot(k) == key_slot(keys[0]) for k in keys[1:]):
+            parts = [(key_slot(keys[0]), entry)]
+        elif keys:
+            parts = [(key_slot(p.key), p) for p in self._split(entry)]  # type: ignore[arg-type]
         else:
-            keys = self.key_finder(entry.argv)
-            if keys is None:
-                self._fail(entry, f"cannot find the keys of {entry.cmd} to route it in a cluster")
-                return
-            if keys and all(key_slot(k) == key_slot(keys[0]) for k in keys[1:]):
-                parts = [(key_slot(keys[0]), entry)]
-            elif keys:
-                parts = [(key_slot(p.key), p) for p in self._split(entry)]  # type: ignore[arg-type]
-            else:
-                parts = []
-        if not parts and (key is KEYLESS_ALL_MASTERS or key is None):
             # keyless: after the unit's blocks so far, to every master (at least once)
             self._unit_flush(None, b"", -1)
             self.written -= 1

@@ -539,6 +539,14 @@ class RedisWriter:
             self._unanswered_bytes -= n
         return pos
 
+    def _refused(self, item: _QueuedRun, i: int, message: str) -> None:
+        """Command ``i`` of a run inside a unit was refused at queue time (EXECABORT follows)."""
+        run, blk = item.run, item.block
+        if i > item.ok_from:
+            blk.queued.append((run, item.ok_from, i - item.ok_from))
+        item.ok_from = i + 1
+        blk.errors.append((Entry(run.db, run.argvs[i]), message))
+
     def _queued_run_done(self, item: _QueuedRun) -> None:
         """Every command of a run inside a unit answered at queue time."""
         total = len(item.run.argvs)
@@ -556,8 +564,11 @@ class RedisWriter:
         last = None
         while inflight:
             entry, n = inflight[0]
-            if entry.__class__ is Run:  # one reply per command of the run
-                argvs = entry.argvs
+            cls = entry.__class__
+            if cls is Run or cls is _QueuedRun:  # one reply per command of the run
+                # (inside a unit: +QUEUED, or a refusal to queue)
+                run = entry if cls is Run else entry.run  # type: ignore[union-attr]
+                argvs = run.argvs
                 total = len(argvs)
                 done = self._run_done
                 while done < total:
@@ -567,38 +578,22 @@ class RedisWriter:
                     done += 1
                     if r.__class__ is ReplyError:
                         self._run_done = done
-                        self._on_reply_error(Entry(entry.db, argvs[done - 1]), r)  # type: ignore[arg-type]
+                        if cls is Run:
+                            self._on_reply_error(Entry(run.db, argvs[done - 1]), r)  # type: ignore[arg-type]
+                        else:
+                            self._refused(entry, done - 1, r.message)  # type: ignore[arg-type,union-attr]
                 if done < total:
                     self._run_done = done
                     break
+                popleft()
+                freed += n
+                if cls is _QueuedRun:
+                    self._queued_run_done(entry)  # type: ignore[arg-type]
+                    continue
                 self._run_done = 0
                 self._run_extra -= total - 1
-                popleft()
-                freed += n
                 cnt += total
                 last = entry
-                continue
-            if entry.__class__ is _QueuedRun:  # a run inside a unit: +QUEUED or a refusal
-                run = entry.run
-                total = len(run.argvs)
-                done = self._run_done
-                while done < total:
-                    r = gets()
-                    if r is False:
-                        break
-                    done += 1
-                    if r.__class__ is ReplyError:
-                        blk = entry.block
-                        if done - 1 > entry.ok_from:
-                            blk.queued.append((run, entry.ok_from, done - 1 - entry.ok_from))
-                        entry.ok_from = done
-                        blk.errors.append((Entry(run.db, run.argvs[done - 1]), r.message))
-                self._run_done = done
-                if done < total:
-                    break
-                self._queued_run_done(entry)
-                popleft()
-                freed += n
                 continue
             r = gets()
             if r is False:
