@@ -260,6 +260,8 @@ class _TxnHolder:
 
 _MULTI = b"MULTI"
 _EXEC = b"EXEC"
+_MULTI_RESP = b"*1\r\n$5\r\nMULTI\r\n"
+_EXEC_RESP = b"*1\r\n$4\r\nEXEC\r\n"
 _REDIRECT_CODES = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
 _ABORT_BECAUSE = "EXECABORT Transaction discarded because of: "
 _SPLIT_WARNINGS = 10
@@ -805,6 +807,8 @@ class ClusterWriter:
         if keys is None:
             return
         if keys and all(key_slot(k) == key_slot(keys[0]) for k in keys[1:]):
+            if entry.key is None:  # the block needs no second look-up: name the slot's key
+                entry = Entry(entry.db, entry.argv, keys[0], entry.offset, entry.resp)
             parts = [(key_slot(keys[0]), entry)]
         elif keys:
             parts = [(key_slot(p.key), p) for p in self._split(entry)]  # type: ignore[arg-type]
@@ -872,8 +876,9 @@ class ClusterWriter:
                         self.write(Entry(e.db, e.argv, e.key, -1, e.resp))
                     continue
                 mk, mv = marker_key(self.marker_prefix, slot), self.marker_value(off)
-            exe = Entry(0, [_EXEC], None, -1)
-            self._write_block([Entry(0, [_MULTI]), *group, Entry(0, [b"SET", mk, mv], mk), exe], True)
+            multi = Entry(0, [_MULTI], None, -1, _MULTI_RESP)
+            exe = Entry(0, [_EXEC], None, -1, _EXEC_RESP)
+            self._write_block([multi, *group, Entry(0, [b"SET", mk, mv], mk), exe], True)
         if offset >= 0:
             self._track.append([offset, None, 0])  # released once every block before is answered
         if skip and last > self._skip_upto:
