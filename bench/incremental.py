@@ -14,6 +14,9 @@ restarted, resumes with PSYNC and applies the backlog as fast as it can. Prints 
 and redshake's CPU time per command, which unlike the live ratio does not depend on how much
 CPU the co-located source and redis-benchmark take.
 
+Live sync is exactly-once by default (each stream batch one MULTI/EXEC with a position
+marker); --at-least-once measures it with ``advanced.exactly_once = false``.
+
 REDSHAKE_PYSPY=out.txt attaches py-spy (raw format) to redshake for 25 s.
 """
 
@@ -58,7 +61,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2_000_000)
     ap.add_argument("--pipeline", type=int, default=16)
     ap.add_argument("--catchup", action="store_true", help="apply a backlog with the source idle")
-    ap.add_argument("--exactly-once", action="store_true", help="with advanced.exactly_once_key")
+    ap.add_argument("--at-least-once", action="store_true", help="with advanced.exactly_once = false")
     a = ap.parse_args()
     src = start_server("redis-7.0", args=["--repl-backlog-size", "1gb"] if a.catchup else [])
     dst = start_server("redis-7.0")
@@ -68,7 +71,7 @@ def main() -> None:
     cfg.write_text(
         f'[sync_reader]\naddress = "{src.address}"\n[redis_writer]\naddress = "{dst.address}"\n'
         f'[advanced]\ndir = "{work / "data"}"\nlog_interval = 5\nstatus_port = {port}\n'
-        'status_bind = "127.0.0.1"\n' + ('exactly_once_key = "redshake:pos"\n' if a.exactly_once else "")
+        'status_bind = "127.0.0.1"\n' + ("exactly_once = false\n" if a.at_least_once else "")
     )
     log = open(work / "shake.out", "w")
     argv = [sys.executable, "-m", "redshake.cli", str(cfg)]
@@ -138,6 +141,7 @@ def main() -> None:
             proc.send_signal(signal.SIGTERM)
             _, st, ru = os.wait4(proc.pid, 0)
             cpu = ru.ru_utime + ru.ru_stime
+            print(f"mode              : {_mode(work)}")
             print(f"source accepted   : {a.requests / t_bench:12,.0f} SET/s ({t_bench:.2f} s, redshake stopped)")
             print(f"redshake catch-up : {a.requests / t_applied:12,.0f} SET/s ({t_applied:.2f} s from restart to the last offset acked)")
             print(f"redshake CPU      : {cpu:12.2f} s = {cpu / a.requests * 1e6:.2f} us per command (incl. start-up)")
@@ -159,6 +163,7 @@ def main() -> None:
         _, st, ru = os.wait4(proc.pid, 0)
         accepted = a.requests / t_bench
         applied = a.requests / t_applied
+        print(f"mode              : {_mode(work)}")
         print(f"source accepted   : {accepted:12,.0f} SET/s ({t_bench:.2f} s)")
         print(f"redshake applied  : {applied:12,.0f} SET/s ({t_applied:.2f} s until the target acked the last "
               f"offset; the source heard of it after {t_acked:.2f} s)")
@@ -171,6 +176,14 @@ def main() -> None:
             proc.wait()
         kill_all()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _mode(work: Path) -> str:
+    """What redshake's log says it did: exactly-once (with the marker) or at-least-once."""
+    text = (work / "shake.out").read_text(errors="replace")
+    if "exactly-once: every stream batch" in text:
+        return "exactly-once (a MULTI/EXEC with the position marker per stream batch)"
+    return "at-least-once (no marker)"
 
 
 if __name__ == "__main__":

@@ -138,12 +138,13 @@ def stat(src, field: str) -> int:
     return int(src.info("stats")[field])
 
 
-def mixed_load(src, stop: threading.Event, seed: int, idempotent: bool = False) -> None:
+def mixed_load(src, stop: threading.Event, seed: int, idempotent: bool = False,
+               dbs: tuple[int, ...] = (0, 0, 1)) -> None:  # fmt: skip
     """Mixed writes over several dbs, types, TTLs and transactions until ``stop``."""
     rnd = random.Random(seed)
-    clients = {db: src.client(db) for db in (0, 1)}
+    clients = {db: src.client(db) for db in set(dbs)}
     while not stop.is_set():
-        db = rnd.choice((0, 0, 1))
+        db = rnd.choice(dbs)
         c = clients[db]
         p = c.pipeline(transaction=rnd.random() < 0.2)
         for _ in range(20):
@@ -180,10 +181,10 @@ def mixed_load(src, stop: threading.Event, seed: int, idempotent: bool = False) 
         time.sleep(0.002)
 
 
-def start_load(src, n: int = MIXED_WRITERS, idempotent: bool = False):
+def start_load(src, n: int = MIXED_WRITERS, idempotent: bool = False, dbs: tuple[int, ...] = (0, 0, 1)):
     stop = threading.Event()
     threads = [
-        threading.Thread(target=mixed_load, args=(src, stop, 100 + i, idempotent), daemon=True)
+        threading.Thread(target=mixed_load, args=(src, stop, 100 + i, idempotent, dbs), daemon=True)
         for i in range(n)
     ]
     for t in threads:
@@ -354,16 +355,21 @@ def test_sync_without_rdb(servers, tmp_path, shakes):
     assert shake.terminate() == 0
 
 
-@pytest.mark.parametrize("exactly_once", [False, True])
+@pytest.mark.parametrize("exactly_once", [False, True, "lua"])
 def test_sync_survives_target_reconnects(servers, tmp_path, shakes, exactly_once):
-    """The target drops redshake's connection under load: it reconnects and re-sends from
-    the last acknowledged offset (idempotent load: a re-sent command may have been applied),
-    or, with exactly_once_key, from the target's marker (any load: nothing applied twice)."""
+    """The target drops redshake's connection under load: by default it reconnects and
+    re-sends from the target's position marker (any load: nothing applied twice); with
+    exactly_once = false from the last acknowledged offset (idempotent load: a re-sent
+    command may have been applied twice) and no marker is ever written. "lua": the default
+    with a Lua function (commands one by one inside the batch's transaction, no runs)."""
     src = servers.start("redis-7.0")
     dst = servers.start("redis-7.0")
     populate(src.client(), src.version, False, big=False)
-    adv = {"exactly_once_key": "pos", "exactly_once_db": 15} if exactly_once else {}
-    shake = Shake(tmp_path, src, dst, advanced=adv).start()
+    adv = {} if exactly_once else {"exactly_once": False}
+    shake = Shake(tmp_path, src, dst, advanced=adv)
+    if exactly_once == "lua":
+        shake.cfg.write_text(shake.cfg.read_text() + '\n[filter]\nfunction = "shake.call(DB, ARGV)"\n')
+    shake.start()
     shakes.append(shake)
     wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
     halt = start_load(src, idempotent=not exactly_once)
@@ -377,6 +383,9 @@ def test_sync_survives_target_reconnects(servers, tmp_path, shakes, exactly_once
     wait_converged(src, shake)
     assert_same_data(src, dst, dbs=list(range(15)))
     assert "target reconnected" in shake.log()
+    markers = [k for db in range(16) for k in dst.client(db).keys("redshake:*")]
+    assert markers == ([f"redshake:pos:{src.address}".encode()] if exactly_once else [])
+    assert ("exactly-once is off" in shake.log()) != bool(exactly_once)
     assert shake.terminate() == 0
 
 
@@ -727,13 +736,15 @@ def test_sync_from_tls_source(servers, tmp_path, shakes):
     assert shake.terminate() == 0
 
 
-def test_sync_exactly_once_after_kill9(servers, tmp_path, shakes):
-    """advanced.exactly_once_key: each stream batch is one MULTI/EXEC with a position
-    marker, so kill -9 under a NON-idempotent load (INCR, RPUSH, APPEND) and a restart
-    resume exactly where the target is: equal data, no full sync, nothing applied twice."""
+@pytest.mark.parametrize("named", [False, True])
+def test_sync_exactly_once_after_kill9(servers, tmp_path, shakes, named):
+    """Exactly-once (the default; or with a marker key and db named): each stream batch is
+    one MULTI/EXEC with a position marker, so kill -9 under a NON-idempotent load (INCR,
+    RPUSH, APPEND, two dbs) and a restart resume exactly where the target is: equal data, no
+    full sync, nothing applied twice."""
     src = servers.start("redis-7.0", args=["--repl-backlog-size", "64mb"])
     dst = servers.start("redis-7.0")
-    adv = {"exactly_once_key": "redshake:pos", "exactly_once_db": 15}
+    adv = {"exactly_once_key": "redshake:pos", "exactly_once_db": 15} if named else {}
     populate(src.client(), src.version, False, big=False)
     shake = Shake(tmp_path, src, dst, advanced=adv).start()
     shakes.append(shake)
@@ -752,6 +763,7 @@ def test_sync_exactly_once_after_kill9(servers, tmp_path, shakes):
         time.sleep(1)
     finally:
         halt()
+    last_write = replica_offset(src)[0]
     wait_converged(src, shake)
     assert stat(src, "sync_full") == full0, shake.log()[-3000:]
     assert stat(src, "sync_partial_ok") == partial0 + 3
@@ -760,18 +772,38 @@ def test_sync_exactly_once_after_kill9(servers, tmp_path, shakes):
     assert "marker" in logs and "is ahead of offset" in logs  # the marker set the resume point
     replid = src.info("replication")["master_replid"]
     master = replica_offset(src)[0]
-    assert dst.client(15).get(f"redshake:pos:{src.address}").split()[:2] == [
-        replid.encode(), str(master).encode()]  # fmt: skip
+    m_replid, m_off, _db = dst.client(15 if named else 0).get(f"redshake:pos:{src.address}").split()
+    # past the last write (only PINGs, which are not written, may follow it)
+    assert m_replid == replid.encode() and last_write <= int(m_off) <= master
     assert shake.terminate() == 0
 
 
-def test_exactly_once_needs_sync_reader_and_standalone_target(servers, tmp_path):
+def test_exactly_once_falls_back_with_a_warning(servers, tmp_path, shakes):
+    """A target that refuses the marker (here: its db does not exist) -> at-least-once with a
+    warning at start, and the sync goes on; a file target likewise."""
+    src = servers.start("redis-7.0")
     dst = servers.start("redis-7.0")
-    cfg = write_config(tmp_path / "bad.toml", {
-        "rdb_reader": {"filepath": str(tmp_path / "none.rdb")},
-        "redis_writer": {"address": dst.address},
-        "advanced": {"dir": str(tmp_path / "w"), "exactly_once_key": "pos"},
+    src.client().set("a", "1")
+    shake = Shake(tmp_path, src, dst, advanced={"exactly_once_db": 99}).start()
+    shakes.append(shake)
+    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    src.client(1).incr("n")
+    wait_converged(src, shake)
+    assert assert_same_data(src, dst) == 2
+    assert "exactly-once is not possible: the target refused the position marker" in shake.log()
+    assert "DB index is out of range" in shake.log()
+    assert shake.terminate() == 0
+    cfg = write_config(tmp_path / "file.toml", {
+        "sync_reader": {"address": src.address},
+        "file_writer": {"filepath": str(tmp_path / "out.aof"), "type": "aof"},
+        "advanced": {"dir": str(tmp_path / "w2")},
     })  # fmt: skip
-    r = subprocess.run([sys.executable, "-m", "redshake.cli", str(cfg)], capture_output=True, text=True)
-    assert r.returncode == 2
-    assert "exactly_once_key needs a [sync_reader]" in r.stdout + r.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "redshake.cli", str(cfg)], cwd=str(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        wait_for(lambda: (tmp_path / "w2" / "shake.log").exists()
+                 and "now following" in (tmp_path / "w2" / "shake.log").read_text(), 60, "file sync")  # fmt: skip
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0]
+    assert "exactly-once is not possible (the target is a file" in out

@@ -10,8 +10,9 @@ import pytest
 
 import servers as srv
 from redshake.commands.slots import key_slot
-from redshake.entry import Entry
+from redshake.entry import Entry, Run
 from redshake.resp.conn import Connection
+from redshake.resp.encode import encode
 from redshake.writers.cluster import ClusterWriter
 from redshake.writers.redis import RedisWriter
 
@@ -126,6 +127,83 @@ def test_db_change_inside_a_transaction(servers) -> None:
     assert errs[-1][0].argv == [b"GET"]
     with s.client(db=3) as c3:
         assert c3.get("z3") == b"1" and c3.get("z") is None
+    w.close()
+
+
+def _run(db: int, offset: int, *cmds: tuple) -> Run:
+    """A Run as the sync reader hands it over: the commands' bytes as received."""
+    argvs = [[a.encode() if isinstance(a, str) else a for a in c] for c in cmds]
+    return Run(db, argvs, b"".join(encode(a) for a in argvs), offset)
+
+
+def test_runs_inside_a_unit(servers) -> None:
+    """Exactly-once units keep the fast path: runs go whole inside MULTI ... EXEC (+QUEUED
+    each), a db change inside the unit is queued too, and the marker is set atomically."""
+    s = servers.start("redis-7.0")
+    errs = Errors()
+    w = RedisWriter(s.address, on_error=errs, pipeline_count_limit=64)
+    n = 0
+    for u in range(20):  # more commands than the pipeline window: replies arrive in pieces
+        w.begin_unit()
+        w.write_run(_run(u % 2, -1, *(("INCR", f"n{i}") for i in range(50))))
+        w.write_run(_run(3, -1, ("RPUSH", "l", str(u)), ("APPEND", "a", "xy")))
+        w.write(E("SET", "single", str(u), db=1))
+        n += 53
+        w.end_unit(0, b"pos", b"r %d 0" % u, 1000 + u)
+    w.flush()
+    assert not errs and w.acked_offset == 1019
+    assert w.answered == w.written == n + 20 * 3 and w.status()["unanswered_entries"] == 0
+    with s.client(0) as c0, s.client(1) as c1, s.client(3) as c3:
+        assert c0.get("n7") == c1.get("n7") == b"10" and c0.get("pos") == b"r 19 0"
+        assert c3.lrange("l", 0, -1) == [str(u).encode() for u in range(20)]
+        assert c3.get("a") == b"xy" * 20 and c1.get("single") == b"19"
+    w.close()
+
+
+def test_errors_of_runs_inside_a_unit(servers) -> None:
+    """A run's command failing inside EXEC is reported with its own command and key; one
+    refused at queue time discards the unit (EXECABORT: nothing applied, marker included)."""
+    s = servers.start("redis-7.0")
+    errs = Errors()
+    w = RedisWriter(s.address, on_error=errs)
+    w.write(E("LPUSH", "list", "x"))
+    w.begin_unit()
+    w.write_run(_run(0, -1, ("SET", "a", "1"), ("INCR", "list"), ("SET", "b", "2")))
+    w.end_unit(0, b"pos", b"one", 10)
+    w.flush()
+    assert [(e.argv, m.split()[0]) for e, m in errs] == [([b"INCR", b"list"], "WRONGTYPE")]
+    with s.client() as c:
+        assert c.mget("a", "b", "pos") == [b"1", b"2", b"one"]
+    errs.clear()
+    w.begin_unit()
+    w.write_run(_run(0, -1, ("SET", "c", "1"), ("GET",), ("SET", "d", "2")))
+    w.end_unit(0, b"pos", b"two", 20)
+    w.flush()
+    assert [e.argv for e, _m in errs] == [[b"GET"]] and "discarded" in errs[0][1]
+    with s.client() as c:
+        assert c.mget("c", "d", "pos") == [None, None, b"one"]
+    w.close()
+
+
+def test_try_marker(servers) -> None:
+    """The check before exactly-once mode: allowed -> ""; a user without SET -> NOPERM;
+    a replica -> READONLY; a db out of range -> the error. The marker's value is kept."""
+    s = servers.start("redis-7.0")
+    with s.client() as c:
+        c.execute_command("ACL", "SETUSER", "ro", "on", ">pw", "~*", "+@all", "-set")
+        c.set("pos", "kept")
+    w = RedisWriter(s.address)
+    assert w.try_marker(0, b"pos") == "" and w.try_marker(0, b"new") == ""
+    assert w.try_marker(99, b"pos").startswith("ERR")
+    w.close()
+    with s.client() as c:
+        assert c.get("pos") == b"kept" and not c.exists("new")
+    w = RedisWriter(s.address, username="ro", password="pw")
+    assert w.try_marker(0, b"pos").startswith("NOPERM")
+    w.close()
+    rep = servers.start("redis-7.0", args=["--replicaof", s.host, str(s.port)])
+    w = RedisWriter(rep.address)
+    assert w.try_marker(0, b"pos").startswith("READONLY")
     w.close()
 
 

@@ -251,14 +251,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     policy = ErrorPolicy(adv.rdb_restore_command_behavior, stats)
     if cfg.writer_type == "redis" and not cfg.writer.cluster:
         policy.standalone_target = cfg.writer.address or "(from sentinel)"
-    if adv.exactly_once_key and (
-        cfg.reader_type != "sync" or cfg.writer_type != "redis" or cfg.writer.cluster
-    ):
-        log.error(
-            "config error: advanced.exactly_once_key needs a [sync_reader] and a standalone "
-            "(or sentinel-managed) [redis_writer] target. Nothing was written."
-        )
-        return EXIT_BAD_INPUT
+    eonce = _exactly_once_possible(cfg)
     t0 = time.monotonic()
     # 1. Build the reader and validate its input before touching the target.
     try:
@@ -297,7 +290,10 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         # a live reader that must re-seed the target (full resync) empties it through this
         options={"flush_target": writer.flushall, "target_max_bulk": info.proto_max_bulk_len},
     )
-    if adv.exactly_once_key:
+    if eonce and cfg.writer.cluster:  # one marker per slot
+        ctx.options["read_slot_markers"] = writer.read_markers
+        ctx.options["skip_applied"] = writer.set_skip
+    elif eonce:
         ctx.options["read_marker"] = lambda key: writer.get(adv.exactly_once_db, key)
     if SHARD is not None:  # one shard of a cluster source: only this shard's slots
         from .shards import flush_slots
@@ -306,6 +302,14 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         ctx.options["shard"] = True
     try:
         reader = build_reader(cfg, ctx)
+        if hasattr(reader, "marker_key"):
+            eonce = eonce and _marker_writable(cfg, writer, reader.marker_key)
+            if not eonce:
+                reader.marker_key = b""  # at-least-once: no marker is read or written
+                ctx.options.pop("skip_applied", None)
+            elif hasattr(writer, "marker_value"):  # cluster: blocks sent early mark themselves
+                writer.marker_prefix = reader.marker_key
+                writer.marker_value = reader.marker_value
         reader.prepare()
     except (RdbError, FileNotFoundError, ConversionError) as e:
         log.error("invalid input: %s. Nothing was written to the target.", e)
@@ -366,9 +370,12 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     # Runs of plain commands go to the writer whole when nothing needs single entries.
     write_run = getattr(writer, "write_run", None)
     inner = getattr(writer, "inner", writer)
-    # Exactly-once mode: every stream batch is one MULTI/EXEC unit with its position marker.
-    units = bool(adv.exactly_once_key) and hasattr(reader, "unit_marker")
-    if transform is not None or not hasattr(inner, "write_run") or units:
+    # Exactly-once mode: every stream batch is one MULTI/EXEC unit with its position marker
+    # (runs of plain commands still go whole, inside the unit).
+    units = eonce and hasattr(reader, "unit_marker")
+    # (a cluster writer gives the commands of a source transaction the offset of its EXEC)
+    unit_offset = getattr(inner, "unit_offset", None)
+    if transform is not None or not hasattr(inner, "write_run"):
         write_run = None
     if write_run is not None and hasattr(reader, "runs"):
         reader.runs = True
@@ -407,6 +414,8 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
                     name = names[raw_name] = raw_name.decode("ascii", "replace").upper()
                 read_by_cmd[name] = read_by_cmd.get(name, 0) + 1
                 if unit and (name == "MULTI" or name == "EXEC"):
+                    if name == "EXEC" and unit_offset is not None:
+                        unit_offset(e.offset)
                     continue  # the unit around the batch is the transaction
                 if transform is None:
                     write(e)
@@ -415,6 +424,8 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
                     for e2 in transform(e):
                         wn = e2.argv[0].decode("ascii", "replace").upper()
                         if unit and (wn == "MULTI" or wn == "EXEC"):
+                            if wn == "EXEC" and unit_offset is not None:
+                                unit_offset(e.offset)
                             continue
                         write(e2)
                         write_by_cmd[wn] = write_by_cmd.get(wn, 0) + 1
@@ -509,6 +520,60 @@ def _close_quietly(*parts) -> None:
             part.close()
         except Exception:
             log.debug("close failed", exc_info=True)
+
+
+def _exactly_once_possible(cfg: Config) -> bool:
+    """Whether this run applies the live stream exactly once (``advanced.exactly_once``,
+    default on). A live sync into a target that cannot hold the marker falls back to
+    at-least-once with a warning; other readers have no live stream to apply once."""
+    adv = cfg.advanced
+    if cfg.reader_type != "sync":
+        return False
+    if not adv.exactly_once or not adv.exactly_once_key:
+        log.info(
+            "exactly-once is off (advanced.exactly_once = false or an empty exactly_once_key): "
+            "after a crash or a lost target "
+            "connection, commands since the last checkpoint may be applied twice"
+        )
+        return False
+    if cfg.writer_type != "redis":
+        log.warning(
+            "exactly-once is not possible (the target is a file, which cannot hold a position "
+            "marker): live sync is at-least-once, so after a crash, commands since the last "
+            "checkpoint may be written twice. Set advanced.exactly_once = false to silence "
+            "this warning"
+        )
+        return False
+    return True
+
+
+def _marker_writable(cfg: Config, writer, key: bytes) -> bool:
+    """Exactly-once mode: can the target hold the position marker? Else at-least-once,
+    with a warning saying why."""
+    adv = cfg.advanced
+    refusal = writer.try_marker(adv.exactly_once_db, key)
+    if not refusal:
+        if cfg.writer.cluster:
+            log.info(
+                "exactly-once: the commands of every stream batch go as one MULTI/EXEC per slot "
+                "that also sets that slot's position marker %r:{<tag of the slot>} "
+                "(advanced.exactly_once = false: no markers)", key.decode("utf-8", "replace"),
+            )  # fmt: skip
+            return True
+        log.info(
+            "exactly-once: every stream batch is one MULTI/EXEC that also sets the position "
+            "marker %r in db %d of the target (advanced.exactly_once = false: no marker)",
+            key.decode("utf-8", "replace"), adv.exactly_once_db,
+        )  # fmt: skip
+        return True
+    log.warning(
+        "exactly-once is not possible: the target refused the position marker %r in db %d "
+        "(%s). Live sync is at-least-once: after a crash or a lost target connection, commands "
+        "since the last checkpoint may be applied twice. Allow the marker (or set "
+        "advanced.exactly_once_key / exactly_once_db), or set advanced.exactly_once = false",
+        key.decode("utf-8", "replace"), adv.exactly_once_db, refusal,
+    )  # fmt: skip
+    return False
 
 
 def _describe_mode(cfg: Config) -> str:

@@ -220,9 +220,12 @@ class AdvancedConfig:
     # redshake additions
     status_bind: str = "0.0.0.0"
     metrics_port: int = field(default=0, metadata=_PORT)
-    # live sync into a standalone target, exactly once across crashes: every batch is one
-    # MULTI/EXEC that also sets this key (in exactly_once_db) to the source position
-    exactly_once_key: str = ""
+    # live sync applied exactly once across crashes and lost target connections (default
+    # on where the target allows it): every stream batch is one MULTI/EXEC that also sets
+    # "<exactly_once_key>:<source>" in exactly_once_db to the source position. Off with
+    # exactly_once = false (or, as before, exactly_once_key = "").
+    exactly_once: bool = True
+    exactly_once_key: str = "redshake:pos"
     exactly_once_db: int = field(default=0, metadata={"min": 0})
 
     @property

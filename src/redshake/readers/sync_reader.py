@@ -154,6 +154,8 @@ class SyncReader:
         self.runs = False
         # exactly-once mode: the target key holding "<replid> <offset> <db>" (see unit_marker)
         self.marker_key = b""
+        # cluster target: (replid, {slot: offset}) of slot markers ahead of the resume point
+        self._slots_ahead: tuple[str, dict[int, int]] | None = None
 
     # -- Reader protocol ----------------------------------------------------------------
 
@@ -256,8 +258,49 @@ class SyncReader:
         )  # fmt: skip
         return m_offset, db
 
+    def _slot_positions(self, replid: str, offset: int) -> None:
+        """Exactly-once into a cluster target: one marker per slot. Remember the slots whose
+        marker is ahead of ``offset``; the stream restarting at ``offset`` skips, per slot,
+        what its marker shows as applied (see ``_start_stream``)."""
+        read = self.ctx.options.get("read_slot_markers")
+        if not self.marker_key or read is None:
+            return
+        ahead: dict[int, int] = {}
+        other = 0
+        for slot, raw in read(self.marker_key).items():
+            try:
+                m_replid, m_off, _db = raw.decode().split()
+                m_offset = int(m_off)
+            except (UnicodeDecodeError, ValueError):
+                log.warning("[%s] marker of slot %d holds %r: ignored", self.name, slot, raw)
+                continue
+            if m_replid != replid:
+                other += 1
+            elif m_offset > offset:
+                ahead[slot] = m_offset
+        if other:
+            log.warning(
+                "[%s] %d slot markers on the target belong to another replication id than %s: "
+                "not used", self.name, other, replid,
+            )  # fmt: skip
+        if ahead:
+            log.info(
+                "[%s] the target's markers of %d slots are ahead of offset %d (up to %d): "
+                "continuing there, nothing is applied twice",
+                self.name, len(ahead), offset, max(ahead.values()),
+            )  # fmt: skip
+        self._slots_ahead = (replid, ahead)
+
+    def marker_value(self, offset: int) -> bytes:
+        """The marker value for a (tagged) stream offset of the current epoch."""
+        ep = self._ep
+        assert ep is not None
+        off = offset % EPOCH_SPAN
+        return b"%s %d %d" % (ep.replid.encode(), off, self._db_at_offset(off))
+
     def _resume_from_marker(self, replid: str, offset: int) -> tuple[str, int] | None:
         """After a crash the marker is ahead of the checkpoint (written ten times a second)."""
+        self._slot_positions(replid, offset)
         pos = self._marker_position(replid, offset)
         if pos is None:
             return None
@@ -270,13 +313,14 @@ class SyncReader:
         off = self._yielded_upto
         ep = self._ep
         assert ep is not None
-        db = self.db
+        value = b"%s %d %d" % (ep.replid.encode(), off, self._db_at_offset(off))
+        return self.marker_key, value, ep.num * EPOCH_SPAN + off
+
+    def _db_at_offset(self, off: int) -> int:
         for change_off, change_db in reversed(self._db_changes):
             if change_off <= off:
-                db = change_db
-                break
-        value = b"%s %d %d" % (ep.replid.encode(), off, db)
-        return self.marker_key, value, ep.num * EPOCH_SPAN + off
+                return change_db
+        return self.db
 
     def batches(self) -> Iterator[list[Entry]]:
         link = self.link
@@ -393,6 +437,7 @@ class SyncReader:
             pos = self._marker_position(ep.replid, off)
             if pos is not None:
                 off, db = pos
+            self._slot_positions(ep.replid, off)
             log.info("[%s] re-sending the stream from offset %d (db %d)", self.name, off, db)
             self._start_stream(off, db)
             self._last_entry_off = None
@@ -458,6 +503,13 @@ class SyncReader:
         yield from ()
 
     def _start_stream(self, offset: int, db: int) -> None:
+        skip = self.ctx.options.get("skip_applied")
+        if skip is not None:  # cluster target: per slot, what its marker shows as applied
+            ahead = self._slots_ahead
+            ep = self._ep
+            keep = ahead is not None and ep is not None and ep.replid == ahead[0]
+            skip({s: tag(self._ep_num, o) for s, o in ahead[1].items()} if keep else {})  # type: ignore[index]
+            self._slots_ahead = None
         self.db = db
         self._db_changes.clear()
         self._db_changes.append((offset, db))
@@ -1215,6 +1267,6 @@ def _build(cfg, ctx, address: str | None) -> SyncReader:
         connect_timeout=float(rc.connect_timeout),
         cluster_node_ok=bool(ctx.options.get("shard")),
     )
-    if adv.exactly_once_key:  # one marker per source (a cluster source has several)
+    if adv.exactly_once and adv.exactly_once_key:  # one marker per source (a cluster source has several)
         reader.marker_key = f"{adv.exactly_once_key}:{reader.source_id}".encode()
     return reader

@@ -24,6 +24,15 @@ applied at all and is resent whole: after ``ASK`` as ``ASKING`` + the block to t
 node (``ASKING`` before ``MULTI`` holds for the whole transaction); a block with several keys
 of a slot being migrated gets ``TRYAGAIN`` there and is retried until the migration is over.
 
+Units (exactly-once live sync, :meth:`begin_unit` ... :meth:`end_unit`): a cluster runs a
+MULTI/EXEC only when all its keys share one slot, so a unit is one block per slot: the
+unit's commands of that slot, then ``SET`` of the position marker hash-tagged into that
+slot, applied atomically on the slot's master. Each slot's marker says up to where the
+stream was applied to that slot; after a restart :meth:`set_skip` drops, per slot, what the
+markers show as applied. Keyless commands (FLUSHALL, FUNCTION LOAD...) cannot be in a slot's
+block: the blocks so far are sent (marked up to where they go), then the command to every
+master, at least once.
+
 ``acked_offset`` is exact: the largest source offset O such that every entry written with an
 offset <= O was answered by its master(s). Each written entry (or block) leaves a record
 (offset, [writer, that writer's entry count once the part is answered] per part) in a
@@ -51,7 +60,7 @@ from redshake.resp.conn import (
 from redshake.writers.base import TargetInfo, WriterError
 from redshake.writers.redis import UNLIMITED_QPS, OnError, RedisWriter
 
-__all__ = ["ClusterWriter", "basic_command_keys", "fetch_topology", "KeyFinder"]
+__all__ = ["ClusterWriter", "basic_command_keys", "fetch_topology", "KeyFinder", "marker_key"]
 
 log = logging.getLogger("redshake")
 
@@ -97,6 +106,25 @@ _DEST_NUMKEYS = frozenset(c.encode() for c in "ZUNIONSTORE ZINTERSTORE ZDIFFSTOR
 _KEYLESS = frozenset(c.encode() for c in "PING FLUSHALL FLUSHDB SCRIPT FUNCTION".split())
 # Multi-key commands that may be split per slot with the same effect.
 _SPLIT_ALL = frozenset([b"DEL", b"UNLINK", b"EXISTS", b"TOUCH"])
+
+
+_TAGS: list[bytes] = []
+
+
+def marker_key(key: bytes, slot: int) -> bytes:
+    """``key`` hash-tagged into ``slot``: ``key:{tag}``, the shortest tag of that slot."""
+    if not _TAGS:
+        tags: list[bytes | None] = [None] * SLOTS
+        left, i = SLOTS, 0
+        while left:
+            t = b"%x" % i
+            s = key_slot(t)
+            if tags[s] is None:
+                tags[s] = t
+                left -= 1
+            i += 1
+        _TAGS.extend(tags)  # type: ignore[arg-type]
+    return b"%s:{%s}" % (key, _TAGS[slot])
 
 
 def basic_command_keys(argv: Sequence[bytes]) -> list[bytes] | None:
@@ -232,6 +260,8 @@ class _TxnHolder:
 
 _MULTI = b"MULTI"
 _EXEC = b"EXEC"
+_MULTI_RESP = b"*1\r\n$5\r\nMULTI\r\n"
+_EXEC_RESP = b"*1\r\n$4\r\nEXEC\r\n"
 _REDIRECT_CODES = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
 _ABORT_BECAUSE = "EXECABORT Transaction discarded because of: "
 _SPLIT_WARNINGS = 10
@@ -301,6 +331,14 @@ class ClusterWriter:
         self.redirects = 0
         self.moved = 0
         self.asked = 0
+        self._unit: dict[int, list[Entry]] | None = None  # slot -> commands (unit open)
+        self._unit_pending: list[Entry] = []  # commands of a source transaction in the unit
+        self._skip: dict[int, int] = {}  # slot -> offset up to which the marker says applied
+        self._skip_upto = -1
+        # the marker key and its value for a (tagged) offset, set by the driver: for the
+        # blocks sent before a keyless command in the middle of a unit
+        self.marker_prefix: bytes | None = None
+        self.marker_value: Callable[[int], bytes] | None = None
         try:
             self.refresh_topology(require_full=True)
         except BaseException:
@@ -357,6 +395,9 @@ class ClusterWriter:
     def write(self, entry: Entry) -> None:
         if self._exc is not None:
             raise self._exc
+        if self._unit is not None:
+            self._unit_add(entry)
+            return
         try:
             if self._retry and not self._in_retry:
                 self._drain_retry()
@@ -434,6 +475,8 @@ class ClusterWriter:
         self._track.clear()
         self._cur = [-1, None, 0]
         self._txn = None
+        self._unit = None
+        self._unit_pending = []
         self._need_refresh = False
         self._in_retry = False
         self._exc = None
@@ -571,6 +614,18 @@ class ClusterWriter:
         self._retry.append((obj, "RETRY", "CLUSTERDOWN slot not served", self._cur, None))
         self._need_refresh = True
 
+    def _entry_keys(self, entry: Entry) -> list[bytes] | None:
+        """The keys of ``entry`` ([] when keyless); None once reported as unknown."""
+        key = entry.key
+        if key.__class__ is bytes:
+            return [key]
+        if key is KEYLESS_ALL_MASTERS:
+            return []
+        keys = self.key_finder(entry.argv)
+        if keys is None:
+            self._fail(entry, f"cannot find the keys of {entry.cmd} to route it in a cluster")
+        return keys
+
     def _is_keyless(self, entry: Entry) -> bool:
         key = entry.key
         if key is KEYLESS_ALL_MASTERS:
@@ -590,9 +645,10 @@ class ClusterWriter:
             self._txn = None
             self._write_block(blk)
 
-    def _write_block(self, blk: list[Entry]) -> None:
-        self.transactions += 1
-        off = max(e.offset for e in blk)
+    def _write_block(self, blk: list[Entry], unit: bool = False) -> None:
+        if not unit:
+            self.transactions += 1
+        off = max(e.offset for e in blk) if not unit else -1  # a unit acks at its end
         multi, cmds, exe = blk[0], blk[1:-1], blk[-1]
         good: list[Entry] = []
         slots: set[int] = set()
@@ -605,16 +661,9 @@ class ClusterWriter:
                     " [filter] allow_db / a Lua function to remap",
                 )
                 continue
-            key = e.key
-            if key.__class__ is bytes:
-                keys: list[bytes] | None = [key]
-            elif key is KEYLESS_ALL_MASTERS:
-                keys = []
-            else:
-                keys = self.key_finder(e.argv)
-                if keys is None:
-                    self._fail(e, f"cannot find the keys of {e.cmd} to route it in a cluster")
-                    continue
+            keys = self._entry_keys(e)
+            if keys is None:
+                continue
             for k in keys:
                 slots.add(key_slot(k))
             if keys and len(first_keys) < 3:
@@ -691,6 +740,152 @@ class ClusterWriter:
             )
             return []
         return [Entry(0, [argv[0], *part], part[0], entry.offset) for part in groups.values()]
+
+    # -- exactly-once units ------------------------------------------------------------
+
+    def begin_unit(self) -> None:
+        if self._unit is None:
+            self._unit = {}
+            self._unit_pending = []
+
+    def unit_offset(self, offset: int) -> None:
+        """The EXEC of a source transaction inside the unit: its commands get its offset."""
+        for e in self._unit_pending:
+            e.offset = offset
+        self._unit_pending = []
+
+    def end_unit(self, db: int, key: bytes, value: bytes, offset: int) -> None:
+        """Send one block per slot of the unit, each setting that slot's marker (``key``
+        hash-tagged into the slot) to ``value``; ``offset`` is acknowledged when every block
+        of the unit and everything before was answered."""
+        self._unit_flush(key, value, offset)
+
+    def set_skip(self, skip: dict[int, int]) -> None:
+        """Per slot, the offset up to which the target's marker says the stream was applied:
+        commands of that slot up to there are not sent again."""
+        self._skip = dict(skip)
+        self._skip_upto = max(skip.values(), default=-1)
+
+    def try_marker(self, db: int, key: bytes) -> str:
+        """Can every master hold its marker? "" or the refusal (see RedisWriter.try_marker)."""
+        if b"{" in key or b"}" in key:
+            return f"the marker key {key!r} must not contain braces: its slot is given by a hash tag"
+        self.flush()
+        for w in self.masters:
+            slot = next(s for s in range(SLOTS) if self._slots[s] is w)
+            refusal = w.try_marker(db, marker_key(key, slot))
+            if refusal:
+                return f"{w.address}: {refusal}"
+        return ""
+
+    def read_markers(self, key: bytes) -> dict[int, bytes]:
+        """slot -> value of that slot's marker, for every slot that has one."""
+        self.flush()
+        out: dict[int, bytes] = {}
+        by_master: dict[RedisWriter, list[int]] = {}
+        for s in range(SLOTS):
+            w = self._slots[s]
+            if w is not None:
+                by_master.setdefault(w, []).append(s)
+        for w, slots in by_master.items():
+            for i in range(0, len(slots), 1024):
+                part = slots[i : i + 1024]
+                try:
+                    replies = w.conn.pipeline([(b"GET", marker_key(key, s)) for s in part])
+                except OSError as e:
+                    raise WriterError(f"{w.name}: {e}") from None
+                for s, r in zip(part, replies, strict=True):
+                    if isinstance(r, ReplyError):
+                        raise WriterError(f"{w.name}: reading the marker of slot {s}: {r.message}")
+                    if isinstance(r, bytes):
+                        out[s] = r
+        return out
+
+    def _unit_add(self, entry: Entry) -> None:
+        self.written += 1
+        if entry.db != 0:
+            self._route(entry)  # reports the db
+            return
+        keys = self._entry_keys(entry)
+        if keys is None:
+            return
+        if keys and all(key_slot(k) == key_slot(keys[0]) for k in keys[1:]):
+            if entry.key is None:  # the block needs no second look-up: name the slot's key
+                entry = Entry(entry.db, entry.argv, keys[0], entry.offset, entry.resp)
+            parts = [(key_slot(keys[0]), entry)]
+        elif keys:
+            parts = [(key_slot(p.key), p) for p in self._split(entry)]  # type: ignore[arg-type]
+        else:
+            # keyless: after the unit's blocks so far, to every master (at least once)
+            self._unit_flush(None, b"", -1)
+            self.written -= 1
+            try:
+                self.write(entry)
+            finally:
+                self._unit = {}
+            return
+        unit = self._unit
+        assert unit is not None
+        for slot, e in parts:
+            if e.offset < 0:  # inside a source transaction: the offset comes with its EXEC
+                e = Entry(e.db, e.argv, e.key, -1, e.resp)
+                self._unit_pending.append(e)
+            group = unit.get(slot)
+            if group is None:
+                unit[slot] = [e]
+            else:
+                group.append(e)
+
+    def _unit_flush(self, key: bytes | None, value: bytes, offset: int) -> None:
+        """One MULTI ... SET marker ... EXEC per slot of the unit so far. ``key`` None: sent
+        before a keyless command, each block marked up to its last command."""
+        unit = self._unit
+        self._unit = None
+        if not unit:
+            return
+        if self._exc is not None:
+            raise self._exc
+        try:
+            if self._retry and not self._in_retry:
+                self._drain_retry()
+            self._unit_blocks(unit, key, value, offset)
+            if len(self._track) > 4096:
+                self._release()
+        except BaseException as e:
+            self._exc = e
+            raise
+
+    def _unit_blocks(self, unit: dict[int, list[Entry]], key: bytes | None, value: bytes,
+                     offset: int) -> None:  # fmt: skip
+        """The blocks of a unit. Only the end of the unit (``offset``, after its last block)
+        is acknowledged: a block's own offset would count as acknowledged when it is
+        answered, although a block sent before it to another master may not be yet."""
+        skip = self._skip
+        last = max(offset, max((e.offset for g in unit.values() for e in g), default=-1))
+        for slot, group in unit.items():
+            if skip and slot in skip:
+                upto = skip[slot]
+                group = [e for e in group if e.offset > upto]
+                if not group:
+                    continue
+            if key is not None:
+                mk, mv = marker_key(key, slot), value
+            else:
+                off = max(e.offset for e in group)
+                if self.marker_value is None or self.marker_prefix is None or off < 0:
+                    # no position known for it (a keyless command inside a source
+                    # transaction): at least once
+                    for e in group:
+                        self.write(Entry(e.db, e.argv, e.key, -1, e.resp))
+                    continue
+                mk, mv = marker_key(self.marker_prefix, slot), self.marker_value(off)
+            multi = Entry(0, [_MULTI], None, -1, _MULTI_RESP)
+            exe = Entry(0, [_EXEC], None, -1, _EXEC_RESP)
+            self._write_block([multi, *group, Entry(0, [b"SET", mk, mv], mk), exe], True)
+        if offset >= 0:
+            self._track.append([offset, None, 0])  # released once every block before is answered
+        if skip and last > self._skip_upto:
+            self._skip = {}
 
     # -- redirections ------------------------------------------------------------------
 

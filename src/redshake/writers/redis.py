@@ -17,6 +17,12 @@ its own entry: an error element of the ``EXEC`` reply, or, when the server disca
 transaction (``EXECABORT``, a rejected ``EXEC``), each command that failed to queue (or the
 ``EXEC`` entry when none did). ``on_abort(entries, errors, message)``, when given, receives a
 discarded block instead (the cluster writer resends redirected blocks).
+
+Units (exactly-once mode, :meth:`begin_unit` / :meth:`end_unit`): a block the writer opens
+itself. Runs written inside it keep the fast path: their bytes go out as received and their
+``+QUEUED`` replies are checked as one stretch; a command refused at queue time is reported
+with its own entry (the server then discards the block: ``EXECABORT``), and so is every
+error element of the ``EXEC`` reply.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ _EXEC = b"EXEC"
 
 _BUSYKEY = ReplyError("BUSYKEY Target key name already exists.")
 _OKS = b"+OK\r\n" * 4096  # a run never has more commands than that (sync reader: 1024)
+_QUEUEDS = b"+QUEUED\r\n" * 4096  # what the commands of a run inside a MULTI answer
 
 
 def _is_restore_set(entry: object) -> bool:
@@ -60,15 +67,38 @@ def _is_restore_set(entry: object) -> bool:
 class _Block:
     """A MULTI ... EXEC block in flight: its entries and what its replies said so far."""
 
-    __slots__ = ("entries", "queued", "errors", "select_inside")
+    __slots__ = ("entries", "queued", "errors", "select_inside", "run_cmds")
 
     def __init__(self, multi: Entry) -> None:
         self.entries: list[Entry] = [multi]
         # what the EXEC reply array answers, in order: the commands the server queued
-        # (None for a SELECT this writer added)
-        self.queued: list[Entry | None] = []
+        # (None for a SELECT this writer added; (run, first, count) for commands of a run)
+        self.queued: list[Entry | tuple[Run, int, int] | None] = []
         self.errors: list[tuple[Entry | None, str]] = []  # replies refusing to queue
         self.select_inside = False
+        self.run_cmds = 0  # commands written inside the block as runs
+
+
+class _QueuedRun:
+    """A run written inside a MULTI block: one ``+QUEUED`` (or a refusal) per command."""
+
+    __slots__ = ("run", "block", "ok_from")
+
+    def __init__(self, run: Run, block: _Block) -> None:
+        self.run = run
+        self.block = block
+        self.ok_from = 0  # first command of the run not yet entered in block.queued
+
+
+def _queued_entries(queued: list[Entry | tuple[Run, int, int] | None]):
+    """The commands answered by the elements of an EXEC reply, in order."""
+    for q in queued:
+        if q.__class__ is tuple:
+            run, i, n = q  # type: ignore[misc]
+            for argv in run.argvs[i : i + n]:
+                yield Entry(run.db, argv)
+        else:
+            yield q
 
 
 class _Internal:
@@ -136,7 +166,7 @@ class RedisWriter:
         self.transactions = 0
         self._buf: list[bytes] = []
         self._buf_bytes = 0
-        self._inflight: deque[tuple[Entry | Run | _Internal, int]] = deque()
+        self._inflight: deque[tuple[Entry | Run | _Internal | _QueuedRun, int]] = deque()
         self._run_done = 0  # replies already read for the Run at the head of _inflight
         self._run_extra = 0  # commands in flight in runs beyond one per run
         self._unanswered_bytes = 0
@@ -177,18 +207,25 @@ class RedisWriter:
         received bytes are sent as they are and its replies are checked one by one."""
         if self._exc is not None:
             raise self._exc
-        if self._block is not None or self._qps:
+        blk = self._block
+        if self._qps:
             for e in run.entries():
                 self.write(e)
             return
         if run.db != self._db:
             self._select(run.db)
+            if blk is not None:
+                blk.select_inside = True  # queued too (see _write_txn)
         data = run.resp
         n = len(data)
         self._buf.append(data)
         self._buf_bytes += n
         self._unanswered_bytes += n
-        self._inflight.append((run, n))
+        if blk is None:
+            self._inflight.append((run, n))
+        else:  # inside a unit: the commands answer +QUEUED, their results come with EXEC
+            self._inflight.append((_QueuedRun(run, blk), n))  # type: ignore[arg-type]
+            blk.run_cmds += len(run.argvs)
         self.written += len(run.argvs)
         self._run_extra += len(run.argvs) - 1
         if self._buf_bytes >= SEND_BYTES or len(self._buf) >= self._batch:
@@ -253,6 +290,36 @@ class RedisWriter:
         self._guard(lambda: self.conn.call("SELECT", self._db))
         v = out[1]
         return v if isinstance(v, bytes) else None
+
+    def try_marker(self, db: int, key: bytes) -> str:
+        """Check that a unit can set the position marker ``key`` in ``db`` (SELECT, GET,
+        MULTI, SET, EXEC allowed: no NOPERM, READONLY, db out of range...) by writing its
+        current value back (or creating and deleting it). Returns "" or the refusal."""
+        self._no_open_block("a marker check")
+        self.flush()
+        conn = self.conn
+        replies: list[object] = []
+        try:
+            replies += conn.pipeline([(b"SELECT", db), (b"GET", key)])
+            if not any(isinstance(r, ReplyError) for r in replies):
+                old = replies[-1]
+                body: list[tuple[bytes, ...]] = [(b"SET", key, old if isinstance(old, bytes) else b"")]
+                if not isinstance(old, bytes):
+                    body.append((b"DEL", key))
+                replies += conn.pipeline([(b"MULTI",), *body, (b"EXEC",)])
+            replies += conn.pipeline([(b"SELECT", self._db)])
+        except OSError as e:
+            self._exc = WriterError(f"{self.name}: {e}")
+            self.conn_lost = True
+            raise self._exc from None
+        for r in replies:
+            if isinstance(r, ReplyError):
+                return r.message
+            if isinstance(r, list):
+                for x in r:
+                    if isinstance(x, ReplyError):
+                        return x.message
+        return "" if replies[-2] is not None else "EXEC returned nil"
 
     @property
     def in_transaction(self) -> bool:
@@ -400,6 +467,10 @@ class RedisWriter:
         recognised by one bytes comparison instead of being parsed one by one."""
         inflight = self._inflight
         pos = 0
+        if inflight and inflight[0][0].__class__ is not Run and not self.conn.reader.has_data():
+            pos = self._absorb_unit(data)
+            if pos == len(data):
+                return
         if inflight and inflight[0][0].__class__ is Run and not self.conn.reader.has_data():
             end = len(data)
             while inflight:
@@ -425,6 +496,70 @@ class RedisWriter:
         self.conn.reader.feed(data[pos:] if pos else data)
         self._process()
 
+    def _absorb_unit(self, data: bytes) -> int:
+        """Fast path for units (exactly-once mode): ``+OK`` to MULTI, stretches of ``+QUEUED``
+        to the commands (runs included) and an ``EXEC`` array of ``+OK`` only are recognised
+        by bytes comparisons instead of being parsed. Stops at anything else (the parser
+        takes it from there). Returns how much of ``data`` was consumed."""
+        inflight = self._inflight
+        pos = 0
+        end = len(data)
+        while inflight and pos < end:
+            item, n = inflight[0]
+            cls = item.__class__
+            if cls is _QueuedRun:
+                total = len(item.run.argvs)  # type: ignore[union-attr]
+                m = min(total - self._run_done, (end - pos) // 9)
+                if not m or data[pos : pos + 9 * m] != _QUEUEDS[: 9 * m]:
+                    break
+                pos += 9 * m
+                self._run_done += m
+                if self._run_done < total:
+                    break
+                self._queued_run_done(item)  # type: ignore[arg-type]
+            elif cls is _Internal and item.block is not None:  # type: ignore[union-attr]
+                blk = item.block  # type: ignore[union-attr]
+                desc = item.desc  # type: ignore[union-attr]
+                if desc == "EXEC":
+                    cnt = sum(q[2] if q.__class__ is tuple else 1 for q in blk.queued)  # type: ignore[index]
+                    head = b"*%d\r\n" % cnt
+                    ln = len(head) + 5 * cnt
+                    if (cnt > 4096 or blk.errors or not data.startswith(head, pos)
+                            or data[pos + len(head) : pos + ln] != _OKS[: 5 * cnt]):  # fmt: skip
+                        break
+                    pos += ln
+                    inflight.popleft()
+                    self._unanswered_bytes -= n
+                    self._special(item, [b"OK"] * cnt)  # type: ignore[arg-type]
+                    continue
+                expect = b"+OK\r\n" if desc == "MULTI" else b"+QUEUED\r\n"
+                if not data.startswith(expect, pos):
+                    break
+                pos += len(expect)
+                if desc != "MULTI":
+                    blk.queued.append(item.entry)  # type: ignore[union-attr]
+            else:
+                break
+            inflight.popleft()
+            self._unanswered_bytes -= n
+        return pos
+
+    def _refused(self, item: _QueuedRun, i: int, message: str) -> None:
+        """Command ``i`` of a run inside a unit was refused at queue time (EXECABORT follows)."""
+        run, blk = item.run, item.block
+        if i > item.ok_from:
+            blk.queued.append((run, item.ok_from, i - item.ok_from))
+        item.ok_from = i + 1
+        blk.errors.append((Entry(run.db, run.argvs[i]), message))
+
+    def _queued_run_done(self, item: _QueuedRun) -> None:
+        """Every command of a run inside a unit answered at queue time."""
+        total = len(item.run.argvs)
+        if item.ok_from < total:
+            item.block.queued.append((item.run, item.ok_from, total - item.ok_from))
+        self._run_done = 0
+        self._run_extra -= total - 1
+
     def _process(self) -> None:
         gets = self.conn.reader.gets
         inflight = self._inflight
@@ -434,8 +569,11 @@ class RedisWriter:
         last = None
         while inflight:
             entry, n = inflight[0]
-            if entry.__class__ is Run:  # one reply per command of the run
-                argvs = entry.argvs
+            cls = entry.__class__
+            if cls is Run or cls is _QueuedRun:  # one reply per command of the run
+                # (inside a unit: +QUEUED, or a refusal to queue)
+                run = entry if cls is Run else entry.run  # type: ignore[union-attr]
+                argvs = run.argvs
                 total = len(argvs)
                 done = self._run_done
                 while done < total:
@@ -445,14 +583,20 @@ class RedisWriter:
                     done += 1
                     if r.__class__ is ReplyError:
                         self._run_done = done
-                        self._on_reply_error(Entry(entry.db, argvs[done - 1]), r)  # type: ignore[arg-type]
+                        if cls is Run:
+                            self._on_reply_error(Entry(run.db, argvs[done - 1]), r)  # type: ignore[arg-type]
+                        else:
+                            self._refused(entry, done - 1, r.message)  # type: ignore[arg-type,union-attr]
                 if done < total:
                     self._run_done = done
                     break
-                self._run_done = 0
-                self._run_extra -= total - 1
                 popleft()
                 freed += n
+                if cls is _QueuedRun:
+                    self._queued_run_done(entry)  # type: ignore[arg-type]
+                    continue
+                self._run_done = 0
+                self._run_extra -= total - 1
                 cnt += total
                 last = entry
                 continue
@@ -505,14 +649,16 @@ class RedisWriter:
             return
         # EXEC: the block is settled
         entries = blk.entries
-        self.answered += len(entries)
+        self.answered += len(entries) + blk.run_cmds
         off = max(e.offset for e in entries)
         if off >= 0:
             self.acked_offset = off
         if r.__class__ is list:
-            for e, res in zip(blk.queued, r, strict=False):  # type: ignore[call-overload]
-                if res.__class__ is ReplyError and e is not None:
-                    self._on_reply_error(e, res)  # type: ignore[arg-type]
+            # all OK (what SET and most writes answer) is one count in C
+            if r.count(b"OK") != len(r) and ReplyError in map(type, r):  # type: ignore[attr-defined,arg-type]
+                for e, res in zip(_queued_entries(blk.queued), r, strict=False):  # type: ignore[call-overload]
+                    if res.__class__ is ReplyError and e is not None:
+                        self._on_reply_error(e, res)  # type: ignore[arg-type]
             return
         message = err if err is not None else "EXEC returned nil: transaction aborted"
         errors = [(e if e is not None else entries[0], m) for e, m in blk.errors]
