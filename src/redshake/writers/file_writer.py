@@ -122,6 +122,7 @@ class FileWriter:
         self.path = Path(filepath)
         self.type = type
         self.entry_count = 0
+        self.keys_acked = 0  # entries ending a snapshot key (Entry.ends_key) written
         self.bytes_written = 0
         self.acked_offset = -1
         self._db = -1
@@ -166,6 +167,8 @@ class FileWriter:
         out.write(data)
         self.bytes_written += len(data)
         self.entry_count += 1
+        if entry.ends_key:
+            self.keys_acked += 1
         if entry.offset >= 0:
             self.acked_offset = entry.offset
 
@@ -217,6 +220,10 @@ class FileWriter:
                 "file_writer: %d entries, %d bytes written to %s (%s)",
                 self.entry_count, self.bytes_written, self.path, self.type,
             )  # fmt: skip
+
+    @property
+    def acked(self) -> int:
+        return self.entry_count
 
     def status(self) -> dict:
         return {

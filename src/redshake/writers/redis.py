@@ -82,6 +82,10 @@ class _Internal:
 _ASKING = encode([b"ASKING"])
 
 
+def _ignore_error(_entry: Entry, _message: str) -> None:
+    """on_error while draining: the error is counted (``errors``), nothing else."""
+
+
 class RedisWriter:
     def __init__(
         self,
@@ -125,6 +129,10 @@ class RedisWriter:
         self.written = 0
         self.answered = 0
         self.errors = 0
+        # what the target acknowledged: entries answered without an error, and of those
+        # the ones ending a snapshot key (Entry.ends_key); the run's summary reports these
+        self.acked = 0
+        self.keys_acked = 0
         self.acked_offset = -1
         self._db = 0
         self._block: _Block | None = None  # the transaction being written (MULTI seen)
@@ -282,6 +290,35 @@ class RedisWriter:
         while self._inflight:
             self._guard(self._read_blocking)
 
+    def drain(self, timeout: float = 10.0) -> int:
+        """After a failure: wait (at most ``timeout`` seconds) for the replies to what was
+        already sent, so that ``acked`` / ``keys_acked`` count everything the target applied.
+        Nothing more is sent; error replies are counted, not reported. Returns how many
+        error replies arrived meanwhile."""
+        if self._closed or self.conn_lost:
+            return 0
+        for _ in range(len(self._buf)):  # written but never sent
+            item = self._inflight.pop()[0]
+            if item.__class__ is Run:
+                self._run_extra -= len(item.argvs) - 1  # type: ignore[union-attr]
+        self._buf.clear()
+        self._buf_bytes = 0
+        self._block = None
+        errors = self.errors
+        handlers = self.on_error, self.on_abort
+        self.on_error, self.on_abort = _ignore_error, None
+        deadline = time.monotonic() + timeout
+        try:
+            self.conn.sock.settimeout(timeout)
+            self._process()  # replies already read
+            while self._inflight and time.monotonic() < deadline:
+                self._absorb(self.conn.recv())
+        except Exception:  # noqa: BLE001 - best effort: what was counted stays counted
+            pass
+        finally:
+            self.on_error, self.on_abort = handlers
+        return self.errors - errors
+
     def exists(self, db: int, key: bytes) -> bool:
         """Synchronously ask whether ``key`` exists in ``db`` (after everything written so far
         has been applied). Used before rebuilding a key with commands, so an existing key is
@@ -407,6 +444,7 @@ class RedisWriter:
                     break  # something else (or not all OK): the parser takes it from here
                 pos += 5 * m
                 self._run_done += m
+                self.acked += m
                 if self._run_done < total:
                     break  # the rest of this run's replies have not arrived yet
                 self._run_done = 0
@@ -426,21 +464,25 @@ class RedisWriter:
         popleft = inflight.popleft
         freed = 0
         cnt = 0
+        keys = 0
         last = None
         while inflight:
             entry, n = inflight[0]
             if entry.__class__ is Run:  # one reply per command of the run
                 argvs = entry.argvs
                 total = len(argvs)
-                done = self._run_done
+                done = ok = self._run_done
                 while done < total:
                     r = gets()
                     if r is False:
                         break
                     done += 1
                     if r.__class__ is ReplyError:
+                        self.acked += done - 1 - ok
+                        ok = done
                         self._run_done = done
                         self._on_reply_error(Entry(entry.db, argvs[done - 1]), r)  # type: ignore[arg-type]
+                self.acked += done - ok
                 if done < total:
                     self._run_done = done
                     break
@@ -448,7 +490,7 @@ class RedisWriter:
                 self._run_extra -= total - 1
                 popleft()
                 freed += n
-                cnt += total
+                self.answered += total
                 last = entry
                 continue
             r = gets()
@@ -463,7 +505,9 @@ class RedisWriter:
                 self._unanswered_bytes -= freed
                 freed = 0
                 self.answered += cnt
-                cnt = 0
+                self.acked += cnt
+                self.keys_acked += keys
+                cnt = keys = 0
                 if last is not None and last.offset >= 0:
                     self.acked_offset = last.offset
                 last = None
@@ -476,9 +520,13 @@ class RedisWriter:
                     self._on_reply_error(entry, r)  # type: ignore[arg-type]
                 continue
             cnt += 1
+            if entry.ends_key:
+                keys += 1
             last = entry
         self._unanswered_bytes -= freed
         self.answered += cnt
+        self.acked += cnt
+        self.keys_acked += keys
         if last is not None and last.offset >= 0:
             self.acked_offset = last.offset
 
@@ -505,6 +553,7 @@ class RedisWriter:
         if off >= 0:
             self.acked_offset = off
         if r.__class__ is list:
+            self.acked += len(entries) - sum(res.__class__ is ReplyError for res in r)  # type: ignore[attr-defined]
             for e, res in zip(blk.queued, r, strict=False):  # type: ignore[call-overload]
                 if res.__class__ is ReplyError and e is not None:
                     self._on_reply_error(e, res)  # type: ignore[arg-type]

@@ -1,0 +1,187 @@
+"""The summary counts only what the target acknowledged.
+
+A key counts as written when the target's reply to its (last) command arrived and was not
+an error; ``failed=`` counts the error replies; every run that exits non-zero ends with a
+line saying the copy is incomplete. Checked against real targets that refuse writes: a
+read-only replica, a full ``maxmemory`` with ``noeviction`` and a BUSYKEY with
+``rdb_restore_command_behavior = "panic"``, for the rdb, scan and sync (snapshot) readers.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from datagen import populate
+from helpers import assert_same_data, run_redshake, write_config
+from servers import free_port
+from test_scan_reader import diff_data
+from test_sync import Shake, start_load, wait_converged, wait_for
+from test_sync import shakes as shakes  # noqa: F401 - the fixture
+
+SUMMARY = re.compile(r"summary[^:]*: keys read=(\d+), written=(\d+) of (\d+) sent .*failed=(\d+)")
+READERS = ["rdb", "scan", "sync"]
+
+
+def fill_source(c, version, seed: int) -> None:
+    """Realistic data (every type, several dbs, TTLs, streams with groups) plus random
+    strings of mixed sizes, some in MULTI blocks, over three dbs."""
+    populate(c, version, False, seed=seed, big=True, functions=False)
+    rnd = random.Random(seed)
+    for db in (0, 1, 5):
+        c.execute_command("SELECT", db)
+        p = c.pipeline(transaction=rnd.random() < 0.5)
+        for i in range(1500):
+            size = rnd.choice((8, 64, 700, 3000))
+            p.set(f"r{db}:{i}", rnd.randbytes(size), px=rnd.choice((None, None, 3_600_000)))
+        p.execute()
+    c.execute_command("SELECT", 0)
+
+
+def total_keys(server) -> int:
+    return sum(v["keys"] for k, v in server.info("keyspace").items() if k.startswith("db"))
+
+
+def run_copy(reader: str, src, dst, tmp: Path, behavior: str = "panic"):
+    """Copy src to dst with ``reader``; returns (exit code, output)."""
+    adv = {"dir": str(tmp / "work"), "log_interval": 0, "rdb_restore_command_behavior": behavior}
+    if reader == "rdb":
+        src.client().save()
+        rdb = tmp / "src.rdb"
+        shutil.copy(src.dir / src.info("server").get("dbfilename", "dump.rdb"), rdb)
+        sections = {"rdb_reader": {"filepath": str(rdb)}}
+    elif reader == "scan":
+        sections = {"scan_reader": {"address": src.address}}
+    else:  # the sync reader's snapshot phase only: it exits once the snapshot is applied
+        sections = {"sync_reader": {"address": src.address, "sync_aof": False}}
+    sections["redis_writer"] = {"address": dst.address}
+    sections["advanced"] = adv
+    p = run_redshake(write_config(tmp / "shake.toml", sections), timeout=300)
+    return p.returncode, p.stdout + p.stderr
+
+
+def summary_of(out: str) -> tuple[int, int, int]:
+    """(written, sent, failed) from the summary line."""
+    m = SUMMARY.search(out)
+    assert m, out[-3000:]
+    return int(m.group(2)), int(m.group(3)), int(m.group(4))
+
+
+def last_line(out: str) -> str:
+    return [ln for ln in out.splitlines() if ln.strip()][-1]
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_written_equals_target_keys(servers, tmp_path, reader):
+    src = servers.start("redis-7.0")
+    dst = servers.start("redis-7.0")
+    fill_source(src.client(), src.version, seed=11)
+    code, out = run_copy(reader, src, dst, tmp_path)
+    assert code == 0, out[-3000:]
+    written, sent, failed = summary_of(out)
+    assert written == sent == total_keys(dst) and failed == 0, out[-2000:]
+    assert "incomplete" not in out
+    assert last_line(out).endswith("all done")
+    if reader == "scan":  # the scan reader writes TTLs as now + PTTL
+        assert diff_data(lambda db: [src.client(db)], dst, [0, 1, 3, 5]) == ""
+    else:
+        assert_same_data(src, dst)
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_read_only_replica_target(servers, tmp_path, reader):
+    src = servers.start("redis-7.0")
+    dst = servers.start("redis-7.0")
+    fill_source(src.client(), src.version, seed=12)
+    # a replica of a master that is not there: read-only, and it keeps its (empty) dataset
+    dst.client().execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+    code, out = run_copy(reader, src, dst, tmp_path)
+    assert code != 0, out[-3000:]
+    assert total_keys(dst) == 0
+    written, _sent, failed = summary_of(out)
+    assert written == 0 and failed >= 1, out[-2000:]
+    assert "READONLY" in out
+    assert "incomplete" in last_line(out), out[-2000:]
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_full_target_noeviction(servers, tmp_path, reader):
+    src = servers.start("redis-7.0")
+    dst = servers.start("redis-7.0")
+    fill_source(src.client(), src.version, seed=13)
+    d = dst.client()
+    used = int(dst.info("memory")["used_memory"])
+    d.config_set("maxmemory-policy", "noeviction")
+    d.config_set("maxmemory", used + 1_500_000)  # room for a part of the ~5 MB only
+    code, out = run_copy(reader, src, dst, tmp_path)
+    assert code != 0, out[-3000:]
+    written, sent, failed = summary_of(out)
+    present = total_keys(dst)
+    assert 0 < present < sent
+    assert written == present and failed >= 1, (present, out[-2000:])
+    assert "OOM" in out
+    assert "incomplete" in last_line(out), out[-2000:]
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_busykey_panic(servers, tmp_path, reader):
+    src = servers.start("redis-7.0")
+    dst = servers.start("redis-7.0")
+    fill_source(src.client(), src.version, seed=14)
+    # a few of the source's keys already exist on the target (different values)
+    rnd = random.Random(14)
+    existing = rnd.sample(sorted(src.client(1).keys("r1:*")), 3)
+    for k in existing:
+        dst.client(1).set(k, b"already here")
+    code, out = run_copy(reader, src, dst, tmp_path)
+    assert code != 0, out[-3000:]
+    written, _sent, failed = summary_of(out)
+    assert written == total_keys(dst) - len(existing), out[-2000:]
+    assert failed >= 1
+    assert "BUSYKEY" in out and "incomplete" in last_line(out), out[-2000:]
+    for k in existing:  # panic never replaces a key
+        assert dst.client(1).get(k) == b"already here"
+
+
+def _status(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as r:
+        assert r.status == 200
+        return json.loads(r.read())
+
+
+def test_live_stream_entries_acknowledged(servers, tmp_path, shakes):
+    """The live stream: the status write_count is what the target acknowledged, and when
+    the target turns read-only mid-stream the run fails, says so and counts the failure."""
+    src = servers.start("redis-7.0")
+    dst = servers.start("redis-7.0")
+    populate(src.client(), src.version, False, big=False, functions=False)
+    port = free_port()
+    shake = Shake(tmp_path, src, dst, status_port=port).start()
+    shakes.append(shake)
+    halt = start_load(src)
+    try:
+        wait_for(lambda: "now following the stream" in shake.log(), 60, "the stream", shake)
+        time.sleep(1)
+    finally:
+        halt()
+    wait_converged(src, shake)
+    wait_for(lambda: _status(port)["total_entries_count"]["write_count"] > 0, 30, "a tick", shake)
+    doc = _status(port)
+    per_cmd = sum(c["write_count"] for c in doc["per_cmd_entries_count"].values())
+    assert doc["total_entries_count"]["write_count"] == per_cmd  # all answered, none refused
+    assert doc["redshake"]["failed_count"] == 0
+    dst.client().execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+    src.client().set("after-read-only", b"x")
+    assert shake.wait(60) != 0
+    out = shake.log()
+    assert "READONLY" in out and "incomplete" in last_line(out), out[-2000:]
+    assert summary_of(out)[2] >= 1
+    m = re.search(r"entries written=(\d+)", out)
+    assert m and int(m.group(1)) == doc["total_entries_count"]["write_count"], out[-2000:]
