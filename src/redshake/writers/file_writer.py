@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 from pathlib import Path
 
 from ..entry import Entry
@@ -126,7 +127,9 @@ class FileWriter:
         self.bytes_written = 0
         self.acked_offset = -1
         self._db = -1
-        self._f = open(self.path, "wb", buffering=1 << 20)  # noqa: SIM115 - closed in close()
+        # user data: a new file is 0600 (an existing one keeps its mode), closed in close()
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._f = open(fd, "wb", buffering=1 << 20)  # noqa: SIM115
         if type == "aof":
             # RESTORE payloads of RDB 10 (Redis >= 7.0, Valkey); HFE keys as HSET+HPEXPIREAT.
             self.info = TargetInfo(
