@@ -335,6 +335,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         write_run = None
     if write_run is not None and hasattr(reader, "runs"):
         reader.runs = True
+    interrupted = False
     try:
         write = writer.write
         # Counters are updated inline (this loop is their only writer): a method call per
@@ -411,6 +412,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     except KeyboardInterrupt:
         log.error("interrupted")
         code = EXIT_FAILURE
+        interrupted = True
     except Exception as e:  # connection loss and the like
         log.error("failed: %s: %s", type(e).__name__, e)
         log.debug("traceback", exc_info=True)
@@ -419,7 +421,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         ticker.halt.set()
         progress.close()
         drain = getattr(writer, "drain", None)
-        if code != EXIT_OK and drain is not None:
+        if code != EXIT_OK and drain is not None and not interrupted:  # (a 2nd SIGINT: exit now)
             # count what the target applied of what was in flight when the run failed
             try:
                 n = drain()
