@@ -185,3 +185,44 @@ def test_live_stream_entries_acknowledged(servers, tmp_path, shakes):
     assert summary_of(out)[2] >= 1
     m = re.search(r"entries written=(\d+)", out)
     assert m and int(m.group(1)) == doc["total_entries_count"]["write_count"], out[-2000:]
+
+
+def test_cluster_target_counts_acknowledged_keys(servers, tmp_path):
+    """A cluster target (keys spread over three masters, big values rebuilt with several
+    commands): written is the sum of the masters' DBSIZE."""
+    src = servers.start("redis-7.0")
+    cluster = servers.cluster("redis-7.0", masters=3)
+    c = src.client()
+    rnd = random.Random(15)
+    p = c.pipeline(transaction=False)
+    for i in range(2000):
+        kind = i % 4
+        if kind == 0:
+            p.set(f"s:{i}", rnd.randbytes(rnd.choice((10, 500))), px=rnd.choice((None, 3_600_000)))
+        elif kind == 1:
+            p.hset(f"h:{i}", mapping={f"f{j}": j for j in range(rnd.choice((3, 300)))})
+        elif kind == 2:
+            p.rpush(f"l:{i}", *[rnd.randbytes(20) for _ in range(rnd.choice((2, 200)))])
+        else:
+            p.xadd(f"x:{i}", {"a": "1"})
+    p.execute()
+    c.save()
+    rdb = tmp_path / "src.rdb"
+    shutil.copy(src.dir / "dump.rdb", rdb)
+    cfg = write_config(
+        tmp_path / "shake.toml",
+        {
+            "rdb_reader": {"filepath": str(rdb)},
+            "redis_writer": {"address": cluster.seed, "cluster": True},
+            # commands for values over 1 KiB: one key, several commands
+            "advanced": {"dir": str(tmp_path / "work"), "log_interval": 0,
+                         "target_redis_proto_max_bulk_len": 1024},
+        },
+    )  # fmt: skip
+    r = run_redshake(cfg, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    written, sent, failed = summary_of(out)
+    assert "commands=" in out  # some keys were rebuilt with commands
+    assert written == sent == sum(total_keys(m) for m in cluster.masters) == 2000, out[-2000:]
+    assert failed == 0
