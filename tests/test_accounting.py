@@ -226,3 +226,56 @@ def test_cluster_target_counts_acknowledged_keys(servers, tmp_path):
     assert "commands=" in out  # some keys were rebuilt with commands
     assert written == sent == sum(total_keys(m) for m in cluster.masters) == 2000, out[-2000:]
     assert failed == 0
+
+
+def test_streamed_big_keys_count_once_when_their_last_command_is_acknowledged(servers):
+    """Values over the streaming threshold arrive in parts (BigKeyStart / parts / end):
+    exactly one command per key is marked as its last, it is the key's last command, and a
+    real writer counts every key once."""
+    from redshake.rdb import records as R
+    from redshake.rdb.parser import RdbParser
+    from redshake.readers.rdb_entries import RdbToEntries, TargetCaps
+    from redshake.writers.redis import RedisWriter
+
+    src = servers.start("redis-7.0")
+    dst = servers.start("redis-7.0")
+    c = src.client()
+    rnd = random.Random(16)
+    c.rpush("big:list", *[rnd.randbytes(30) for _ in range(6000)])
+    c.hset("big:hash", mapping={f"f{i}": rnd.randbytes(20) for i in range(5000)})
+    c.pexpire("big:hash", 3_600_000)
+    p = c.pipeline(transaction=False)
+    for _ in range(3000):
+        p.xadd("big:stream", {"a": rnd.randbytes(20)})
+    p.execute()
+    c.xgroup_create("big:stream", "g", id="0")
+    c.xreadgroup("g", "c1", {"big:stream": ">"}, count=50)
+    c.set("big:string", rnd.randbytes(300_000))
+    for i in range(50):
+        c.set(f"small:{i}", i)
+    c.save()
+    data = (src.dir / "dump.rdb").read_bytes()
+    parser = RdbParser(big_value_threshold=64 << 10, part_items=100)
+    w = RedisWriter(dst.address)
+    conv = RdbToEntries(TargetCaps.from_target_info(w.info, 0), src_version=11, src_valkey=False)
+    entries = []
+    starts = 0
+    step = 32 << 10
+    for i in range(0, len(data), step):
+        parser.feed(data[i : i + step])
+        for rec in parser.records():
+            starts += type(rec) is R.BigKeyStart
+            entries += conv.convert(rec)
+    parser.finish()
+    assert starts == 4  # the four big values were streamed in parts
+    ends = [i for i, e in enumerate(entries) if e.ends_key]
+    assert len(ends) == 54
+    for i in ends:  # nothing of the same key after its marked command
+        key = entries[i].key
+        assert all(e.key != key for e in entries[i + 1 :]), key
+    for e in entries:
+        w.write(e)
+    w.flush()
+    w.close()
+    assert w.keys_acked == 54 == total_keys(dst)
+    assert_same_data(src, dst)
