@@ -247,3 +247,84 @@ def test_both_function_places_is_an_error(env):
     r = restore(rdb, dst, tmp, {"function": "shake.call(DB, ARGV)"}, top={"function": "return"})
     assert r.returncode == 2
     assert key_sets(dst) == {}
+
+
+# ------------------------------------------------------------------ sandbox
+
+ESCAPES = [
+    'os.execute("touch /tmp/pwned")',
+    "os.exit(1)",
+    'os.remove("x")',
+    'os.getenv("HOME")',
+    'io.open("/etc/passwd")',
+    "io.write('x')",
+    'load("return 1")',
+    'loadstring("return 1")',
+    'loadfile("/etc/passwd")',
+    'dofile("/etc/passwd")',
+    'require("os")',
+    "module('m')",
+    "package.loaded.os.execute('id')",
+    "debug.getinfo(1)",
+    "getfenv(1)",
+    "setfenv(1, {})",
+    'collectgarbage("count")',
+    "gcinfo()",
+    'rawset(shake, "call", nil)',
+    'rawget(_G, "os")',
+    "newproxy(true)",
+    'getmetatable("").__index.rep = nil',
+    "setmetatable({}, {})",
+    "coroutine.create(print)",
+    "string.dump(print)",
+    "python.eval('1')",
+    "python.builtins.open('/etc/passwd')",
+    '_G.io.open("/etc/passwd")',
+]
+
+
+@pytest.mark.parametrize("src", ESCAPES)
+def test_sandbox_refuses(src):
+    """Each way out of the sandbox fails with an error naming what is not available; the
+    function keeps working afterwards (the runtime is intact)."""
+    fn = LuaFunction(src + "\nshake.call(DB, ARGV)")
+    with pytest.raises(FatalError, match=r"is not available in the \[filter\] function") as ei:
+        fn(Entry(0, [b"SET", b"k", b"v"]))
+    assert "k" in str(ei.value)
+    ok = LuaFunction("shake.call(DB, ARGV)")
+    assert _run(ok, 0, b"SET", b"k", b"v") == [(0, [b"SET", b"k", b"v"])]
+
+
+def test_sandbox_other_escapes():
+    # string methods of the real string table: dump is gone there too
+    with pytest.raises(FatalError, match="dump"):
+        LuaFunction('("").dump(print)')(Entry(0, [b"SET", b"k", b"v"]))
+    # precompiled bytecode is refused up front (it can break the VM's guarantees)
+    with pytest.raises(LuaSyntaxError, match="bytecode"):
+        LuaFunction("\x1bLuaQ\x00")
+    # what the sandbox offers still works: string, table, math, os.time/clock, pcall, print
+    fn = LuaFunction(
+        'local ok, err = pcall(function() return io.open("x") end)\n'
+        'print("caught", ok)\n'
+        "local t = {} table.insert(t, string.upper(ARGV[1])) table.insert(t, math.max(1, 2))\n"
+        "shake.call(DB, {t[1], tostring(t[2]), tostring(os.time() > 0), tostring(os.clock() >= 0),"
+        " tostring(not ok), type(_G), tostring(_G.shake == shake)})"
+    )
+    assert _run(fn, 0, b"get") == [(0, [b"GET", b"2", b"true", b"true", b"true", b"table", b"true"])]
+    # a script's own globals still work (nil until set), and persist between entries
+    fn = LuaFunction('counter = (counter or 0) + 1 shake.call(DB, {"SET", "n", counter})')
+    assert _run(fn, 0, b"PING") == [(0, [b"SET", b"n", b"1"])]
+    assert _run(fn, 0, b"PING") == [(0, [b"SET", b"n", b"2"])]
+
+
+def test_sandbox_escape_end_to_end(env, tmp_path):
+    """A function that tries to run a shell command stops the run (exit 1) with a clear
+    message, and the command never ran."""
+    src, dst, rdb, tmp = env
+    marker = tmp_path / "pwned"
+    r = restore(rdb, dst, tmp, {"function": f'os.execute("touch {marker}") shake.call(DB, ARGV)'})
+    assert r.returncode == 1
+    text = _out(r) + (tmp / "work" / "shake.log").read_text()
+    assert "os.execute is not available in the [filter] function" in text
+    assert "incomplete" in text.splitlines()[-1]
+    assert not marker.exists()

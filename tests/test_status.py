@@ -427,3 +427,61 @@ def test_progress_bar_on_tty() -> None:
     with Progress(None, "scan", file=out) as p:
         p.update(2048, keys=1)
     assert "scan" in out.getvalue()
+
+
+def test_status_endpoint_under_live_sync_load(servers, tmp_path: Path) -> None:
+    """The status thread snapshots counters, lag samples and per-command dicts while the
+    pipeline thread changes them: every answer, JSON and /metrics, is a 200 with a valid
+    body (no "deque mutated during iteration")."""
+    import threading
+
+    from servers import free_port
+    from test_sync import Shake, start_load, wait_for
+
+    src = servers.start("redis-7.0")
+    dst = servers.start("redis-7.0")
+    port = free_port()
+    # a throttled target keeps the reader behind the source: the lag samples are read
+    # while the reader appends to them
+    shake = Shake(
+        tmp_path, src, dst, status_port=port, advanced={"target_redis_max_qps": 3000}
+    ).start()
+    failures: list[str] = []
+    answers = {"json": 0, "metrics": 0}
+    try:
+        wait_for(lambda: "now following the stream" in shake.log(), 60, "the stream", shake)
+        halt = start_load(src, n=4)
+        stop = threading.Event()
+
+        def poll(path: str, kind: str) -> None:
+            while not stop.is_set() and answers[kind] < 500:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
+                        body = r.read()
+                        assert r.status == 200
+                    if kind == "json":
+                        doc = json.loads(body)
+                        assert "total_entries_count" in doc and "error" not in doc
+                    else:
+                        names = {f.name for f in text_string_to_metric_families(body.decode())}
+                        assert "redshake_entries_written" in names
+                    answers[kind] += 1
+                except Exception as e:  # noqa: BLE001 - collected and reported below
+                    failures.append(f"{path}: {type(e).__name__}: {e}")
+                    return
+
+        pollers = [
+            threading.Thread(target=poll, args=("/", "json")),
+            threading.Thread(target=poll, args=("/metrics", "metrics")),
+        ]
+        for t in pollers:
+            t.start()
+        for t in pollers:
+            t.join(120)
+        stop.set()
+        halt()
+    finally:
+        shake.kill()
+    assert not failures, failures[:5]
+    assert answers == {"json": 500, "metrics": 500}
+    assert "status snapshot failed" not in shake.log()

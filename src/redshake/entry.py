@@ -7,7 +7,7 @@ from operator import itemgetter
 
 _first = itemgetter(0)
 
-__all__ = ["Entry", "KEYLESS_ALL_MASTERS", "RestoreSet", "Run"]
+__all__ = ["Entry", "KEYLESS_ALL_MASTERS", "KeyEnd", "RestoreSet", "Run"]
 
 # Marker for ``Entry.key``: the command has no key and must go to every master of a cluster
 # target (FLUSHALL, FUNCTION LOAD, SCRIPT LOAD, ...).
@@ -27,6 +27,10 @@ class Entry:
     """
 
     __slots__ = ("db", "argv", "key", "offset", "resp")
+
+    # True for the last command that writes one key of a snapshot (RDB / SCAN): a writer
+    # counts a key as written when the target answered that command without an error.
+    ends_key = False
 
     def __init__(self, db: int, argv: list[bytes], key=None, offset: int = -1, resp=None) -> None:
         self.db = db
@@ -51,6 +55,14 @@ class RestoreSet(Entry):
     report like RESTORE's ``BUSYKEY`` error."""
 
     __slots__ = ()
+    ends_key = True
+
+
+class KeyEnd(Entry):
+    """The last (often the only) command writing one key of a snapshot."""
+
+    __slots__ = ()
+    ends_key = True
 
 
 class Run:

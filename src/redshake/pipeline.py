@@ -100,6 +100,8 @@ class ErrorPolicy:
                     db,
                 )
             return
+        self.failed += 1
+        self.stats.fail()
         raise FatalError(
             f"key {key!r} (db {db}) already exists on the target (BUSYKEY). Set "
             'advanced.rdb_restore_command_behavior = "rewrite" to replace existing keys, '
@@ -149,7 +151,7 @@ def run(cfg: Config) -> int:
         unsupported = _unsupported(cfg)
         if unsupported:
             log.error("%s. Nothing was written.", unsupported)
-            return EXIT_BAD_INPUT
+            return _final(EXIT_BAD_INPUT)
         if cfg.writer_type == "redis" and cfg.writer.off_reply:
             log.warning(
                 "redis_writer.off_reply is ignored: redshake always reads the target's replies "
@@ -165,8 +167,8 @@ def run(cfg: Config) -> int:
             if cfg.reader_type == "sync" and cfg.reader.cluster:
                 from .shards import run_sharded
 
-                return run_sharded(cfg, stop)
-            return _drive(cfg, stats, stop, format_progress)
+                return _final(run_sharded(cfg, stop))
+            return _final(_drive(cfg, stats, stop, format_progress))
         finally:
             stop.restore()
 
@@ -186,6 +188,15 @@ def _v3_cluster_source(cfg: Config) -> Config:
         "the source %s is a node of a cluster: copying every shard of the cluster", cfg.reader.address
     )
     return replace(cfg, reader=replace(cfg.reader, cluster=True))
+
+
+def _final(code: int) -> int:
+    """The last log line of every run: "all done" only when everything was copied."""
+    if code == EXIT_OK:
+        log.info("all done")
+    else:
+        log.error("the copy is incomplete (exit code %d): see the errors above", code)
+    return code
 
 
 def _unsupported(cfg: Config) -> str:
@@ -347,6 +358,8 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
             stats.read_count, stats.read_ops, stats.write_count, stats.write_ops, reader.status_line()
         )
 
+    # entries count as written once the target acknowledged them (see RedisWriter.acked)
+    stats.acked = lambda: writer.acked
     ticker = _Ticker(stats, adv.log_interval, line)
     if SHARD is not None:
         ticker.publish = lambda: SHARD["queue"].put(
@@ -379,6 +392,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         write_run = None
     if write_run is not None and hasattr(reader, "runs"):
         reader.runs = True
+    interrupted = False
     try:
         write = writer.write
         # Counters are updated inline (this loop is their only writer): a method call per
@@ -459,6 +473,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     except KeyboardInterrupt:
         log.error("interrupted")
         code = EXIT_FAILURE
+        interrupted = True
     except Exception as e:  # connection loss and the like
         log.error("failed: %s: %s", type(e).__name__, e)
         log.debug("traceback", exc_info=True)
@@ -466,6 +481,16 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     finally:
         ticker.halt.set()
         progress.close()
+        drain = getattr(writer, "drain", None)
+        if code != EXIT_OK and drain is not None and not interrupted:  # (a 2nd SIGINT: exit now)
+            # count what the target applied of what was in flight when the run failed
+            try:
+                n = drain()
+                if n:
+                    policy.failed += n
+                    stats.fail(n)
+            except Exception:
+                log.debug("drain failed", exc_info=True)
         for closer in (reader.close, writer.close):
             try:
                 closer()
@@ -478,7 +503,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
             stats.skipped[reason] = stats.skipped.get(reason, 0) + count
         for extra in transform.summary():
             log.info("%s", extra)
-    _summary(reader, policy, stats, time.monotonic() - t1, code, transform is not None)
+    _summary(reader, writer, policy, stats, time.monotonic() - t1, code, transform is not None)
     return code
 
 
@@ -599,23 +624,26 @@ def _describe_mode(cfg: Config) -> str:
     return f"{cfg.reader_type}_reader [{source}] -> {transform} -> {target}"
 
 
-def _summary(reader, policy, stats, elapsed, code, transformed: bool = False) -> None:
+def _summary(reader, writer, policy, stats, elapsed, code, transformed: bool = False) -> None:
+    """The summary line. Only what the target acknowledged counts as written: a key when the
+    reply to its (last) command arrived and was not an error, an entry when its reply did."""
     counters = getattr(reader, "counters", None)
+    head = "summary" if code == EXIT_OK else "summary (the copy is incomplete)"
     if counters is not None and transformed:
         # With filters / a Lua function the per-key write methods no longer say what reached
         # the target: report entries (the transform line above gives the drops).
         keys_read, _methods, skipped = counters()
         log.info(
-            "summary: keys read=%d, entries read=%d, entries written=%d, skipped keys=%d, "
+            "%s: keys read=%d, entries read=%d, entries written=%d, skipped keys=%d, "
             "failed=%d; %.2fs",
-            keys_read, stats.read_count, stats.write_count, sum(skipped.values()),
+            head, keys_read, stats.read_count, stats.write_count, sum(skipped.values()),
             policy.failed, elapsed,
         )  # fmt: skip
     elif counters is not None:
         keys_read, methods, skipped = counters()
         if policy.busy_skipped:
             skipped["busykey"] += policy.busy_skipped
-        written = sum(methods.values()) - policy.busy_restore
+        written = writer.keys_acked
         rate = keys_read / elapsed if elapsed > 0 else 0.0
         by_bytes = hasattr(reader, "progress") and getattr(reader, "progress_unit", "bytes") == "bytes"
         mbs = ""
@@ -624,18 +652,19 @@ def _summary(reader, policy, stats, elapsed, code, transformed: bool = False) ->
         sk = ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())) or "none"
         how = ", ".join(f"{k}={v}" for k, v in sorted(methods.items())) or "none"
         log.info(
-            "summary: keys read=%d, written=%d (%s), skipped=%d (%s), failed=%d; %.2fs, %.0f keys/s%s",
-            keys_read, written, how, sum(skipped.values()), sk, policy.failed, elapsed, rate, mbs,
+            "%s: keys read=%d, written=%d of %d sent (%s), skipped=%d (%s), failed=%d, "
+            "entries written=%d; %.2fs, %.0f keys/s%s",
+            head, keys_read, written, sum(methods.values()), how, sum(skipped.values()), sk,
+            policy.failed, stats.write_count, elapsed, rate, mbs,
         )  # fmt: skip
     else:
         log.info(
-            "summary: entries read=%d, written=%d, skipped=%d, failed=%d; %.2fs",
-            stats.read_count, stats.write_count, sum(stats.skipped.values()), policy.failed, elapsed,
+            "%s: entries read=%d, written=%d, skipped=%d, failed=%d; %.2fs",
+            head, stats.read_count, stats.write_count, sum(stats.skipped.values()), policy.failed,
+            elapsed,
         )  # fmt: skip
     for extra in reader.summary() if hasattr(reader, "summary") else ():
         log.info("%s", extra)
-    if code == EXIT_OK:
-        log.info("all done")
 
 
 def _start_status(cfg: Config, stats, reader, writer):

@@ -8,9 +8,47 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["WorkDir", "WorkDirLocked", "LOCK_NAME"]
+__all__ = ["WorkDir", "WorkDirLocked", "LOCK_NAME", "make_private_dir", "open_private"]
 
 LOCK_NAME = "pid.lockfile"
+
+# Work files (logs, spool, checkpoints, the lock) hold the user's data: owner only,
+# whatever the umask.
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def make_private_dir(path: str | Path, *, own: bool = False) -> Path:
+    """Create ``path`` and its missing parents with mode 0700 (chmod'ed, so the umask does not
+    matter). A directory that already exists keeps its mode (it may be the user's own, such
+    as ``.``), unless ``own``: a directory only redshake uses is made 0700 either way."""
+    path = Path(path)
+    missing = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(d, DIR_MODE)
+    path.mkdir(parents=True, exist_ok=True)  # raises the usual error when it cannot be one
+    if own:
+        os.chmod(path, DIR_MODE)
+    return path
+
+
+def open_private(path: str | Path, flags: int) -> int:
+    """``os.open(path, flags | O_CREAT)`` with mode 0600; an existing file is made 0600 too."""
+    fd = os.open(path, flags | os.O_CREAT, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 class WorkDirLocked(RuntimeError):
@@ -43,13 +81,13 @@ class WorkDir:
         if self._fd is not None:
             return self
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.path)
         except OSError as e:
             raise OSError(
                 e.errno, f"cannot create working directory {self.path}: {e.strerror}"
             ) from e
         lock = self.path / LOCK_NAME
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_private(lock, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -68,9 +106,7 @@ class WorkDir:
 
     def sub(self, name: str) -> Path:
         """``<dir>/<name>`` (created)."""
-        p = self.path / name
-        p.mkdir(parents=True, exist_ok=True)
-        return p
+        return make_private_dir(self.path / name, own=True)
 
     def close(self) -> None:
         fd, self._fd = self._fd, None

@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 from ..commands.slots import key_slot
-from ..entry import KEYLESS_ALL_MASTERS, Entry, RestoreSet
+from ..entry import KEYLESS_ALL_MASTERS, Entry, KeyEnd, RestoreSet
 from ..rdb import records as R
 from ..rdb.dump import make_payload, plain_encode, restore_version
 
@@ -216,6 +216,7 @@ class RdbToEntries:
         # current big key being streamed: (db, key, kind, expire_ms, skipping)
         self._big: tuple[int, bytes, str, int, bool] | None = None
         self._big_started = False  # a streamed string got its SET, a stream its first XADD
+        self._big_held: Entry | None = None  # the last command of the part before (see convert)
         # streamed element strings (BigElementStart ...): temporary keys, completed ones in
         # the order their BIG_ELEMENT placeholders will come; the one being written
         self._elem_keys: list[bytes] = []
@@ -244,11 +245,22 @@ class RdbToEntries:
         if t is R.KeyValue:
             return self._key(rec)
         if t is R.BigKeyPart:
-            return list(self._big_part(rec))
+            # the last command of a part is held back until the next part or the end of the
+            # key, so that the key's very last command can be marked (order is unchanged)
+            out = list(self._big_part(rec))
+            if out:
+                held, self._big_held = self._big_held, out.pop()
+                if held is not None:
+                    out.insert(0, held)
+            return out
         if t is R.BigKeyStart:
             return list(self._big_start(rec))
         if t is R.BigKeyEnd:
-            return list(self._big_end())
+            held, self._big_held = self._big_held, None
+            out = list(self._big_end())
+            if held is not None:
+                out.insert(0, held)
+            return _ends_key(out)
         if t is R.BigElementPart:
             return list(self._elem_part(rec))
         if t is R.BigElementStart:
@@ -331,8 +343,8 @@ class RdbToEntries:
                     self.n_set += 1
                     v = raw[1:]
                     if self._replace:
-                        return [Entry(db, [b"SET", key, v], key, -1,
-                                      _SET % (len(key), key, len(v), v))]  # fmt: skip
+                        return [KeyEnd(db, [b"SET", key, v], key, -1,
+                                       _SET % (len(key), key, len(v), v))]  # fmt: skip
                     return [RestoreSet(db, [b"SET", key, v, b"NX"], key, -1,
                                        _SET_NX % (len(key), key, len(v), v))]  # fmt: skip
             if ver >= 0 and len(raw) + 11 <= limit:
@@ -341,12 +353,12 @@ class RdbToEntries:
                 if exp == -1 and rec.idle == -1 and rec.freq == -1:
                     # the common shape, encoded straight to RESP
                     if self._replace:
-                        return [Entry(db, [b"RESTORE", key, b"0", payload, b"REPLACE"], key, -1,
-                                      _RESTORE_REPLACE % (len(key), key, len(payload), payload))]  # fmt: skip
-                    return [Entry(db, [b"RESTORE", key, b"0", payload], key, -1,
-                                  _RESTORE % (len(key), key, len(payload), payload))]  # fmt: skip
-                return [Entry(db, self._restore_argv(key, payload, rec), key)]
-        return list(self._key_slow(rec, key, db, limit))
+                        return [KeyEnd(db, [b"RESTORE", key, b"0", payload, b"REPLACE"], key, -1,
+                                       _RESTORE_REPLACE % (len(key), key, len(payload), payload))]  # fmt: skip
+                    return [KeyEnd(db, [b"RESTORE", key, b"0", payload], key, -1,
+                                   _RESTORE % (len(key), key, len(payload), payload))]  # fmt: skip
+                return [KeyEnd(db, self._restore_argv(key, payload, rec), key)]
+        return _ends_key(list(self._key_slow(rec, key, db, limit)))
 
     def _key_slow(self, rec, key: bytes, db: int, limit: int) -> Iterator[Entry]:
         caps = self.caps
@@ -599,6 +611,13 @@ class RdbToEntries:
                     yield Entry(db, argv, key)
             except RewriteError as e:
                 raise ConversionError(str(e)) from None
+
+
+def _ends_key(entries: list[Entry]) -> list[Entry]:
+    """Mark the last command of a key's commands (see ``Entry.ends_key``)."""
+    if entries and entries[-1].__class__ is Entry:
+        entries[-1].__class__ = KeyEnd
+    return entries
 
 
 def _plain_items(kind: str, value):

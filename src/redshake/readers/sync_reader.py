@@ -856,7 +856,9 @@ class SyncReader:
         ep = self._ep
         if ep is None or self.phase != PHASE_AOF or self.applied >= ep.received:
             return 0.0
-        for off, t in self._rx_samples:
+        # the status thread calls this while the reader appends: iterate a copy (list() of a
+        # deque copies it in one step under the GIL; a for loop over it would not)
+        for off, t in list(self._rx_samples):
             if off > self.applied:
                 return max(0.0, time.monotonic() - t)
         return 0.0

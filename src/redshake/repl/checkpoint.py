@@ -12,6 +12,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..workdir import open_private
+
 __all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint", "PHASE_RDB", "PHASE_AOF"]
 
 PHASE_RDB = "rdb"  # a snapshot is being applied: the target is incomplete, a resume is impossible
@@ -51,7 +53,7 @@ def save_checkpoint(path: Path, cp: Checkpoint, durable: bool = True) -> None:
     cp.time = time.time()
     tmp = path.with_name(path.name + ".tmp")
     data = json.dumps(asdict(cp), sort_keys=True).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
     try:
         os.write(fd, data)
         if durable:

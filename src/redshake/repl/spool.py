@@ -17,6 +17,8 @@ import os
 import threading
 from pathlib import Path
 
+from ..workdir import make_private_dir, open_private
+
 __all__ = ["Spool", "SEGMENT_BYTES"]
 
 SEGMENT_BYTES = 256 << 20
@@ -34,7 +36,7 @@ class _Segment:
 class Spool:
     def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
         self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.dir, own=True)
         self.segment_bytes = segment_bytes
         self.cond = threading.Condition()
         self._segs: dict[int, list[_Segment]] = {}
@@ -56,7 +58,7 @@ class Spool:
 
     def open_rdb(self, epoch: int) -> None:
         self._close_w()
-        self._rdb_fd = os.open(self.rdb_path(epoch), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._rdb_fd = open_private(self.rdb_path(epoch), os.O_WRONLY | os.O_TRUNC)
 
     def write_rdb(self, data: bytes) -> None:
         assert self._rdb_fd is not None
@@ -83,7 +85,7 @@ class Spool:
             seg = _Segment(start, self.dir / f"aof-{epoch}-{start}.spool")
             with self.cond:
                 segs.append(seg)
-        self._wfd = os.open(seg.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._wfd = open_private(seg.path, os.O_WRONLY | os.O_APPEND)
 
     def write_stream(self, epoch: int, data: bytes) -> None:
         seg = self._segs[epoch][-1]

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from redshake.workdir import make_private_dir, open_private
+
 if TYPE_CHECKING:
     from redshake.config.schema import AdvancedConfig
 
@@ -112,8 +114,8 @@ class SizeRotatingFileHandler(logging.Handler):
         self.max_backups = max_backups
         self.max_age_days = max_age_days
         self.compress = compress
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._stream: IO[bytes] | None = open(self.path, "ab")  # noqa: SIM115
+        make_private_dir(self.path.parent)
+        self._stream: IO[bytes] | None = _open_log(self.path)
         self._size = self._stream.tell()
         self._mill_lock = threading.Lock()
         self._mills: list[threading.Thread] = []
@@ -147,8 +149,8 @@ class SizeRotatingFileHandler(logging.Handler):
     def _rotate(self) -> None:
         assert self._stream is not None
         self._stream.close()
-        os.replace(self.path, self._backup_name())
-        self._stream = open(self.path, "ab")  # noqa: SIM115
+        os.replace(self.path, self._backup_name())  # keeps its 0600
+        self._stream = _open_log(self.path)
         self._size = 0
         self._mill()
 
@@ -178,7 +180,12 @@ class SizeRotatingFileHandler(logging.Handler):
                             continue
                         gz = p.with_name(p.name + ".gz")
                         tmp = p.with_name(p.name + ".gz.tmp")
-                        with open(p, "rb") as src, gzip.open(tmp, "wb") as dst:
+                        fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
+                        with (
+                            open(p, "rb") as src,
+                            open(fd, "wb") as raw,
+                            gzip.GzipFile(p.name, "wb", fileobj=raw) as dst,
+                        ):
                             shutil.copyfileobj(src, dst, 1 << 20)
                         os.replace(tmp, gz)
                         p.unlink()
@@ -212,7 +219,14 @@ class SizeRotatingFileHandler(logging.Handler):
 
 
 class _PlainFileHandler(logging.FileHandler):
-    pass
+    def _open(self):  # type: ignore[no-untyped-def]
+        fd = open_private(self.baseFilename, os.O_WRONLY | os.O_APPEND)
+        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
+
+
+def _open_log(path: Path) -> IO[bytes]:
+    """The log file for appending, 0600 (it holds keys and addresses)."""
+    return open(open_private(path, os.O_WRONLY | os.O_APPEND), "ab")  # noqa: SIM115
 
 
 def setup_logging(
@@ -250,7 +264,7 @@ def setup_logging(
         logger.addHandler(ch)
     if log_file_path is not None:
         path = Path(log_file_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)
         fh: logging.Handler
         if rotation:
             fh = SizeRotatingFileHandler(

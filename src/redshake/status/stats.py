@@ -10,7 +10,11 @@ Several workers (threads or processes) each keep their own ``Stats``; :func:`com
 their snapshots.
 
 Definitions (as RedisShake): a *read* is counted after parsing, before the filter; a *write*
-after the Lua function (entries a function emits count as writes). ``skip`` counts entries
+after the Lua function (entries a function emits count as writes). When ``acked`` is set (the
+pipeline sets it to the writer's count of entries the target answered without an error) the
+total ``write_count`` and ``write_ops`` are that acknowledged count; ``write_by_cmd`` (the
+per-command ``write_count``) counts entries handed to the writer, so it also includes the
+entries still waiting for their reply and those the target refused. ``skip`` counts entries
 dropped on purpose, by reason (``filter``, ``function``, ``busykey`` ...); ``fail`` counts
 entries that could not be applied.
 """
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 __all__ = ["Stats", "combine", "entry_count"]
@@ -56,6 +60,7 @@ class Stats:
         "_lock",
         "_ticker",
         "_stop",
+        "acked",
     )
 
     def __init__(self) -> None:
@@ -76,6 +81,7 @@ class Stats:
         self._lock = threading.Lock()
         self._ticker: threading.Thread | None = None
         self._stop = threading.Event()
+        self.acked: Callable[[], int] | None = None
 
     # ---------------------------------------------------------------- hot path (one thread)
 
@@ -107,6 +113,8 @@ class Stats:
 
     @property
     def write_count(self) -> int:
+        if self.acked is not None:
+            return self.acked()
         return sum(self.write_by_cmd.copy().values())
 
     def tick(self, now: float | None = None) -> None:
@@ -115,7 +123,7 @@ class Stats:
         with self._lock:
             dt = t - self._last_time
             rb, wb = self.read_by_cmd.copy(), self.write_by_cmd.copy()
-            read, write = sum(rb.values()), sum(wb.values())
+            read, write = sum(rb.values()), self.write_count
             if dt <= 0:  # clock went backwards (or a new time base): restart the window
                 self._last_time = t
                 self._last_read, self._last_write = read, write
@@ -146,7 +154,7 @@ class Stats:
             skipped = self.skipped.copy()
             return {
                 "total_entries_count": entry_count(
-                    sum(rb.values()), self.read_ops, sum(wb.values()), self.write_ops
+                    sum(rb.values()), self.read_ops, self.write_count, self.write_ops
                 ),
                 "per_cmd_entries_count": per_cmd,
                 "skipped": skipped,

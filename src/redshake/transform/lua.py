@@ -13,6 +13,13 @@ The script is compiled once. For each entry it runs with the globals
 and two functions: ``shake.call(db, argv)`` emits one command (0..N times; never called =
 the entry is dropped) and ``shake.log(msg)`` logs ``lua log: <msg>``.
 
+Sandbox: the function runs in its own environment holding only those, ``string`` (without
+``dump``), ``table``, ``math``, ``os.time`` / ``os.clock``, ``pairs ipairs next tostring
+tonumber type select unpack error pcall assert _VERSION``, ``print`` (logs like
+``shake.log``) and ``_G`` (the environment itself). Files, the OS, loading code, ``debug``,
+raw access, metatables, coroutines and lupa's ``python`` fail with "<name> is not available
+in the [filter] function"; bytecode is refused; Lua cannot read Python attributes.
+
 Speed: ``shake.call`` is written in Lua and only appends to a flat buffer; one call into
 Lua per entry returns all emitted commands as one tuple. The script's text decides what
 must be computed per entry: a script that never names KEYS / KEY_INDEXES / SLOTS / CMD /
@@ -46,6 +53,42 @@ local STAGE, ns = {}, 0
 local type, tostring, tonumber, error, select, unpack = type, tostring, tonumber, error, select, unpack
 local floor, fmt = math.floor, string.format
 
+-- The function's sandbox: its only globals are E's (see the README). Anything else that
+-- Lua 5.1 has (io, os.execute, load*, require, debug, ...) fails with a clear error.
+local E = {}
+local SANDBOX = " is not available in the [filter] function (it runs sandboxed: no files, " ..
+  "no OS, no loading of code)"
+local BLOCKED = {}
+for w in ("io os load loadstring loadfile dofile require module package debug getfenv " ..
+          "setfenv collectgarbage gcinfo rawset rawget rawequal newproxy getmetatable " ..
+          "setmetatable coroutine python"):gmatch("%S+") do BLOCKED[w] = true end
+local function only(t, names, prefix)
+  local c = {}
+  for name in names:gmatch("%S+") do c[name] = t[name] end
+  return setmetatable(c, {__index = function(_, k)
+    error(prefix .. tostring(k) .. SANDBOX, 2)
+  end})
+end
+for _, name in ipairs({"pairs", "ipairs", "next", "tostring", "tonumber", "type", "select",
+                       "unpack", "error", "pcall", "assert", "_VERSION"}) do
+  E[name] = _G[name]
+end
+string.dump = nil  -- also reachable as a method of every string
+local function names(t)
+  local out = {}
+  for k in pairs(t) do out[#out + 1] = k end
+  return table.concat(out, " ")
+end
+E.string = only(string, names(string), "string.")
+E.table = only(table, names(table), "table.")
+E.math = only(math, names(math), "math.")
+E.os = only(os, "time clock", "os.")
+E._G = E
+setmetatable(E, {__index = function(_, k)
+  if BLOCKED[k] then error(tostring(k) .. SANDBOX, 2) end
+end})
+setfenv(chunk, E)
+
 local function tostr(v, i)
   local t = type(v)
   if t == "string" then return v end
@@ -58,7 +101,8 @@ local function tostr(v, i)
   error("shake.call: argv[" .. i .. "] is a " .. t .. ", expected a string or a number", 3)
 end
 
-shake = {}
+local shake = {}
+E.shake = shake
 function shake.call(db, argv)
   if type(argv) ~= "table" then
     error("shake.call(db, argv): argv must be a table, got a " .. type(argv), 2)
@@ -78,6 +122,11 @@ function shake.call(db, argv)
   n = n + 2 + m
 end
 function shake.log(msg) pylog(tostring(msg)) end
+E.print = function(...)
+  local parts = {}
+  for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
+  pylog(table.concat(parts, " "))
+end
 
 local function finish()
   if n <= MAXV then return unpack(OUT, 1, n) end
@@ -150,12 +199,20 @@ end
 
 local function fetch(i, j) return unpack(OUT, i, j) end
 
+-- the globals these set (DB, ARGV, KEYS...) are the function's: set them in its sandbox
+for _, f in ipairs({plain, setfull, full, full0, full1, staged}) do setfenv(f, E) end
+
 return plain, full, full0, full1, stage, staged, fetch
 """
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DYNAMIC = {"_G", "getfenv", "setfenv", "loadstring", "load", "dofile", "require", "rawget", "debug", "loadfile"}
 _INFO_GLOBALS = {"KEYS", "KEY_INDEXES", "SLOTS", "CMD", "GROUP"}
+
+
+def _no_python_attributes(_obj: object, name: object, _is_setting: bool) -> object:
+    """lupa's attribute filter: Lua never reaches into a Python object."""
+    raise AttributeError(f"the [filter] function cannot access Python attributes ({name!r})")
 
 
 class LuaSyntaxError(ValueError):
@@ -184,7 +241,15 @@ class LuaFunction:
 
     def __init__(self, source: str) -> None:
         self.source = source
-        rt = lua.LuaRuntime(encoding=None, unpack_returned_tuples=False, register_eval=False, register_builtins=False)
+        if source.lstrip().startswith("\x1b"):  # precompiled bytecode can break out of any sandbox
+            raise LuaSyntaxError("[filter] function: Lua bytecode is not accepted, give the source")
+        rt = lua.LuaRuntime(
+            encoding=None,
+            unpack_returned_tuples=False,
+            register_eval=False,
+            register_builtins=False,
+            attribute_filter=_no_python_attributes,
+        )
         loader = rt.eval("function(s) return loadstring(s, '=function') end")
         res = loader(source.encode("utf-8"))
         chunk, err = (res, None) if not isinstance(res, tuple) else (res[0], res[1] if len(res) > 1 else None)

@@ -241,6 +241,10 @@ class _Retried(Entry):
         self.attempts = attempts
         self.since = since  # time of the first redirection
 
+    @property
+    def ends_key(self) -> bool:  # type: ignore[override]
+        return self.orig.ends_key
+
 
 def _original(entry: Entry) -> Entry:
     return entry.orig if entry.__class__ is _Retried else entry  # type: ignore[attr-defined]
@@ -328,6 +332,7 @@ class ClusterWriter:
         self._exc: BaseException | None = None
         self.written = 0
         self.errors = 0
+        self._acked_before = self._keys_acked_before = 0  # by writers gone in a reconnect
         self.redirects = 0
         self.moved = 0
         self.asked = 0
@@ -456,6 +461,10 @@ class ClusterWriter:
             self._exc = e
             raise
 
+    def drain(self, timeout: float = 10.0) -> int:
+        """After a failure: count what every master acknowledged (see RedisWriter.drain)."""
+        return sum(w.drain(timeout) for w in list(self._writers.values()))
+
     @property
     def conn_lost(self) -> bool:
         """The last failure was a lost connection to a master (see :meth:`reconnect`)."""
@@ -466,6 +475,8 @@ class ClusterWriter:
         and forget everything unanswered (the caller re-sends from ``acked_offset``, which
         keeps what was acknowledged before the failure). Raises while the cluster is down."""
         self._release()
+        self._acked_before += self.acked
+        self._keys_acked_before += self.keys_acked
         for w in self._writers.values():
             w.close()
         self._writers.clear()
@@ -550,6 +561,16 @@ class ClusterWriter:
     @property
     def answered(self) -> int:
         return sum(w.answered for w in self._writers.values())
+
+    # What the masters acknowledged (see RedisWriter.acked): an entry split per slot or sent
+    # to every master counts once per part. Read from the status thread too: copy first.
+    @property
+    def acked(self) -> int:
+        return self._acked_before + sum(w.acked for w in list(self._writers.values()))
+
+    @property
+    def keys_acked(self) -> int:
+        return self._keys_acked_before + sum(w.keys_acked for w in list(self._writers.values()))
 
     # -- routing -----------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 from pathlib import Path
 
 from ..entry import Entry
@@ -122,10 +123,13 @@ class FileWriter:
         self.path = Path(filepath)
         self.type = type
         self.entry_count = 0
+        self.keys_acked = 0  # entries ending a snapshot key (Entry.ends_key) written
         self.bytes_written = 0
         self.acked_offset = -1
         self._db = -1
-        self._f = open(self.path, "wb", buffering=1 << 20)  # noqa: SIM115 - closed in close()
+        # user data: a new file is 0600 (an existing one keeps its mode), closed in close()
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._f = open(fd, "wb", buffering=1 << 20)  # noqa: SIM115
         if type == "aof":
             # RESTORE payloads of RDB 10 (Redis >= 7.0, Valkey); HFE keys as HSET+HPEXPIREAT.
             self.info = TargetInfo(
@@ -166,6 +170,8 @@ class FileWriter:
         out.write(data)
         self.bytes_written += len(data)
         self.entry_count += 1
+        if entry.ends_key:
+            self.keys_acked += 1
         if entry.offset >= 0:
             self.acked_offset = entry.offset
 
@@ -217,6 +223,10 @@ class FileWriter:
                 "file_writer: %d entries, %d bytes written to %s (%s)",
                 self.entry_count, self.bytes_written, self.path, self.type,
             )  # fmt: skip
+
+    @property
+    def acked(self) -> int:
+        return self.entry_count
 
     def status(self) -> dict:
         return {

@@ -117,6 +117,10 @@ class _Internal:
 _ASKING = encode([b"ASKING"])
 
 
+def _ignore_error(_entry: Entry, _message: str) -> None:
+    """on_error while draining: the error is counted (``errors``), nothing else."""
+
+
 class RedisWriter:
     def __init__(
         self,
@@ -160,6 +164,10 @@ class RedisWriter:
         self.written = 0
         self.answered = 0
         self.errors = 0
+        # what the target acknowledged: entries answered without an error, and of those
+        # the ones ending a snapshot key (Entry.ends_key); the run's summary reports these
+        self.acked = 0
+        self.keys_acked = 0
         self.acked_offset = -1
         self._db = 0
         self._block: _Block | None = None  # the transaction being written (MULTI seen)
@@ -354,6 +362,35 @@ class RedisWriter:
         while self._inflight:
             self._guard(self._read_blocking)
 
+    def drain(self, timeout: float = 10.0) -> int:
+        """After a failure: wait (at most ``timeout`` seconds) for the replies to what was
+        already sent, so that ``acked`` / ``keys_acked`` count everything the target applied.
+        Nothing more is sent; error replies are counted, not reported. Returns how many
+        error replies arrived meanwhile."""
+        if self._closed or self.conn_lost:
+            return 0
+        for _ in range(len(self._buf)):  # written but never sent
+            item = self._inflight.pop()[0]
+            if item.__class__ is Run:
+                self._run_extra -= len(item.argvs) - 1  # type: ignore[union-attr]
+        self._buf.clear()
+        self._buf_bytes = 0
+        self._block = None
+        errors = self.errors
+        handlers = self.on_error, self.on_abort
+        self.on_error, self.on_abort = _ignore_error, None
+        deadline = time.monotonic() + timeout
+        try:
+            self.conn.sock.settimeout(timeout)
+            self._process()  # replies already read
+            while self._inflight and time.monotonic() < deadline:
+                self._absorb(self.conn.recv())
+        except Exception:  # noqa: BLE001 - best effort: what was counted stays counted
+            pass
+        finally:
+            self.on_error, self.on_abort = handlers
+        return self.errors - errors
+
     def exists(self, db: int, key: bytes) -> bool:
         """Synchronously ask whether ``key`` exists in ``db`` (after everything written so far
         has been applied). Used before rebuilding a key with commands, so an existing key is
@@ -483,6 +520,7 @@ class RedisWriter:
                     break  # something else (or not all OK): the parser takes it from here
                 pos += 5 * m
                 self._run_done += m
+                self.acked += m
                 if self._run_done < total:
                     break  # the rest of this run's replies have not arrived yet
                 self._run_done = 0
@@ -566,6 +604,7 @@ class RedisWriter:
         popleft = inflight.popleft
         freed = 0
         cnt = 0
+        keys = 0
         last = None
         while inflight:
             entry, n = inflight[0]
@@ -575,18 +614,23 @@ class RedisWriter:
                 run = entry if cls is Run else entry.run  # type: ignore[union-attr]
                 argvs = run.argvs
                 total = len(argvs)
-                done = self._run_done
+                done = ok = self._run_done
                 while done < total:
                     r = gets()
                     if r is False:
                         break
                     done += 1
                     if r.__class__ is ReplyError:
+                        if cls is Run:  # (inside a unit nothing is applied before EXEC)
+                            self.acked += done - 1 - ok
+                        ok = done
                         self._run_done = done
                         if cls is Run:
                             self._on_reply_error(Entry(run.db, argvs[done - 1]), r)  # type: ignore[arg-type]
                         else:
                             self._refused(entry, done - 1, r.message)  # type: ignore[arg-type,union-attr]
+                if cls is Run:
+                    self.acked += done - ok
                 if done < total:
                     self._run_done = done
                     break
@@ -597,7 +641,7 @@ class RedisWriter:
                     continue
                 self._run_done = 0
                 self._run_extra -= total - 1
-                cnt += total
+                self.answered += total
                 last = entry
                 continue
             r = gets()
@@ -612,7 +656,9 @@ class RedisWriter:
                 self._unanswered_bytes -= freed
                 freed = 0
                 self.answered += cnt
-                cnt = 0
+                self.acked += cnt
+                self.keys_acked += keys
+                cnt = keys = 0
                 if last is not None and last.offset >= 0:
                     self.acked_offset = last.offset
                 last = None
@@ -625,9 +671,13 @@ class RedisWriter:
                     self._on_reply_error(entry, r)  # type: ignore[arg-type]
                 continue
             cnt += 1
+            if entry.ends_key:
+                keys += 1
             last = entry
         self._unanswered_bytes -= freed
         self.answered += cnt
+        self.acked += cnt
+        self.keys_acked += keys
         if last is not None and last.offset >= 0:
             self.acked_offset = last.offset
 
@@ -655,10 +705,18 @@ class RedisWriter:
             self.acked_offset = off
         if r.__class__ is list:
             # all OK (what SET and most writes answer) is one count in C
-            if r.count(b"OK") != len(r) and ReplyError in map(type, r):  # type: ignore[attr-defined,arg-type]
-                for e, res in zip(_queued_entries(blk.queued), r, strict=False):  # type: ignore[call-overload]
-                    if res.__class__ is ReplyError and e is not None:
-                        self._on_reply_error(e, res)  # type: ignore[arg-type]
+            if r.count(b"OK") == len(r) or ReplyError not in map(type, r):  # type: ignore[attr-defined,arg-type]
+                self.acked += len(entries) + blk.run_cmds
+                return
+            errs = [
+                (e, res)
+                for e, res in zip(_queued_entries(blk.queued), r, strict=False)  # type: ignore[call-overload]
+                if res.__class__ is ReplyError
+            ]
+            self.acked += len(entries) + blk.run_cmds - len(errs)  # before calling out
+            for e, res in errs:
+                if e is not None:
+                    self._on_reply_error(e, res)  # type: ignore[arg-type]
             return
         message = err if err is not None else "EXEC returned nil: transaction aborted"
         errors = [(e if e is not None else entries[0], m) for e, m in blk.errors]
