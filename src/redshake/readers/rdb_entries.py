@@ -35,7 +35,14 @@ from collections.abc import Callable, Iterator
 from ..commands.slots import key_slot
 from ..entry import KEYLESS_ALL_MASTERS, Entry, RestoreSet
 from ..rdb import records as R
-from ..rdb.dump import make_payload, plain_encode, restore_version
+from ..rdb.dump import (
+    make_payload,
+    plain_encode,
+    restore_version,
+    stream_downgrade,
+    stream_type_for,
+)
+from ..rdb.primitives import RdbError
 
 __all__ = ["TargetCaps", "RdbToEntries", "ConversionError", "temp_key_tag"]
 
@@ -49,6 +56,8 @@ _PLAIN_KIND = {
     3: "zset", 5: "zset", 12: "zset", 17: "zset",
     4: "hash", 9: "hash", 13: "hash", 16: "hash",
 }  # fmt: skip
+
+_STREAM_TYPES = frozenset({15, 19, 21})
 
 # Zipmaps (pre-2.6 hashes) are always decoded and re-encoded: the format allows a zipmap
 # whose count byte says "unknown, walk to the end", which current servers' payload checks
@@ -350,6 +359,20 @@ class RdbToEntries:
 
     def _key_slow(self, rec, key: bytes, db: int, limit: int) -> Iterator[Entry]:
         caps = self.caps
+        if limit and rec.type in _STREAM_TYPES:
+            # A stream type the target does not know: the same bytes in its older layout
+            # keep every pending entry (commands cannot claim one whose message is deleted).
+            to = stream_type_for(caps.plain_max)
+            if to is not None and to < rec.type:
+                try:
+                    raw = stream_downgrade(rec.type, rec.raw, to)
+                except RdbError as e:
+                    raise RdbError(e.message, rec.offset, key) from None
+                if len(raw) + 11 <= limit:
+                    self._methods["restore_reencoded"] += 1
+                    payload = make_payload(to, raw, caps.plain_max)
+                    yield Entry(db, self._restore_argv(key, payload, rec), key)
+                    return
         value = self._decode(rec)
         if limit:
             kind = _PLAIN_KIND.get(rec.type)
