@@ -258,7 +258,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         probe_exists=writer.exists,
         on_existing=policy.existing_key,
         # a live reader that must re-seed the target (full resync) empties it through this
-        options={"flush_target": writer.flushall},
+        options={"flush_target": writer.flushall, "unsupported_field_ttl": adv.unsupported_field_ttl},
     )
     if adv.exactly_once_key:
         ctx.options["read_marker"] = lambda key: writer.get(adv.exactly_once_db, key)

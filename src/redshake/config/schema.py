@@ -220,6 +220,11 @@ class AdvancedConfig:
     # MULTI/EXEC that also sets this key (in exactly_once_db) to the source position
     exactly_once_key: str = ""
     exactly_once_db: int = field(default=0, metadata={"min": 0})
+    # hash field TTLs for a target without hash field expiration (Redis < 7.4, Valkey < 9):
+    # stop the run, drop the field TTLs (counted), or expire the whole key at the earliest
+    unsupported_field_ttl: str = field(
+        default="panic", metadata={"choices": ("panic", "drop", "key_ttl")}
+    )
 
     @property
     def log_path(self) -> Path:

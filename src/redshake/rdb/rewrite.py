@@ -114,7 +114,9 @@ def require_field_ttl(key: bytes, version: Version, valkey: bool) -> None:
         raise RewriteError(
             "hash has fields with a TTL but the target "
             f"({name} {'.'.join(map(str, version))}) has no HPEXPIREAT "
-            "(needs Redis >= 7.4 or Valkey >= 9.0); refusing to drop the field TTLs",
+            "(needs Redis >= 7.4 or Valkey >= 9.0); refusing to drop the field TTLs: set "
+            '[advanced] unsupported_field_ttl = "drop" (copy the hash without them) or '
+            '"key_ttl" (expire the whole key at its earliest field TTL)',
             key,
         )
 

@@ -43,8 +43,9 @@ from ..rdb.dump import (
     stream_type_for,
 )
 from ..rdb.primitives import RdbError
+from ..rdb.rewrite import supports_field_ttl
 
-__all__ = ["TargetCaps", "RdbToEntries", "ConversionError", "temp_key_tag"]
+__all__ = ["TargetCaps", "RdbToEntries", "ConversionError", "temp_key_tag", "field_ttl_summary"]
 
 log = logging.getLogger("redshake")
 
@@ -201,6 +202,7 @@ class RdbToEntries:
         now_ms: Callable[[], int] | None = None,
         max_items: int = 512,
         max_bytes: int = 1 << 20,
+        field_ttl: str = "panic",
     ) -> None:
         self.caps = caps
         self.src_version = src_version
@@ -211,6 +213,13 @@ class RdbToEntries:
         self.now_ms = now_ms or (lambda: int(time.time() * 1000))
         self.max_items = max_items
         self.max_bytes = max_bytes
+        # hash field TTLs on a target without them: "panic", "drop" or "key_ttl"
+        self.field_ttl = field_ttl
+        self._fttl_ok = supports_field_ttl(caps.version, caps.is_valkey)
+        self.field_ttls_dropped = 0  # fields whose TTL was dropped / folded into the key TTL
+        self.field_ttl_keys = 0  # ... and the keys they belong to
+        self._big_fexp = -1  # key_ttl: earliest field TTL of the big key being streamed
+        self._big_fttl_seen = False
         self.skipped: Counter[str] = Counter()
         self._methods: Counter[str] = Counter()
         self.n_restore = 0  # hot-path counters, folded into ``methods``
@@ -298,13 +307,15 @@ class RdbToEntries:
 
     # -- keys ----------------------------------------------------------------------------
 
-    def _restore_argv(self, key: bytes, payload: bytes, rec) -> list[bytes]:
-        if rec.expire_ms == -1:
+    def _restore_argv(self, key: bytes, payload: bytes, rec, exp: int | None = None) -> list[bytes]:
+        if exp is None:
+            exp = rec.expire_ms
+        if exp == -1:
             argv = [b"RESTORE", key, b"0", payload]
         elif self._abs_ttl:
-            argv = [b"RESTORE", key, str(rec.expire_ms).encode(), payload, b"ABSTTL"]
+            argv = [b"RESTORE", key, str(exp).encode(), payload, b"ABSTTL"]
         else:
-            ttl = max(1, rec.expire_ms - self.now_ms())
+            ttl = max(1, exp - self.now_ms())
             argv = [b"RESTORE", key, str(ttl).encode(), payload]
         if self._replace:
             argv.append(b"REPLACE")
@@ -374,6 +385,18 @@ class RdbToEntries:
                     yield Entry(db, self._restore_argv(key, payload, rec), key)
                     return
         value = self._decode(rec)
+        exp = rec.expire_ms
+        fexp = getattr(value, "field_expire", None)
+        if fexp and not self._fttl_ok:
+            exp = self._fold_field_ttls(key, fexp.values(), exp)
+            now = self.now_ms()
+            if any(t <= now for t in fexp.values()):  # fields already expired: gone
+                value.pairs = [p for p in value.pairs if fexp.get(p[0], now + 1) > now]
+            value.field_expire = None
+            self.field_ttl_keys += 1
+            if not value.pairs or (exp != -1 and exp <= now):
+                self.skipped["expired"] += 1
+                return
         if limit:
             kind = _PLAIN_KIND.get(rec.type)
             if kind is not None:
@@ -383,7 +406,7 @@ class RdbToEntries:
                     if len(raw) + 11 <= limit:
                         self._methods["restore_reencoded"] += 1
                         payload = make_payload(t, raw, caps.plain_max)
-                        yield Entry(db, self._restore_argv(key, payload, rec), key)
+                        yield Entry(db, self._restore_argv(key, payload, rec, exp), key)
                         return
         # Rebuild with commands.
         if not self._prepare_rebuild(db, key):
@@ -397,7 +420,7 @@ class RdbToEntries:
             for argv in value_to_commands(
                 key,
                 value,
-                expire_ms=rec.expire_ms,
+                expire_ms=exp,
                 target_version=caps.version,
                 target_valkey=caps.is_valkey,
                 max_items=self.max_items,
@@ -406,6 +429,37 @@ class RdbToEntries:
                 yield Entry(db, argv, key)
         except RewriteError as e:
             raise ConversionError(str(e)) from None
+
+    def _fold_field_ttls(self, key: bytes, ttls, exp: int) -> int:
+        """Field TTLs the target cannot hold, per ``unsupported_field_ttl``: stop the run
+        (panic), or count and drop them, with key_ttl expiring the whole key at the earliest
+        of them and its own TTL. Returns the key's expire time (-1: none)."""
+        ttls = [t for t in ttls if t is not None and t >= 0]
+        if not ttls:
+            return exp
+        now = self.now_ms()
+        if self.field_ttl not in ("drop", "key_ttl"):
+            from ..rdb.rewrite import RewriteError, require_field_ttl
+
+            try:
+                require_field_ttl(key, self.caps.version, self.caps.is_valkey)
+            except RewriteError as e:
+                raise ConversionError(str(e)) from None
+        if not self.field_ttls_dropped:
+            log.warning(
+                "the target has no hash field expiration: field TTLs %s (unsupported_field_ttl "
+                "= %s), first on key %r; counted in the summary",
+                "dropped" if self.field_ttl == "drop" else "folded into the key TTL",
+                self.field_ttl, key,
+            )  # fmt: skip
+        self.field_ttls_dropped += len(ttls)
+        if self.field_ttl == "drop":
+            return exp
+        live = [t for t in ttls if t > now]  # expired fields are left out, not kept
+        if not live:
+            return exp
+        m = min(live)
+        return m if exp == -1 else min(exp, m)
 
     def _decode(self, rec):
         from ..rdb.values import decode_value
@@ -445,6 +499,8 @@ class RdbToEntries:
             return
         self._big = (rec.db, rec.key, rec.kind, rec.expire_ms, False)
         self._big_started = False
+        self._big_fexp = -1
+        self._big_fttl_seen = False
         self._methods["commands_streamed"] += 1
         if self._replace or self.probe_exists is None:
             yield Entry(rec.db, [b"DEL", rec.key], rec.key)
@@ -463,6 +519,8 @@ class RdbToEntries:
             return
         from ..rdb.rewrite import RewriteError, items_to_commands, stream_part_commands
 
+        if kind == "hash" and not self._fttl_ok:
+            rec = R.BigKeyPart(self._strip_field_ttls(key, rec.items))
         if self._elem_keys:  # items with streamed strings among them
             yield from self._part_with_elements(db, key, kind, rec.items)
             return
@@ -505,9 +563,30 @@ class RdbToEntries:
         if big is None:
             return
         db, key, _kind, exp, skipping = big
+        if self._big_fexp != -1:  # key_ttl: the earliest field TTL
+            exp = self._big_fexp if exp == -1 else min(exp, self._big_fexp)
+            self._big_fexp = -1
         if not skipping and exp != -1:
             yield Entry(db, [b"PEXPIREAT", key, str(exp).encode()], key)
 
+
+    def _strip_field_ttls(self, key: bytes, items: list) -> list:
+        """The hash items of a part without their field TTLs (per unsupported_field_ttl)."""
+        ttls = [it[2] for it in items if len(it) == 3 and it[2] is not None and it[2] >= 0]
+        if not ttls:
+            return items
+        exp = self._fold_field_ttls(key, ttls, self._big_fexp)
+        if self.field_ttl == "key_ttl":
+            self._big_fexp = exp
+        if not self._big_fttl_seen:
+            self._big_fttl_seen = True
+            self.field_ttl_keys += 1
+        now = self.now_ms()
+        return [
+            (it[0], it[1], -1) if len(it) == 3 else it
+            for it in items
+            if len(it) != 3 or it[2] is None or it[2] < 0 or it[2] > now
+        ]
 
     # -- single element strings too big to buffer, built in temporary keys ---------------
 
@@ -640,3 +719,14 @@ def _plain_items(kind: str, value):
             return None
         return value.pairs
     return None
+
+
+def field_ttl_summary(conv: RdbToEntries | None) -> list[str]:
+    """The summary line about hash field TTLs the target could not hold, if there were any."""
+    if conv is None or not conv.field_ttls_dropped:
+        return []
+    how = "dropped" if conv.field_ttl == "drop" else "folded into their key's TTL"
+    return [
+        f"hash field TTLs {how}: {conv.field_ttls_dropped} fields of {conv.field_ttl_keys} "
+        f"keys (unsupported_field_ttl = {conv.field_ttl}; the target has no field expiration)"
+    ]

@@ -20,6 +20,7 @@ from ..rdb.parser import RdbParser
 from ..rdb.primitives import Crc64, RdbError
 from ..util import human_bytes
 from .base import FileReaderBase
+from .rdb_entries import field_ttl_summary
 
 __all__ = ["RdbFileReader", "check_rdb_file"]
 
@@ -148,6 +149,9 @@ class RdbFileReader(FileReaderBase):
             "file_sent_human": human_bytes(self.sent),
             "percent": f"{self.percent:.2f}%",
         }
+
+    def summary(self) -> list[str]:
+        return field_ttl_summary(self.conv)
 
     def counters(self) -> tuple[int, Counter, Counter]:
         """(keys read, how keys were written, skipped keys by reason)."""
