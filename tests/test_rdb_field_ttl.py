@@ -13,7 +13,6 @@ import time
 import pytest
 
 from helpers import TESTDATA, restore_file
-
 from redshake.rdb import records as R
 from redshake.rdb.parser import RdbParser
 from redshake.rdb.values import decode_value
