@@ -1,10 +1,13 @@
 """``[rdb_reader]``: restore an RDB file.
 
 Before anything is written the file is checked, so a corrupt file writes nothing:
-* a file with a CRC64 trailer (RDB >= 5, checksum not disabled) has its checksum verified
-  over the whole file first (~0.1 s per GB);
-* a file without one (old versions, ``rdbchecksum no``) is parsed and every value decoded
-  once without writing, which also catches corrupt ziplists/listpacks.
+* every record is walked (type and opcode bytes, lengths, the end of file), so an unknown
+  type byte or a truncation stops the run even under a valid checksum;
+* a file with a CRC64 trailer (RDB >= 5, checksum not disabled) has its checksum verified;
+  the values themselves are then trusted (they are the bytes the server wrote);
+* a file without one (old versions, ``rdbchecksum no``) has every value decoded and its
+  ziplists / listpacks / intsets / zipmaps checked as strictly as a server does, and its
+  function libraries compiled, once without writing.
 """
 
 from __future__ import annotations
@@ -37,10 +40,29 @@ def _header(path: Path) -> tuple[bytes, int]:
     raise RdbError(f"not an RDB file: bad magic {head!r}", 0)
 
 
+def _check_function(code: bytes, offset: int) -> None:
+    """A function library without a checksum to vouch for it must at least compile (Lua 5.1,
+    as on the servers), or the target would refuse it after keys were written."""
+    import lupa.lua51 as lua
+
+    first, nl, body = bytes(code).partition(b"\n")
+    if not first.startswith(b"#!lua"):
+        raise RdbError("function library does not start with a '#!lua' line", offset)
+    rt = lua.LuaRuntime(encoding=None)
+    err = rt.eval("function(s) local f, e = loadstring(s, '=library'); return e end")(nl + body)
+    if err is not None:
+        raise RdbError(f"function library does not compile: {err.decode(errors='replace')}", offset)
+
+
 def check_rdb_file(path: Path, stop: Callable[[], bool] | None = None) -> str:
-    """Validate a file before writing. Returns how ('checksum' or 'full parse')."""
+    """Validate a file before writing. Returns how ('checksum' or 'full parse').
+
+    Every record is walked in any case (an unknown type or opcode byte fails here, not after
+    half the keys were written: a valid CRC64 only says the bytes are those the producer
+    wrote). Values are decoded too when there is no usable checksum to vouch for them."""
     _magic, version = _header(path)
     size = path.stat().st_size
+    checked = False
     if version >= 5 and size >= 18:
         with open(path, "rb") as f:
             f.seek(size - 9)
@@ -56,10 +78,10 @@ def check_rdb_file(path: Path, stop: Callable[[], bool] | None = None) -> str:
                         break
                     crc.update(chunk)
                     remaining -= len(chunk)
-            if crc.value == stored:
-                return "checksum"
-            # Mismatch: parse to report where it breaks, else report the checksum itself.
-    # No usable trailer (or a mismatch): parse and decode everything without writing.
+            # A mismatch: parse to report where it breaks, else report the checksum itself.
+            checked = crc.value == stored
+    # Walk every record; without a valid checksum, decode every value without writing.
+    from ..rdb.validate import check_blobs
     from ..rdb.values import decode_value
 
     parser = RdbParser()
@@ -73,11 +95,14 @@ def check_rdb_file(path: Path, stop: Callable[[], bool] | None = None) -> str:
                 break
             parser.feed(chunk)
             for rec in parser.records():
-                if type(rec) is R.KeyValue and not rec.empty:
+                if not checked and type(rec) is R.Function:
+                    _check_function(rec.code, parser.offset)
+                if not checked and type(rec) is R.KeyValue and not rec.empty:
                     if valkey is None:
                         valkey = parser.is_valkey
                     try:
-                        decode_value(rec.type, rec.raw, valkey=valkey)
+                        raw = bytes(rec.raw)
+                        check_blobs(rec.type, raw, decode_value(rec.type, raw, valkey=valkey))
                     except RdbError as e:
                         if e.offset is None:
                             e.offset = rec.offset
@@ -85,7 +110,7 @@ def check_rdb_file(path: Path, stop: Callable[[], bool] | None = None) -> str:
                             e.key = rec.key
                         raise RdbError(e.message, e.offset, e.key) from None
     parser.finish()
-    return "full parse"
+    return "checksum" if checked else "full parse"
 
 
 class RdbFileReader(FileReaderBase):

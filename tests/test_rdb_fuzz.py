@@ -1,0 +1,92 @@
+"""Corrupt RDB files are refused before anything is written (exit 2, target empty) or restored
+whole: mutated corpus files (tests/rdbfuzz.py; bench/fuzz_rdb.py runs many more, each through
+the CLI). Most inputs go through the pre-write check in-process; a sample runs the real CLI
+against a real server."""
+
+from __future__ import annotations
+
+import struct
+
+from helpers import TESTDATA, assert_same_data, restore_file
+from rdbfuzz import cases, judge, record_offsets
+from redshake.rdb import records as R
+from redshake.rdb.parser import RdbParser
+from redshake.rdb.primitives import RdbError, crc64
+from redshake.readers.rdb_reader import check_rdb_file
+from servers import start_server
+
+OK = ("ok-restored", "ok-refused")
+
+
+def test_fuzz_prewrite_check_in_process(tmp_path):
+    """300 mutated files: the check raises nothing but RdbError; a stale checksum and an
+    unknown type byte are always refused, whatever the checksum says."""
+    f = tmp_path / "x.rdb"
+    refused = passed = 0
+    for case in cases(300, seed=11):
+        f.write_bytes(case.data)
+        try:
+            check_rdb_file(f)
+        except RdbError:
+            refused += 1
+            continue
+        passed += 1
+        assert case.what != "type", f"unknown type byte accepted: {case.name}"
+        assert case.crc != "stale", f"stale checksum accepted: {case.name}"
+    assert refused and passed
+
+
+def test_fuzz_cli_sample(servers, tmp_path):
+    """Files without a checksum to vouch for them (RDB < 5 or a zeroed CRC) and unknown type
+    bytes under a valid CRC, through the CLI: restored equal to a native load, or refused
+    with nothing written."""
+    target = servers.start("redis-7.0")
+    sample = [c for c in cases(400, seed=5) if c.crc in ("none", "zero") or c.what == "type"][:24]
+    results = {c.name: judge(c, target, tmp_path, "redis-7.0", start_server, assert_same_data)
+               for c in sample}  # fmt: skip
+    bad = {k: v for k, v in results.items() if v not in OK}
+    assert not bad, bad
+    assert set(results.values()) == set(OK)  # both outcomes were exercised
+
+
+def test_old_rdb_corrupt_ziplist_writes_nothing(servers, tmp_path):
+    """RDB 2 (no checksum), 43 keys, the tail offset of the last ziplist changed: exit 2 and
+    nothing written (the lenient decoder accepted it, the target refused it: 42 keys, exit 1)."""
+    data = bytearray((TESTDATA / "rdb/redis-rdb-tools/parser_filters.rdb").read_bytes())
+    p = RdbParser()
+    p.feed(bytes(data))
+    last = None
+    for rec in p.records():
+        if type(rec) is R.KeyValue and rec.type in (10, 12, 13) and rec.raw[0] < 0x40:
+            at = rec.offset + 2 + len(rec.key)  # type byte, key length, key
+            assert data[at : at + len(rec.raw)] == rec.raw
+            last = at + 1 + 4  # the blob's zltail
+    assert last is not None
+    data[last : last + 4] = struct.pack("<I", 0xFFFF)
+    bad = tmp_path / "bad.rdb"
+    bad.write_bytes(data)
+    target = servers.start("redis-7.0")
+    r = restore_file(bad, target, tmp_path)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "Traceback" not in r.stdout + r.stderr
+    assert target.client().dbsize() == 0
+
+
+def test_unknown_type_byte_under_valid_crc_writes_nothing(servers, tmp_path):
+    """A type byte no server knows in the last record of a file whose CRC64 is valid."""
+    src = servers.start("redis-7.0")
+    c = src.client()
+    for i in range(40):
+        c.set(f"k{i}", "v" * i)
+    c.rpush("zl", *range(10))
+    c.save()
+    data = bytearray((src.dir / "dump.rdb").read_bytes())
+    data[record_offsets(bytes(data))[-1]] = 0x42
+    data[-8:] = struct.pack("<Q", crc64(bytes(data[:-8])))
+    bad = tmp_path / "bad.rdb"
+    bad.write_bytes(data)
+    target = servers.start("redis-7.0")
+    r = restore_file(bad, target, tmp_path)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "unknown" in (r.stdout + r.stderr).lower()
+    assert target.client().dbsize() == 0
