@@ -6,8 +6,9 @@ Before anything is written the file is checked, so a corrupt file writes nothing
 * a file with a CRC64 trailer (RDB >= 5, checksum not disabled) has its checksum verified;
   the values themselves are then trusted (they are the bytes the server wrote);
 * a file without one (old versions, ``rdbchecksum no``) has every value decoded and its
-  ziplists / listpacks / intsets / zipmaps checked as strictly as a server does, and its
-  function libraries compiled, once without writing.
+  ziplists / listpacks / intsets / zipmaps checked as strictly as a server does, its
+  function libraries compiled and its keys checked for duplicates (memory: the key names),
+  once without writing.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def check_rdb_file(path: Path, stop: Callable[[], bool] | None = None) -> str:
 
     parser = RdbParser()
     valkey = None
+    key_records = (R.KeyValue, R.BigKeyStart)
+    keys: dict[int, set[bytes]] = {}  # without a checksum: the keys seen, per db
     with open(path, "rb") as f:
         while True:
             if stop is not None and stop():
@@ -97,6 +100,12 @@ def check_rdb_file(path: Path, stop: Callable[[], bool] | None = None) -> str:
             for rec in parser.records():
                 if not checked and type(rec) is R.Function:
                     _check_function(rec.code, parser.offset)
+                if not checked and type(rec) in key_records:
+                    # a server refuses a file with a key twice in a db; so must we, up front
+                    seen = keys.setdefault(rec.db, set())
+                    if rec.key in seen:
+                        raise RdbError(f"key appears twice in db {rec.db}", rec.offset, rec.key)
+                    seen.add(rec.key)
                 if not checked and type(rec) is R.KeyValue and not rec.empty:
                     if valkey is None:
                         valkey = parser.is_valkey
