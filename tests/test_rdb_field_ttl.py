@@ -160,3 +160,44 @@ def test_redis_hfe_files_into_redis70(name, mode, servers, tmp_path):
             assert got == -1, key
         else:
             assert abs(now + got - want) <= 5_000, key
+
+
+def test_sync_field_ttls_into_old_target(servers, tmp_path):
+    """Live sync Valkey 9.1 -> Redis 7.0 with unsupported_field_ttl = key_ttl: the snapshot's
+    field TTLs become key TTLs; a field TTL command in the live stream then stops the run
+    with an error that names the command and the setting (not converted)."""
+    import subprocess
+    import sys
+
+    from helpers import write_config
+
+    src = servers.start("valkey-9.1")
+    dst = servers.start("redis-7.0")
+    c = src.client()
+    now = int(time.time() * 1000)
+    c.hset("h", mapping={"a": "1", "b": "2"})
+    c.execute_command("HPEXPIREAT", "h", now + 3_600_000, "FIELDS", 1, "a")
+    cfg = write_config(tmp_path / "shake.toml", {
+        "sync_reader": {"address": src.address},
+        "redis_writer": {"address": dst.address},
+        "advanced": {"dir": str(tmp_path / "work"), "log_interval": 0,
+                     "unsupported_field_ttl": "key_ttl"},
+    })  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "redshake.cli", str(cfg)], cwd=str(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not dst.client().exists("h") and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            time.sleep(0.05)
+        assert dst.client().hgetall("h") == {b"a": b"1", b"b": b"2"}
+        assert abs(dst.client().pttl("h") - 3_600_000) < 60_000
+        c.execute_command("HPEXPIRE", "h", 100_000, "FIELDS", 1, "b")
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1
+    assert "Traceback" not in out
+    assert "HPEXPIRE" in out and "unsupported_field_ttl" in out, out[-3000:]

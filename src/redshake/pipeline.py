@@ -60,6 +60,12 @@ class _Stop:
         )
 
 
+# Hash field expiration commands (Redis 7.4+, Valkey 9+) a live stream may carry.
+_FIELD_TTL_COMMANDS = frozenset(
+    ("HEXPIRE", "HPEXPIRE", "HEXPIREAT", "HPEXPIREAT", "HPERSIST", "HSETEX", "HGETEX")
+)
+
+
 class ErrorPolicy:
     """Decides what an error reply from the target means. Every error is counted and logged
     with the key; BUSYKEY follows ``rdb_restore_command_behavior``; anything else stops."""
@@ -81,6 +87,12 @@ class ErrorPolicy:
         self.failed += 1
         self.stats.fail()  # visible in the status JSON (failed_count) right away
         log.error("target replied error to %s on key %r (db %d): %s", cmd, key, entry.db, message)
+        if cmd in _FIELD_TTL_COMMANDS and "unknown command" in message.lower():
+            message += (
+                " (the target has no hash field expiration; [advanced] unsupported_field_ttl "
+                "converts field TTLs of RDB/snapshot/scan values only, not these commands "
+                "of the live stream)"
+            )
         raise FatalError(f"target error for {cmd} key {key!r} in db {entry.db}: {message}")
 
     def existing_key(self, db: int, key: bytes) -> None:
