@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 
-from helpers import TESTDATA, assert_same_data, restore_file
+from helpers import TESTDATA, assert_same_data, manifest, restore_file
 from rdbfuzz import cases, judge, record_offsets
 from redshake.rdb import records as R
 from redshake.rdb.parser import RdbParser
@@ -90,3 +90,24 @@ def test_unknown_type_byte_under_valid_crc_writes_nothing(servers, tmp_path):
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
     assert "unknown" in (r.stdout + r.stderr).lower()
     assert target.client().dbsize() == 0
+
+
+def test_strict_check_accepts_every_real_file(tmp_path):
+    """No false refusals: every corpus file a server loads passes the check, also with its
+    CRC64 zeroed (which makes it decode and deep-check every value)."""
+    z = tmp_path / "z.rdb"
+    n = 0
+    for f in manifest():
+        if f.get("kind") != "rdb" or f.get("intentionally_corrupt", "no") != "no":
+            continue
+        if not any(v.get("loaded") for v in f.get("load_observed", {}).values()):
+            continue
+        path = TESTDATA / f["path"]
+        check_rdb_file(path)
+        data = bytearray(path.read_bytes())
+        if f["rdb"]["version"] >= 5 and len(data) >= 18 and data[-9] == 0xFF:
+            data[-8:] = bytes(8)
+            z.write_bytes(data)
+            assert check_rdb_file(z) == "full parse"
+            n += 1
+    assert n > 20

@@ -161,6 +161,21 @@ def _no_dups(items, what: str) -> None:
         raise RdbError(f"{what} has duplicate elements")
 
 
+def _stream_groups_check(groups) -> None:
+    """What a server refuses in consumer groups when it loads a stream: duplicate group,
+    consumer or pending ids, and a consumer's pending id missing from its group's PEL."""
+    _no_dups([g.name for g in groups], "stream consumer group list")
+    for g in groups:
+        pel = {pid for pid, _t, _c in g.pel}
+        if len(pel) != len(g.pel):
+            raise RdbError(f"consumer group {g.name!r} has a pending id twice")
+        _no_dups([c.name for c in g.consumers], f"consumer group {g.name!r}")
+        for c in g.consumers:
+            _no_dups(c.pel_ids, f"consumer {c.name!r}")
+            if any(pid not in pel for pid in c.pel_ids):
+                raise RdbError(f"consumer {c.name!r} has a pending id its group does not have")
+
+
 def check_blobs(t: int, raw: bytes, value) -> None:
     """Deep-check the compact blobs of a value of type ``t`` (``raw``: its bytes) that was
     decoded to ``value``: what the decoder does not verify itself."""
@@ -197,6 +212,7 @@ def check_blobs(t: int, raw: bytes, value) -> None:
             raise RdbError("stream has an entry after its last id")
         if value.length != len(ids):
             raise RdbError(f"stream says {value.length} entries but holds {len(ids)}")
+        _stream_groups_check(value.groups)
     elif t == 3:  # scores as text: what the server's sscanf("%lg") must accept
         for _m, sc in value.items:
             if not _DOUBLE_TEXT.match(sc):

@@ -14,6 +14,7 @@ Before anything is written the file is checked, so a corrupt file writes nothing
 from __future__ import annotations
 
 import os
+import re
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -47,8 +48,15 @@ def _check_function(code: bytes, offset: int) -> None:
     import lupa.lua51 as lua
 
     first, nl, body = bytes(code).partition(b"\n")
-    if not first.startswith(b"#!lua"):
-        raise RdbError("function library does not start with a '#!lua' line", offset)
+    engine, *meta = first.split() or [b""]
+    names = [m[5:] for m in meta if m.startswith(b"name=")]
+    if (
+        engine != b"#!lua"
+        or len(names) != 1
+        or len(meta) != 1
+        or not re.fullmatch(rb"[A-Za-z0-9_]+", names[0])
+    ):
+        raise RdbError(f"function library has an invalid first line {first[:80]!r}", offset)
     rt = lua.LuaRuntime(encoding=None)
     err = rt.eval("function(s) local f, e = loadstring(s, '=library'); return e end")(nl + body)
     if err is not None:
