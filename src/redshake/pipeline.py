@@ -272,6 +272,8 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         # a live reader that must re-seed the target (full resync) empties it through this
         options={"flush_target": writer.flushall, "unsupported_field_ttl": adv.unsupported_field_ttl},
     )
+    if transform is None:  # (a filter may drop the dbs the target lacks)
+        ctx.options["target_databases"] = getattr(info, "databases", 0)
     if adv.exactly_once_key:
         ctx.options["read_marker"] = lambda key: writer.get(adv.exactly_once_db, key)
     if SHARD is not None:  # one shard of a cluster source: only this shard's slots

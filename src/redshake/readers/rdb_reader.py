@@ -63,7 +63,9 @@ def _check_function(code: bytes, offset: int) -> None:
         raise RdbError(f"function library does not compile: {err.decode(errors='replace')}", offset)
 
 
-def check_rdb_file(path: Path, stop: Callable[[], bool] | None = None) -> str:
+def check_rdb_file(
+    path: Path, stop: Callable[[], bool] | None = None, seen_dbs: set[int] | None = None
+) -> str:
     """Validate a file before writing. Returns how ('checksum' or 'full parse').
 
     Every record is walked in any case (an unknown type or opcode byte fails here, not after
@@ -106,6 +108,8 @@ def check_rdb_file(path: Path, stop: Callable[[], bool] | None = None) -> str:
                 break
             parser.feed(chunk)
             for rec in parser.records():
+                if seen_dbs is not None and type(rec) is R.SelectDb:
+                    seen_dbs.add(rec.db)
                 if not checked and type(rec) is R.Function:
                     _check_function(rec.code, parser.offset)
                 if not checked and type(rec) in key_records:
@@ -149,7 +153,17 @@ class RdbFileReader(FileReaderBase):
         self.checked_by = ""
 
     def prepare(self) -> None:
-        self.checked_by = check_rdb_file(self.path, self.ctx.stop)
+        dbs: set[int] = set()
+        self.checked_by = check_rdb_file(self.path, self.ctx.stop, dbs)
+        # the target's number of databases (0: unknown, or a filter may drop dbs)
+        limit = self.ctx.options.get("target_databases", 0)
+        if limit and dbs and max(dbs) >= limit:
+            where = (
+                "a cluster target has db 0 only; use [filter] allow_db"
+                if limit == 1
+                else f"the target has {limit} databases"
+            )
+            raise RdbError(f"the file has keys in db {max(dbs)}, which cannot be written: {where}")
 
     def batches(self) -> Iterator[list]:
         parser = self.parser
