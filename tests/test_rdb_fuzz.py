@@ -111,3 +111,101 @@ def test_strict_check_accepts_every_real_file(tmp_path):
             assert check_rdb_file(z) == "full parse"
             n += 1
     assert n > 20
+
+
+def _fake_master(rdb: bytes):
+    """A TCP server that acts as a Redis 7.0 master sending ``rdb`` as its snapshot (then
+    nothing): answers PING / INFO / REPLCONF / PSYNC; returns (port, stop)."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    srv.settimeout(0.2)
+    halt = threading.Event()
+
+    def serve(c: socket.socket) -> None:
+        buf = b""
+        c.settimeout(0.2)
+        while not halt.is_set():
+            try:
+                data = c.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            buf += data
+            while buf.startswith(b"*") and b"\r\n" in buf:
+                parts, p = [], buf.index(b"\r\n") + 2
+                n = int(buf[1 : p - 2])
+                try:
+                    for _ in range(n):
+                        e = buf.index(b"\r\n", p)
+                        ln = int(buf[p + 1 : e])
+                        parts.append(buf[e + 2 : e + 2 + ln])
+                        if len(buf) < e + 4 + ln:
+                            raise ValueError
+                        p = e + 4 + ln
+                except ValueError:
+                    break
+                buf = buf[p:]
+                cmd = parts[0].upper()
+                if cmd == b"PING":
+                    c.sendall(b"+PONG\r\n")
+                elif cmd == b"INFO":
+                    body = b"# Server\r\nredis_version:7.0.15\r\n"
+                    c.sendall(b"$%d\r\n%s\r\n" % (len(body), body))
+                elif cmd == b"PSYNC":
+                    c.sendall(b"+FULLRESYNC " + b"a" * 40 + b" 0\r\n$%d\r\n" % len(rdb) + rdb)
+                else:
+                    c.sendall(b"+OK\r\n")
+
+    def accept() -> None:
+        while not halt.is_set():
+            try:
+                c, _ = srv.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+        srv.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return srv.getsockname()[1], halt.set
+
+
+def test_corrupt_sync_snapshot_reports_clearly(servers, tmp_path):
+    """A snapshot with an unknown type byte, from the wire: the sync reader parses while it
+    receives, so the keys before it are written; the run stops with exit 1 and a message with
+    what and where (byte offset), no traceback."""
+    import subprocess
+    import sys
+
+    from helpers import write_config
+
+    src = servers.start("redis-7.0")
+    c = src.client()
+    for i in range(20):
+        c.set(f"k{i}", "v")
+    c.save()
+    data = bytearray((src.dir / "dump.rdb").read_bytes())
+    data[record_offsets(bytes(data))[-1]] = 0x42
+    data[-8:] = struct.pack("<Q", crc64(bytes(data[:-8])))
+    port, stop = _fake_master(bytes(data))
+    dst = servers.start("redis-7.0")
+    cfg = write_config(tmp_path / "shake.toml", {
+        "sync_reader": {"address": f"127.0.0.1:{port}"},
+        "redis_writer": {"address": dst.address},
+        "advanced": {"dir": str(tmp_path / "work"), "log_interval": 0},
+    })  # fmt: skip
+    try:
+        r = subprocess.run([sys.executable, "-m", "redshake.cli", str(cfg)], cwd=str(tmp_path),
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    finally:
+        stop()
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out[-3000:]
+    assert "Traceback" not in out
+    assert "cannot continue: unknown value type 66" in out and "byte offset" in out, out[-3000:]
