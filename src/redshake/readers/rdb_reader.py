@@ -6,9 +6,9 @@ Before anything is written the file is checked, so a corrupt file writes nothing
 * a file with a CRC64 trailer (RDB >= 5, checksum not disabled) has its checksum verified;
   the values themselves are then trusted (they are the bytes the server wrote);
 * a file without one (old versions, ``rdbchecksum no``) has every value decoded and its
-  ziplists / listpacks / intsets / zipmaps checked as strictly as a server does, its
-  function libraries compiled and its keys checked for duplicates (memory: the key names),
-  once without writing.
+  ziplists / listpacks / intsets / zipmaps checked as strictly as a server does and its
+  keys checked for duplicates (memory: the key names), once without writing;
+* function libraries are compiled in any case (they are few and small).
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ def _header(path: Path) -> tuple[bytes, int]:
 
 
 def _check_function(code: bytes, offset: int) -> None:
-    """A function library without a checksum to vouch for it must at least compile (Lua 5.1,
-    as on the servers), or the target would refuse it after keys were written."""
+    """A function library must have a valid first line and compile (Lua 5.1, as on the
+    servers), or the target would refuse it after keys were written."""
     import lupa.lua51 as lua
 
     first, nl, body = bytes(code).partition(b"\n")
@@ -110,7 +110,7 @@ def check_rdb_file(
             for rec in parser.records():
                 if seen_dbs is not None and type(rec) is R.SelectDb:
                     seen_dbs.add(rec.db)
-                if not checked and type(rec) is R.Function:
+                if type(rec) is R.Function:  # few and small: checked in any case
                     _check_function(rec.code, parser.offset)
                 if not checked and type(rec) in key_records:
                     # a server refuses a file with a key twice in a db; so must we, up front
