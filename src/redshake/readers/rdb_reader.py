@@ -30,6 +30,7 @@ from .rdb_entries import field_ttl_summary
 __all__ = ["RdbFileReader", "check_rdb_file"]
 
 READ_SIZE = 256 * 1024
+_BLOB_TYPES = frozenset({10, 11, 12, 13, 14, 16, 17, 18, 20})
 
 
 def _header(path: Path) -> tuple[bytes, int]:
@@ -49,9 +50,9 @@ def _check_function(code: bytes, offset: int) -> None:
 
     first, nl, body = bytes(code).partition(b"\n")
     engine, *meta = first.split() or [b""]
-    names = [m[5:] for m in meta if m.startswith(b"name=")]
+    names = [m[5:] for m in meta if m[:5].lower() == b"name="]
     if (
-        engine != b"#!lua"
+        engine.lower() != b"#!lua"
         or len(names) != 1
         or len(meta) != 1
         or not re.fullmatch(rb"[A-Za-z0-9_]+", names[0])
@@ -92,7 +93,7 @@ def check_rdb_file(
             # A mismatch: parse to report where it breaks, else report the checksum itself.
             checked = crc.value == stored
     # Walk every record; without a valid checksum, decode every value without writing.
-    from ..rdb.validate import check_blobs
+    from ..rdb.validate import check_blob_headers, check_blobs
     from ..rdb.values import decode_value
 
     parser = RdbParser()
@@ -118,6 +119,11 @@ def check_rdb_file(
                     if rec.key in seen:
                         raise RdbError(f"key appears twice in db {rec.db}", rec.offset, rec.key)
                     seen.add(rec.key)
+                if checked and type(rec) is R.KeyValue and rec.type in _BLOB_TYPES:
+                    try:
+                        check_blob_headers(rec.type, rec.raw)
+                    except RdbError as e:
+                        raise RdbError(e.message, rec.offset, rec.key) from None
                 if not checked and type(rec) is R.KeyValue and not rec.empty:
                     if valkey is None:
                         valkey = parser.is_valkey
