@@ -201,3 +201,23 @@ def test_sync_field_ttls_into_old_target(servers, tmp_path):
     assert proc.returncode == 1
     assert "Traceback" not in out
     assert "HPEXPIRE" in out and "unsupported_field_ttl" in out, out[-3000:]
+
+
+@pytest.mark.parametrize("mode", ["drop", "key_ttl"])
+def test_scan_field_ttls_into_old_target(mode, servers, tmp_path):
+    """[scan_reader] (DUMP payloads go through the same conversion) Valkey 9.1 -> Redis 7.0."""
+    from helpers import run_redshake, write_config
+
+    src = servers.start("valkey-9.1")
+    dst = servers.start("redis-7.0")
+    write_hashes(src.client(), seed=3)
+    before = snapshot(src.client())
+    cfg = write_config(tmp_path / "shake.toml", {
+        "scan_reader": {"address": src.address},
+        "redis_writer": {"address": dst.address},
+        "advanced": {"dir": str(tmp_path / "work"), "log_interval": 0,
+                     "unsupported_field_ttl": mode},
+    })  # fmt: skip
+    r = run_redshake(cfg)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert assert_mode(before, snapshot(dst.client()), mode) > 0
