@@ -537,6 +537,27 @@ def _stream_rdb(t: int, groups: list) -> bytes:
     return _rdb(b"REDIS0011", b"\xfe\x00" + bytes((t,)) + encode_string(b"s") + bytes(out))
 
 
+def _without_stand_ins(cmds: list) -> list:
+    """A stream rebuild's commands as they would be without stand-in messages for deleted
+    pending ids (what a streamed stream gets): no stand-in XADDs, no XDEL, one XSETID."""
+    ghosts = [a for a in cmds if a[0] == b"XADD" and a[-2:] == [b"redshake", b"deleted"]]
+    if not ghosts:
+        return cmds
+    final = [a for a in cmds if a[0] == b"XSETID"][-1]
+    live = any(a[0] == b"XADD" and a not in ghosts for a in cmds)
+    out = []
+    for a in cmds:
+        if a in ghosts or a[0] == b"XDEL" or a is final:
+            continue
+        if a[0] == b"XSETID":  # the one before the groups
+            if not live:
+                out.append([b"XADD", a[1], b"MAXLEN", b"0", b"0-1", b"x", b"y"])
+            out.append(final)
+            continue
+        out.append(a)
+    return out
+
+
 @pytest.mark.parametrize("t", [15, 19, 21])
 def test_streamed_group_commands_edge_cases(t):
     """Crafted consumer groups: a PEL of 10,000 entries (several chunks) with mixed delivery
@@ -570,6 +591,10 @@ def test_streamed_group_commands_edge_cases(t):
     claimed = [a for a in want if a[0] == b"XCLAIM"]
     assert sum(len(a) - 11 for a in claimed) == 5000 + 4000 + len(missing) + 250
     assert [a[4] for a in want if a[:2] == [b"XGROUP", b"CREATECONSUMER"]] == [b"c-none", b"idle"]
+    # the whole-value rebuild claims the pending ids whose message is gone through stand-ins;
+    # a streamed stream cannot (its entries are written before its groups are read)
+    assert any(a[0] == b"XDEL" for a in want)
+    want = _without_stand_ins(want)
     for seed in range(3):
         streamed, m2 = _stream_commands(data, 1, seed)
         assert m2["commands_streamed"] == 1

@@ -341,18 +341,28 @@ def test_stream_commands_shape() -> None:
     )  # fmt: skip
     s = StreamValue([(b"1-0", [b"a", b"b"])], 1, b"9-9", b"1-0", b"4-0", 12, [g])
     cmds = list(value_to_commands(b"s", s, target_version=(7, 0, 0)))
+    # 2-0 and 3-0 are pending but deleted: claimed through stand-ins, deleted again after
     assert cmds == [
         [b"XADD", b"s", b"1-0", b"a", b"b"],
-        [b"XSETID", b"s", b"9-9", b"ENTRIESADDED", b"12", b"MAXDELETEDID", b"4-0"],
+        [b"XADD", b"s", b"2-0", b"redshake", b"deleted"],
+        [b"XADD", b"s", b"3-0", b"redshake", b"deleted"],
+        [b"XSETID", b"s", b"9-9"],
         [b"XGROUP", b"CREATE", b"s", b"g", b"5-0", b"ENTRIESREAD", b"3"],
         [b"XCLAIM", b"s", b"g", b"c1", b"0", b"1-0", b"2-0", b"TIME", b"1000", b"RETRYCOUNT", b"2", b"FORCE", b"JUSTID"],
         [b"XCLAIM", b"s", b"g", b"c1", b"0", b"3-0", b"TIME", b"7", b"RETRYCOUNT", b"1", b"FORCE", b"JUSTID"],
         [b"XGROUP", b"CREATECONSUMER", b"s", b"g", b"c2"],
+        [b"XDEL", b"s", b"2-0", b"3-0"],
+        [b"XSETID", b"s", b"9-9", b"ENTRIESADDED", b"12", b"MAXDELETEDID", b"4-0"],
     ]  # fmt: skip
     old = list(value_to_commands(b"s", s, target_version=(6, 0, 9)))
-    assert old[1] == [b"XSETID", b"s", b"9-9"]
-    assert old[2] == [b"XGROUP", b"CREATE", b"s", b"g", b"5-0"]
-    assert old[-1][:2] == [b"XREADGROUP", b"GROUP"]
+    assert old[3] == [b"XSETID", b"s", b"9-9"]
+    assert old[4] == [b"XGROUP", b"CREATE", b"s", b"g", b"5-0"]
+    assert old[-3][:2] == [b"XREADGROUP", b"GROUP"]
+    assert old[-1] == [b"XSETID", b"s", b"9-9"]
+    live = StreamValue([(b"1-0", [b"a", b"b"])], 1, b"9-9", b"1-0", b"4-0", 12, [])
+    assert list(value_to_commands(b"s", live, target_version=(7, 0, 0)))[1] == [
+        b"XSETID", b"s", b"9-9", b"ENTRIESADDED", b"12", b"MAXDELETEDID", b"4-0",
+    ]  # fmt: skip
     empty = StreamValue([], 0, b"0-0", b"0-0", b"0-0", 0, [])
     assert list(value_to_commands(b"e", empty))[0] == [
         b"XADD",

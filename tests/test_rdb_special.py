@@ -133,12 +133,13 @@ def test_module_keys_need_the_module_on_the_target(rdb, servers, tmp_path):
 
 def test_pre_ga_module_type_stops_with_offset(servers, tmp_path):
     """Module type 6 (Redis 4.0 release candidates) cannot be parsed without the module:
-    the restore stops at that key with its offset, exit 1; the keys before it are written."""
+    the pre-write walk stops at that key with its offset, exit 2, nothing written."""
     target = servers.start("redis-7.0")
     r = restore_file(TESTDATA / "rdb/redis-replicator/module.rdb", target, tmp_path)
     out = r.stdout + r.stderr
-    assert r.returncode == 1, out[-3000:]
+    assert r.returncode == 2, out[-3000:]
     assert "offset 1257" in out and "pre-GA" in out
+    assert target.client().dbsize() == 0
 
 
 def test_enterprise_ram_lru_opcode_is_skipped(servers, tmp_path):

@@ -253,8 +253,19 @@ def test_multi_db_source_into_cluster_fails_clearly(servers, tmp_path):
     src, rdb = _saved_source(servers, functions=False)
     cluster = servers.cluster("redis-7.0", masters=3)
     r = restore_file(rdb, cluster.seed, tmp_path, cluster=True)
-    assert r.returncode == 1
-    assert "db 3 cannot be written to a cluster target" in r.stdout + r.stderr
+    assert r.returncode == 2  # found by the pre-write check: nothing written
+    out = r.stdout + r.stderr
+    assert "keys in db 3" in out and "cluster" in out and "allow_db" in out
+    assert sum(m.client().dbsize() for m in cluster.masters) == 0
+
+
+def test_more_dbs_than_the_target_has_writes_nothing(servers, tmp_path):
+    src, rdb = _saved_source(servers, functions=False)
+    target = servers.start("redis-7.0", args=["--databases", "2"])
+    r = restore_file(rdb, target, tmp_path)
+    assert r.returncode == 2, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "keys in db 3" in r.stdout + r.stderr and "2 databases" in r.stdout + r.stderr
+    assert target.client().dbsize() == 0
 
 
 def test_sentinel_target(servers, tmp_path):

@@ -62,6 +62,12 @@ class _Stop:
         )
 
 
+# Hash field expiration commands (Redis 7.4+, Valkey 9+) a live stream may carry.
+_FIELD_TTL_COMMANDS = frozenset(
+    ("HEXPIRE", "HPEXPIRE", "HEXPIREAT", "HPEXPIREAT", "HPERSIST", "HSETEX", "HGETEX")
+)
+
+
 class ErrorPolicy:
     """Decides what an error reply from the target means. Every error is counted and logged
     with the key; BUSYKEY follows ``rdb_restore_command_behavior``; anything else stops."""
@@ -85,6 +91,12 @@ class ErrorPolicy:
         self.failed += 1
         self.stats.fail()  # visible in the status JSON (failed_count) right away
         log.error("target replied error to %s on key %r (db %d): %s", cmd, key, entry.db, message)
+        if cmd in _FIELD_TTL_COMMANDS and "unknown command" in message.lower():
+            message += (
+                " (the target has no hash field expiration; [advanced] unsupported_field_ttl "
+                "converts field TTLs of RDB/snapshot/scan values only, not these commands "
+                "of the live stream)"
+            )
         if self.standalone_target and message.startswith(("MOVED ", "ASK ")):
             raise FatalError(f"{not_cluster_writer(self.standalone_target)} ({cmd} got {message})")
         raise FatalError(f"target error for {cmd} key {key!r} in db {entry.db}: {message}")
@@ -299,8 +311,14 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         probe_exists=writer.exists,
         on_existing=policy.existing_key,
         # a live reader that must re-seed the target (full resync) empties it through this
-        options={"flush_target": writer.flushall, "target_max_bulk": info.proto_max_bulk_len},
+        options={
+            "flush_target": writer.flushall,
+            "target_max_bulk": info.proto_max_bulk_len,
+            "unsupported_field_ttl": adv.unsupported_field_ttl,
+        },
     )
+    if transform is None:  # (a filter may drop the dbs the target lacks)
+        ctx.options["target_databases"] = getattr(info, "databases", 0)
     if eonce and cfg.writer.cluster:  # one marker per slot
         ctx.options["read_slot_markers"] = writer.read_markers
         ctx.options["skip_applied"] = writer.set_skip

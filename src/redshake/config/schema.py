@@ -227,6 +227,11 @@ class AdvancedConfig:
     exactly_once: bool = True
     exactly_once_key: str = "redshake:pos"
     exactly_once_db: int = field(default=0, metadata={"min": 0})
+    # hash field TTLs for a target without hash field expiration (Redis < 7.4, Valkey < 9):
+    # stop the run, drop the field TTLs (counted), or expire the whole key at the earliest
+    unsupported_field_ttl: str = field(
+        default="panic", metadata={"choices": ("panic", "drop", "key_ttl")}
+    )
 
     @property
     def log_path(self) -> Path:

@@ -19,6 +19,8 @@ __all__ = [
     "encode_length",
     "plain_encode",
     "PLAIN_TYPES",
+    "stream_type_for",
+    "stream_downgrade",
 ]
 
 _U16 = struct.Struct("<H").pack
@@ -141,3 +143,87 @@ def plain_encode(kind: str, items, target_version: int) -> tuple[int, bytes]:
                 parts.append(bytes((len(t),)) + t)
         return 3, b"".join(parts)
     raise ValueError(f"cannot plain-encode a {kind}")
+
+
+# Stream value types, newest first, with the RDB version that introduced each: 21 adds the
+# consumers' active time (Redis 7.2), 19 the first / max-deleted ids, entries-added and the
+# groups' entries-read (Redis 7.0), 15 is the original layout (Redis 5.0).
+_STREAM_TYPES = ((21, 11), (19, 10), (15, 9))
+
+
+def stream_type_for(target_plain_max: int) -> int | None:
+    """The newest stream type a target whose plain RDB version is ``target_plain_max`` loads
+    (None: no streams at all)."""
+    for t, v in _STREAM_TYPES:
+        if v <= target_plain_max:
+            return t
+    return None
+
+
+def stream_downgrade(t: int, raw, to: int) -> bytes:
+    """Re-lay the value bytes of a stream of type ``t`` (15, 19 or 21) as the older type ``to``.
+
+    The entries (node keys and listpacks), the groups' PELs and the consumers' pending ids are
+    copied byte for byte, so every pending entry survives, also one whose message was deleted
+    (which a command rebuild cannot claim). Only what the older layout has no room for is left
+    out: first / max-deleted ids and entries-added (below 19), the groups' entries-read (below
+    19), the consumers' active time (below 21; their seen time stays)."""
+    from .primitives import RdbError
+    from .walk import SHORT, read_len, skip_str
+
+    if to > t or t not in (15, 19, 21) or to not in (15, 19, 21):
+        raise ValueError(f"cannot re-lay a stream of type {t} as type {to}")
+    buf = bytes(raw)
+    out: list[bytes] = []
+    el = encode_length
+    try:
+        nodes, p = read_len(buf, 0)
+        for _ in range(nodes):
+            p = skip_str(buf, skip_str(buf, p))
+        out.append(buf[:p])
+        s = p
+        for _ in range(3):  # length, last id (ms, seq)
+            _, p = read_len(buf, p)
+        out.append(buf[s:p])
+        if t >= 19:
+            s = p
+            for _ in range(5):  # first id, max deleted id, entries added
+                _, p = read_len(buf, p)
+            if to >= 19:
+                out.append(buf[s:p])
+        ngroups, p = read_len(buf, p)
+        out.append(el(ngroups))
+        for _ in range(ngroups):
+            s = p
+            p = skip_str(buf, p)  # name
+            for _ in range(2):  # last delivered id
+                _, p = read_len(buf, p)
+            out.append(buf[s:p])
+            if t >= 19:
+                s = p
+                _, p = read_len(buf, p)  # entries read
+                if to >= 19:
+                    out.append(buf[s:p])
+            s = p
+            npel, p = read_len(buf, p)
+            for _ in range(npel):  # id (16), delivery time (8), delivery count
+                _, p = read_len(buf, p + 24)
+            nconsumers, p = read_len(buf, p)
+            out.append(buf[s:p])
+            for _ in range(nconsumers):
+                s = p
+                p = skip_str(buf, p) + 8  # name, seen time
+                out.append(buf[s:p])
+                if t >= 21:
+                    p += 8  # active time
+                    if to >= 21:
+                        out.append(buf[p - 8 : p])
+                s = p
+                n, p = read_len(buf, p)
+                p += 16 * n
+                out.append(buf[s:p])
+    except SHORT:
+        raise RdbError("stream value is truncated") from None
+    if p != len(buf):
+        raise RdbError("stream value does not end where its last consumer group does")
+    return b"".join(out)

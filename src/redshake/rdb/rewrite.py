@@ -13,6 +13,7 @@ Redis 7.4 hash-field expiration commands (those arrive with Valkey 9.0).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 
 from .values import (
@@ -113,7 +114,9 @@ def require_field_ttl(key: bytes, version: Version, valkey: bool) -> None:
         raise RewriteError(
             "hash has fields with a TTL but the target "
             f"({name} {'.'.join(map(str, version))}) has no HPEXPIREAT "
-            "(needs Redis >= 7.4 or Valkey >= 9.0); refusing to drop the field TTLs",
+            "(needs Redis >= 7.4 or Valkey >= 9.0); refusing to drop the field TTLs: set "
+            '[advanced] unsupported_field_ttl = "drop" (copy the hash without them) or '
+            '"key_ttl" (expire the whole key at its earliest field TTL)',
             key,
         )
 
@@ -233,14 +236,45 @@ def stream_to_commands(
 ) -> Iterator[list[bytes]]:
     """Commands that rebuild a stream with its metadata and consumer groups.
 
+    A pending entry whose message was deleted from the stream cannot be claimed (XCLAIM
+    skips ids the stream lacks), so such a message is added in its place as a stand-in, the
+    groups claim it, then the stand-ins are deleted and the metadata set again.
+
     What cannot be carried by commands: consumer seen-time / active-time (set to the time
-    of the rebuild), and pending entries whose message was deleted from the stream (the
-    server refuses to XCLAIM them)."""
-    for eid, fv in value.entries:
+    of the rebuild)."""
+    live = {eid for eid, _ in value.entries}
+    ghosts = sorted(
+        {pid for g in value.groups for pid, _t, _c in g.pel if pid not in live}, key=_id_key
+    )
+    if ghosts:
+        entries = sorted(
+            itertools.chain(value.entries, ((pid, _GHOST_FIELDS) for pid in ghosts)),
+            key=lambda e: _id_key(e[0]),
+        )
+    else:
+        entries = value.entries
+    for eid, fv in entries:
         yield [b"XADD", key, eid, *fv]
-    yield from _stream_meta_commands(key, value, bool(value.entries), target_version)
+    if not ghosts:
+        yield from _stream_meta_commands(key, value, bool(entries), target_version)
+    else:  # entries-added must cover the stand-ins until they are gone
+        yield [b"XSETID", key, value.last_id]
     for g in value.groups:
         yield from _stream_group_commands(key, g, target_version, max_items)
+    if ghosts:
+        step = max(1, max_items)
+        for i in range(0, len(ghosts), step):
+            yield [b"XDEL", key, *ghosts[i : i + step]]
+        yield from _stream_meta_commands(key, value, True, target_version)
+
+
+# The fields of a stand-in for a deleted message that is still pending (see stream_to_commands).
+_GHOST_FIELDS = [b"redshake", b"deleted"]
+
+
+def _id_key(sid: bytes) -> tuple[int, int]:
+    ms, _, seq = sid.partition(b"-")
+    return int(ms), int(seq or 0)
 
 
 def stream_part_commands(

@@ -42,6 +42,7 @@ class ReaderContext:
             behavior=self.behavior,
             probe_exists=self.probe_exists,
             on_existing=self.on_existing,
+            field_ttl=self.options.get("unsupported_field_ttl", "panic"),
         )
 
 

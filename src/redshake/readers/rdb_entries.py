@@ -35,9 +35,17 @@ from collections.abc import Callable, Iterator
 from ..commands.slots import key_slot
 from ..entry import KEYLESS_ALL_MASTERS, Entry, KeyEnd, RestoreSet
 from ..rdb import records as R
-from ..rdb.dump import make_payload, plain_encode, restore_version
+from ..rdb.dump import (
+    make_payload,
+    plain_encode,
+    restore_version,
+    stream_downgrade,
+    stream_type_for,
+)
+from ..rdb.primitives import RdbError
+from ..rdb.rewrite import supports_field_ttl
 
-__all__ = ["TargetCaps", "RdbToEntries", "ConversionError", "temp_key_tag"]
+__all__ = ["TargetCaps", "RdbToEntries", "ConversionError", "temp_key_tag", "field_ttl_summary"]
 
 log = logging.getLogger("redshake")
 
@@ -49,6 +57,8 @@ _PLAIN_KIND = {
     3: "zset", 5: "zset", 12: "zset", 17: "zset",
     4: "hash", 9: "hash", 13: "hash", 16: "hash",
 }  # fmt: skip
+
+_STREAM_TYPES = frozenset({15, 19, 21})
 
 # Zipmaps (pre-2.6 hashes) are always decoded and re-encoded: the format allows a zipmap
 # whose count byte says "unknown, walk to the end", which current servers' payload checks
@@ -192,6 +202,7 @@ class RdbToEntries:
         now_ms: Callable[[], int] | None = None,
         max_items: int = 512,
         max_bytes: int = 1 << 20,
+        field_ttl: str = "panic",
     ) -> None:
         self.caps = caps
         self.src_version = src_version
@@ -202,6 +213,13 @@ class RdbToEntries:
         self.now_ms = now_ms or (lambda: int(time.time() * 1000))
         self.max_items = max_items
         self.max_bytes = max_bytes
+        # hash field TTLs on a target without them: "panic", "drop" or "key_ttl"
+        self.field_ttl = field_ttl
+        self._fttl_ok = supports_field_ttl(caps.version, caps.is_valkey)
+        self.field_ttls_dropped = 0  # fields whose TTL was dropped / folded into the key TTL
+        self.field_ttl_keys = 0  # ... and the keys they belong to
+        self._big_fexp = -1  # key_ttl: earliest field TTL of the big key being streamed
+        self._big_fttl_seen = False
         self.skipped: Counter[str] = Counter()
         self._methods: Counter[str] = Counter()
         self.n_restore = 0  # hot-path counters, folded into ``methods``
@@ -301,13 +319,15 @@ class RdbToEntries:
 
     # -- keys ----------------------------------------------------------------------------
 
-    def _restore_argv(self, key: bytes, payload: bytes, rec) -> list[bytes]:
-        if rec.expire_ms == -1:
+    def _restore_argv(self, key: bytes, payload: bytes, rec, exp: int | None = None) -> list[bytes]:
+        if exp is None:
+            exp = rec.expire_ms
+        if exp == -1:
             argv = [b"RESTORE", key, b"0", payload]
         elif self._abs_ttl:
-            argv = [b"RESTORE", key, str(rec.expire_ms).encode(), payload, b"ABSTTL"]
+            argv = [b"RESTORE", key, str(exp).encode(), payload, b"ABSTTL"]
         else:
-            ttl = max(1, rec.expire_ms - self.now_ms())
+            ttl = max(1, exp - self.now_ms())
             argv = [b"RESTORE", key, str(ttl).encode(), payload]
         if self._replace:
             argv.append(b"REPLACE")
@@ -362,7 +382,33 @@ class RdbToEntries:
 
     def _key_slow(self, rec, key: bytes, db: int, limit: int) -> Iterator[Entry]:
         caps = self.caps
+        if limit and rec.type in _STREAM_TYPES:
+            # A stream type the target does not know: the same bytes in its older layout
+            # keep every pending entry (commands cannot claim one whose message is deleted).
+            to = stream_type_for(caps.plain_max)
+            if to is not None and to < rec.type:
+                try:
+                    raw = stream_downgrade(rec.type, rec.raw, to)
+                except RdbError as e:
+                    raise RdbError(e.message, rec.offset, key) from None
+                if len(raw) + 11 <= limit:
+                    self._methods["restore_reencoded"] += 1
+                    payload = make_payload(to, raw, caps.plain_max)
+                    yield Entry(db, self._restore_argv(key, payload, rec), key)
+                    return
         value = self._decode(rec)
+        exp = rec.expire_ms
+        fexp = getattr(value, "field_expire", None)
+        if fexp and not self._fttl_ok:
+            exp = self._fold_field_ttls(key, fexp.values(), exp)
+            now = self.now_ms()
+            if any(t <= now for t in fexp.values()):  # fields already expired: gone
+                value.pairs = [p for p in value.pairs if fexp.get(p[0], now + 1) > now]
+            value.field_expire = None
+            self.field_ttl_keys += 1
+            if not value.pairs or (exp != -1 and exp <= now):
+                self.skipped["expired"] += 1
+                return
         if limit:
             kind = _PLAIN_KIND.get(rec.type)
             if kind is not None:
@@ -372,7 +418,7 @@ class RdbToEntries:
                     if len(raw) + 11 <= limit:
                         self._methods["restore_reencoded"] += 1
                         payload = make_payload(t, raw, caps.plain_max)
-                        yield Entry(db, self._restore_argv(key, payload, rec), key)
+                        yield Entry(db, self._restore_argv(key, payload, rec, exp), key)
                         return
         # Rebuild with commands.
         if not self._prepare_rebuild(db, key):
@@ -386,7 +432,7 @@ class RdbToEntries:
             for argv in value_to_commands(
                 key,
                 value,
-                expire_ms=rec.expire_ms,
+                expire_ms=exp,
                 target_version=caps.version,
                 target_valkey=caps.is_valkey,
                 max_items=self.max_items,
@@ -395,6 +441,37 @@ class RdbToEntries:
                 yield Entry(db, argv, key)
         except RewriteError as e:
             raise ConversionError(str(e)) from None
+
+    def _fold_field_ttls(self, key: bytes, ttls, exp: int) -> int:
+        """Field TTLs the target cannot hold, per ``unsupported_field_ttl``: stop the run
+        (panic), or count and drop them, with key_ttl expiring the whole key at the earliest
+        of them and its own TTL. Returns the key's expire time (-1: none)."""
+        ttls = [t for t in ttls if t is not None and t >= 0]
+        if not ttls:
+            return exp
+        now = self.now_ms()
+        if self.field_ttl not in ("drop", "key_ttl"):
+            from ..rdb.rewrite import RewriteError, require_field_ttl
+
+            try:
+                require_field_ttl(key, self.caps.version, self.caps.is_valkey)
+            except RewriteError as e:
+                raise ConversionError(str(e)) from None
+        if not self.field_ttls_dropped:
+            log.warning(
+                "the target has no hash field expiration: field TTLs %s (unsupported_field_ttl "
+                "= %s), first on key %r; counted in the summary",
+                "dropped" if self.field_ttl == "drop" else "folded into the key TTL",
+                self.field_ttl, key,
+            )  # fmt: skip
+        self.field_ttls_dropped += len(ttls)
+        if self.field_ttl == "drop":
+            return exp
+        live = [t for t in ttls if t > now]  # expired fields are left out, not kept
+        if not live:
+            return exp
+        m = min(live)
+        return m if exp == -1 else min(exp, m)
 
     def _decode(self, rec):
         from ..rdb.values import decode_value
@@ -434,6 +511,8 @@ class RdbToEntries:
             return
         self._big = (rec.db, rec.key, rec.kind, rec.expire_ms, False)
         self._big_started = False
+        self._big_fexp = -1
+        self._big_fttl_seen = False
         self._methods["commands_streamed"] += 1
         if self._replace or self.probe_exists is None:
             yield Entry(rec.db, [b"DEL", rec.key], rec.key)
@@ -452,6 +531,8 @@ class RdbToEntries:
             return
         from ..rdb.rewrite import RewriteError, items_to_commands, stream_part_commands
 
+        if kind == "hash" and not self._fttl_ok:
+            rec = R.BigKeyPart(self._strip_field_ttls(key, rec.items))
         if self._elem_keys:  # items with streamed strings among them
             yield from self._part_with_elements(db, key, kind, rec.items)
             return
@@ -494,9 +575,30 @@ class RdbToEntries:
         if big is None:
             return
         db, key, _kind, exp, skipping = big
+        if self._big_fexp != -1:  # key_ttl: the earliest field TTL
+            exp = self._big_fexp if exp == -1 else min(exp, self._big_fexp)
+            self._big_fexp = -1
         if not skipping and exp != -1:
             yield Entry(db, [b"PEXPIREAT", key, str(exp).encode()], key)
 
+
+    def _strip_field_ttls(self, key: bytes, items: list) -> list:
+        """The hash items of a part without their field TTLs (per unsupported_field_ttl)."""
+        ttls = [it[2] for it in items if len(it) == 3 and it[2] is not None and it[2] >= 0]
+        if not ttls:
+            return items
+        exp = self._fold_field_ttls(key, ttls, self._big_fexp)
+        if self.field_ttl == "key_ttl":
+            self._big_fexp = exp
+        if not self._big_fttl_seen:
+            self._big_fttl_seen = True
+            self.field_ttl_keys += 1
+        now = self.now_ms()
+        return [
+            (it[0], it[1], -1) if len(it) == 3 else it
+            for it in items
+            if len(it) != 3 or it[2] is None or it[2] < 0 or it[2] > now
+        ]
 
     # -- single element strings too big to buffer, built in temporary keys ---------------
 
@@ -636,3 +738,14 @@ def _plain_items(kind: str, value):
             return None
         return value.pairs
     return None
+
+
+def field_ttl_summary(conv: RdbToEntries | None) -> list[str]:
+    """The summary line about hash field TTLs the target could not hold, if there were any."""
+    if conv is None or not conv.field_ttls_dropped:
+        return []
+    how = "dropped" if conv.field_ttl == "drop" else "folded into their key's TTL"
+    return [
+        f"hash field TTLs {how}: {conv.field_ttls_dropped} fields of {conv.field_ttl_keys} "
+        f"keys (unsupported_field_ttl = {conv.field_ttl}; the target has no field expiration)"
+    ]

@@ -1,15 +1,20 @@
 """``[rdb_reader]``: restore an RDB file.
 
 Before anything is written the file is checked, so a corrupt file writes nothing:
-* a file with a CRC64 trailer (RDB >= 5, checksum not disabled) has its checksum verified
-  over the whole file first (~0.1 s per GB);
-* a file without one (old versions, ``rdbchecksum no``) is parsed and every value decoded
-  once without writing, which also catches corrupt ziplists/listpacks.
+* every record is walked (type and opcode bytes, lengths, the end of file), so an unknown
+  type byte or a truncation stops the run even under a valid checksum;
+* a file with a CRC64 trailer (RDB >= 5, checksum not disabled) has its checksum verified;
+  the values themselves are then trusted (they are the bytes the server wrote);
+* a file without one (old versions, ``rdbchecksum no``) has every value decoded and its
+  ziplists / listpacks / intsets / zipmaps checked as strictly as a server does and its
+  keys checked for duplicates (memory: the key names), once without writing;
+* function libraries are compiled in any case (they are few and small).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import struct
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -20,10 +25,12 @@ from ..rdb.parser import RdbParser
 from ..rdb.primitives import Crc64, RdbError
 from ..util import human_bytes
 from .base import FileReaderBase
+from .rdb_entries import field_ttl_summary
 
 __all__ = ["RdbFileReader", "check_rdb_file"]
 
 READ_SIZE = 256 * 1024
+_BLOB_TYPES = frozenset({10, 11, 12, 13, 14, 16, 17, 18, 20})
 
 
 def _header(path: Path) -> tuple[bytes, int]:
@@ -36,10 +43,38 @@ def _header(path: Path) -> tuple[bytes, int]:
     raise RdbError(f"not an RDB file: bad magic {head!r}", 0)
 
 
-def check_rdb_file(path: Path, stop: Callable[[], bool] | None = None) -> str:
-    """Validate a file before writing. Returns how ('checksum' or 'full parse')."""
+def _check_function(code: bytes, offset: int) -> None:
+    """A function library must have a valid first line and compile (Lua 5.1, as on the
+    servers), or the target would refuse it after keys were written."""
+    import lupa.lua51 as lua
+
+    first, nl, body = bytes(code).partition(b"\n")
+    engine, *meta = first.split() or [b""]
+    names = [m[5:] for m in meta if m[:5].lower() == b"name="]
+    if (
+        engine.lower() != b"#!lua"
+        or len(names) != 1
+        or len(meta) != 1
+        or not re.fullmatch(rb"[A-Za-z0-9_]+", names[0])
+    ):
+        raise RdbError(f"function library has an invalid first line {first[:80]!r}", offset)
+    rt = lua.LuaRuntime(encoding=None)
+    err = rt.eval("function(s) local f, e = loadstring(s, '=library'); return e end")(nl + body)
+    if err is not None:
+        raise RdbError(f"function library does not compile: {err.decode(errors='replace')}", offset)
+
+
+def check_rdb_file(
+    path: Path, stop: Callable[[], bool] | None = None, seen_dbs: set[int] | None = None
+) -> str:
+    """Validate a file before writing. Returns how ('checksum' or 'full parse').
+
+    Every record is walked in any case (an unknown type or opcode byte fails here, not after
+    half the keys were written: a valid CRC64 only says the bytes are those the producer
+    wrote). Values are decoded too when there is no usable checksum to vouch for them."""
     _magic, version = _header(path)
     size = path.stat().st_size
+    checked = False
     if version >= 5 and size >= 18:
         with open(path, "rb") as f:
             f.seek(size - 9)
@@ -55,14 +90,16 @@ def check_rdb_file(path: Path, stop: Callable[[], bool] | None = None) -> str:
                         break
                     crc.update(chunk)
                     remaining -= len(chunk)
-            if crc.value == stored:
-                return "checksum"
-            # Mismatch: parse to report where it breaks, else report the checksum itself.
-    # No usable trailer (or a mismatch): parse and decode everything without writing.
+            # A mismatch: parse to report where it breaks, else report the checksum itself.
+            checked = crc.value == stored
+    # Walk every record; without a valid checksum, decode every value without writing.
+    from ..rdb.validate import check_blob_headers, check_blobs
     from ..rdb.values import decode_value
 
     parser = RdbParser()
     valkey = None
+    key_records = (R.KeyValue, R.BigKeyStart)
+    keys: dict[int, set[bytes]] = {}  # without a checksum: the keys seen, per db
     with open(path, "rb") as f:
         while True:
             if stop is not None and stop():
@@ -72,11 +109,27 @@ def check_rdb_file(path: Path, stop: Callable[[], bool] | None = None) -> str:
                 break
             parser.feed(chunk)
             for rec in parser.records():
-                if type(rec) is R.KeyValue and not rec.empty:
+                if seen_dbs is not None and type(rec) is R.SelectDb:
+                    seen_dbs.add(rec.db)
+                if type(rec) is R.Function:  # few and small: checked in any case
+                    _check_function(rec.code, parser.offset)
+                if not checked and type(rec) in key_records:
+                    # a server refuses a file with a key twice in a db; so must we, up front
+                    seen = keys.setdefault(rec.db, set())
+                    if rec.key in seen:
+                        raise RdbError(f"key appears twice in db {rec.db}", rec.offset, rec.key)
+                    seen.add(rec.key)
+                if checked and type(rec) is R.KeyValue and rec.type in _BLOB_TYPES:
+                    try:
+                        check_blob_headers(rec.type, rec.raw)
+                    except RdbError as e:
+                        raise RdbError(e.message, rec.offset, rec.key) from None
+                if not checked and type(rec) is R.KeyValue and not rec.empty:
                     if valkey is None:
                         valkey = parser.is_valkey
                     try:
-                        decode_value(rec.type, rec.raw, valkey=valkey)
+                        raw = bytes(rec.raw)
+                        check_blobs(rec.type, raw, decode_value(rec.type, raw, valkey=valkey))
                     except RdbError as e:
                         if e.offset is None:
                             e.offset = rec.offset
@@ -84,7 +137,7 @@ def check_rdb_file(path: Path, stop: Callable[[], bool] | None = None) -> str:
                             e.key = rec.key
                         raise RdbError(e.message, e.offset, e.key) from None
     parser.finish()
-    return "full parse"
+    return "checksum" if checked else "full parse"
 
 
 class RdbFileReader(FileReaderBase):
@@ -106,7 +159,17 @@ class RdbFileReader(FileReaderBase):
         self.checked_by = ""
 
     def prepare(self) -> None:
-        self.checked_by = check_rdb_file(self.path, self.ctx.stop)
+        dbs: set[int] = set()
+        self.checked_by = check_rdb_file(self.path, self.ctx.stop, dbs)
+        # the target's number of databases (0: unknown, or a filter may drop dbs)
+        limit = self.ctx.options.get("target_databases", 0)
+        if limit and dbs and max(dbs) >= limit:
+            where = (
+                "a cluster target has db 0 only; use [filter] allow_db"
+                if limit == 1
+                else f"the target has {limit} databases"
+            )
+            raise RdbError(f"the file has keys in db {max(dbs)}, which cannot be written: {where}")
 
     def batches(self) -> Iterator[list]:
         parser = self.parser
@@ -148,6 +211,9 @@ class RdbFileReader(FileReaderBase):
             "file_sent_human": human_bytes(self.sent),
             "percent": f"{self.percent:.2f}%",
         }
+
+    def summary(self) -> list[str]:
+        return field_ttl_summary(self.conv)
 
     def counters(self) -> tuple[int, Counter, Counter]:
         """(keys read, how keys were written, skipped keys by reason)."""
