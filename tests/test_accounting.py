@@ -24,7 +24,6 @@ from helpers import assert_same_data, run_redshake, write_config
 from servers import free_port
 from test_scan_reader import diff_data
 from test_sync import Shake, start_load, wait_converged, wait_for
-from test_sync import shakes as shakes  # noqa: F401 - the fixture
 
 SUMMARY = re.compile(r"summary[^:]*: keys read=(\d+), written=(\d+) of (\d+) sent .*failed=(\d+)")
 READERS = ["rdb", "scan", "sync"]

@@ -17,7 +17,6 @@ from helpers import run_redshake, write_config
 from redshake.repl.checkpoint import Checkpoint, save_checkpoint
 from redshake.status.logging import SizeRotatingFileHandler, setup_logging
 from test_sync import Shake, start_load, wait_converged, wait_for
-from test_sync import shakes as shakes  # noqa: F401 - the fixture
 
 
 @pytest.fixture(autouse=True)
