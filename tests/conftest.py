@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,6 +77,20 @@ def shakes() -> Iterator[list]:
     finally:
         for s in started:
             s.kill()
+
+
+@pytest.fixture(autouse=True)
+def _restore_redshake_logger() -> Iterator[None]:
+    """setup_logging() reconfigures the shared "redshake" logger (handlers, level,
+    propagation): put it back after every test, so caplog-based tests see its records."""
+    logger = logging.getLogger("redshake")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    for h in list(logger.handlers):
+        if h not in saved[0]:
+            logger.removeHandler(h)
+            h.close()
+    logger.level, logger.propagate = saved[1], saved[2]
 
 
 @pytest.fixture(scope="session", autouse=True)

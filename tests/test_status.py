@@ -35,19 +35,6 @@ from redshake.workdir import LOCK_NAME, WorkDir, WorkDirLocked
 TIMEOUT = 10  # generous: never a timing assertion, only a bound on a hung test
 
 
-@pytest.fixture(autouse=True)
-def _restore_redshake_logger():
-    """setup_logging() reconfigures the shared logger: put it back for other tests."""
-    logger = logging.getLogger("redshake")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    yield
-    for h in list(logger.handlers):
-        if h not in saved[0]:
-            logger.removeHandler(h)
-            h.close()
-    logger.level, logger.propagate = saved[1], saved[2]
-
-
 def fetch(url: str, method: str = "GET", data: bytes | None = None):
     req = urllib.request.Request(url, data=data, method=method)
     with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:

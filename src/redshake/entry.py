@@ -31,6 +31,9 @@ class Entry:
     # True for the last command that writes one key of a snapshot (RDB / SCAN): a writer
     # counts a key as written when the target answered that command without an error.
     ends_key = False
+    # True for what a writer adds around the source's commands (the MULTI, position marker
+    # and EXEC of an exactly-once unit): not counted as entries the target acknowledged.
+    plumbing = False
 
     def __init__(self, db: int, argv: list[bytes], key=None, offset: int = -1, resp=None) -> None:
         self.db = db
@@ -56,6 +59,13 @@ class RestoreSet(Entry):
 
     __slots__ = ()
     ends_key = True
+
+
+class UnitEntry(Entry):
+    """MULTI / marker SET / EXEC of an exactly-once unit (see ``Entry.plumbing``)."""
+
+    __slots__ = ()
+    plumbing = True
 
 
 class KeyEnd(Entry):

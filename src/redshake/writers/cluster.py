@@ -49,7 +49,7 @@ from typing import Any
 
 from redshake.commands.lookup import command_keys
 from redshake.commands.slots import SLOTS, key_slot
-from redshake.entry import KEYLESS_ALL_MASTERS, Entry
+from redshake.entry import KEYLESS_ALL_MASTERS, Entry, UnitEntry
 from redshake.resp.conn import (
     Connection,
     ReplyError,
@@ -900,9 +900,9 @@ class ClusterWriter:
                         self.write(Entry(e.db, e.argv, e.key, -1, e.resp))
                     continue
                 mk, mv = marker_key(self.marker_prefix, slot), self.marker_value(off)
-            multi = Entry(0, [_MULTI], None, -1, _MULTI_RESP)
-            exe = Entry(0, [_EXEC], None, -1, _EXEC_RESP)
-            self._write_block([multi, *group, Entry(0, [b"SET", mk, mv], mk), exe], True)
+            multi = UnitEntry(0, [_MULTI], None, -1, _MULTI_RESP)
+            exe = UnitEntry(0, [_EXEC], None, -1, _EXEC_RESP)
+            self._write_block([multi, *group, UnitEntry(0, [b"SET", mk, mv], mk), exe], True)
         if offset >= 0:
             self._track.append([offset, None, 0])  # released once every block before is answered
         if skip and last > self._skip_upto:

@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from redshake.entry import Entry, RestoreSet, Run
+from redshake.entry import Entry, RestoreSet, Run, UnitEntry
 from redshake.resp.conn import Connection, ReplyError, connection_options, parse_address
 from redshake.resp.encode import encode
 from redshake.writers.base import TargetInfo, WriterError, probe_target
@@ -67,7 +67,7 @@ def _is_restore_set(entry: object) -> bool:
 class _Block:
     """A MULTI ... EXEC block in flight: its entries and what its replies said so far."""
 
-    __slots__ = ("entries", "queued", "errors", "select_inside", "run_cmds")
+    __slots__ = ("entries", "queued", "errors", "select_inside", "run_cmds", "added")
 
     def __init__(self, multi: Entry) -> None:
         self.entries: list[Entry] = [multi]
@@ -77,6 +77,9 @@ class _Block:
         self.errors: list[tuple[Entry | None, str]] = []  # replies refusing to queue
         self.select_inside = False
         self.run_cmds = 0  # commands written inside the block as runs
+        # entries this writer's caller added around the source's commands (unit MULTI,
+        # marker SET, EXEC: Entry.plumbing), not counted as acknowledged source entries
+        self.added = 1 if multi.plumbing else 0
 
 
 class _QueuedRun:
@@ -249,6 +252,8 @@ class RedisWriter:
             item = _Internal("MULTI", entry, blk)
         else:
             blk.entries.append(entry)
+            if entry.plumbing:
+                blk.added += 1
             if len(a0) == 4 and a0.upper() == _EXEC:
                 self._block = None
                 self.transactions += 1
@@ -280,13 +285,13 @@ class RedisWriter:
         transaction whose EXEC never arrived is discarded when the connection closes).
         MULTI/EXEC entries must not be written inside a unit."""
         if self._block is None:
-            self._write_txn(Entry(self._db, [_MULTI]))
+            self._write_txn(UnitEntry(self._db, [_MULTI]))
 
     def end_unit(self, db: int, key: bytes, value: bytes, offset: int) -> None:
         """Close the unit with ``SET key value`` in ``db`` (the position marker) and EXEC;
         ``offset`` becomes the acknowledged offset when the EXEC reply arrives."""
-        self._write_txn(Entry(db, [b"SET", key, value]))
-        self._write_txn(Entry(self._db, [_EXEC], None, offset))
+        self._write_txn(UnitEntry(db, [b"SET", key, value]))
+        self._write_txn(UnitEntry(self._db, [_EXEC], None, offset))
 
     def get(self, db: int, key: bytes) -> bytes | None:
         """Synchronously read a string key (after everything written so far is applied)."""
@@ -706,14 +711,14 @@ class RedisWriter:
         if r.__class__ is list:
             # all OK (what SET and most writes answer) is one count in C
             if r.count(b"OK") == len(r) or ReplyError not in map(type, r):  # type: ignore[attr-defined,arg-type]
-                self.acked += len(entries) + blk.run_cmds
+                self.acked += len(entries) + blk.run_cmds - blk.added
                 return
             errs = [
                 (e, res)
                 for e, res in zip(_queued_entries(blk.queued), r, strict=False)  # type: ignore[call-overload]
                 if res.__class__ is ReplyError
             ]
-            self.acked += len(entries) + blk.run_cmds - len(errs)  # before calling out
+            self.acked += len(entries) + blk.run_cmds - blk.added - len(errs)  # before calling out
             for e, res in errs:
                 if e is not None:
                     self._on_reply_error(e, res)  # type: ignore[arg-type]
