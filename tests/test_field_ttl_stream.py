@@ -269,3 +269,35 @@ def test_conversion_of_times_in_the_past(has_lt):
         else:
             assert got[1][0] == b"EVAL" and got[1][2:] == [b"1", b"h", b"%d" % (now + 5000), b"0"]
         assert (conv.converted, conv.dropped) == (3, 0)
+
+
+LUA_SEES_SOURCE = """
+if CMD == "HPEXPIREAT" or CMD == "HSETEX" then
+    shake.log("lua saw " .. CMD)
+end
+for _, index in ipairs(KEY_INDEXES) do
+    ARGV[index] = "lua:" .. ARGV[index]
+end
+shake.call(DB, ARGV)
+"""
+
+
+def test_live_field_ttl_commands_after_lua(servers, tmp_path, shakes):
+    """A Lua function sees the source's field TTL commands (as in RedisShake); what it
+    writes is converted afterwards (drop, into Redis 7.0)."""
+    from helpers import toml_value
+
+    src = servers.start("valkey-9.1")
+    dst = servers.start("redis-7.0")
+    shake = Shake(tmp_path, src, dst, advanced={"unsupported_field_ttl": "drop"})
+    text = shake.cfg.read_text() + f"\n[filter]\nfunction = {toml_value(LUA_SEES_SOURCE)}\n"
+    shake.cfg.write_text(text)
+    shakes.append(shake.start())
+    wait_for(lambda: "now following the stream" in shake.log(), 120, "the snapshot", shake)
+    model = workload(src, (0,), seed=5)
+    wait_converged(src, shake, timeout=120)
+    want = {(db, b"lua:" + k): v for (db, k), v in content({0: [src.client()]}).items()}
+    assert assert_converted(want, content({0: [dst.client()]}), model, "drop") > 0
+    assert shake.terminate() == 0, shake.log()[-3000:]
+    log = shake.log()
+    assert "lua saw HPEXPIREAT" in log and "lua saw HSETEX" in log, log[-3000:]
