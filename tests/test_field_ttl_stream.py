@@ -184,33 +184,37 @@ def test_live_field_ttl_commands(dst_name, mode, servers, tmp_path, shakes):
     assert dropped_logged == dropped > 0 and converted > 0
 
 
-def test_live_field_ttl_commands_into_cluster(servers, tmp_path, shakes):
-    """key_ttl into a Redis 7.0 cluster: the converted commands reach each key's master."""
+@pytest.mark.parametrize("mode", ["drop", "key_ttl"])
+def test_live_field_ttl_commands_into_cluster(mode, servers, tmp_path, shakes):
+    """Into a Redis 7.0 cluster: the converted commands reach each key's master."""
     src = servers.start("valkey-9.1")
     dst = servers.cluster("redis-7.0", masters=3)
 
     class _Addr:
         address = dst.seed
 
-    shake = Shake(tmp_path, src, _Addr(), advanced={"unsupported_field_ttl": "key_ttl"})
+    shake = Shake(tmp_path, src, _Addr(), advanced={"unsupported_field_ttl": mode})
     shake.cfg.write_text(shake.cfg.read_text().replace("[redis_writer]\n", "[redis_writer]\ncluster = true\n"))
     shakes.append(shake.start())
     wait_for(lambda: "now following the stream" in shake.log(), 120, "the snapshot", shake)
-    model = workload(src, (0,), seed=11)
+    model = workload(src, (0,), seed=11 + len(mode))
     wait_converged(src, shake, timeout=120)
     dst_content = content({0: [m.client() for m in dst.masters]})
-    assert assert_converted(content({0: [src.client()]}), dst_content, model, "key_ttl") > 0
+    assert assert_converted(content({0: [src.client()]}), dst_content, model, mode) > 0
     assert shake.terminate() == 0, shake.log()[-3000:]
 
 
 def test_live_field_ttl_panic(servers, tmp_path, shakes):
-    """Default: the first field TTL command of the stream stops the run, naming the setting."""
+    """Default: the first field TTL command of the stream stops the run, naming the setting
+    (an HGETDEL before it, which the target lacks too, becomes HDEL)."""
     src = servers.start("valkey-9.1")
     dst = servers.start("valkey-8.1")
-    src.client().hset(b"h", mapping={b"a": b"1"})
+    src.client().hset(b"h", mapping={b"a": b"1", b"b": b"2"})
     shake = Shake(tmp_path, src, dst)
     shakes.append(shake.start())
     wait_for(lambda: "now following the stream" in shake.log(), 120, "the snapshot", shake)
+    src.client().execute_command("HGETDEL", b"h", "FIELDS", 1, b"b")
+    wait_for(lambda: dst.client().hgetall(b"h") == {b"a": b"1"}, 120, "the HDEL", shake)
     src.client().execute_command("HPEXPIRE", b"h", 100_000, "FIELDS", 1, b"a")
     assert shake.wait(120) == 1
     log = shake.log()
