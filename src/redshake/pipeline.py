@@ -263,6 +263,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     from .status.progress import Progress
     from .transform import TransformError, build_transform
     from .transform.field_ttl import COMMANDS as FIELD_TTL_COMMANDS
+    from .transform.field_ttl import NAMES as FIELD_TTL_NAMES
     from .transform.field_ttl import FieldTtlCommands, FieldTtlError
     from .writers import build_writer
 
@@ -422,6 +423,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
             reader.entry_only = FIELD_TTL_COMMANDS
     # after the filter / Lua function: those see the source's commands (as in RedisShake)
     convert = transform if fttl is None else fttl.after(transform)
+    fnames = FIELD_TTL_NAMES if fttl is not None else frozenset()  # (one lookup per entry)
     interrupted = False
     try:
         write = writer.write
@@ -461,7 +463,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
                     if name == "EXEC" and unit_offset is not None:
                         unit_offset(e.offset)
                     continue  # the unit around the batch is the transaction
-                if convert is None:
+                if convert is None or (transform is None and name not in fnames):
                     write(e)
                     write_by_cmd[name] = write_by_cmd.get(name, 0) + 1
                 else:

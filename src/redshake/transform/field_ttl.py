@@ -26,12 +26,13 @@ from collections.abc import Callable
 
 from ..entry import Entry
 
-__all__ = ["FieldTtlCommands", "FieldTtlError", "COMMANDS"]
+__all__ = ["FieldTtlCommands", "FieldTtlError", "COMMANDS", "NAMES"]
 
 log = logging.getLogger("redshake")
 
 _EXPIRE = {b"hexpire": 1000, b"hpexpire": 1, b"hexpireat": -1000, b"hpexpireat": -1}
 COMMANDS = frozenset((*_EXPIRE, b"hpersist", b"hsetex", b"hgetex", b"hgetdel"))
+NAMES = frozenset(c.decode().upper() for c in COMMANDS)
 _TIME_OPTS = {b"ex": 1000, b"px": 1, b"exat": -1000, b"pxat": -1}
 
 # PEXPIREAT key T LT for targets without LT (< 7.0) and for AOF replays: lower the TTL only
