@@ -93,9 +93,7 @@ class ErrorPolicy:
         log.error("target replied error to %s on key %r (db %d): %s", cmd, key, entry.db, message)
         if cmd in _FIELD_TTL_COMMANDS and "unknown command" in message.lower():
             message += (
-                " (the target has no hash field expiration; [advanced] unsupported_field_ttl "
-                "converts field TTLs of RDB/snapshot/scan values only, not these commands "
-                "of the live stream)"
+                " (the target has no hash field expiration: see [advanced] unsupported_field_ttl)"
             )
         if self.standalone_target and message.startswith(("MOVED ", "ASK ")):
             raise FatalError(f"{not_cluster_writer(self.standalone_target)} ({cmd} got {message})")
@@ -259,10 +257,14 @@ class _Ticker(threading.Thread):
 def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     """Validate the input, then move entries from the reader through the transform to the
     writer until the reader is done or a stop is requested."""
+    from .rdb.rewrite import supports_field_ttl
     from .readers import build_reader
     from .readers.base import ReaderContext
     from .status.progress import Progress
     from .transform import TransformError, build_transform
+    from .transform.field_ttl import COMMANDS as FIELD_TTL_COMMANDS
+    from .transform.field_ttl import NAMES as FIELD_TTL_NAMES
+    from .transform.field_ttl import FieldTtlCommands, FieldTtlError
     from .writers import build_writer
 
     adv = cfg.advanced
@@ -299,6 +301,13 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
             " cluster" if cfg.writer.cluster else "",
         )
     caps = TargetCaps.from_target_info(info, adv.target_redis_proto_max_bulk_len)
+    # the live stream's / AOF's field TTL commands for a target without field expiration
+    fttl = None
+    if not supports_field_ttl(caps.version, caps.is_valkey):
+        shift = 0
+        if cfg.reader_type == "aof":  # (expiries due soon are replayed shifted)
+            from .readers.aof_reader import SHIFT_MS as shift
+        fttl = FieldTtlCommands(adv.unsupported_field_ttl, caps.version, stats.skip, shift=shift)
     if transform is not None:
         # filters and Lua functions written for RedisShake expect every RDB key as RESTORE
         caps.set_strings = False
@@ -410,6 +419,11 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         write_run = None
     if write_run is not None and hasattr(reader, "runs"):
         reader.runs = True
+        if fttl is not None:  # runs go as received: these commands must come one by one
+            reader.entry_only = FIELD_TTL_COMMANDS
+    # after the filter / Lua function: those see the source's commands (as in RedisShake)
+    convert = transform if fttl is None else fttl.after(transform)
+    fnames = FIELD_TTL_NAMES if fttl is not None else frozenset()  # (one lookup per entry)
     interrupted = False
     try:
         write = writer.write
@@ -449,11 +463,11 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
                     if name == "EXEC" and unit_offset is not None:
                         unit_offset(e.offset)
                     continue  # the unit around the batch is the transaction
-                if transform is None:
+                if convert is None or (transform is None and name not in fnames):
                     write(e)
                     write_by_cmd[name] = write_by_cmd.get(name, 0) + 1
                 else:
-                    for e2 in transform(e):
+                    for e2 in convert(e):
                         wn = e2.argv[0].decode("ascii", "replace").upper()
                         if unit and (wn == "MULTI" or wn == "EXEC"):
                             if wn == "EXEC" and unit_offset is not None:
@@ -482,7 +496,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
                 stop.signame or "request",
             )
             code = EXIT_FAILURE
-    except FatalError as e:
+    except (FatalError, FieldTtlError) as e:
         log.error("%s", e)
         code = EXIT_FAILURE
     except (RdbError, ConversionError) as e:
@@ -522,6 +536,8 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         for extra in transform.summary():
             log.info("%s", extra)
     _summary(reader, writer, policy, stats, time.monotonic() - t1, code, transform is not None)
+    if fttl is not None and (fttl.dropped or fttl.converted):
+        log.info("%s", fttl.summary())
     return code
 
 

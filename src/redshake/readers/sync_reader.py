@@ -152,6 +152,8 @@ class SyncReader:
         # set by the driver when the writer takes whole runs of plain commands (write_run)
         # and no transform needs single entries
         self.runs = False
+        # lower-case names of commands never put in a run (converted one by one by the driver)
+        self.entry_only: frozenset[bytes] = frozenset()
         # exactly-once mode: the target key holding "<replid> <offset> <db>" (see unit_marker)
         self.marker_key = b""
         # cluster target: (replid, {slot: offset}) of slot markers ahead of the resume point
@@ -693,7 +695,7 @@ class SyncReader:
                     a0 = argv[0]
                     kind = kinds.get(a0)
                     if kind is None:
-                        kind = _kind(a0, kinds)
+                        kind = _kind(a0, kinds, self.entry_only)
                     if not kind and txn is None and runs:
                         # fast path: only the length is needed, the bytes are sliced off the
                         # chunk when the run is closed
@@ -719,7 +721,7 @@ class SyncReader:
                         last_entry = safe = start
                     raw = encode(argv)
                     end += len(raw)
-                    if not kind:
+                    if not kind or kind == _K_ENTRY:
                         entries += 1
                         if txn is None:
                             batch.append(Entry(db, argv, None, span_base + end, raw))
@@ -1057,7 +1059,7 @@ class ReconnectingWriter:
         reader.request_rewind()
 
 
-_K_SPECIAL, _K_INTERNAL = 1, 2
+_K_SPECIAL, _K_INTERNAL, _K_ENTRY = 1, 2, 3
 
 
 def _make_run(db: int, argvs: list, chunk: bytes, cs: int, start: int, end: int,
@@ -1072,10 +1074,13 @@ def _make_run(db: int, argvs: list, chunk: bytes, cs: int, start: int, end: int,
     return Run(db, argvs, resp, span_base + end)
 
 
-def _kind(name: bytes, cache: dict[bytes, int]) -> int:
-    """0: forward; _K_SPECIAL: PING/SELECT/REPLCONF/MULTI/EXEC; _K_INTERNAL: maybe internal."""
+def _kind(name: bytes, cache: dict[bytes, int], entry_only: frozenset[bytes] = frozenset()) -> int:
+    """0: forward; _K_SPECIAL: PING/SELECT/REPLCONF/MULTI/EXEC; _K_INTERNAL: maybe internal;
+    _K_ENTRY: forward as an entry of its own, never in a run."""
     low = name.lower()
-    if low in _DROP:
+    if low in entry_only:
+        k = _K_ENTRY
+    elif low in _DROP:
         k = _K_SPECIAL
     elif low in (b"publish", b"cluster", b"trimslots", b"opinfo"):
         k = _K_INTERNAL
