@@ -870,8 +870,9 @@ class ClusterWriter:
             if self._retry and not self._in_retry:
                 self._drain_retry()
             self._unit_blocks(unit, key, value, offset)
-            if len(self._track) > 4096:
-                self._release()
+            # (once per unit, not per command: answered blocks - which may hold 1 MiB pieces
+            # of a huge command - are not kept until 4096 of them have piled up)
+            self._release()
         except BaseException as e:
             self._exc = e
             raise
