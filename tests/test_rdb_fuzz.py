@@ -1,7 +1,8 @@
 """Corrupt RDB files are refused before anything is written (exit 2, target empty) or restored
 whole: mutated corpus files (tests/rdbfuzz.py; bench/fuzz_rdb.py runs many more, each through
 the CLI). Most inputs go through the pre-write check in-process; a sample runs the real CLI
-against a real server."""
+against a real server. Both ``[rdb_reader] verify`` modes are covered: "checksum" trusts the
+values under a valid CRC64, "full" (and "auto" for small files) decodes and checks them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from rdbfuzz import cases, judge, record_offsets
 from redshake.rdb import records as R
 from redshake.rdb.parser import RdbParser
 from redshake.rdb.primitives import RdbError, crc64
+from redshake.readers import rdb_reader
 from redshake.readers.rdb_reader import check_rdb_file
 from servers import start_server
 
@@ -26,7 +28,7 @@ def test_fuzz_prewrite_check_in_process(tmp_path):
     for case in cases(300, seed=11):
         f.write_bytes(case.data)
         try:
-            check_rdb_file(f)
+            check_rdb_file(f, verify="checksum")
         except RdbError:
             refused += 1
             continue
@@ -92,9 +94,99 @@ def test_unknown_type_byte_under_valid_crc_writes_nothing(servers, tmp_path):
     assert target.client().dbsize() == 0
 
 
+def _passes(path, verify: str) -> bool:
+    try:
+        check_rdb_file(path, verify=verify)
+    except RdbError:
+        return False
+    return True
+
+
+def test_fuzz_full_verify_in_process(tmp_path):
+    """400 mutated files checked with verify = "full": nothing but RdbError is raised; every
+    file the default check refuses is refused, and under a recomputed (valid) CRC64 the
+    verdict is the one a file without a checksum gets (the same file with its CRC zeroed),
+    which refuses one-byte changes the checksum mode lets through."""
+    f, z = tmp_path / "x.rdb", tmp_path / "z.rdb"
+    gap = fixed = 0
+    for case in cases(400, seed=23):
+        f.write_bytes(case.data)
+        by_checksum, by_full = _passes(f, "checksum"), _passes(f, "full")
+        assert by_checksum or not by_full, f"full accepted what checksum refuses: {case.name}"
+        if case.crc == "fixed":
+            fixed += 1
+            z.write_bytes(case.data[:-8] + bytes(8))
+            assert _passes(z, "checksum") == by_full, case.name
+            gap += by_checksum and not by_full
+    assert fixed > 50 and gap > 0
+
+
+def test_verify_auto_threshold(tmp_path, monkeypatch):
+    """verify = "auto" (the default) checks a file of at most FULL_CHECK_MAX_BYTES fully
+    even under a valid CRC64, a larger one by its checksum; the explicit modes ignore size."""
+    path = TESTDATA / "rdb/redis-rdb-tools/redis_50_with_streams.rdb"
+    assert path.stat().st_size <= rdb_reader.FULL_CHECK_MAX_BYTES
+    assert check_rdb_file(path, verify="auto") == "full parse"
+    assert check_rdb_file(path, verify="checksum") == "checksum"
+    monkeypatch.setattr(rdb_reader, "FULL_CHECK_MAX_BYTES", path.stat().st_size - 1)
+    assert check_rdb_file(path, verify="auto") == "checksum"
+    assert check_rdb_file(path, verify="full") == "full parse"
+
+
+def test_verify_setting_v4_and_v3(tmp_path):
+    """[rdb_reader] verify (v4) and [source] rdb_verify (v3 restore): default "auto", a bad
+    value is refused with the allowed ones."""
+    import pytest
+
+    from redshake.config.loader import ConfigError, load_config
+
+    v4 = '[rdb_reader]\nfilepath = "d.rdb"\n%s[redis_writer]\naddress = "127.0.0.1:6379"\n'
+    v3 = 'type = "restore"\n[source]\nrdb_file_path = "d.rdb"\n%s[target]\naddress = "127.0.0.1:6379"\n'
+    cfg = tmp_path / "c.toml"
+    for text, line in ((v4, 'verify = "%s"\n'), (v3, 'rdb_verify = "%s"\n')):
+        cfg.write_text(text % "")
+        assert load_config(cfg).reader.verify == "auto"
+        for mode in ("checksum", "FULL", "auto"):
+            cfg.write_text(text % (line % mode))
+            assert load_config(cfg).reader.verify == mode.lower()
+        cfg.write_text(text % (line % "crc"))
+        with pytest.raises(ConfigError, match="allowed: auto, checksum, full"):
+            load_config(cfg)
+
+
+def test_full_verify_cli_recomputed_crc(servers, tmp_path):
+    """One-byte changes under a recomputed CRC64 that the default check lets through, through
+    the CLI into Redis 7.0. With verify = "checksum" the target refuses a value half way (exit
+    1, keys written); with "full" each is refused with nothing written or restored equal to a
+    native load, and "auto" (these files are small) does the same."""
+    target = servers.start("redis-7.0")
+    f = tmp_path / "x.rdb"
+    refused, accepted = [], []
+    for case in cases(600, seed=5):
+        if case.crc != "fixed" or case.what != "byte":
+            continue
+        f.write_bytes(case.data)
+        if not _passes(f, "checksum"):
+            continue
+        (accepted if _passes(f, "full") else refused).append(case)
+    assert len(refused) >= 4 and len(accepted) >= 4
+
+    def run(case, verify: str) -> str:
+        return judge(case, target, tmp_path, "redis-7.0", start_server, assert_same_data, verify)
+
+    results = {c.name: run(c, "full") for c in refused[:6] + accepted[:6]}
+    results.update({f"{c.name} auto": run(c, "auto") for c in refused[:2]})
+    bad = {k: v for k, v in results.items() if v not in OK}
+    assert not bad, bad
+    assert {results[c.name] for c in refused[:6]} == {"ok-refused"}
+    by_checksum = [run(c, "checksum") for c in refused[:6]]
+    assert "exit1" in by_checksum, by_checksum  # the gap "full" closes
+
+
 def test_strict_check_accepts_every_real_file(tmp_path):
-    """No false refusals: every corpus file a server loads passes the check, also with its
-    CRC64 zeroed (which makes it decode and deep-check every value)."""
+    """No false refusals: every corpus file a server loads passes the check, with verify =
+    "full" too, and also with its CRC64 zeroed (which makes it decode and deep-check every
+    value)."""
     z = tmp_path / "z.rdb"
     n = 0
     for f in manifest():
@@ -104,6 +196,7 @@ def test_strict_check_accepts_every_real_file(tmp_path):
             continue
         path = TESTDATA / f["path"]
         check_rdb_file(path)
+        assert check_rdb_file(path, verify="full") == "full parse"
         data = bytearray(path.read_bytes())
         if f["rdb"]["version"] >= 5 and len(data) >= 18 and data[-9] == 0xFF:
             data[-8:] = bytes(8)
