@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 
 from helpers import TESTDATA, assert_same_data, manifest, restore_file
-from rdbfuzz import cases, judge, record_offsets
+from rdbfuzz import cases, judge, record_offsets, restore
 from redshake.rdb import records as R
 from redshake.rdb.parser import RdbParser
 from redshake.rdb.primitives import RdbError, crc64
@@ -181,6 +181,59 @@ def test_full_verify_cli_recomputed_crc(servers, tmp_path):
     assert {results[c.name] for c in refused[:6]} == {"ok-refused"}
     by_checksum = [run(c, "checksum") for c in refused[:6]]
     assert "exit1" in by_checksum, by_checksum  # the gap "full" closes
+
+
+def test_full_verify_stream_lp_count(servers, tmp_path):
+    """A stream entry whose lp-count (what a server walks a node backwards with) is off by one,
+    CRC64 recomputed: Redis's own deep check (sanitize-dump-payload yes) refuses to load the
+    file; verify = "full" refuses it with nothing written; "checksum" trusts and writes it."""
+    import pytest
+
+    from redshake.rdb.primitives import read_string
+
+    src = servers.start("redis-7.0")
+    c = src.client()
+    c.config_set("rdbcompression", "no")
+    for i in range(30):
+        c.set(f"k{i}", "v" * i)
+    ids = [c.xadd("s", {"a": i, "b": "x" * (i % 5)}) for i in range(12)]
+    c.xadd("s", {"other": 1})  # an entry with its own fields
+    c.xdel("s", ids[3], ids[7])
+    c.xgroup_create("s", "g", id="0")
+    c.xreadgroup("g", "alice", {"s": ">"}, count=4)
+    c.save()
+    data = bytearray((src.dir / "dump.rdb").read_bytes())
+    p = RdbParser()
+    p.feed(bytes(data))
+    (raw,) = [bytes(r.raw) for r in p.records() if type(r) is R.KeyValue and r.key == b"s"]
+    assert raw[0] == 1  # one node: its key (16 bytes), then its listpack
+    blob, end = read_string(raw, 18)
+    assert blob[-3] < 0x80 and blob[-2] == 1  # the last entry's lp-count: a 7-bit int
+    at = data.index(raw) + end - 3
+    data[at] += 1
+    data[-8:] = struct.pack("<Q", crc64(bytes(data[:-8])))
+    bad = tmp_path / "bad.rdb"
+    bad.write_bytes(data)
+    native = tmp_path / "native"
+    native.mkdir()
+    (native / "dump.rdb").write_bytes(data)
+    with pytest.raises(Exception):  # noqa: B017 (the server exits: whatever the harness raises)
+        start_server("redis-7.0", dir=native, args=["--sanitize-dump-payload", "yes"], timeout=20)
+    loaded = start_server("redis-7.0", dir=native, args=["--sanitize-dump-payload", "no"])
+    try:  # the default server loads it (and would trust the bad lp-count)
+        assert loaded.client().xlen("s") == 11
+    finally:
+        loaded.cleanup()
+    with pytest.raises(RdbError, match="lp-count"):
+        check_rdb_file(bad, verify="full")
+    assert check_rdb_file(bad, verify="checksum") == "checksum"
+    target = servers.start("redis-7.0")
+    r = restore(bad, target, tmp_path, "full")
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "Traceback" not in r.stdout + r.stderr and "lp-count" in r.stdout + r.stderr
+    assert target.client().dbsize() == 0
+    r = restore(bad, target, tmp_path, "checksum")
+    assert r.returncode == 0 and target.client().dbsize() == 31
 
 
 def test_strict_check_accepts_every_real_file(tmp_path):
