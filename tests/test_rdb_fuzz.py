@@ -236,6 +236,34 @@ def test_full_verify_stream_lp_count(servers, tmp_path):
     assert r.returncode == 0 and target.client().dbsize() == 31
 
 
+def test_saved_script_that_does_not_compile_writes_nothing(servers, tmp_path):
+    """A script saved in the file (aux field lua, as Redis < 7 writes them) is sent with
+    SCRIPT LOAD; one that does not compile is refused before the keys are written (the target
+    used to refuse it, exit 1, and the keys were written anyway)."""
+    import hashlib
+
+    src = servers.start("redis-7.0")
+    c = src.client()
+    for i in range(25):
+        c.set(f"k{i}", "v" * i)
+    c.save()
+    dump = (src.dir / "dump.rdb").read_bytes()
+    target = servers.start("redis-7.0")
+    for body, code in ((b"return redis.call('set', 'foo', 'bar')", 0), (b"return redis.call(", 2)):
+        aux = b"\xfa\x03lua" + bytes([len(body)]) + body
+        data = dump[:9] + aux + dump[9:-8]
+        f = tmp_path / "script.rdb"
+        f.write_bytes(data + struct.pack("<Q", crc64(data)))
+        target.client().flushall()
+        r = restore(f, target, tmp_path, "checksum")
+        out = r.stdout + r.stderr
+        assert r.returncode == code and "Traceback" not in out, out[-2000:]
+        t = target.client()
+        assert t.dbsize() == (25 if code == 0 else 0)
+        assert t.script_exists(hashlib.sha1(body).hexdigest()) == [code == 0]
+    assert "does not compile" in out
+
+
 def test_strict_check_accepts_every_real_file(tmp_path):
     """No false refusals: every corpus file a server loads passes the check, with verify =
     "full" too, and also with its CRC64 zeroed (which makes it decode and deep-check every

@@ -11,7 +11,8 @@ Before anything is written the file is checked, so a corrupt file writes nothing
   has every value decoded and its ziplists / listpacks / intsets / zipmaps checked as
   strictly as a server does and its keys checked for duplicates (memory: the key names),
   once without writing;
-* function libraries are compiled in any case (they are few and small).
+* function libraries and saved scripts (``lua`` aux fields) are compiled in any case (they
+  are few and small).
 """
 
 from __future__ import annotations
@@ -52,8 +53,6 @@ def _header(path: Path) -> tuple[bytes, int]:
 def _check_function(code: bytes, offset: int) -> None:
     """A function library must have a valid first line and compile (Lua 5.1, as on the
     servers), or the target would refuse it after keys were written."""
-    import lupa.lua51 as lua
-
     first, nl, body = bytes(code).partition(b"\n")
     engine, *meta = first.split() or [b""]
     names = [m[5:] for m in meta if m[:5].lower() == b"name="]
@@ -64,10 +63,25 @@ def _check_function(code: bytes, offset: int) -> None:
         or not re.fullmatch(rb"[A-Za-z0-9_]+", names[0])
     ):
         raise RdbError(f"function library has an invalid first line {first[:80]!r}", offset)
+    _compile(nl + body, "function library", offset)
+
+
+def _compile(code: bytes, what: str, offset: int) -> None:
+    import lupa.lua51 as lua
+
     rt = lua.LuaRuntime(encoding=None)
-    err = rt.eval("function(s) local f, e = loadstring(s, '=library'); return e end")(nl + body)
+    err = rt.eval("function(s) local f, e = loadstring(s, '=library'); return e end")(code)
     if err is not None:
-        raise RdbError(f"function library does not compile: {err.decode(errors='replace')}", offset)
+        raise RdbError(f"{what} does not compile: {err.decode(errors='replace')}", offset)
+
+
+def _check_script(body: bytes, offset: int) -> None:
+    """A script saved in the file (``lua`` aux field, Redis < 7) is sent with SCRIPT LOAD,
+    which compiles it as a chunk (Redis >= 7) or as the body of a function (older): it must
+    compile both ways, or the target would refuse it after keys were written."""
+    what = "Lua script (aux field lua)"
+    _compile(bytes(body), what, offset)
+    _compile(b"function f() " + bytes(body) + b"\nend", what, offset)
 
 
 def check_rdb_file(
@@ -128,6 +142,8 @@ def check_rdb_file(
                     seen_dbs.add(rec.db)
                 if type(rec) is R.Function:  # few and small: checked in any case
                     _check_function(rec.code, parser.offset)
+                elif type(rec) is R.Aux and rec.key == b"lua":
+                    _check_script(rec.value, parser.offset)
                 if strict and type(rec) in key_records:
                     # a server refuses a file with a key twice in a db; so must we, up front
                     seen = keys.setdefault(rec.db, set())
