@@ -230,11 +230,9 @@ def check_blobs(t: int, raw: bytes, value) -> None:
             blob, pos = read_string(raw, pos)
             listpack_check(blob)
             _stream_node_check(blob)
-        # entry order and the length field: Redis 7.0 loads a stream whose length disagrees
-        # with its entries (XLEN is then wrong), Valkey 9 refuses it; a server writes both
-        # consistently, so a file that does not is corrupt
-        if value.length != len(value.entries):
-            raise RdbError(f"stream length {value.length} but {len(value.entries)} entries")
+        # (the length field is left alone: real files disagree with their entries, e.g. after
+        # an XTRIM in old versions; Redis 7.0 loads them, Valkey 9 refuses them). Entry ids
+        # must ascend: XADD never writes them out of order.
         ids = [_STREAM_ID.fullmatch(eid) for eid, _fv in value.entries]
         nums = [(int(m[1]), int(m[2])) for m in ids if m]
         # a negative or too large part: a node's delta points outside the 64-bit ids
