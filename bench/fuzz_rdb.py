@@ -9,7 +9,11 @@ CRC64 recomputed, zeroed or left stale. Every input must end as either
 anything else (a traceback, a hang, exit 1, keys written before a refusal, exit 0 for a file
 the server refuses or loads differently) is counted as a failure and kept for inspection.
 
-    python bench/fuzz_rdb.py [--n 1000] [--seed 1] [--server redis-7.0] [--keep DIR]
+``--verify`` is the ``[rdb_reader] verify`` mode used for every restore (auto, checksum or
+full); the report gives the count per outcome and per (mutation, checksum, outcome).
+
+    python bench/fuzz_rdb.py [--n 1000] [--seed 1] [--server redis-7.0] [--verify full]
+                             [--keep DIR]
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--server", default="redis-7.0")
+    ap.add_argument("--verify", default="auto", choices=("auto", "checksum", "full"))
     ap.add_argument("--keep", type=Path, default=None, help="where failing inputs are saved")
     a = ap.parse_args()
     keep = a.keep or Path(tempfile.mkdtemp(prefix="redshake-fuzz-failures-"))
@@ -48,7 +53,7 @@ def main() -> int:
             if not target.alive():
                 target.cleanup()
                 target = start_server(a.server)
-            res = judge(case, target, tmp, a.server, start_server, assert_same_data)
+            res = judge(case, target, tmp, a.server, start_server, assert_same_data, a.verify)
             counts[res] += 1
             by_kind[(case.what, case.crc, res)] += 1
             if res not in OK:
@@ -59,7 +64,7 @@ def main() -> int:
     finally:
         target.cleanup()
         kill_all()
-    print(f"\n{a.n} inputs in {time.monotonic() - t0:.0f}s against {a.server}")
+    print(f"\n{a.n} inputs in {time.monotonic() - t0:.0f}s against {a.server}, verify={a.verify}")
     for k, v in sorted(counts.items()):
         print(f"  {k:24s} {v}")
     print("by mutation (what, crc, result):")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import redis
 
-from helpers import TESTDATA, manifest, restore_file
+from helpers import TESTDATA, manifest, run_redshake, write_config
 from redshake.rdb import records as R
 from redshake.rdb.parser import RdbParser
 from redshake.rdb.primitives import RdbError, crc64
@@ -117,7 +117,19 @@ def native_load(data: bytes, server: str, start_server):
         return None
 
 
-def judge(case: Case, target, tmp: Path, server: str, start_server, same_data) -> str:
+def restore(rdb: Path, target, tmp: Path, verify: str):
+    """The real CLI restoring ``rdb`` into ``target`` with ``[rdb_reader] verify``."""
+    cfg = write_config(tmp / "shake.toml", {
+        "rdb_reader": {"filepath": str(rdb), "verify": verify},
+        "redis_writer": {"address": target.address},
+        "advanced": {"dir": str(tmp / "work"), "log_interval": 0},
+    })  # fmt: skip
+    return run_redshake(cfg)
+
+
+def judge(
+    case: Case, target, tmp: Path, server: str, start_server, same_data, verify: str = "auto"
+) -> str:
     """Restore ``case`` into the (empty) ``target`` with the real CLI and classify it:
     'ok-restored' / 'ok-refused' or a failure: 'traceback', 'partial' (exit 2 but keys
     written), 'exit1', 'exit0-differs', 'exit0-native-refuses', 'exit0-target-crashed' /
@@ -128,7 +140,7 @@ def judge(case: Case, target, tmp: Path, server: str, start_server, same_data) -
     f.write_bytes(case.data)
     target.client().flushall()
     try:
-        r = restore_file(f, target, tmp)
+        r = restore(f, target, tmp, verify)
     except subprocess.TimeoutExpired:
         return "hang"
     out = r.stdout + r.stderr

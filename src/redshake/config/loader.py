@@ -60,6 +60,7 @@ _V3_SOURCE = (
     "tls",
     "elasticache_psync",
     "rdb_file_path",
+    "rdb_verify",  # redshake: [rdb_reader] verify
 )
 _V3_TARGET = ("type", "version", "address", "username", "password", "tls")
 _V3_ADVANCED_DEFAULTS = {"log_file": "redis-shake.log", "rdb_restore_command_behavior": "rewrite"}
@@ -470,7 +471,12 @@ def _load_v3(data: dict[str, Any]) -> Config:
     reader: Any
     if mode == "restore":
         reader_type = "rdb"
-        reader = RdbReaderConfig(filepath=s(source, "rdb_file_path", "source"))
+        reader = RdbReaderConfig(
+            filepath=s(source, "rdb_file_path", "source"),
+            verify=s(source, "rdb_verify", "source", {"choices": ("auto", "checksum", "full")})
+            if "rdb_verify" in source
+            else "auto",
+        )
         if not reader.filepath:
             raise ConfigError('type = "restore" needs rdb_file_path in [source]')
     elif mode == "sync":

@@ -134,6 +134,10 @@ class RdbReaderConfig:
     """``[rdb_reader]``: replay an RDB file."""
 
     filepath: str = field(default="", metadata=_PATH)
+    # redshake: how much of the file is checked before the first write. "checksum": CRC64,
+    # every record walked, blob headers; "full": every value decoded and strictly checked
+    # even under a valid CRC64; "auto": "full" for files up to 1 MiB, else "checksum"
+    verify: str = field(default="auto", metadata={"choices": ("auto", "checksum", "full")})
 
 
 @dataclass

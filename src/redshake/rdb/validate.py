@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import struct
 
+from .encodings import listpack_values
 from .primitives import RdbError, read_length, read_string
 
 __all__ = ["check_blobs", "check_blob_headers"]
@@ -21,6 +22,8 @@ _U32LE = struct.Struct("<I").unpack_from
 _U32BE = struct.Struct(">I").unpack_from
 
 _DOUBLE_TEXT = re.compile(rb"[ \t\n\v\f\r]*[+-]?(?:[0-9]|\.[0-9]|inf|nan)", re.IGNORECASE)
+
+_STREAM_ID = re.compile(rb"([0-9]+)-([0-9]+)")
 
 # ziplist integer encodings -> payload size
 _ZL_INT = {0xC0: 2, 0xD0: 4, 0xE0: 8, 0xF0: 3, 0xFE: 1}
@@ -161,6 +164,27 @@ def _no_dups(items, what: str) -> None:
         raise RdbError(f"{what} has duplicate elements")
 
 
+def _stream_node_check(blob: bytes) -> None:
+    """What ``streamValidateListpackIntegrity`` checks in a stream node that the decoder does
+    not: each entry's trailing lp-count (its number of listpack elements, which a server uses
+    to walk the node backwards, e.g. XREVRANGE). Runs after the node decoded."""
+    vals = listpack_values(blob)
+    try:
+        count, deleted, nmf = vals[0], vals[1], vals[2]
+        i = 4 + nmf  # after the master fields and their 0 terminator
+        for _ in range(count + deleted):
+            if vals[i] & 2:  # SAMEFIELDS: flags, ms, seq, the values
+                want = nmf + 3
+            else:  # flags, ms, seq, nf, the fields and values
+                want = 2 * vals[i + 3] + 4
+            i += want
+            if vals[i] != want:
+                raise RdbError("stream entry has a wrong lp-count")
+            i += 1
+    except (IndexError, TypeError):
+        raise RdbError("malformed stream node listpack") from None
+
+
 def _stream_groups_check(groups) -> None:
     """What a server refuses in consumer groups when it loads a stream: duplicate group,
     consumer or pending ids, and a consumer's pending id missing from its group's PEL."""
@@ -205,8 +229,17 @@ def check_blobs(t: int, raw: bytes, value) -> None:
             _nodekey, pos = read_string(raw, pos)
             blob, pos = read_string(raw, pos)
             listpack_check(blob)
-        # (entry order and the length field are left alone: servers differ on them, e.g.
-        # Redis 7.0 loads a stream whose length disagrees with its entries, Valkey 9 refuses)
+            _stream_node_check(blob)
+        # (the length field is left alone: real files disagree with their entries, e.g. after
+        # an XTRIM in old versions; Redis 7.0 loads them, Valkey 9 refuses them). Entry ids
+        # must ascend: XADD never writes them out of order.
+        ids = [_STREAM_ID.fullmatch(eid) for eid, _fv in value.entries]
+        nums = [(int(m[1]), int(m[2])) for m in ids if m]
+        # a negative or too large part: a node's delta points outside the 64-bit ids
+        if len(nums) != len(ids) or any(ms >> 64 or seq >> 64 for ms, seq in nums):
+            raise RdbError("stream entry id is out of range")
+        if any(nums[i] >= nums[i + 1] for i in range(len(nums) - 1)):
+            raise RdbError("stream entries are not in ascending id order")
         _stream_groups_check(value.groups)
     elif t == 3:  # scores as text: what the server's sscanf("%lg") must accept
         for _m, sc in value.items:

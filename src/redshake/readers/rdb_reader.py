@@ -4,11 +4,15 @@ Before anything is written the file is checked, so a corrupt file writes nothing
 * every record is walked (type and opcode bytes, lengths, the end of file), so an unknown
   type byte or a truncation stops the run even under a valid checksum;
 * a file with a CRC64 trailer (RDB >= 5, checksum not disabled) has its checksum verified;
-  the values themselves are then trusted (they are the bytes the server wrote);
-* a file without one (old versions, ``rdbchecksum no``) has every value decoded and its
-  ziplists / listpacks / intsets / zipmaps checked as strictly as a server does and its
-  keys checked for duplicates (memory: the key names), once without writing;
-* function libraries are compiled in any case (they are few and small).
+  with ``verify = "checksum"`` the values themselves are then trusted (they are the bytes the
+  server wrote) and only the headers of their uncompressed blobs are checked;
+* a file without one (old versions, ``rdbchecksum no``), and any file with ``verify =
+  "full"`` (or ``"auto"``, the default, for a file of at most :data:`FULL_CHECK_MAX_BYTES`),
+  has every value decoded and its ziplists / listpacks / intsets / zipmaps checked as
+  strictly as a server does and its keys checked for duplicates (memory: the key names),
+  once without writing;
+* function libraries and saved scripts (``lua`` aux fields) are compiled in any case (they
+  are few and small).
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from .rdb_entries import field_ttl_summary
 __all__ = ["RdbFileReader", "check_rdb_file"]
 
 READ_SIZE = 256 * 1024
+# verify = "auto": files up to this size get the full check even under a valid checksum
+FULL_CHECK_MAX_BYTES = 1 << 20
+VERIFY_MODES = ("auto", "checksum", "full")
 _BLOB_TYPES = frozenset({10, 11, 12, 13, 14, 16, 17, 18, 20})
 
 
@@ -46,8 +53,6 @@ def _header(path: Path) -> tuple[bytes, int]:
 def _check_function(code: bytes, offset: int) -> None:
     """A function library must have a valid first line and compile (Lua 5.1, as on the
     servers), or the target would refuse it after keys were written."""
-    import lupa.lua51 as lua
-
     first, nl, body = bytes(code).partition(b"\n")
     engine, *meta = first.split() or [b""]
     names = [m[5:] for m in meta if m[:5].lower() == b"name="]
@@ -58,22 +63,44 @@ def _check_function(code: bytes, offset: int) -> None:
         or not re.fullmatch(rb"[A-Za-z0-9_]+", names[0])
     ):
         raise RdbError(f"function library has an invalid first line {first[:80]!r}", offset)
+    _compile(nl + body, "function library", offset)
+
+
+def _compile(code: bytes, what: str, offset: int) -> None:
+    import lupa.lua51 as lua
+
     rt = lua.LuaRuntime(encoding=None)
-    err = rt.eval("function(s) local f, e = loadstring(s, '=library'); return e end")(nl + body)
+    err = rt.eval("function(s) local f, e = loadstring(s, '=library'); return e end")(code)
     if err is not None:
-        raise RdbError(f"function library does not compile: {err.decode(errors='replace')}", offset)
+        raise RdbError(f"{what} does not compile: {err.decode(errors='replace')}", offset)
+
+
+def _check_script(body: bytes, offset: int) -> None:
+    """A script saved in the file (``lua`` aux field, Redis < 7) is sent with SCRIPT LOAD,
+    which compiles it as a chunk (Redis >= 7) or as the body of a function (older): it must
+    compile both ways, or the target would refuse it after keys were written."""
+    what = "Lua script (aux field lua)"
+    _compile(bytes(body), what, offset)
+    _compile(b"function f() " + bytes(body) + b"\nend", what, offset)
 
 
 def check_rdb_file(
-    path: Path, stop: Callable[[], bool] | None = None, seen_dbs: set[int] | None = None
+    path: Path,
+    stop: Callable[[], bool] | None = None,
+    seen_dbs: set[int] | None = None,
+    verify: str = "checksum",
 ) -> str:
     """Validate a file before writing. Returns how ('checksum' or 'full parse').
 
     Every record is walked in any case (an unknown type or opcode byte fails here, not after
     half the keys were written: a valid CRC64 only says the bytes are those the producer
-    wrote). Values are decoded too when there is no usable checksum to vouch for them."""
+    wrote). Values are decoded too when there is no usable checksum to vouch for them, or
+    when ``verify`` asks for it ("full"; "auto": files up to FULL_CHECK_MAX_BYTES)."""
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES}, not {verify!r}")
     _magic, version = _header(path)
     size = path.stat().st_size
+    full = verify == "full" or (verify == "auto" and size <= FULL_CHECK_MAX_BYTES)
     checked = False
     if version >= 5 and size >= 18:
         with open(path, "rb") as f:
@@ -92,6 +119,8 @@ def check_rdb_file(
                     remaining -= len(chunk)
             # A mismatch: parse to report where it breaks, else report the checksum itself.
             checked = crc.value == stored
+    # the stored checksum is still verified at the end of the parse (a mismatch is refused)
+    strict = full or not checked
     # Walk every record; without a valid checksum, decode every value without writing.
     from ..rdb.validate import check_blob_headers, check_blobs
     from ..rdb.values import decode_value
@@ -113,18 +142,20 @@ def check_rdb_file(
                     seen_dbs.add(rec.db)
                 if type(rec) is R.Function:  # few and small: checked in any case
                     _check_function(rec.code, parser.offset)
-                if not checked and type(rec) in key_records:
+                elif type(rec) is R.Aux and rec.key == b"lua":
+                    _check_script(rec.value, parser.offset)
+                if strict and type(rec) in key_records:
                     # a server refuses a file with a key twice in a db; so must we, up front
                     seen = keys.setdefault(rec.db, set())
                     if rec.key in seen:
                         raise RdbError(f"key appears twice in db {rec.db}", rec.offset, rec.key)
                     seen.add(rec.key)
-                if checked and type(rec) is R.KeyValue and rec.type in _BLOB_TYPES:
+                if not strict and type(rec) is R.KeyValue and rec.type in _BLOB_TYPES:
                     try:
                         check_blob_headers(rec.type, rec.raw)
                     except RdbError as e:
                         raise RdbError(e.message, rec.offset, rec.key) from None
-                if not checked and type(rec) is R.KeyValue and not rec.empty:
+                if strict and type(rec) is R.KeyValue and not rec.empty:
                     if valkey is None:
                         valkey = parser.is_valkey
                     try:
@@ -137,7 +168,7 @@ def check_rdb_file(
                             e.key = rec.key
                         raise RdbError(e.message, e.offset, e.key) from None
     parser.finish()
-    return "checksum" if checked else "full parse"
+    return "full parse" if strict else "checksum"
 
 
 class RdbFileReader(FileReaderBase):
@@ -145,9 +176,10 @@ class RdbFileReader(FileReaderBase):
 
     name = "rdb_reader"
 
-    def __init__(self, filepath: str | os.PathLike, ctx) -> None:
+    def __init__(self, filepath: str | os.PathLike, ctx, verify: str = "auto") -> None:
         self.path = Path(filepath)
         self.ctx = ctx
+        self.verify = verify
         if not self.path.is_file():
             raise FileNotFoundError(f"rdb_reader.filepath: file not found: {self.path}")
         self.total = self.path.stat().st_size
@@ -160,7 +192,7 @@ class RdbFileReader(FileReaderBase):
 
     def prepare(self) -> None:
         dbs: set[int] = set()
-        self.checked_by = check_rdb_file(self.path, self.ctx.stop, dbs)
+        self.checked_by = check_rdb_file(self.path, self.ctx.stop, dbs, self.verify)
         # the target's number of databases (0: unknown, or a filter may drop dbs)
         limit = self.ctx.options.get("target_databases", 0)
         if limit and dbs and max(dbs) >= limit:
@@ -224,4 +256,4 @@ class RdbFileReader(FileReaderBase):
 
 
 def build(cfg, ctx) -> RdbFileReader:
-    return RdbFileReader(cfg.reader.filepath, ctx)
+    return RdbFileReader(cfg.reader.filepath, ctx, cfg.reader.verify)
