@@ -31,3 +31,5 @@ bench: install servers
 	$(PY) bench/incremental.py
 	$(PY) bench/incremental.py --catchup
 	$(PY) bench/lua_function.py
+	$(PY) bench/big_bulk.py
+	$(PY) bench/verify.py
