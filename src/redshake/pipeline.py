@@ -15,6 +15,7 @@ from .config.schema import Config
 from .entry import Entry, RestoreSet, Run
 from .rdb.primitives import RdbError
 from .readers.rdb_entries import ConversionError, TargetCaps
+from .transform.field_ttl import NAMES as FIELD_TTL_NAMES
 
 __all__ = ["run", "FatalError", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT"]
 
@@ -62,12 +63,6 @@ class _Stop:
         )
 
 
-# Hash field expiration commands (Redis 7.4+, Valkey 9+) a live stream may carry.
-_FIELD_TTL_COMMANDS = frozenset(
-    ("HEXPIRE", "HPEXPIRE", "HEXPIREAT", "HPEXPIREAT", "HPERSIST", "HSETEX", "HGETEX")
-)
-
-
 class ErrorPolicy:
     """Decides what an error reply from the target means. Every error is counted and logged
     with the key; BUSYKEY follows ``rdb_restore_command_behavior``; anything else stops."""
@@ -91,7 +86,7 @@ class ErrorPolicy:
         self.failed += 1
         self.stats.fail()  # visible in the status JSON (failed_count) right away
         log.error("target replied error to %s on key %r (db %d): %s", cmd, key, entry.db, message)
-        if cmd in _FIELD_TTL_COMMANDS and "unknown command" in message.lower():
+        if cmd in FIELD_TTL_NAMES and "unknown command" in message.lower():
             message += (
                 " (the target has no hash field expiration: see [advanced] unsupported_field_ttl)"
             )
@@ -263,7 +258,6 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     from .status.progress import Progress
     from .transform import TransformError, build_transform
     from .transform.field_ttl import COMMANDS as FIELD_TTL_COMMANDS
-    from .transform.field_ttl import NAMES as FIELD_TTL_NAMES
     from .transform.field_ttl import FieldTtlCommands, FieldTtlError
     from .writers import build_writer
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .config.schema import Config
 from .resp.conn import Connection, ReplyError, connection_options, parse_address
+from .writers.base import parse_info
 
 __all__ = ["source_shards", "run_sharded"]
 
@@ -356,8 +357,7 @@ def is_cluster_node(rc) -> bool:
             raw = c.call("INFO", "cluster")
     except (ConnError, OSError, ReplyError):
         return False
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-    return "cluster_enabled:1" in text
+    return parse_info(raw if isinstance(raw, bytes) else str(raw)).get("cluster_enabled") == "1"
 
 
 class _ShardBoard:

@@ -231,11 +231,11 @@ class AofFileReader(FileReaderBase):
                             rdb = None
                             aof.feed(rest)
                             for item, end in aof.items():
-                                yield _what(item), item, end
+                                yield "cmd" if item.__class__ is list else _what(item), item, end
                     else:
                         aof.feed(chunk)  # type: ignore[union-attr]
                         for item, end in aof.items():  # type: ignore[union-attr]
-                            yield _what(item), item, end
+                            yield "cmd" if item.__class__ is list else _what(item), item, end
                     chunk = f.read(min(READ_SIZE, remaining)) if remaining > 0 else b""
                     remaining -= len(chunk)
             if rdb is not None:
@@ -274,34 +274,33 @@ class AofFileReader(FileReaderBase):
                     if kind == "cmd":
                         argv: list[bytes] = item  # type: ignore[assignment]
                         name = argv[0]
-                        if len(name) <= 6:
-                            up = name.upper()
-                            if up == _SELECT:
-                                if len(argv) != 2 or not argv[1].isdigit():
-                                    raise AofError(f"bad SELECT command {argv!r}", end, file=fname)
-                                db = int(argv[1])
+                        # (the names looked up below are at most 9 bytes long)
+                        up = name.upper() if len(name) <= 9 else name
+                        if up == _SELECT:
+                            if len(argv) != 2 or not argv[1].isdigit():
+                                raise AofError(f"bad SELECT command {argv!r}", end, file=fname)
+                            db = int(argv[1])
+                            continue
+                        if up == _MULTI:
+                            if block is not None:
+                                self.skipped["nested_multi"] += 1
                                 continue
-                            if up == _MULTI:
-                                if block is not None:
-                                    self.skipped["nested_multi"] += 1
-                                    continue
-                                block = [Entry(db, argv, None, base + end)]
-                                block_at = end
+                            block = [Entry(db, argv, None, base + end)]
+                            block_at = end
+                            continue
+                        if up == _EXEC:
+                            if block is None:
+                                self.skipped["exec_without_multi"] += 1
                                 continue
-                            if up == _EXEC:
-                                if block is None:
-                                    self.skipped["exec_without_multi"] += 1
-                                    continue
-                                block.append(Entry(db, argv, None, base + end))
-                                self.transactions += 1
-                                self.commands += len(block) - 2
-                                if not dry:
-                                    batch.extend(block)
-                                    self.sent = base + end
-                                block = None
-                                continue
-                        if not dry and len(name) <= 9:
-                            up = name.upper()
+                            block.append(Entry(db, argv, None, base + end))
+                            self.transactions += 1
+                            self.commands += len(block) - 2
+                            if not dry:
+                                batch.extend(block)
+                                self.sent = base + end
+                            block = None
+                            continue
+                        if not dry:
                             if up in _EXPIRY_CMDS:
                                 argv = self._expiry(db, argv, up, block is None)
                             elif self.deferred and (up in _CARRY_CMDS or up in _CLEAR_CMDS):

@@ -1153,6 +1153,7 @@ def _source_info(conn) -> dict[str, str]:
     """INFO cluster of a source (``refused``: PING was refused for lack of rights; LOADING and
     the like are fine: the server is there)."""
     from ..resp.conn import ReplyError
+    from ..writers.base import parse_info
 
     try:
         conn.call("PING")
@@ -1164,13 +1165,7 @@ def _source_info(conn) -> dict[str, str]:
         raw = conn.call("INFO", "cluster")
     except ReplyError:  # INFO forbidden: nothing to tell
         return {}
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        k, sep, v = line.partition(":")
-        if sep and not line.startswith("#"):
-            out[k.strip()] = v.strip()
-    return out
+    return parse_info(raw if isinstance(raw, bytes) else str(raw))
 
 
 def _fatal(e: BaseException) -> BaseException:

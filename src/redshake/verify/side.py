@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from ..commands.slots import SLOTS, key_slot
 from ..resp.conn import Connection, ReplyError, connection_options, parse_address
 from ..resp.encode import encode_many
+from ..writers.base import parse_info
 from ..writers.cluster import fetch_topology
 
 __all__ = ["Endpoint", "Side", "VerifyError", "parse_url"]
@@ -83,9 +84,8 @@ def parse_url(url: str, cluster: bool = False) -> Endpoint:
 def _keyspace(raw: bytes) -> dict[int, int]:
     """INFO keyspace text -> {db: keys}."""
     out: dict[int, int] = {}
-    for line in raw.decode("utf-8", "replace").splitlines():
-        if line.startswith("db") and ":" in line:
-            name, _, rest = line.partition(":")
+    for name, rest in parse_info(raw).items():
+        if name.startswith("db"):
             fields = dict(kv.split("=", 1) for kv in rest.split(",") if "=" in kv)
             try:
                 out[int(name[2:])] = int(fields.get("keys", "0"))
@@ -131,8 +131,7 @@ class Side:
         else:
             self.nodes = [seed]
         self._selected = [0] * len(self.nodes)
-        info = self.nodes[0].call("INFO", "server").decode("utf-8", "replace")
-        fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+        fields = parse_info(self.nodes[0].call("INFO", "server"))
         self.server_id = f"{fields.get('server_name', 'redis')} {fields.get('valkey_version') or fields.get('redis_version', '')}"
         self.debug = [self._probe_debug(c) for c in self.nodes]
 

@@ -830,10 +830,11 @@ class ClusterWriter:
         keys = self._entry_keys(entry)
         if keys is None:
             return
-        if keys and all(key_slot(k) == key_slot(keys[0]) for k in keys[1:]):
+        s0 = key_slot(keys[0]) if keys else -1
+        if keys and all(key_slot(k) == s0 for k in keys[1:]):
             if entry.key is None:  # the block needs no second look-up: name the slot's key
                 entry = Entry(entry.db, entry.argv, keys[0], entry.offset, entry.resp)
-            parts = [(key_slot(keys[0]), entry)]
+            parts = [(s0, entry)]
         elif keys:
             parts = [(key_slot(p.key), p) for p in self._split(entry)]  # type: ignore[arg-type]
         else:
