@@ -64,6 +64,11 @@ LIVE_PIDS: set[int] = set()
 _OWNED_DIRS: set[str] = set()
 # Ports handed out in this process; avoids giving the same port twice before a server binds.
 _USED_PORTS: set[int] = set()
+# Under pytest-xdist each worker takes the ports congruent to its number: two workers never
+# hand out the same port, nor one's cluster bus port (port + 10000) as the other's port.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+_WORKER_INDEX = int(_WORKER[2:]) if _WORKER.startswith("gw") and _WORKER[2:].isdigit() else 0
 
 
 class ServerBinaryMissing(FileNotFoundError):
@@ -107,9 +112,15 @@ def free_port(cluster: bool = False) -> int:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
+        if _WORKERS > 1:
+            # Linux hands out odd ports for bind(0): move to this worker's residue.
+            port += (_WORKER_INDEX - port) % _WORKERS
+            if port > 65535 or not _port_free(port):
+                continue
         if cluster:
             if port + 10000 > 65535:
                 port = 20000 + port % 30000
+                port -= port % _WORKERS - _WORKER_INDEX % _WORKERS
             if not (_port_free(port) and _port_free(port + 10000)):
                 continue
         if port in _USED_PORTS:
