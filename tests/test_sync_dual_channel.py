@@ -226,6 +226,21 @@ def test_dual_channel_sync_under_writes(servers, tmp_path, shakes, name):
     assert rd["aof_applied_offset"] == src.info("replication")["master_repl_offset"]
     assert run.stop() == 0
     assert "dual-channel sync: snapshot at offset" in run.tail()
+    # the checkpoint written after a dual-channel sync resumes with a partial resync
+    (cp,) = (tmp_path / "work").glob("reader_*/checkpoint.json")
+    saved = json.loads(cp.read_text())
+    assert (saved["phase"], saved["offset"]) == ("aof", src.info("replication")["master_repl_offset"])
+    partial0 = int(src.info("stats")["sync_partial_ok"])
+    run2 = DualRun(tmp_path, src, dst).start()
+    shakes.append(run2)
+    src.client(4).set("after-restart", "1")
+    converge(src, run2)
+    assert int(src.info("stats")["sync_partial_ok"]) == partial0 + 1
+    rd = run2.reader()
+    assert (rd["full_syncs"], rd["dual_channel_syncs"], rd["partial_resyncs"]) == (0, 0, 1)
+    assert dst.client(4).get("after-restart") == b"1"
+    assert_same_data(src, dst)
+    assert run2.stop() == 0
 
 
 def test_dual_channel_recovers_from_killed_links(servers, tmp_path, shakes):
