@@ -280,18 +280,26 @@ def test_dual_channel_recovers_from_killed_links(servers, tmp_path, shakes):
     assert run.stop() == 0
 
 
+SHAKE_USER = {"username": "shake", "password": "pw"}
+
+
 @pytest.mark.parametrize(
     "source_args,reader",
     [
         (["--dual-channel-replication-enabled", "no"], {}),
         (DUAL_SOURCE, {"dual_channel": False}),
         (["--dual-channel-replication-enabled", "yes", "--repl-diskless-sync", "no"], {}),
+        (DUAL_SOURCE, SHAKE_USER),
     ],
-    ids=["source-off", "setting-off", "source-disk-sync"],
+    ids=["source-off", "setting-off", "source-disk-sync", "sync-refused"],
 )
 def test_dual_channel_falls_back_to_one_channel(servers, tmp_path, shakes, source_args, reader):
     src = servers.start("valkey-8.1", args=source_args)
     dst = servers.start("valkey-8.1")
+    refused = reader is SHAKE_USER
+    if refused:  # an ACL user that may PSYNC but not SYNC: the rdb channel is refused
+        src.client().acl_setuser("shake", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                                 commands=["+@all", "-sync"])  # fmt: skip
     seed_data(src)
     src.client().config_set("rdb-key-save-delay", 500)
     writers = Writers(src, 1)
@@ -311,8 +319,10 @@ def test_dual_channel_falls_back_to_one_channel(servers, tmp_path, shakes, sourc
     converge(src, run)
     assert assert_same_data(src, dst) > 900
     rd = run.reader()
-    assert (rd["dual_channel_syncs"], rd["full_syncs"]) == (0, 1)
+    # refused: the +DUALCHANNELSYNC attempt counts as a full sync that never got its snapshot
+    assert (rd["dual_channel_syncs"], rd["full_syncs"]) == (0, 2 if refused else 1), rd
     assert run.stop() == 0
+    assert ("single-channel sync from now on" in run.tail()) == refused
 
 
 def test_rdb_channel_framing():

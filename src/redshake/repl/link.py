@@ -579,8 +579,8 @@ class SourceLink(threading.Thread):
         if give_up or self._dual_failures >= DUAL_GIVE_UP:
             if not self.dual_off:
                 log.warning(
-                    "[%s] dual-channel sync failed %s (%s): single-channel sync from now on",
-                    self.label, "" if give_up else f"{self._dual_failures} times in a row", why,
+                    "[%s] dual-channel sync failed%s (%s): single-channel sync from now on",
+                    self.label, "" if give_up else f" {self._dual_failures} times in a row", why,
                 )  # fmt: skip
             self.dual_off = True
 
@@ -610,6 +610,11 @@ class SourceLink(threading.Thread):
             if ev == EV_KEEPALIVE:
                 continue
             if ev == EV_ERROR:
+                if self._dual_state == "endoff":
+                    refused = parse_psync_reply(b"-" + str(val).encode()).kind != "retry"
+                    if refused:  # e.g. -NOPERM for SYNC: asking again gets the same answer
+                        self._dual_failed(f"SYNC on the rdb channel: {val}", give_up=True)
+                        self._dual_state = ""  # counted
                 raise _Retry(f"the source aborted the snapshot on the rdb channel: {val}")
             if ev == EV_ENDOFF:
                 self._on_endoff(val, conn, framer)  # type: ignore[arg-type]
