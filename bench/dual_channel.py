@@ -11,7 +11,9 @@ snapshots are streamed from the fork). Measured:
 
 * snapshot time: redshake start -> its status says the snapshot is applied ("syncing aof");
 * caught-up time: redshake start -> the writer stopped and the source lists redshake's ACK at
-  its own offset (everything applied);
+  its own offset (everything applied); redshake's CPU time (user + system) and the source
+  main process's CPU time over the same span (wall times swing widely on a shared machine;
+  CPU times much less);
 * the source's output buffer for its replicas, sampled every ~10 ms during the sync: the
   peak of CLIENT LIST ``omem`` summed over replica connections, and the peaks of INFO memory
   ``mem_clients_slaves`` and ``mem_total_replication_buffers`` (Valkey shares the replicas'
@@ -92,6 +94,18 @@ class Writer(threading.Thread):
                 time.sleep(ahead)
 
 
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a running process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def source_cpu(src) -> float:
+    """CPU seconds of the source's main process (the fork's are not included)."""
+    info = src.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def status(port: int) -> dict:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
@@ -128,6 +142,7 @@ def one_run(args, dual: bool) -> dict:
         time.sleep(0.5)  # the writer is at its pace before the sync starts
         sampler.start()
         log = open(work / "shake.out", "wb")
+        src_cpu0 = source_cpu(src)
         t0 = time.monotonic()
         proc = subprocess.Popen(
             [sys.executable, "-m", "redshake.cli", str(cfg)], stdout=log, stderr=subprocess.STDOUT
@@ -147,6 +162,8 @@ def one_run(args, dual: bool) -> dict:
                 break
             time.sleep(0.02)
         caught_up = time.monotonic() - t0
+        shake_cpu = cpu_seconds(proc.pid)
+        src_cpu = source_cpu(src) - src_cpu0
         sampler.halt.set()
         sampler.join()
         st = status(port)
@@ -155,6 +172,8 @@ def one_run(args, dual: bool) -> dict:
         return {
             "snapshot_s": snapshot,
             "caught_up_s": caught_up,
+            "redshake_cpu_s": shake_cpu,
+            "source_cpu_s": src_cpu,
             "omem_peak": sampler.omem,
             "mem_clients_slaves_peak": sampler.clients_slaves,
             "repl_buffers_peak": sampler.repl_buffers,
@@ -197,7 +216,8 @@ def main() -> None:
                 results[mode].append(r)
                 print(
                     f"run {i + 1} {mode:6}: snapshot {r['snapshot_s']:.2f}s, caught up "
-                    f"{r['caught_up_s']:.2f}s, replica omem peak {r['omem_peak'] / 1e6:.2f} MB, "
+                    f"{r['caught_up_s']:.2f}s, redshake CPU {r['redshake_cpu_s']:.2f}s, source main "
+                    f"process CPU {r['source_cpu_s']:.2f}s, replica omem peak {r['omem_peak'] / 1e6:.2f} MB, "
                     f"mem_clients_slaves peak {r['mem_clients_slaves_peak'] / 1e6:.2f} MB, "
                     f"mem_total_replication_buffers peak {r['repl_buffers_peak'] / 1e6:.2f} MB, "
                     f"channels seen {r['channels']}, rdb {r['rdb_bytes'] / 1e6:.1f} MB, "
@@ -217,6 +237,8 @@ def main() -> None:
     for key, unit, scale in (
         ("snapshot_s", "s", 1.0),
         ("caught_up_s", "s", 1.0),
+        ("redshake_cpu_s", "s", 1.0),
+        ("source_cpu_s", "s", 1.0),
         ("omem_peak", "MB", 1e6),
         ("mem_clients_slaves_peak", "MB", 1e6),
         ("repl_buffers_peak", "MB", 1e6),

@@ -280,6 +280,23 @@ def test_dual_channel_recovers_from_killed_links(servers, tmp_path, shakes):
     assert run.stop() == 0
 
 
+def test_dual_channel_empty_source(servers, tmp_path, shakes):
+    """A snapshot of a few bytes, likely complete before the main channel's replies: the
+    rdb channel is kept until the primary took its id, then the stream follows."""
+    src = servers.start("valkey-9.1", args=DUAL_SOURCE)
+    dst = servers.start("valkey-9.1")
+    run = DualRun(tmp_path, src, dst).start()
+    shakes.append(run)
+    until(lambda: run.reader().get("status") == "syncing aof", 60, "the empty snapshot", run)
+    src.client(0).set("a", "1")
+    src.client(2).hset("h", mapping={"f": "v"})
+    converge(src, run)
+    assert assert_same_data(src, dst) == 2
+    rd = run.reader()
+    assert (rd["dual_channel_syncs"], rd["full_syncs"], rd["reconnects"]) == (1, 1, 0), rd
+    assert run.stop() == 0
+
+
 SHAKE_USER = {"username": "shake", "password": "pw"}
 
 

@@ -469,9 +469,11 @@ class SourceLink(threading.Thread):
                 self.finished = True
                 return
             if ep.dual:
-                # the primary keeps the main channel in its "loading" state until the first
-                # ACK, which it takes once the main channel continues (see _on_reply)
-                self._close_rdb_channel()
+                # the rdb channel stays open until the primary has accepted its id on the
+                # main channel (it forgets the id of a closed rdb channel); the first ACK,
+                # which puts the main channel online, waits for the main channel's +CONTINUE
+                if self._dual_state != "setid":
+                    self._close_rdb_channel()
                 if self._dual_state != "streaming":
                     return
             self.status = "syncing aof"
@@ -602,10 +604,17 @@ class SourceLink(threading.Thread):
         if data is None:
             return
         if not data:
+            ep = self.epoch
+            if ep is not None and ep.dual and ep.rdb_done:  # kept open until the id was taken
+                self._close_rdb_channel()
+                return
             raise ConnError(f"the rdb channel was closed by {rdb.address}")
         self.last_io = time.monotonic()
         rframer = self._rdb_framer
         assert rframer is not None
+        ep = self.epoch
+        if ep is not None and ep.dual and ep.rdb_done:
+            raise ReplProtocolError("unexpected bytes after the snapshot on the rdb channel")
         for ev, val in rframer.feed(data):
             if ev == EV_KEEPALIVE:
                 continue
@@ -622,7 +631,7 @@ class SourceLink(threading.Thread):
                 raise ReplProtocolError("unexpected bytes after the snapshot on the rdb channel")
             else:
                 self._snapshot_event(ev, val)
-                if self._rdb is None or self.finished:  # the snapshot is complete
+                if ev == EV_RDB_END or self.finished:  # nothing may follow on this channel
                     return
 
     def _on_endoff(self, end: EndOffset, conn: Connection, framer: TransferFramer) -> None:
@@ -653,6 +662,8 @@ class SourceLink(threading.Thread):
             conn = self._conn
             assert ep is not None and conn is not None
             self._dual_state = "psync"
+            if ep.rdb_done:  # the rdb channel was kept open for this: done with it
+                self._close_rdb_channel()
             conn.send(
                 encode([self.opts.psync_command.encode(), ep.replid.encode(), b"%d" % (ep.start + 1)])
             )
