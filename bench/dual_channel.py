@@ -1,7 +1,7 @@
 """Dual-channel vs single-channel full sync from the same Valkey source, under writes.
 
-    python bench/dual_channel.py [--server valkey-9.1] [--keys 500000] [--value 200]
-                                 [--write-mbps 4] [--backlog 1mb] [--repeat 1]
+    python bench/dual_channel.py [--server valkey-9.1] [--keys 1000000] [--value 200]
+                                 [--write-mbps 8] [--backlog 1mb] [--repeat 1]
 
 For each mode a fresh source gets the same data (DEBUG POPULATE) with
 ``dual-channel-replication-enabled yes`` and ``repl-diskless-sync yes``; a writer changes it
@@ -197,9 +197,9 @@ def one_run(args, dual: bool) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--server", default="valkey-9.1", choices=["valkey-8.1", "valkey-9.1"])
-    ap.add_argument("--keys", type=int, default=500_000)
+    ap.add_argument("--keys", type=int, default=1_000_000)
     ap.add_argument("--value", type=int, default=200, help="value size in bytes")
-    ap.add_argument("--write-mbps", type=float, default=4.0, help="write load during the sync")
+    ap.add_argument("--write-mbps", type=float, default=8.0, help="write load during the sync")
     ap.add_argument(
         "--backlog", default="1mb",
         help="the source's repl-backlog-size: Valkey shares the replicas' output buffer with the "

@@ -3,7 +3,9 @@
 The reader registers with the source as a replica. A link thread (:mod:`redshake.repl.link`)
 receives everything into an on-disk spool at socket speed; this reader parses the spool in
 the pipeline's thread: the snapshot while it arrives, then the command stream with the exact
-replication offset of every command.
+replication offset of every command. With a Valkey 8+ source that grants a dual-channel sync
+the snapshot and the stream arrive at the same time on two connections; the stream waits in
+the spool until the snapshot is applied, then continues from the snapshot's offset.
 
 Positions: every entry of the stream carries ``tag(epoch, offset)`` where ``offset`` is the
 replication offset right after the command; an *epoch* is one full sync (or one resume from
