@@ -178,13 +178,17 @@ def until(cond, timeout: float, what: str, run: DualRun) -> None:
     raise AssertionError(f"timed out waiting for {what}:\n" + run.tail())
 
 
+def acked_offsets(src) -> list[int]:
+    info = src.info("replication")
+    return [int(v.get("offset", 0)) for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+
+
 def converge(src, run: DualRun, timeout: float = 90) -> None:
     """Until the source lists redshake's ACK at its own offset (ACK = applied offset)."""
 
     def caught_up() -> bool:
-        info = src.info("replication")
-        acked = [v.get("offset") for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
-        return acked == [info["master_repl_offset"]] and run.reader().get("lag_bytes") == 0
+        master = src.info("replication")["master_repl_offset"]
+        return acked_offsets(src) == [master] and run.reader().get("lag_bytes") == 0
 
     until(caught_up, timeout, "the target to catch up", run)
 
@@ -208,6 +212,9 @@ def test_dual_channel_sync_under_writes(servers, tmp_path, shakes, name):
             rd = run.reader()
             if rd.get("status") in ("receiving rdb", "syncing rdb"):
                 streamed = max(streamed, rd["aof_received_bytes"])
+                # ACK = applied: nothing past the snapshot's offset is acknowledged yet
+                snapshot_at = rd["aof_received_offset"] - rd["aof_received_bytes"]
+                assert max(acked_offsets(src), default=0) <= snapshot_at, (acked_offsets(src), rd)
             return rd.get("status") == "syncing aof"
 
         until(snapshot_seen, 90, "the snapshot", run)
