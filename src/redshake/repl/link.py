@@ -162,6 +162,7 @@ class SourceLink(threading.Thread):
         self.dual_off = not opts.dual_channel  # off by setting or after repeated refusals
         self.dual_channel_syncs = 0
         self._announce = ""  # the version announced with REPLCONF version ("": none)
+        self._rdb_io = 0.0  # monotonic time of the last bytes from the rdb channel
 
     # -- called from the main thread ----------------------------------------------------
 
@@ -390,6 +391,16 @@ class SourceLink(threading.Thread):
                     return
             elif now - self.last_io > self.opts.repl_timeout:
                 raise ConnError(f"no data from {conn.address} for {self.opts.repl_timeout:.0f}s")
+            rdb = self._rdb
+            if rdb is not None and now - self._rdb_io > self.opts.repl_timeout:
+                # the main channel's stream keeps last_io fresh: a stalled snapshot is
+                # noticed here (keepalives and snapshot bytes refresh _rdb_io)
+                ep = self.epoch
+                if not (ep is not None and ep.dual and ep.rdb_done):
+                    raise ConnError(
+                        f"no data on the rdb channel from {rdb.address} for "
+                        f"{self.opts.repl_timeout:.0f}s"
+                    )
             if now - last_ack >= ACK_INTERVAL:
                 last_ack = now
                 if framer.in_stream and not self._use_sync:
@@ -563,6 +574,7 @@ class SourceLink(threading.Thread):
         )
         self._dual_state = "endoff"
         rdb = self._rdb = self._open()
+        self._rdb_io = time.monotonic()
         args = ["capa", "eof", "rdb-only", "1", "rdb-channel", "1"]
         args += ["listening-port", str(self.opts.listening_port)]
         if self._announce:  # Valkey 9.1+ picks the snapshot format from it on this channel too
@@ -609,7 +621,7 @@ class SourceLink(threading.Thread):
                 self._close_rdb_channel()
                 return
             raise ConnError(f"the rdb channel was closed by {rdb.address}")
-        self.last_io = time.monotonic()
+        self.last_io = self._rdb_io = time.monotonic()
         rframer = self._rdb_framer
         assert rframer is not None
         ep = self.epoch
