@@ -36,3 +36,4 @@ bench: install servers
 	$(PY) bench/lua_function.py
 	$(PY) bench/big_bulk.py
 	$(PY) bench/verify.py
+	$(PY) bench/dual_channel.py --repeat 3

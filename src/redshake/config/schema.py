@@ -104,6 +104,11 @@ class SyncReaderConfig(EndpointConfig):
     sync_aof: bool = True
     prefer_replica: bool = False
     try_diskless: bool = False
+    # redshake: announce "capa dual-channel": a Valkey 8+ source with
+    # dual-channel-replication-enabled yes sends the snapshot on a second connection while the
+    # stream flows on the first (buffered on our disk, not in the source's output buffer);
+    # every other source, or one that refuses, does the ordinary single-channel sync
+    dual_channel: bool = True
     # redshake: on a full resync after an earlier copy, FLUSHALL the target before the new
     # snapshot so keys deleted on the source meanwhile do not survive (false when several
     # sources feed the same target)

@@ -3,7 +3,9 @@
 The reader registers with the source as a replica. A link thread (:mod:`redshake.repl.link`)
 receives everything into an on-disk spool at socket speed; this reader parses the spool in
 the pipeline's thread: the snapshot while it arrives, then the command stream with the exact
-replication offset of every command.
+replication offset of every command. With a Valkey 8+ source that grants a dual-channel sync
+the snapshot and the stream arrive at the same time on two connections; the stream waits in
+the spool until the snapshot is applied, then continues from the snapshot's offset.
 
 Positions: every entry of the stream carries ``tag(epoch, offset)`` where ``offset`` is the
 replication offset right after the command; an *epoch* is one full sync (or one resume from
@@ -82,6 +84,7 @@ class SyncReader:
         resolve: Callable[[], str] | None = None,
         identity: str | None = None,
         diskless: bool = False,
+        dual_channel: bool = True,
         connect_timeout: float = 180.0,
         cluster_node_ok: bool = False,
     ) -> None:
@@ -122,6 +125,7 @@ class SyncReader:
             keep_rdb=sync_rdb,
             resolve=resolve,
             diskless=diskless,
+            dual_channel=dual_channel,
         )
         self.link: SourceLink | None = None
         self.checkpoint: Checkpoint | None = None
@@ -539,7 +543,7 @@ class SyncReader:
                 yield []
                 if self._rewind:
                     return
-            self._rdb_finished(ep, 0)
+            self._rdb_finished(ep, self._stream_db(ep, None))
             return
         parser = RdbParser()
         conv = self.conv = None
@@ -600,9 +604,9 @@ class SyncReader:
                     yield out
                     if self._rewind:
                         return
-                    self._rdb_finished(ep, conv.repl_stream_db if conv else None, last_entry=True)
+                    self._rdb_finished(ep, self._stream_db(ep, conv), last_entry=True)
                 else:
-                    self._rdb_finished(ep, conv.repl_stream_db if conv else None)
+                    self._rdb_finished(ep, self._stream_db(ep, conv))
                 return
             if time.monotonic() - last_beat > HEARTBEAT:
                 last_beat = time.monotonic()
@@ -615,6 +619,14 @@ class SyncReader:
                     yield []
                     if self._rewind:
                         return
+
+    @staticmethod
+    def _stream_db(ep, conv) -> int | None:
+        """The db the stream continues in: a dual-channel sync was told by $ENDOFF, otherwise
+        the snapshot's repl-stream-db."""
+        if ep.stream_db is not None:
+            return ep.stream_db
+        return conv.repl_stream_db if conv else None
 
     def _rdb_finished(self, ep, stream_db: int | None, last_entry: bool = False) -> None:
         # the snapshot file is kept until the target acknowledged all of it (see acked())
@@ -938,6 +950,7 @@ class SyncReader:
             "reconnects": link.reconnects if link else 0,
             "partial_resyncs": link.partial_resyncs if link else 0,
             "full_syncs": link.full_syncs if link else 0,
+            "dual_channel_syncs": link.dual_channel_syncs if link else 0,
             "failed_snapshots": link.failed_snapshots if link else 0,
             "last_link_error": link.last_error if link else "",
             "target_reconnects": self._writer.reconnects if self._writer is not None else 0,
@@ -1266,6 +1279,7 @@ def _build(cfg, ctx, address: str | None) -> SyncReader:
         resolve=resolve,
         identity=f"sentinel_{sentinel.master_name}" if resolve is not None else None,
         diskless=rc.try_diskless,
+        dual_channel=rc.dual_channel,
         connect_timeout=float(rc.connect_timeout),
         cluster_node_ok=bool(ctx.options.get("shard")),
     )

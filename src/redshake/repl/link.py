@@ -4,11 +4,21 @@ It never waits for the target: every byte received goes to the :class:`~.spool.S
 once, so the master's output buffer for us stays empty however slow the target is. It
 reconnects by itself (PSYNC <replid> <received + 1>, with back-off) and starts a new *epoch*
 when the master answers with a full resynchronisation.
+
+Dual-channel full sync (Valkey 8+, ``capa dual-channel``): when the primary answers the PSYNC
+with ``+DUALCHANNELSYNC``, a second connection (the *rdb channel*) asks for the snapshot with
+``SYNC``; the primary names the snapshot's offset in ``$ENDOFF`` and the main channel then
+continues with ``PSYNC <replid> <offset + 1>``. Both sockets are read by this thread: the
+snapshot goes to the spool's snapshot file and the stream to its segments at the same time,
+so the stream the primary produces during the transfer is buffered on our disk instead of in
+its output buffer for us.
 """
 
 from __future__ import annotations
 
 import logging
+import select
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +35,7 @@ from ..resp.conn import (
 )
 from ..resp.encode import encode
 from .protocol import (
+    EV_ENDOFF,
     EV_ERROR,
     EV_KEEPALIVE,
     EV_RDB_BEGIN,
@@ -32,6 +43,7 @@ from .protocol import (
     EV_RDB_END,
     EV_REPLY,
     EV_STREAM,
+    EndOffset,
     ReplProtocolError,
     SnapshotSizeError,
     TransferFramer,
@@ -55,6 +67,9 @@ ACK_INTERVAL = 1.0
 # empties the target again, so a source that keeps failing must not make that a tight loop.
 SNAPSHOT_RETRY_FIRST = 1.0
 SNAPSHOT_RETRY_MAX = 60.0
+# Dual-channel attempts that fail before the primary named the snapshot's offset ($ENDOFF)
+# this many times in a row turn dual channel off for the rest of the run (single channel).
+DUAL_GIVE_UP = 3
 
 
 class LinkFatal(Exception):
@@ -80,6 +95,9 @@ class LinkOptions:
     # while a diskless one waits repl-diskless-sync-delay (5 s by default) and every write
     # made meanwhile arrives inside the snapshot instead of as a command.
     diskless: bool = False
+    # dual_channel: announce "capa dual-channel" (Valkey 8+ primaries with
+    # dual-channel-replication-enabled yes then send the snapshot on a second connection)
+    dual_channel: bool = True
 
 
 @dataclass
@@ -96,6 +114,8 @@ class Epoch:
     rdb_done: bool = False
     received: int = 0  # offset of the last stream byte spooled
     started: float = field(default_factory=time.time)
+    dual: bool = False  # the snapshot came on a second connection (dual-channel sync)
+    stream_db: int | None = None  # dual channel: the db the stream starts in ($ENDOFF)
 
 
 class SourceLink(threading.Thread):
@@ -132,6 +152,17 @@ class SourceLink(threading.Thread):
         self.last_error = ""
         self._snapshot_wait = 0.0
         self._session_full: Epoch | None = None  # the full sync this connection started
+        # dual channel: the rdb channel while it is open, and where the exchange stands:
+        # "" (not used), "endoff" (rdb channel asked, $ENDOFF awaited), "setid" / "psync"
+        # (main channel's replies awaited), "streaming" (main channel continued)
+        self._rdb: Connection | None = None
+        self._rdb_framer: TransferFramer | None = None
+        self._dual_state = ""
+        self._dual_failures = 0
+        self.dual_off = not opts.dual_channel  # off by setting or after repeated refusals
+        self.dual_channel_syncs = 0
+        self._announce = ""  # the version announced with REPLCONF version ("": none)
+        self._rdb_io = 0.0  # monotonic time of the last bytes from the rdb channel
 
     # -- called from the main thread ----------------------------------------------------
 
@@ -154,12 +185,12 @@ class SourceLink(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
-        conn = self._conn
-        if conn is not None:
-            try:
-                conn.close()
-            except OSError:
-                pass
+        for conn in (self._conn, self._rdb):
+            if conn is not None:
+                try:
+                    conn.close()
+                except OSError:
+                    pass
 
     # -- thread -------------------------------------------------------------------------
 
@@ -183,6 +214,8 @@ class SourceLink(threading.Thread):
                 self.reconnects += 1
                 self.last_error = str(e)
                 wait = delay
+                if self._dual_state == "endoff":
+                    self._dual_failed(str(e))
                 if isinstance(e, _Retry):
                     wait = max(wait, 1.0)
                 broken = self._session_full
@@ -211,6 +244,7 @@ class SourceLink(threading.Thread):
                 return
             finally:
                 self.connected = False
+                self._close_rdb_channel()
                 conn, self._conn = self._conn, None
                 if conn is not None:
                     conn.close()
@@ -224,6 +258,10 @@ class SourceLink(threading.Thread):
             if addr != self.address:
                 log.info("[%s] source master is at %s", self.label, addr)
                 self.address = addr
+        return self._open()
+
+    def _open(self) -> Connection:
+        o = self.opts
         host, port = parse_address(self.address)
         opts = connection_options(
             username=o.username,
@@ -252,13 +290,16 @@ class SourceLink(threading.Thread):
             self._use_sync = True
         if not self._use_sync:
             self._replconf(conn, "listening-port", str(o.listening_port))
-            if o.diskless:
-                self._replconf(conn, "capa", "eof", "capa", "psync2")
-            else:
-                self._replconf(conn, "capa", "psync2")
+            capa = ["capa", "eof", "capa", "psync2"] if o.diskless else ["capa", "psync2"]
+            if not self.dual_off and not o.rdb_only:
+                # masters that do not know it ignore it; a Valkey 8+ primary grants it only
+                # with dual-channel-replication-enabled and repl-diskless-sync both yes
+                capa += ["capa", "dual-channel"]
+            self._replconf(conn, *capa)
+            self._announce = ""
             if self.source_valkey and self.source_version >= (8, 0, 0):
-                announce = "9.0.0" if self.source_version >= (9, 0, 0) else ver
-                self._replconf(conn, "version", announce)
+                self._announce = "9.0.0" if self.source_version >= (9, 0, 0) else ver
+                self._replconf(conn, "version", self._announce)
             if o.rdb_only and not self._replconf(conn, "rdb-only", "1"):
                 log.warning(
                     "[%s] the source does not support REPLCONF rdb-only (Redis/Valkey < 7.0): "
@@ -299,6 +340,7 @@ class SourceLink(threading.Thread):
     def _session(self) -> None:
         self._established = False
         self._session_full = None
+        self._dual_state = ""
         self.status = "hand shaking"
         conn = self._conn = self._connect()
         self._handshake(conn)
@@ -330,12 +372,13 @@ class SourceLink(threading.Thread):
         self.last_io = time.monotonic()
         halt = self._halt
         while not halt.is_set():
-            try:
-                data = sock.recv(RECV_SIZE)
-            except TimeoutError:
-                data = None
-            except OSError as e:
-                raise ConnError(f"read from {conn.address} failed: {e}") from None
+            rdb = self._rdb
+            if rdb is not None:  # dual-channel sync: the rdb channel is read as well
+                if self._rdb_ready(sock, rdb.sock):
+                    self._rdb_read(rdb, framer, conn)
+                data = _recv(sock, conn, 0.0)
+            else:
+                data = _recv(sock, conn, None)
             now = time.monotonic()
             if data is not None:
                 if not data:
@@ -348,6 +391,16 @@ class SourceLink(threading.Thread):
                     return
             elif now - self.last_io > self.opts.repl_timeout:
                 raise ConnError(f"no data from {conn.address} for {self.opts.repl_timeout:.0f}s")
+            rdb = self._rdb
+            if rdb is not None and now - self._rdb_io > self.opts.repl_timeout:
+                # the main channel's stream keeps last_io fresh: a stalled snapshot is
+                # noticed here (keepalives and snapshot bytes refresh _rdb_io)
+                ep = self.epoch
+                if not (ep is not None and ep.dual and ep.rdb_done):
+                    raise ConnError(
+                        f"no data on the rdb channel from {rdb.address} for "
+                        f"{self.opts.repl_timeout:.0f}s"
+                    )
             if now - last_ack >= ACK_INTERVAL:
                 last_ack = now
                 if framer.in_stream and not self._use_sync:
@@ -373,14 +426,6 @@ class SourceLink(threading.Thread):
                 with self.cond:
                     ep.received += len(val)  # type: ignore[arg-type]
                     self.cond.notify_all()
-            elif ev == EV_RDB_DATA:
-                ep = self.epoch
-                assert ep is not None
-                if self.opts.keep_rdb:
-                    spool.write_rdb(val)  # type: ignore[arg-type]
-                with self.cond:
-                    ep.rdb_received += len(val)  # type: ignore[arg-type]
-                    self.cond.notify_all()
             elif ev == EV_KEEPALIVE:
                 continue
             elif ev == EV_REPLY:
@@ -388,43 +433,71 @@ class SourceLink(threading.Thread):
                 # the framer stopped after the reply line: feed the rest in the new state
                 self._handle(framer, framer.feed(b""), conn, want)
                 return
-            elif ev == EV_RDB_BEGIN:
-                ep = self.epoch
-                assert ep is not None
-                ep.rdb_size = val  # type: ignore[assignment]
-                self.status = "receiving rdb"
-                if self.opts.keep_rdb:
-                    _check_room(spool.dir, val)  # type: ignore[arg-type]
-                    spool.open_rdb(ep.num)
-                log.info(
-                    "[%s] receiving the snapshot: %s", self.label,
-                    "diskless (EOF mark)" if val == -1 else f"{val} bytes",
-                )  # fmt: skip
-            elif ev == EV_RDB_END:
-                ep = self.epoch
-                assert ep is not None
-                if self.opts.keep_rdb:
-                    spool.end_rdb(durable=True)
-                if ep.rdb_size == -1:
-                    ep.rdb_size = ep.rdb_received
-                spool.start_stream(ep.num, ep.start)
-                with self.cond:
-                    ep.rdb_done = True
-                    self.cond.notify_all()
-                self._established = True
-                self._snapshot_wait = 0.0
-                self.status = "syncing aof"
-                log.info("[%s] snapshot received: %d bytes", self.label, ep.rdb_received)
-                if self.opts.rdb_only:
-                    self.finished = True
-                    return
-                if not self._use_sync:
-                    # mandatory after a diskless transfer: the master starts the stream on it
-                    self.send_ack()
             elif ev == EV_ERROR:
                 raise _Retry(f"the source aborted the transfer: {val}")
+            else:
+                self._snapshot_event(ev, val)
+                if self.finished:
+                    return
+
+    def _snapshot_event(self, ev: str, val) -> None:
+        """EV_RDB_BEGIN / EV_RDB_DATA / EV_RDB_END, from the main connection or from the rdb
+        channel of a dual-channel sync."""
+        spool = self.spool
+        ep = self.epoch
+        assert ep is not None
+        if ev == EV_RDB_DATA:
+            if self.opts.keep_rdb:
+                spool.write_rdb(val)
+            with self.cond:
+                ep.rdb_received += len(val)
+                self.cond.notify_all()
+        elif ev == EV_RDB_BEGIN:
+            ep.rdb_size = val
+            self.status = "receiving rdb"
+            if self.opts.keep_rdb:
+                _check_room(spool.dir, val)
+                spool.open_rdb(ep.num, keep_stream=ep.dual)
+            log.info(
+                "[%s] receiving the snapshot%s: %s", self.label,
+                " on the rdb channel" if ep.dual else "",
+                "diskless (EOF mark)" if val == -1 else f"{val} bytes",
+            )  # fmt: skip
+        elif ev == EV_RDB_END:
+            if self.opts.keep_rdb:
+                spool.end_rdb(durable=True)
+            if ep.rdb_size == -1:
+                ep.rdb_size = ep.rdb_received
+            if not ep.dual:
+                spool.start_stream(ep.num, ep.start)
+            with self.cond:
+                ep.rdb_done = True
+                self.cond.notify_all()
+            self._established = True
+            self._snapshot_wait = 0.0
+            log.info("[%s] snapshot received: %d bytes", self.label, ep.rdb_received)
+            if self.opts.rdb_only:
+                self.finished = True
+                return
+            if ep.dual:
+                # the rdb channel stays open until the primary has accepted its id on the
+                # main channel (it forgets the id of a closed rdb channel); the first ACK,
+                # which puts the main channel online, waits for the main channel's +CONTINUE
+                if self._dual_state != "setid":
+                    self._close_rdb_channel()
+                if self._dual_state != "streaming":
+                    return
+            self.status = "syncing aof"
+            if not self._use_sync:
+                # mandatory after a diskless transfer: the master starts the stream on it
+                self.send_ack()
+        else:
+            raise ReplProtocolError(f"unexpected event {ev} from the replication framer")
 
     def _on_reply(self, framer: TransferFramer, line: bytes, want) -> None:
+        if self._dual_state in ("setid", "psync"):
+            self._dual_reply(framer, line)
+            return
         if line.startswith(b"$"):
             # handled as SYNC (a renamed PSYNC on a server that only knows the name "psync"):
             # no replication id, so every reconnect is a full sync; ACKs are still needed
@@ -451,6 +524,17 @@ class SourceLink(threading.Thread):
             self._new_epoch("full", r.replid, r.offset)
             self.status = "waiting bgsave"
             framer.expect_payload()
+        elif r.kind == "dual":
+            self.full_syncs += 1
+            if want is not None:
+                log.warning(
+                    "[%s] the source cannot continue from offset %d (backlog too small or "
+                    "history changed): full resynchronisation over two connections",
+                    self.label, want[1],
+                )  # fmt: skip
+            self.status = "waiting bgsave"
+            self._open_rdb_channel()
+            framer.expect_reply()
         elif r.kind == "continue":
             ep = self.epoch
             if ep is None:  # resuming from a checkpoint
@@ -481,6 +565,144 @@ class SourceLink(threading.Thread):
         else:
             raise LinkFatal(f"the source refused {self.opts.psync_command}: {r.message}")
 
+    # -- dual-channel sync --------------------------------------------------------------
+
+    def _open_rdb_channel(self) -> None:
+        """+DUALCHANNELSYNC: open the rdb channel and ask for the snapshot on it."""
+        log.info(
+            "[%s] dual-channel sync: opening the rdb channel to %s", self.label, self.address
+        )
+        self._dual_state = "endoff"
+        rdb = self._rdb = self._open()
+        self._rdb_io = time.monotonic()
+        args = ["capa", "eof", "rdb-only", "1", "rdb-channel", "1"]
+        args += ["listening-port", str(self.opts.listening_port)]
+        if self._announce:  # Valkey 9.1+ picks the snapshot format from it on this channel too
+            args += ["version", self._announce]
+        try:
+            rdb.call("REPLCONF", *args)
+        except ReplyError as e:  # this primary cannot serve an rdb channel
+            self._dual_failed(f"REPLCONF on the rdb channel: {e}", give_up=True)
+            self._dual_state = ""  # counted
+            raise _Retry(f"the source refused the rdb channel: {e}") from None
+        rdb.send(encode([b"SYNC"]))
+        self._rdb_framer = TransferFramer(rdb_channel=True)
+
+    def _dual_failed(self, why: str, give_up: bool = False) -> None:
+        self._dual_failures += 1
+        if give_up or self._dual_failures >= DUAL_GIVE_UP:
+            if not self.dual_off:
+                log.warning(
+                    "[%s] dual-channel sync failed%s (%s): single-channel sync from now on",
+                    self.label, "" if give_up else f" {self._dual_failures} times in a row", why,
+                )  # fmt: skip
+            self.dual_off = True
+
+    def _rdb_ready(self, main, rdb) -> bool:
+        """Wait (up to 0.5 s) until one of the two sockets has data; True when the rdb
+        channel has (the main socket is then read without waiting)."""
+        for s in (rdb, main):
+            pending = getattr(s, "pending", None)  # TLS: bytes already decrypted
+            if pending is not None and pending():
+                return s is rdb
+        try:
+            ready = select.select([main, rdb], [], [], 0.5)[0]
+        except (OSError, ValueError) as e:
+            raise ConnError(f"waiting for data from {self.address} failed: {e}") from None
+        return rdb in ready
+
+    def _rdb_read(self, rdb: Connection, framer: TransferFramer, conn: Connection) -> None:
+        data = _recv(rdb.sock, rdb, 0.0)
+        if data is None:
+            return
+        if not data:
+            ep = self.epoch
+            if ep is not None and ep.dual and ep.rdb_done:  # kept open until the id was taken
+                self._close_rdb_channel()
+                return
+            raise ConnError(f"the rdb channel was closed by {rdb.address}")
+        self.last_io = self._rdb_io = time.monotonic()
+        rframer = self._rdb_framer
+        assert rframer is not None
+        ep = self.epoch
+        if ep is not None and ep.dual and ep.rdb_done:
+            raise ReplProtocolError("unexpected bytes after the snapshot on the rdb channel")
+        for ev, val in rframer.feed(data):
+            if ev == EV_KEEPALIVE:
+                continue
+            if ev == EV_ERROR:
+                if self._dual_state == "endoff":
+                    refused = parse_psync_reply(b"-" + str(val).encode()).kind != "retry"
+                    if refused:  # e.g. -NOPERM for SYNC: asking again gets the same answer
+                        self._dual_failed(f"SYNC on the rdb channel: {val}", give_up=True)
+                        self._dual_state = ""  # counted
+                raise _Retry(f"the source aborted the snapshot on the rdb channel: {val}")
+            if ev == EV_ENDOFF:
+                self._on_endoff(val, conn, framer)  # type: ignore[arg-type]
+            elif ev == EV_STREAM:  # nothing may follow the end mark on this channel
+                raise ReplProtocolError("unexpected bytes after the snapshot on the rdb channel")
+            else:
+                self._snapshot_event(ev, val)
+                if ev == EV_RDB_END or self.finished:  # nothing may follow on this channel
+                    return
+
+    def _on_endoff(self, end: EndOffset, conn: Connection, framer: TransferFramer) -> None:
+        """The primary is about to fork for us: the snapshot stands for ``end.offset``. The
+        main channel continues from there while the snapshot arrives."""
+        self._dual_failures = 0
+        self.dual_channel_syncs += 1
+        ep = self._new_epoch("full", end.replid, end.offset)
+        ep.dual = True
+        ep.stream_db = end.db if end.db >= 0 else None
+        log.info(
+            "[%s] dual-channel sync: snapshot at offset %d (replid %s, db %d); the main channel "
+            "continues from offset %d", self.label, end.offset, end.replid, end.db, end.offset + 1,
+        )  # fmt: skip
+        self._dual_state = "setid"
+        # not pipelined with the PSYNC: a PSYNC arriving while a reply is still pending is
+        # refused ("SYNC and PSYNC are invalid with pending output")
+        conn.send(encode([b"REPLCONF", b"set-rdb-client-id", end.client_id.encode()]))
+        framer.expect_reply()
+
+    def _dual_reply(self, framer: TransferFramer, line: bytes) -> None:
+        """The main channel's answers to REPLCONF set-rdb-client-id and to its PSYNC."""
+        text = line.decode("utf-8", "replace")
+        if self._dual_state == "setid":
+            if text.startswith("-"):
+                raise _Retry(f"dual-channel sync: the source refused the rdb channel id: {text[1:]}")
+            ep = self.epoch
+            conn = self._conn
+            assert ep is not None and conn is not None
+            self._dual_state = "psync"
+            if ep.rdb_done:  # the rdb channel was kept open for this: done with it
+                self._close_rdb_channel()
+            conn.send(
+                encode([self.opts.psync_command.encode(), ep.replid.encode(), b"%d" % (ep.start + 1)])
+            )
+            framer.expect_reply()
+            return
+        r = parse_psync_reply(line)
+        ep = self.epoch
+        assert ep is not None
+        if r.kind != "continue" or (r.replid and r.replid != ep.replid):
+            raise _Retry(
+                f"dual-channel sync: the main channel's PSYNC from offset {ep.start + 1} was "
+                f"answered {text!r}"
+            )
+        self._dual_state = "streaming"
+        self.spool.start_stream(ep.num, ep.start, keep_rdb=True)
+        framer.continue_stream()
+        log.info("[%s] dual-channel sync: the main channel is streaming", self.label)
+        if ep.rdb_done:
+            self.status = "syncing aof"
+            self.send_ack()
+
+    def _close_rdb_channel(self) -> None:
+        rdb, self._rdb = self._rdb, None
+        self._rdb_framer = None
+        if rdb is not None:
+            rdb.close()
+
     def _ack_offset(self) -> int:
         ep = self.epoch
         if ep is None:
@@ -495,6 +717,23 @@ class SourceLink(threading.Thread):
 
 class _Retry(Exception):
     pass
+
+
+def _recv(sock, conn: Connection, timeout: float | None) -> bytes | None:
+    """One read: the bytes, b"" when the peer closed, None when nothing came in time
+    (``timeout`` 0: do not wait; None: the socket's own timeout)."""
+    try:
+        if timeout is not None:
+            sock.settimeout(timeout)
+        try:
+            return sock.recv(RECV_SIZE)
+        finally:
+            if timeout is not None:
+                sock.settimeout(0.5)
+    except (TimeoutError, BlockingIOError, ssl.SSLWantReadError):
+        return None
+    except OSError as e:
+        raise ConnError(f"read from {conn.address} failed: {e}") from None
 
 
 def _check_room(directory, size: int) -> None:

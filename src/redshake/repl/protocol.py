@@ -25,6 +25,8 @@ __all__ = [
     "MAX_SNAPSHOT_SIZE",
     "EOF_MARK_SIZE",
     "ack_command",
+    "EndOffset",
+    "parse_endoff",
 ]
 
 EOF_MARK_SIZE = 40
@@ -45,7 +47,8 @@ MAX_SNAPSHOT_SIZE = 1 << 44
 
 @dataclass
 class PsyncReply:
-    """``kind``: ``full`` (+FULLRESYNC), ``continue`` (+CONTINUE), ``retry`` (-LOADING,
+    """``kind``: ``full`` (+FULLRESYNC), ``continue`` (+CONTINUE), ``dual`` (Valkey's
+    +DUALCHANNELSYNC: the snapshot comes on a second connection), ``retry`` (-LOADING,
     -NOMASTERLINK, -BUSY...: try again later), ``unsupported`` (PSYNC unknown: use SYNC),
     ``error`` (anything else)."""
 
@@ -69,6 +72,8 @@ def parse_psync_reply(line: bytes) -> PsyncReply:
         except ValueError:
             raise ReplProtocolError(f"bad FULLRESYNC offset in {text!r}") from None
         return PsyncReply("full", parts[1], off, text)
+    if text == "+DUALCHANNELSYNC":
+        return PsyncReply("dual", message=text)
     if text.startswith("+CONTINUE"):
         parts = text.split()
         return PsyncReply("continue", parts[1] if len(parts) > 1 else "", -1, text)
@@ -84,6 +89,34 @@ def parse_psync_reply(line: bytes) -> PsyncReply:
     return PsyncReply("error", message=f"unexpected reply to PSYNC: {text!r}")
 
 
+@dataclass
+class EndOffset:
+    """``$ENDOFF:<offset> <replid> <db> <client-id>``: what a Valkey primary sends on the rdb
+    channel of a dual-channel sync right before it forks. ``offset`` is the replication
+    offset the snapshot stands for (the main channel's PSYNC asks for offset + 1), ``db`` the
+    db the stream is positioned in (-1: a SELECT comes before the first command) and
+    ``client_id`` the primary's id of the rdb channel (REPLCONF set-rdb-client-id)."""
+
+    offset: int
+    replid: str
+    db: int
+    client_id: str
+
+
+def parse_endoff(line: bytes) -> EndOffset:
+    text = line.decode("utf-8", "replace").strip()
+    parts = text[len("$ENDOFF:") :].split() if text.startswith("$ENDOFF:") else []
+    if len(parts) < 4 or len(parts[1]) != 40:
+        raise ReplProtocolError(f"bad $ENDOFF line from the rdb channel: {text[:120]!r}")
+    try:
+        off, db = int(parts[0]), int(parts[2])
+    except ValueError:
+        raise ReplProtocolError(f"bad $ENDOFF line from the rdb channel: {text[:120]!r}") from None
+    if off < 0:
+        raise ReplProtocolError(f"bad $ENDOFF offset in {text[:120]!r}")
+    return EndOffset(off, parts[1], db, parts[3])
+
+
 # Events produced by TransferFramer.feed
 EV_KEEPALIVE = "keepalive"  # a bare "\n" from the master (waiting for / during BGSAVE)
 EV_REPLY = "reply"  # the PSYNC reply line (bytes, without CRLF)
@@ -92,8 +125,9 @@ EV_RDB_DATA = "rdb_data"  # value: payload bytes
 EV_RDB_END = "rdb_end"
 EV_STREAM = "stream"  # value: command stream bytes
 EV_ERROR = "error"  # value: an error line from the master instead of the payload
+EV_ENDOFF = "endoff"  # value: EndOffset (rdb channel of a dual-channel sync)
 
-_S_REPLY, _S_HEADER, _S_RDB_LEN, _S_RDB_EOF, _S_STREAM = range(5)
+_S_REPLY, _S_HEADER, _S_RDB_LEN, _S_RDB_EOF, _S_STREAM, _S_ENDOFF = range(6)
 
 
 class TransferFramer:
@@ -105,8 +139,10 @@ class TransferFramer:
     40-byte tail kept across reads, so a mark split between two reads is recognised.
     """
 
-    def __init__(self, expect_reply: bool = True) -> None:
-        self.state = _S_REPLY if expect_reply else _S_HEADER
+    def __init__(self, expect_reply: bool = True, rdb_channel: bool = False) -> None:
+        # rdb_channel: the rdb connection of a dual-channel sync (after SYNC on it): the
+        # $ENDOFF line comes first, then the EOF-marked payload
+        self.state = _S_ENDOFF if rdb_channel else _S_REPLY if expect_reply else _S_HEADER
         self._buf = b""
         self._remaining = 0
         self._mark = b""
@@ -126,6 +162,11 @@ class TransferFramer:
         """The reply was +CONTINUE: everything that follows is the command stream."""
         self.state = _S_STREAM
 
+    def expect_reply(self) -> None:
+        """Another reply line follows (the main channel of a dual-channel sync answers
+        REPLCONF set-rdb-client-id and a second PSYNC)."""
+        self.state = _S_REPLY
+
     def expect_payload(self) -> None:
         """The reply was +FULLRESYNC: the RDB payload header follows."""
         self.state = _S_HEADER
@@ -140,7 +181,7 @@ class TransferFramer:
         self._buf = b""
         while buf:
             st = self.state
-            if st in (_S_REPLY, _S_HEADER):
+            if st in (_S_REPLY, _S_HEADER, _S_ENDOFF):
                 if buf[0:1] == b"\n":
                     out.append((EV_KEEPALIVE, None))
                     buf = buf[1:]
@@ -162,6 +203,12 @@ class TransferFramer:
                     out.append((EV_ERROR, line[1:].decode("utf-8", "replace")))
                     self._buf = buf
                     return out
+                if st == _S_ENDOFF:
+                    if line.startswith(b"+"):  # a late +OK of the channel's REPLCONF
+                        continue
+                    out.append((EV_ENDOFF, parse_endoff(line)))
+                    self.state = _S_HEADER
+                    continue
                 if not line.startswith(b"$"):
                     raise ReplProtocolError(f"expected the RDB payload header, got {line[:80]!r}")
                 if line.startswith(b"$EOF:"):

@@ -56,8 +56,10 @@ class Spool:
     def rdb_path(self, epoch: int) -> Path:
         return self.dir / f"rdb-{epoch}.rdb"
 
-    def open_rdb(self, epoch: int) -> None:
-        self._close_w()
+    def open_rdb(self, epoch: int, keep_stream: bool = False) -> None:
+        """``keep_stream``: the stream segment being written stays open (a dual-channel sync
+        receives the snapshot and the stream at the same time)."""
+        self._close_w(stream=not keep_stream)
         self._rdb_fd = open_private(self.rdb_path(epoch), os.O_WRONLY | os.O_TRUNC)
 
     def write_rdb(self, data: bytes) -> None:
@@ -75,9 +77,12 @@ class Spool:
             os.close(self._rdb_fd)
             self._rdb_fd = None
 
-    def start_stream(self, epoch: int, start: int, rotate: bool = False) -> None:
-        """The command stream of ``epoch`` continues (or begins) after offset ``start``."""
-        self._close_w()
+    def start_stream(
+        self, epoch: int, start: int, rotate: bool = False, keep_rdb: bool = False
+    ) -> None:
+        """The command stream of ``epoch`` continues (or begins) after offset ``start``
+        (``keep_rdb``: a snapshot being written meanwhile stays open)."""
+        self._close_w(rdb=not keep_rdb)
         segs = self._segs.setdefault(epoch, [])
         if segs and segs[-1].start + segs[-1].size == start and not rotate:
             seg = segs[-1]
@@ -90,7 +95,7 @@ class Spool:
     def write_stream(self, epoch: int, data: bytes) -> None:
         seg = self._segs[epoch][-1]
         if seg.size >= self.segment_bytes:
-            self.start_stream(epoch, seg.start + seg.size, rotate=True)
+            self.start_stream(epoch, seg.start + seg.size, rotate=True, keep_rdb=True)
             seg = self._segs[epoch][-1]
         assert self._wfd is not None
         view = memoryview(data)
@@ -107,11 +112,11 @@ class Spool:
             seg.size += len(data)
             self.bytes_on_disk += len(data)
 
-    def _close_w(self) -> None:
-        if self._wfd is not None:
+    def _close_w(self, stream: bool = True, rdb: bool = True) -> None:
+        if stream and self._wfd is not None:
             os.close(self._wfd)
             self._wfd = None
-        if self._rdb_fd is not None:
+        if rdb and self._rdb_fd is not None:
             os.close(self._rdb_fd)
             self._rdb_fd = None
 
