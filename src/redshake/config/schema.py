@@ -231,6 +231,10 @@ class AdvancedConfig:
     exactly_once: bool = True
     exactly_once_key: str = "redshake:pos"
     exactly_once_db: int = field(default=0, metadata={"min": 0})
+    # a live sync keeps "redshake:live:<source replid>" (TTL 15 s) on its target and refuses
+    # to start while its own target is the source of a live sync writing into its source
+    # (a reverse sync during a disaster-recovery switch); see redshake.guard
+    reverse_guard: bool = True
     # hash field TTLs for a target without hash field expiration (Redis < 7.4, Valkey < 9):
     # stop the run, drop the field TTLs (counted), or expire the whole key at the earliest
     unsupported_field_ttl: str = field(
