@@ -17,6 +17,7 @@ import pytest
 
 from datagen import populate
 from helpers import assert_same_data, write_config
+from redshake.commands.slots import key_slot
 from servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,13 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 class Sync:
     """``redshake CONFIG`` (a live sync) as a subprocess with a status port."""
 
-    def __init__(self, tmp: Path, name: str, src, dst, **advanced) -> None:
+    def __init__(self, tmp: Path, name: str, src: str | object, dst, reader: dict | None = None, **advanced) -> None:
         self.status_port = free_port()
         adv = {"dir": str(tmp / name), "log_interval": 1, "status_port": self.status_port,
                "status_bind": "127.0.0.1"}  # fmt: skip
         adv.update(advanced)
+        rd = {"address": src if isinstance(src, str) else src.address, **(reader or {})}
         self.cfg = write_config(tmp / f"{name}.toml", {
-            "sync_reader": {"address": src.address}, "redis_writer": {"address": dst.address}, "advanced": adv,
+            "sync_reader": rd, "redis_writer": {"address": dst.address}, "advanced": adv,
         })  # fmt: skip
         self.out = tmp / f"{name}.out"
         self.proc: subprocess.Popen | None = None
@@ -179,3 +181,86 @@ def test_a_killed_sync_stops_blocking_when_its_marker_expires(servers, tmp_path,
     syncs.append(rev.start())
     rev.wait_consistent()
     assert_same_data(b, a, dbs=[0, 2])
+
+
+def test_env_only_mode_sync_and_scan(servers, tmp_path, syncs):
+    """RedisShake's container entrypoint: SYNC=true / SCAN=true, no config file."""
+    src, dst, dst2 = servers.start("redis-7.0"), servers.start("valkey-8.1"), servers.start("redis-7.0")
+    populate(src.client(), src.version, False, seed=41, big=False, functions=False)
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if k not in ("SYNC", "SCAN") and not k.startswith("SHAKE_")}
+    env = dict(base, SYNC="true", SHAKE_SRC_ADDRESS=src.address, SHAKE_DST_ADDRESS=dst.address,
+               SHAKE_DIR=str(tmp_path / "envsync"), SHAKE_STATUS_PORT=str(port), SHAKE_LOG_LEVEL="info")  # fmt: skip
+    sync = Sync(tmp_path, "unused", src, dst)
+    sync.status_port = port
+    with open(sync.out, "ab") as fh:  # the container's CMD: the default config path, absent here
+        sync.proc = subprocess.Popen([sys.executable, "-m", "redshake.cli", str(tmp_path / "etc/sync/sync.toml")],
+                                     stdout=fh, stderr=subprocess.STDOUT, env=env)  # fmt: skip
+    syncs.append(sync)
+    sync.wait_consistent()
+    writes(src, 6, 300)
+    deadline = time.monotonic() + 60
+    while src.info("replication")["master_repl_offset"] != sync.status()["reader"]["aof_applied_offset"]:
+        assert time.monotonic() < deadline, sync.log()
+        time.sleep(0.1)
+    assert "env-only mode" in sync.log() and (tmp_path / "envsync" / "shake.log").exists()
+    assert sync.stop() == 0, sync.log()
+    assert_same_data(src, dst, dbs=[0, 1, 2, 3])
+    # SCAN=true: a one-shot copy, no argument at all
+    env2 = dict(base, SCAN="true", SHAKE_SRC_ADDRESS=src.address, SHAKE_DST_ADDRESS=dst2.address,
+                SHAKE_DIR=str(tmp_path / "envscan"))  # fmt: skip
+    r = cli(env=env2)
+    assert r.returncode == 0 and "scan_reader" in r.stdout + r.stderr, r.stdout + r.stderr
+    # (a scan copies TTLs as relative PTTLs: compared within verify's tolerance)
+    r = cli("verify", "--source", f"redis://{src.address}", "--target", f"redis://{dst2.address}", "--mode", "full",
+            "--no-progress")  # fmt: skip
+    assert r.returncode == 0 and "EQUAL" in r.stdout, r.stdout + r.stderr
+    # a required variable missing, or a config file as well: exit 2, nothing written
+    dst2.client().flushall()
+    r = cli(env=dict(base, SYNC="true", SHAKE_SRC_ADDRESS=src.address))
+    assert r.returncode == 2 and "SHAKE_DST_ADDRESS" in r.stderr, r.stderr
+    r = cli(str(sync.cfg), env=dict(env2))
+    assert r.returncode == 2 and "both given" in r.stderr, r.stderr
+    r = cli(env=dict(env2, SHAKE_STATUS_PORT="http"))
+    assert r.returncode == 2 and "status_port" in r.stderr, r.stderr
+    assert dst2.client().dbsize() == 0
+
+
+def test_shards_selector_splits_a_cluster_source(servers, tmp_path, syncs):
+    """sync_reader.shards = "I/N": N processes (pods) each read their slice of the masters."""
+    import redis
+
+    cl = servers.cluster("redis-7.0", masters=3)
+    dst = servers.start("redis-7.0")
+    rc = redis.RedisCluster(host="127.0.0.1", port=cl.masters[0].port, protocol=2)
+    rnd = random.Random(3)
+    for i in range(600):
+        rc.set(f"k{i}", rnd.randbytes(rnd.randrange(1, 500)), px=rnd.choice((None, 900_000)))
+        if i % 3 == 0:
+            rc.hset(f"h{i}", mapping={f"f{j}": j for j in range(rnd.randrange(1, 20))})
+    parts = [Sync(tmp_path, f"part{i}", cl.seed, dst, reader={"cluster": True, "shards": f"{i}/2"}) for i in (0, 1)]
+    for p in parts:
+        syncs.append(p.start())
+    docs = [p.wait_consistent() for p in parts]
+    # 3 masters split 2 + 1, ordered by first slot; together every master exactly once
+    read = [sorted(r["address"] for r in d["reader"]) for d in docs]
+    assert sorted(len(x) for x in read) == [1, 2], read
+    owners = sorted(cl.masters, key=lambda m: min(s[0] for s in m.client().execute_command("CLUSTER", "SLOTS")
+                                                  if int(s[2][1]) == m.port))  # fmt: skip
+    assert read[0] == sorted([owners[0].address, owners[2].address]) and read[1] == [owners[1].address]
+    for i in range(600, 700):
+        rc.set(f"k{i}", b"live")
+    for p in parts:
+        deadline = time.monotonic() + 60
+        while not all(r["lag_bytes"] == 0 for r in p.status()["reader"]) or dst.client().get("k699") is None:
+            assert time.monotonic() < deadline, p.log()
+            time.sleep(0.1)
+    for p in parts:
+        assert p.stop() == 0, p.log()
+    keys = {k for m in cl.masters for k in m.client().keys("*")}
+    got = {k for k in dst.client().keys("*") if not k.startswith(b"redshake:")}
+    assert got == keys and len(keys) == 900
+    for k in rnd.sample(sorted(keys), 100):
+        node = cl.owner_of(key_slot(k))
+        assert node.client().execute_command("DEBUG", "DIGEST-VALUE", k) == dst.client().execute_command(
+            "DEBUG", "DIGEST-VALUE", k)

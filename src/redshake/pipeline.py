@@ -150,7 +150,10 @@ def run(cfg: Config) -> int:
             max_backups=adv.log_max_backups,
             compress=adv.log_compress,
         )
-        log.info("load config from file: %s", cfg.path)
+        if cfg.path is None:
+            log.info("config from the environment (env-only mode: SYNC / SCAN and SHAKE_* variables)")
+        else:
+            log.info("load config from file: %s", cfg.path)
         log.info("log_level: [%s], log_file: [%s]", adv.log_level, log_path)
         log.info("work dir: [%s]", wd.path)
         unsupported = _unsupported(cfg)

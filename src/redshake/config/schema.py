@@ -112,6 +112,17 @@ class SyncReaderConfig(EndpointConfig):
     # address, server down) before giving up with exit 1; 0 = wait forever. A source lost
     # after it was reached is always retried.
     connect_timeout: int = field(default=180, metadata={"min": 0})
+    # redshake: with cluster = true, read only a slice of the source's shards: "I/N" takes the
+    # masters at positions I, I+N, I+2N, ... when they are ordered by their first slot (N
+    # processes, e.g. the pods of a StatefulSet, split one cluster source); "" = every shard
+    shards: str = ""
+
+    def shard_slice(self) -> tuple[int, int] | None:
+        """(I, N) of ``shards``, or None for every shard (validated by the loader)."""
+        if not self.shards:
+            return None
+        i, _, n = self.shards.partition("/")
+        return int(i), int(n)
 
 
 @dataclass
