@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -264,3 +266,277 @@ def test_shards_selector_splits_a_cluster_source(servers, tmp_path, syncs):
         node = cl.owner_of(key_slot(k))
         assert node.client().execute_command("DEBUG", "DIGEST-VALUE", k) == dst.client().execute_command(
             "DEBUG", "DIGEST-VALUE", k)
+
+
+# -- the container and Kubernetes files (static: no Docker engine, no cluster, no helm here) --
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
+    out, cur = [], ""
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if not cur and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        cur += line.rstrip("\\").strip() + " " if line.endswith("\\") else line.strip()
+        if not line.endswith("\\"):
+            word, _, rest = cur.partition(" ")
+            out.append((word.upper(), rest.strip()))
+            cur = ""
+    assert not cur, "a continuation line ends the file"
+    return out
+
+
+def test_dockerfile_lint():
+    known = {"FROM", "RUN", "COPY", "ENV", "WORKDIR", "VOLUME", "USER", "EXPOSE", "HEALTHCHECK", "ENTRYPOINT",
+             "CMD", "ARG", "LABEL"}  # fmt: skip
+    ins = _dockerfile()
+    assert all(w in known for w, _ in ins), [w for w, _ in ins if w not in known]
+    stages = [i for i, (w, _) in enumerate(ins) if w == "FROM"]
+    final = ins[stages[-1]:]
+    assert ins[stages[-1]][1].startswith("python:3.") and "slim" in ins[stages[-1]][1]
+    users = [a for w, a in final if w == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert [json.loads(a) for w, a in final if w == "ENTRYPOINT"] == [["redshake"]]
+    assert [json.loads(a) for w, a in final if w == "CMD"] == [["/etc/sync/sync.toml"]]
+    env = {}
+    for w, a in final:
+        if w == "ENV":
+            for part in a.split():
+                k, _, v = part.partition("=")
+                env[k] = v
+    assert env["SHAKE_DIR"] == "/data" and ["/data"] in [json.loads(a) for w, a in final if w == "VOLUME"]
+    (hc,) = [a for w, a in final if w == "HEALTHCHECK"]
+    assert "SHAKE_STATUS_PORT" in hc and env["SHAKE_STATUS_PORT"] in [a for w, a in final if w == "EXPOSE"]
+    for w, a in ins:  # what COPY takes from the build context exists
+        if w == "COPY" and not a.startswith("--from"):
+            for src in a.split()[:-1]:
+                assert (ROOT / src).exists(), src
+    # the Kubernetes files agree: config mounted where CMD looks, dir on the volume, same port
+    import yaml
+
+    from redshake.config.loader import load_config_text
+
+    docs = [d for f in sorted((ROOT / "deploy/k8s").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())]
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    cfg = load_config_text(cm["data"]["sync.toml"], env={"POD_INDEX": "2", "SOURCE_PASSWORD": "s", "TARGET_PASSWORD": "t"})
+    assert cfg.advanced.dir == env["SHAKE_DIR"] and str(cfg.advanced.status_port) == env["SHAKE_STATUS_PORT"]
+    assert cfg.reader.shard_slice() == (2, 3)
+    (sts,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    pod = sts["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts["config"] + "/sync.toml" == c["args"][0] == "/etc/sync/sync.toml" and mounts["data"] == "/data"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/ready" and pod["securityContext"]["runAsUser"] == 10001
+    assert sts["spec"]["replicas"] == 3 and sts["spec"]["podManagementPolicy"] == "Parallel"
+
+
+def test_kubernetes_manifests_pass_the_schema_validator():
+    import kubernetes_validate
+    import yaml
+
+    n = 0
+    for f in sorted((ROOT / "deploy/k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(f.read_text()):
+            kubernetes_validate.validate(doc, "1.30.0", strict=True)
+            n += 1
+    assert n == 3
+    # a broken one is caught (the validator really checks)
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "x"},
+                                      "spec": {"replicas": "three"}}, "1.30.0", strict=True)  # fmt: skip
+
+
+def test_helm_chart_structure():
+    """helm itself cannot run here: the chart's metadata, values and the values the
+    templates refer to are checked instead."""
+    import re
+
+    import yaml
+
+    chart_dir = ROOT / "deploy/helm/redshake"
+    chart = yaml.safe_load((chart_dir / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2" and chart["name"] == "redshake" and chart["type"] == "application"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", chart["version"])
+    values = yaml.safe_load((chart_dir / "values.yaml").read_text())
+    assert values["mode"] in ("cluster", "perShard") and isinstance(values["shards"], int)
+    used = set()
+    for t in (chart_dir / "templates").iterdir():
+        text = t.read_text()
+        assert text.count("{{") == text.count("}}"), t.name
+        used |= set(re.findall(r"\.Values((?:\.\w+)+)", text))
+    for path in used:
+        node = values
+        for part in path.strip(".").split("."):
+            assert isinstance(node, dict) and part in node, f".Values{path} is not in values.yaml"
+            node = node[part]
+    assert {".mode", ".shards", ".source.address", ".target.address", ".persistence.size"} <= used
+
+
+def test_shards_setting_is_validated():
+    from redshake.config.loader import ConfigError, load_config_text
+
+    base = '[sync_reader]\naddress = "127.0.0.1:1"\n{}\n[redis_writer]\naddress = "127.0.0.1:2"\n'
+    assert load_config_text(base.format('cluster = true\nshards = " 1 / 2 "')).reader.shards == "1/2"
+    for bad, why in (('cluster = true\nshards = "2/2"', "0 <= I < N"), ('cluster = true\nshards = "x"', "I/N"),
+                     ('shards = "0/2"', "cluster = true")):  # fmt: skip
+        with pytest.raises(ConfigError, match=re.escape(why)):
+            load_config_text(base.format(bad))
+
+
+# -- the status web page in headless Chromium, /metrics and the Grafana dashboard ------------
+
+CHROME_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]  # fmt: skip
+
+
+class Browser:
+    """Chromium driven by chromedriver over the WebDriver JSON protocol (plain HTTP)."""
+
+    def __init__(self, tmp: Path) -> None:
+        import shutil
+
+        driver, chrome = shutil.which("chromedriver"), shutil.which("chromium")
+        if not driver or not chrome:
+            pytest.fail("chromium / chromedriver missing (run scripts/install-servers.sh; `make test` does)")
+        self.port = free_port()
+        self.proc = subprocess.Popen([driver, f"--port={self.port}"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if self._call("GET", "/status")["ready"]:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "chromedriver did not start"
+            time.sleep(0.1)
+        caps = {"browserName": "chrome", "goog:chromeOptions": {
+            "binary": chrome, "args": [*CHROME_ARGS, f"--user-data-dir={tmp / 'chrome-profile'}"]}}  # fmt: skip
+        self.session = self._call("POST", "/session", {"capabilities": {"alwaysMatch": caps}})["sessionId"]
+
+    def _call(self, method: str, path: str, body: dict | None = None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.loads(r.read())["value"]
+
+    def open(self, url: str) -> None:
+        self._call("POST", f"/session/{self.session}/url", {"url": url})
+
+    def js(self, script: str):
+        return self._call("POST", f"/session/{self.session}/execute/sync", {"script": script, "args": []})
+
+    def close(self) -> None:
+        try:
+            self._call("DELETE", f"/session/{self.session}")
+        except OSError:
+            pass
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+# what the page shows, read back from its DOM
+READ_PAGE = """
+const f = (root, name) => { const e = root.querySelector('[data-field="' + name + '"]'); return e ? e.textContent : null; };
+const shards = {};
+for (const row of document.querySelectorAll('#shards tr[data-shard]')) {
+  const r = {};
+  for (const c of row.querySelectorAll('[data-field]')) r[c.getAttribute('data-field')] = c.textContent.trim();
+  shards[row.getAttribute('data-shard')] = r;
+}
+return {consistent: f(document, 'consistent'), polls: Number(f(document, 'polls')), write_count: f(document, 'write_count'),
+        read_count: f(document, 'read_count'), verify: f(document, 'verify_result'), shards: shards,
+        errors: [...document.querySelectorAll('[data-field="error_message"]')].map(e => e.textContent),
+        scripts: [...document.querySelectorAll('script[src], link[href]')].length};
+"""
+
+
+def _metric_names(text: str) -> set[str]:
+    """Sample names, and the names of declared families (a counter with no label set yet,
+    e.g. skipped entries by reason, has its # TYPE line but no sample)."""
+    names = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            names.add(name + "_total" if kind == "counter" and not name.endswith("_total") else name)
+    return names
+
+
+def test_status_page_metrics_and_grafana(servers, tmp_path, syncs):
+    src, dst = servers.start("redis-7.0"), servers.start("redis-7.0")
+    populate(src.client(), src.version, False, seed=51, big=False, functions=False)
+    sync = Sync(tmp_path, "ui", src, dst).start()
+    syncs.append(sync)
+    sync.wait_consistent()
+    r = cli("verify", str(sync.cfg), "--mode", "quick", "--no-progress")
+    assert r.returncode == 0, r.stdout + r.stderr
+    with urllib.request.urlopen(f"http://127.0.0.1:{sync.status_port}/ready", timeout=10) as resp:
+        assert resp.status == 200 and json.loads(resp.read()) == {"ready": True}
+    browser = Browser(tmp_path)
+    try:
+        browser.open(f"http://127.0.0.1:{sync.status_port}/ui")
+
+        def page_until(cond, what: str, timeout: float = 60) -> dict:
+            deadline = time.monotonic() + timeout
+            while True:
+                seen = browser.js(READ_PAGE)
+                if cond(seen):
+                    return seen
+                assert time.monotonic() < deadline, f"page never showed {what}: {seen}\n{sync.log()}"
+                time.sleep(0.3)
+
+        first = page_until(lambda p: src.address in p["shards"], "the shard row")
+        assert first["scripts"] == 0  # self-contained: nothing loaded from elsewhere
+        row = first["shards"][src.address]
+        assert first["consistent"] == "consistent" and row["phase"] == "syncing aof" and row["lag_bytes"] == "0"
+        assert first["verify"] == "EQUAL" and row["reconnects"] == "0"
+        # live: writes on the source show up as the status JSON's counts, without a reload
+        writes(src, 8, 400)
+        deadline = time.monotonic() + 60
+        while (doc := sync.status())["reader"]["aof_applied_offset"] < src.info("replication")["master_repl_offset"]:
+            assert time.monotonic() < deadline, sync.log()
+            time.sleep(0.1)
+        want = doc["total_entries_count"]["write_count"]
+        later = page_until(lambda p: p["write_count"] == str(want) and p["polls"] > first["polls"], f"write_count {want}")
+        assert int(later["write_count"]) > int(first["write_count"])
+        assert int(later["shards"][src.address]["aof_applied_offset"]) > int(row["aof_applied_offset"])
+        # the source drops redshake's link: a reconnect and its warning appear on the page
+        src.client().client_kill_filter(_type="replica")
+        dropped = page_until(lambda p: p["shards"][src.address]["reconnects"] == "1" and p["errors"], "the reconnect")
+        assert any("source" in e or "link" in e for e in dropped["errors"]), dropped["errors"]
+        page_until(lambda p: p["shards"][src.address]["connected"] == "up", "the link up again")
+    finally:
+        browser.close()
+    with urllib.request.urlopen(f"http://127.0.0.1:{sync.status_port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    shard = f'shard="{src.address}"'
+    assert f"redshake_shard_reconnects_total{{{shard}}} 1.0" in text, text
+    for name in ("redshake_shard_lag_seconds", "redshake_shard_lag_bytes", "redshake_shard_partial_resyncs_total",
+                 "redshake_shard_full_syncs_total"):  # fmt: skip
+        assert f"{name}{{{shard}}}" in text, name
+    assert "redshake_lag_seconds " in text and "redshake_verify_equal 1.0" in text
+    # every metric the Grafana dashboard queries is one /metrics really exports
+    names = _metric_names(text)
+    dash = json.loads((ROOT / "deploy/grafana/redshake.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    exprs += [v["query"] for v in dash["templating"]["list"] if v["type"] == "query"]
+    used = {m for e in exprs for m in re.findall(r"\b(redshake_\w+)", e)}
+    assert len(used) >= 12 and used <= names, sorted(used - names)
+    assert sync.stop() == 0, sync.log()
+    assert_same_data(src, dst, dbs=[0, 1, 2, 3])
+
+
+def test_ready_is_503_until_consistent(tmp_path):
+    """GET /ready follows ``consistent`` (the readiness probe of the Kubernetes manifests)."""
+    from redshake.status.server import StatusServer
+
+    state = {"consistent": False}
+    with StatusServer(0, "127.0.0.1", lambda: dict(state), workdir=tmp_path) as srv:
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{srv.url}/ready", timeout=10)
+        assert e.value.code == 503
+        state["consistent"] = True
+        with urllib.request.urlopen(f"{srv.url}/ready", timeout=10) as resp:
+            assert resp.status == 200
+        with urllib.request.urlopen(f"{srv.url}/", timeout=10) as resp:  # RedisShake's JSON stays at /
+            assert json.loads(resp.read())["consistent"] is True

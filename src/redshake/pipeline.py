@@ -726,7 +726,7 @@ def _start_status(cfg: Config, stats, reader, writer):
         writer=writer.status,
         consistent=lambda: bool(reader.consistent() and _writer_consistent(writer)),
     )
-    return StatusServer(port, cfg.advanced.status_bind, board).start()
+    return StatusServer(port, cfg.advanced.status_bind, board, workdir=cfg.advanced.dir).start()
 
 
 def _writer_consistent(writer) -> bool:

@@ -192,7 +192,7 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
 
         board = _ShardBoard(latest, [a for a, _ in shards])
         try:
-            server = StatusServer(cfg.advanced.status_port, cfg.advanced.status_bind, board)
+            server = StatusServer(cfg.advanced.status_port, cfg.advanced.status_bind, board, workdir=cfg.advanced.dir)
         except OSError as e:
             log.error("config error: %s. Nothing was written.", e)
             return EXIT_BAD_INPUT
