@@ -119,12 +119,14 @@ def check_reverse(cfg) -> None:
             if not replid:
                 continue
             raw = _routed(src, src_opts, 0 if cfg.reader.cluster else db, "GET", live_key(replid))
-            if raw is None:
-                continue
             try:
-                other = json.loads(raw)
+                other = json.loads(raw) if isinstance(raw, bytes) else None
             except ValueError:
-                other = {"source": "?", "raw": raw.decode("utf-8", "replace")}
+                other = None
+            if not isinstance(other, dict) or other.get("replid") != replid:
+                if raw is not None:  # not a marker of ours: a key of the same name is only data
+                    log.debug("reverse-sync guard: %r holds %r: not a live marker", live_key(replid), raw)
+                continue
             age = time.time() - float(other.get("heartbeat") or 0)
             raise ReverseSyncRefused(
                 f"reverse sync refused: the target {m} is the source of a live sync writing into "
@@ -178,8 +180,11 @@ class LiveMarker(threading.Thread):
     def run(self) -> None:
         last = 0.0
         while not self.halt.is_set():
-            # at once when the replication id appears or changes (a full resync), else every BEAT
-            if self.key != (live_key(self.replid()) if self.replid() else None) or time.monotonic() - last >= BEAT:
+            # at once when the replication id appears or changes (a full resync), else every
+            # BEAT (and every BEAT while the target does not answer)
+            rid = self.replid()
+            changed = bool(rid) and self.key != live_key(rid) and not self._warned
+            if changed or time.monotonic() - last >= BEAT:
                 try:
                     self.beat()
                     last = time.monotonic()
@@ -189,6 +194,8 @@ class LiveMarker(threading.Thread):
                         log.warning("live marker on the target not refreshed: %s (retrying)", e)
                         self._warned = True
                     last = time.monotonic()
+                    if self.cfg.writer.sentinel.enabled:  # the master may have failed over: ask again
+                        self._target = ""
             self.halt.wait(0.2)
 
     def stop(self) -> None:
@@ -198,6 +205,7 @@ class LiveMarker(threading.Thread):
         if self.key is not None:
             try:
                 db = 0 if self.cfg.writer.cluster else self.cfg.advanced.exactly_once_db
-                _routed(self._target, _opts(self.cfg.writer), db, "DEL", self.key)
-            except (ConnError, ReplyError, OSError) as e:
+                target = self._target or _address(self.cfg.writer, "target master")
+                _routed(target, _opts(self.cfg.writer), db, "DEL", self.key)
+            except (ConnError, ReplyError, OSError, ValueError) as e:
                 log.debug("live marker not removed (%s): it expires by itself", e)

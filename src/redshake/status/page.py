@@ -32,6 +32,7 @@ PAGE = """<!doctype html>
   .bar > span { display: block; height: 100%; background: #1976d2; }
   #meta { color: #555; margin-bottom: .6em; }
   .err { color: #b71c1c; }
+  td.err { white-space: normal; max-width: 32em; text-align: left; }
 </style>
 </head>
 <body>
