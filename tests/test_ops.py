@@ -250,6 +250,12 @@ def test_shards_selector_splits_a_cluster_source(servers, tmp_path, syncs):
     owners = sorted(cl.masters, key=lambda m: min(s[0] for s in m.client().execute_command("CLUSTER", "SLOTS")
                                                   if int(s[2][1]) == m.port))  # fmt: skip
     assert read[0] == sorted([owners[0].address, owners[2].address]) and read[1] == [owners[1].address]
+    # /metrics of the process reading two shards: one labelled series per shard
+    with urllib.request.urlopen(f"http://127.0.0.1:{parts[0].status_port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    for addr in read[0]:
+        for name in ("redshake_shard_lag_seconds", "redshake_shard_reconnects_total", "redshake_shard_full_syncs_total"):
+            assert f'{name}{{shard="{addr}"}}' in text, (name, addr)
     for i in range(600, 700):
         rc.set(f"k{i}", b"live")
     for p in parts:

@@ -163,6 +163,12 @@ def verify(plan: Plan, opts: Options, progress_factory=None) -> tuple[dict[str, 
         if opts.mode == "count":
             report.update(_count(src, dst, plan, opts))
             n_diff = len(report["keys"])
+            if plan.ignore_prefixes and n_diff:
+                report["notes"].append(
+                    "counts include redshake's own marker keys ("
+                    + ", ".join(p.decode("utf-8", "replace") + "*" for p in plan.ignore_prefixes)
+                    + ": one per source shard in the marker db); the other modes leave them out"
+                )
         else:
             src_dbs = src.dbs()
             dst_dbs = dst.dbs()
