@@ -151,8 +151,13 @@ def test_reverse_sync_guard_and_dr_runbook(servers, tmp_path, syncs):
     # now A->B is the reverse of the running B->A: refused too
     r = cli(str(fwd.cfg))
     assert r.returncode == 2 and f"{b.address} -> {a.address}" in r.stdout + r.stderr, r.stdout + r.stderr
-    # switch back: stop B->A, A->B again
+    # switch back: stop B->A, A->B again. Resuming the old A->B checkpoint would replay, from
+    # A's backlog, what B->A wrote into A back onto B: refused, nothing written
     assert rev.stop() == 0, rev.log()
+    before = {k: b.client().execute_command("DEBUG", "DIGEST-VALUE", k) for k in b.client().keys("l*")}
+    r = cli(str(fwd.cfg))
+    assert r.returncode == 2 and "resume refused" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert {k: b.client().execute_command("DEBUG", "DIGEST-VALUE", k) for k in b.client().keys("l*")} == before
     fwd2 = Sync(tmp_path, "a_to_b_again", a, b, empty_db_before_sync=True).start()
     syncs.append(fwd2)
     writes(a, 4, 200)

@@ -31,6 +31,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from .resp.conn import ConnError, ReplyError, connect, connection_options
@@ -136,10 +137,47 @@ def check_reverse(cfg) -> None:
                 f"marker expires {TTL_MS // 1000}s after it stops), or set "
                 "advanced.reverse_guard = false"
             )
+        _check_echo(cfg, src, src_opts, dst, {r for _, r in replids if r})
     except (ConnError, OSError, ValueError) as e:
         log.debug("reverse-sync guard: cannot check (%s); the run reports it", e)
     except ReplyError as e:  # ACL without GET / INFO: say so, do not block
         log.warning("reverse-sync guard: cannot check (%s)", e.message)
+
+
+def _check_echo(cfg, src: str, src_opts: dict[str, Any], dst: str, dst_replids: set[str]) -> None:
+    """A sync about to *resume* X->Y from its checkpoint: has a sync Y->X written into X
+    since? Its exactly-once marker ``<exactly_once_key>:<Y>`` on X, holding Y's replication
+    id and written after our checkpoint, says so; X's backlog then holds those writes and a
+    partial resync would send them back to Y, applying them twice. (Standalone sources; the
+    marker is found when both configs name Y with the same address.)"""
+    from .readers.sync_reader import planned_resume, reader_dirname
+
+    adv = cfg.advanced
+    if cfg.reader.cluster or cfg.reader.sentinel.enabled or not adv.exactly_once_key or not dst_replids:
+        return
+    if not planned_resume(Path(adv.dir), src, cfg.reader.sync_aof):
+        return
+    cp = Path(adv.dir).absolute() / reader_dirname(src) / "checkpoint.json"
+    key = f"{adv.exactly_once_key}:{cfg.writer.address or dst}"
+    with connect(src, **src_opts) as c:
+        if adv.exactly_once_db:
+            c.call("SELECT", adv.exactly_once_db)
+        idle = c.pipeline([("OBJECT", "IDLETIME", key), ("GET", key)])
+    if isinstance(idle[1], ReplyError) or idle[1] is None:
+        return
+    replid = bytes(idle[1]).split(b" ", 1)[0].decode("ascii", "replace")
+    if replid not in dst_replids:
+        return
+    age = time.time() - cp.stat().st_mtime
+    if isinstance(idle[0], int) and idle[0] > age + 1:
+        return  # written before our checkpoint: those writes are behind us
+    raise ReverseSyncRefused(
+        f"resume refused: the source {src} holds {key!r}, the position marker of a sync from this "
+        f"sync's target {dst} that wrote into {src} after this sync's checkpoint ({cp}) was saved. "
+        f"Resuming would send those writes back to {dst} and apply them twice. Start this sync "
+        f"from a full copy: remove {cp.parent} (with advanced.empty_db_before_sync = true), or set "
+        "advanced.reverse_guard = false"
+    )
 
 
 class LiveMarker(threading.Thread):
