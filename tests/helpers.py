@@ -113,6 +113,7 @@ def _same_zset(a: redis.Redis, b: redis.Redis, key: bytes) -> bool:
 
 
 MARKER_PREFIX = b"redshake:pos:"  # advanced.exactly_once_key (default) + ":"
+OWN_PREFIXES = (MARKER_PREFIX, b"redshake:live:")  # and the reverse-sync guard's live markers
 
 
 def assert_same_data(src, dst, *, dbs: list[int] | None = None, ttl_tolerance_ms: int = 2000) -> int:
@@ -124,9 +125,11 @@ def assert_same_data(src, dst, *, dbs: list[int] | None = None, ttl_tolerance_ms
     absolute = src.version >= (7, 0, 0) and dst.version >= (7, 0, 0)
     for db in dbs:
         a, b = src.client(db), dst.client(db)
-        ka, kb = keys_of(a), keys_of(b)
-        # the live sync's exactly-once position markers are the target's own keys
-        missing, extra = ka - kb, {k for k in kb - ka if not k.startswith(MARKER_PREFIX)}
+        # the live sync's exactly-once position and live markers are the target's own keys (on
+        # the source too, after a sync in the other direction: not data)
+        ka = {k for k in keys_of(a) if not k.startswith(OWN_PREFIXES)}
+        kb = {k for k in keys_of(b) if not k.startswith(OWN_PREFIXES)}
+        missing, extra = ka - kb, kb - ka
         assert not missing and not extra, (
             f"db {db}: {len(missing)} keys missing on target (e.g. {sorted(missing)[:5]}), "
             f"{len(extra)} unexpected (e.g. {sorted(extra)[:5]})"

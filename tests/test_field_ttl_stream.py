@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from helpers import MARKER_PREFIX, run_redshake, write_config
+from helpers import OWN_PREFIXES, run_redshake, write_config
 from redshake.entry import Entry
 from redshake.transform.field_ttl import FieldTtlCommands
 from servers import free_port
@@ -112,7 +112,7 @@ def content(clients_by_db: dict[int, list]) -> dict:
         for c in clients:
             now = now_ms()
             for k in c.scan_iter(count=1000):
-                if k.startswith(MARKER_PREFIX):  # the exactly-once position marker
+                if k.startswith(OWN_PREFIXES):  # the exactly-once position and live markers
                     continue
                 pttl = c.pttl(k)
                 exp = now + pttl if pttl > 0 else -1

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from helpers import MARKER_PREFIX
+from helpers import MARKER_PREFIX, OWN_PREFIXES
 from redshake.commands.slots import key_slot
 from servers import free_port
 from test_sync import Shake, replica_offset
@@ -50,8 +50,8 @@ def _digests(server_list) -> dict[bytes, bytes]:
     out = {}
     for s in server_list:
         c = s.client()
-        # (leaving out the live sync's exactly-once position markers: the target's own keys)
-        keys = [k for k in c.scan_iter(count=1000) if not k.startswith(MARKER_PREFIX)]
+        # (leaving out the live sync's exactly-once position and live markers: the target's own keys)
+        keys = [k for k in c.scan_iter(count=1000) if not k.startswith(OWN_PREFIXES)]
         p = c.pipeline(transaction=False)
         for k in keys:
             p.execute_command("DEBUG", "DIGEST-VALUE", k)

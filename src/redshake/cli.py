@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 
@@ -10,13 +11,15 @@ from . import __version__
 
 USAGE = """\
 usage: redshake CONFIG.toml
+       SYNC=true|SCAN=true SHAKE_SRC_ADDRESS=host:port SHAKE_DST_ADDRESS=host:port redshake
        redshake verify CONFIG.toml | --source URL --target URL [options]  (see verify --help)
        redshake wait --converged CONFIG.toml [options]  (see wait --help)
        redshake version | --version | -v
        redshake --help
 
 Runs the sync / restore described by CONFIG.toml (RedisShake v4 `shake.toml` or v3
-`sync.toml` format).
+`sync.toml` format). Env-only mode (RedisShake's container entrypoint): with SYNC=true
+or SCAN=true and no config file, the config comes from the SHAKE_* variables.
 
 exit codes: 0 done, 1 runtime failure, 2 bad config or bad input
 """
@@ -27,7 +30,12 @@ def version_line() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .config.envmode import env_mode
+
     args = list(sys.argv[1:] if argv is None else argv)
+    mode = env_mode(os.environ)
+    if not args and mode:
+        return _run_env(mode)
     if not args:
         sys.stderr.write("config file not found: give the path of a config file\n\n" + USAGE)
         return 2
@@ -48,6 +56,17 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"unexpected arguments: {' '.join(extra)}\n\n" + USAGE)
         return 2
 
+    from pathlib import Path
+
+    if mode:  # the container's default config path is given but the variables say env-only
+        if Path(ns.config).exists():
+            sys.stderr.write(
+                f"config error: {mode.upper()}=true (env-only mode) and the config file "
+                f"{ns.config} both given: unset {mode.upper()} or remove the file\n"
+            )
+            return 2
+        return _run_env(mode)
+
     from .config.loader import ConfigError, load_config
 
     try:
@@ -58,7 +77,22 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError:
         sys.stderr.write(f"config file not found: {ns.config}\n")
         return 2
+    return _run(cfg)
 
+
+def _run_env(mode: str) -> int:
+    from .config.envmode import env_config_text
+    from .config.loader import ConfigError, load_config_text
+
+    try:
+        cfg = load_config_text(env_config_text(mode, os.environ))
+    except ConfigError as e:
+        sys.stderr.write(f"config error ({mode.upper()}=true env-only mode): {e}\n")
+        return 2
+    return _run(cfg)
+
+
+def _run(cfg) -> int:
     from .pipeline import run
     from .workdir import WorkDirLocked
 

@@ -150,7 +150,10 @@ def run(cfg: Config) -> int:
             max_backups=adv.log_max_backups,
             compress=adv.log_compress,
         )
-        log.info("load config from file: %s", cfg.path)
+        if cfg.path is None:
+            log.info("config from the environment (env-only mode: SYNC / SCAN and SHAKE_* variables)")
+        else:
+            log.info("load config from file: %s", cfg.path)
         log.info("log_level: [%s], log_file: [%s]", adv.log_level, log_path)
         log.info("work dir: [%s]", wd.path)
         unsupported = _unsupported(cfg)
@@ -169,6 +172,14 @@ def run(cfg: Config) -> int:
         stop.install()
         try:
             cfg = _v3_cluster_source(cfg)
+            if SHARD is None:
+                from .guard import ReverseSyncRefused, check_reverse
+
+                try:
+                    check_reverse(cfg)
+                except ReverseSyncRefused as e:
+                    log.error("%s. Nothing was written.", e)
+                    return _final(EXIT_BAD_INPUT)
             if cfg.reader_type == "sync" and cfg.reader.cluster:
                 from .shards import run_sharded
 
@@ -395,6 +406,12 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
             )
         )
     ticker.start()
+    live = None
+    if cfg.reader_type == "sync" and cfg.writer_type == "redis" and adv.reverse_guard:
+        from .guard import LiveMarker
+
+        live = LiveMarker(cfg, reader.address, lambda: getattr(reader._ep, "replid", ""))
+        live.start()
     progress_of = getattr(reader, "progress", None)
     unit = getattr(reader, "progress_unit", "bytes")
     progress = Progress(progress_of()[1] if progress_of else None, reader.name, unit=unit)
@@ -506,6 +523,8 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         code = EXIT_FAILURE
     finally:
         ticker.halt.set()
+        if live is not None:
+            live.stop()
         progress.close()
         drain = getattr(writer, "drain", None)
         if code != EXIT_OK and drain is not None and not interrupted:  # (a 2nd SIGINT: exit now)
@@ -707,7 +726,7 @@ def _start_status(cfg: Config, stats, reader, writer):
         writer=writer.status,
         consistent=lambda: bool(reader.consistent() and _writer_consistent(writer)),
     )
-    return StatusServer(port, cfg.advanced.status_bind, board).start()
+    return StatusServer(port, cfg.advanced.status_bind, board, workdir=cfg.advanced.dir).start()
 
 
 def _writer_consistent(writer) -> bool:

@@ -101,6 +101,14 @@ def source_shards(
     return [(addr, slots[mid]) for mid, addr in masters.items()]
 
 
+def select_shards(shards: list[tuple[str, list[tuple[int, int]]]], index: int, count: int):
+    """``sync_reader.shards = "index/count"``: the shards at positions index, index + count, ...
+    once ordered by their first slot (the same split for every process, whatever the
+    addresses or the order the cluster lists its nodes in)."""
+    ordered = sorted(shards, key=lambda s: min(lo for lo, _ in s[1]))
+    return ordered[index::count]
+
+
 def flush_slots(writer, ranges: list[tuple[int, int]]) -> int:
     """Delete, on the target, every key of db 0 whose slot lies in ``ranges``: what a full
     resync of one source shard must remove when the target is shared with the other shards
@@ -166,6 +174,16 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
     if not shards:
         log.error("cluster source %s: no master owns slots", rc.address)
         return EXIT_FAILURE
+    picked = rc.shard_slice()
+    if picked is not None:
+        every = len(shards)
+        shards = select_shards(shards, *picked)
+        log.info(
+            "sync_reader.shards = %s: this process reads %d of the %d shards", rc.shards, len(shards), every
+        )
+        if not shards:
+            log.error("sync_reader.shards = %s: no shard left (the source has %d)", rc.shards, every)
+            return EXIT_BAD_INPUT
     log.info("cluster source %s: %d shards: %s", rc.address, len(shards), ", ".join(a for a, _ in shards))
     latest: dict[str, dict] = {}
     server = None
@@ -174,7 +192,7 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
 
         board = _ShardBoard(latest, [a for a, _ in shards])
         try:
-            server = StatusServer(cfg.advanced.status_port, cfg.advanced.status_bind, board)
+            server = StatusServer(cfg.advanced.status_port, cfg.advanced.status_bind, board, workdir=cfg.advanced.dir)
         except OSError as e:
             log.error("config error: %s. Nothing was written.", e)
             return EXIT_BAD_INPUT
@@ -301,6 +319,12 @@ def _empty_target_once(cfg: Config, shards) -> Config:
     from .writers import build_writer
 
     base = Path(cfg.advanced.dir)
+    if cfg.reader.shards:
+        log.info(
+            "empty_db_before_sync with sync_reader.shards = %s: each shard empties only its own "
+            "slots (the other processes' shards share the target)", cfg.reader.shards,
+        )  # fmt: skip
+        return cfg
     resuming = [a for a, _ in shards if planned_resume(_shard_dir(base, a), a, cfg.reader.sync_aof)]
     if resuming:
         log.info(

@@ -564,6 +564,13 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f'[{rsec}] address is required (host:port, e.g. "127.0.0.1:6379")')
     elif not r.filepath:
         raise ConfigError(f"[{rsec}] filepath is required")
+    if isinstance(r, SyncReaderConfig) and r.shards:
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", r.shards)
+        if not m or not int(m[1]) < int(m[2]):
+            raise _bad("shards", rsec, r.shards, '"I/N" with 0 <= I < N (e.g. "0/3"), or "" for every shard')
+        if not r.cluster:
+            raise ConfigError(f"[{rsec}] shards = {r.shards!r} needs cluster = true (it selects shards of a cluster source)")
+        r.shards = f"{int(m[1])}/{int(m[2])}"
     if isinstance(w, RedisWriterConfig):
         _check_sentinel(w.sentinel, w.cluster, wsec)
         if not w.address and not w.sentinel.enabled:

@@ -117,6 +117,17 @@ class SyncReaderConfig(EndpointConfig):
     # address, server down) before giving up with exit 1; 0 = wait forever. A source lost
     # after it was reached is always retried.
     connect_timeout: int = field(default=180, metadata={"min": 0})
+    # redshake: with cluster = true, read only a slice of the source's shards: "I/N" takes the
+    # masters at positions I, I+N, I+2N, ... when they are ordered by their first slot (N
+    # processes, e.g. the pods of a StatefulSet, split one cluster source); "" = every shard
+    shards: str = ""
+
+    def shard_slice(self) -> tuple[int, int] | None:
+        """(I, N) of ``shards``, or None for every shard (validated by the loader)."""
+        if not self.shards:
+            return None
+        i, _, n = self.shards.partition("/")
+        return int(i), int(n)
 
 
 @dataclass
@@ -236,6 +247,10 @@ class AdvancedConfig:
     exactly_once: bool = True
     exactly_once_key: str = "redshake:pos"
     exactly_once_db: int = field(default=0, metadata={"min": 0})
+    # a live sync keeps "redshake:live:<source replid>" (TTL 15 s) on its target and refuses
+    # to start while its own target is the source of a live sync writing into its source
+    # (a reverse sync during a disaster-recovery switch); see redshake.guard
+    reverse_guard: bool = True
     # hash field TTLs for a target without hash field expiration (Redis < 7.4, Valkey < 9):
     # stop the run, drop the field TTLs (counted), or expire the whole key at the earliest
     unsupported_field_ttl: str = field(

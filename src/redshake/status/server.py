@@ -20,7 +20,19 @@ redshake addition: ``GET /metrics`` returns the same numbers in the Prometheus t
 - ``redshake_entries_skipped_total{reason=...}``, ``redshake_entries_failed_total``;
 - ``redshake_consistent`` (0/1), ``redshake_start_time_seconds``;
 - ``redshake_lag_<name>`` gauges for every entry of ``redshake.lag`` (e.g. ``bytes``,
-  ``seconds``) when the pipeline provides them.
+  ``seconds``) when the pipeline provides them; otherwise, for live readers,
+  ``redshake_lag_bytes`` (sum over shards) and ``redshake_lag_seconds`` (the largest);
+- per source shard (label ``shard`` = the reader's address), for live readers:
+  ``redshake_shard_lag_bytes``, ``redshake_shard_lag_seconds``, ``redshake_shard_connected``,
+  ``redshake_shard_applied_offset`` (gauges) and ``redshake_shard_reconnects_total``,
+  ``redshake_shard_partial_resyncs_total``, ``redshake_shard_full_syncs_total``,
+  ``redshake_shard_target_reconnects_total`` (counters);
+- ``redshake_verify_equal`` (1/0), ``redshake_verify_differences`` and
+  ``redshake_verify_timestamp_seconds`` once ``redshake verify`` / ``wait --converged`` ran
+  on this sync's config (the result is kept in ``<advanced.dir>/verify_last.json``).
+
+Other paths: ``GET /ready`` answers 200 when ``consistent`` is true and 503 otherwise (a
+Kubernetes readiness probe); ``GET /ui`` is a self-contained web page showing the status live.
 
 Unlike RedisShake, the interface to listen on is configurable (``advanced.status_bind``).
 """
@@ -29,12 +41,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -43,7 +57,10 @@ from prometheus_client.registry import Collector
 
 from redshake.status.stats import Stats
 
-__all__ = ["StatusServer", "StatusBoard", "StatusBindError", "METRICS_CONTENT_TYPE"]
+__all__ = [
+    "StatusServer", "StatusBoard", "StatusBindError", "METRICS_CONTENT_TYPE", "save_verify_result",
+    "VERIFY_FILE",
+]
 
 log = logging.getLogger("redshake")
 
@@ -107,6 +124,31 @@ class StatusBoard:
 
 
 _METRIC_SAFE = re.compile(r"[^a-zA-Z0-9_]")
+VERIFY_FILE = "verify_last.json"
+
+
+def save_verify_result(workdir: str | Path, report: Mapping[str, Any]) -> None:
+    """Keep the summary of a verify run next to the sync's work files (atomically), where
+    the sync's status server picks it up. A work dir that cannot be written is skipped."""
+    keep = ("result", "mode", "source", "target", "total_differences", "differences", "keys_checked",
+            "keys_equal", "sample", "seconds", "recheck_rounds")  # fmt: skip
+    doc = {k: report[k] for k in keep if k in report}
+    doc["finished"] = time.time()
+    doc["keys"] = list(report.get("keys") or [])[:20]
+    d = Path(workdir)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / (VERIFY_FILE + ".tmp")
+        tmp.write_text(json.dumps(doc, default=str))
+        os.replace(tmp, d / VERIFY_FILE)
+    except OSError as e:
+        log.debug("verify result not saved in %s: %s", d, e)
+
+
+def _readers(doc: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    r = doc.get("reader")
+    items = r if isinstance(r, list) else [r]
+    return [x for x in items if isinstance(x, Mapping)]
 
 
 class _SnapshotCollector(Collector):
@@ -166,12 +208,52 @@ class _SnapshotCollector(Collector):
                 yield g
             except ValueError:
                 pass
-        for name, value in (extra.get("lag") or {}).items():
+        lag = dict(extra.get("lag") or {})
+        live = [r for r in _readers(doc) if "lag_bytes" in r]
+        if live and not lag:
+            lag = {"bytes": sum(int(r.get("lag_bytes") or 0) for r in live),
+                   "seconds": max(float(r.get("lag_seconds") or 0) for r in live)}  # fmt: skip
+        for name, value in lag.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 safe = _METRIC_SAFE.sub("_", str(name))
                 g = GaugeMetricFamily(f"redshake_lag_{safe}", f"Replication lag ({name})")
                 g.add_metric([], value)
                 yield g
+        yield from _shard_metrics(live)
+        v = extra.get("verify")
+        if isinstance(v, Mapping) and "result" in v:
+            g = GaugeMetricFamily("redshake_verify_equal", "1 when the last verify found no difference")
+            g.add_metric([], 1 if v.get("result") == "equal" else 0)
+            yield g
+            g = GaugeMetricFamily("redshake_verify_differences", "Differences the last verify found")
+            g.add_metric([], float(v.get("total_differences") or 0))
+            yield g
+            g = GaugeMetricFamily("redshake_verify_timestamp_seconds", "When the last verify ended (unix time)")
+            g.add_metric([], float(v.get("finished") or 0))
+            yield g
+
+
+# (metric, help, reader status field, counter?)
+_SHARD_METRICS = (
+    ("redshake_shard_lag_bytes", "Bytes received from the source shard, not yet applied", "lag_bytes", False),
+    ("redshake_shard_lag_seconds", "Age of the oldest received byte not yet applied", "lag_seconds", False),
+    ("redshake_shard_connected", "1 while the source link is up", "connected", False),
+    ("redshake_shard_applied_offset", "Source replication offset applied on the target", "aof_applied_offset", False),
+    ("redshake_shard_reconnects", "Source link reconnects", "reconnects", True),
+    ("redshake_shard_partial_resyncs", "Partial resynchronisations (PSYNC +CONTINUE)", "partial_resyncs", True),
+    ("redshake_shard_full_syncs", "Full synchronisations (snapshots)", "full_syncs", True),
+    ("redshake_shard_target_reconnects", "Target connection reconnects", "target_reconnects", True),
+)
+
+
+def _shard_metrics(readers: list[Mapping[str, Any]]) -> Iterator[Metric]:
+    for name, doc, fld, counter in _SHARD_METRICS:
+        fam = (CounterMetricFamily if counter else GaugeMetricFamily)(name, doc, labels=["shard"])
+        for r in readers:
+            value = r.get(fld)
+            if isinstance(value, int | float):
+                fam.add_metric([str(r.get("address", "?"))], float(value))
+        yield fam
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -191,12 +273,23 @@ class _Handler(BaseHTTPRequestHandler):
         if length > 0:
             self.rfile.read(min(length, 1 << 20))
         status = 200
+        path = self.path.split("?", 1)[0].rstrip("/")
         try:
-            if self.path.split("?", 1)[0].rstrip("/") == "/metrics":
+            if path == "/metrics":
                 body = owner.metrics_text()
                 ctype = METRICS_CONTENT_TYPE
+            elif path == "/ui":
+                from .page import PAGE
+
+                body = PAGE.encode()
+                ctype = "text/html; charset=utf-8"
+            elif path == "/ready":
+                ready = bool(owner.document().get("consistent"))
+                status = 200 if ready else 503
+                body = json.dumps({"ready": ready}).encode()
+                ctype = "application/json"
             else:
-                body = json.dumps(owner.snapshot(), default=str).encode()
+                body = json.dumps(owner.document(), default=str).encode()
                 ctype = "application/json"
         except Exception as e:  # a broken callable must not kill the server
             log.warning("status snapshot failed: %s", e)
@@ -223,6 +316,26 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
+class _RecentErrors(logging.Handler):
+    """The last warnings and errors logged, for the status document (``recent_errors``)."""
+
+    def __init__(self, keep: int = 20) -> None:
+        super().__init__(logging.WARNING)
+        from collections import deque
+
+        self.items: deque[dict[str, str]] = deque(maxlen=keep)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.getMessage()
+        except Exception:  # a bad format string must not break logging
+            msg = str(record.msg)
+        self.items.append({
+            "time": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created)),
+            "level": record.levelname.lower(), "message": msg[:500],
+        })  # fmt: skip
+
+
 class StatusBindError(OSError):
     """The status port cannot be bound (in use, not allowed, no such address)."""
 
@@ -238,9 +351,14 @@ class StatusServer:
     """
 
     def __init__(
-        self, port: int, bind: str = "0.0.0.0", snapshot: Callable[[], Mapping[str, Any]] = dict
+        self, port: int, bind: str = "0.0.0.0", snapshot: Callable[[], Mapping[str, Any]] = dict,
+        workdir: str | Path | None = None,
     ) -> None:
         self.snapshot = snapshot
+        # where `redshake verify CONFIG` leaves its last result (advanced.dir)
+        self.workdir = Path(workdir) if workdir is not None else None
+        self._verify: tuple[float, dict[str, Any] | None] = (-1.0, None)
+        self._errors = _RecentErrors()
         cls = _Server6 if ":" in bind else _Server
         try:
             self._httpd = cls((bind, port), _Handler)
@@ -254,8 +372,31 @@ class StatusServer:
         self.bind = bind
         self.port: int = self._httpd.server_address[1]
         self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(_SnapshotCollector(self.snapshot))
+        self._registry.register(_SnapshotCollector(self.document))
         self._thread: threading.Thread | None = None
+
+    def document(self) -> dict[str, Any]:
+        """The status document plus the last verify result (``redshake.verify``)."""
+        doc = dict(self.snapshot())
+        extra = dict(doc.get("redshake") or {})
+        v = self._last_verify()
+        if v is not None:
+            extra["verify"] = v
+        extra["recent_errors"] = list(self._errors.items)
+        doc["redshake"] = extra
+        return doc
+
+    def _last_verify(self) -> dict[str, Any] | None:
+        if self.workdir is None:
+            return None
+        path = self.workdir / VERIFY_FILE
+        try:
+            mtime = path.stat().st_mtime
+            if mtime != self._verify[0]:
+                self._verify = (mtime, json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return None
+        return self._verify[1]
 
     def metrics_text(self) -> bytes:
         return generate_latest(self._registry)
@@ -267,6 +408,7 @@ class StatusServer:
 
     def start(self, *, announce: bool = True) -> StatusServer:
         if self._thread is None:
+            log.addHandler(self._errors)
             self._thread = threading.Thread(
                 target=self._httpd.serve_forever,
                 kwargs={"poll_interval": 0.2},
@@ -279,9 +421,11 @@ class StatusServer:
                 log.info(
                     "status information: watch -n 0.3 'curl -s %s | python -m json.tool'", self.url
                 )
+                log.info("status page: %s/ui (metrics: %s/metrics, readiness: %s/ready)", self.url, self.url, self.url)
         return self
 
     def close(self) -> None:
+        log.removeHandler(self._errors)
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join(timeout=5)

@@ -150,7 +150,7 @@ def main_verify(argv: list[str]) -> int:
 
     try:
         opts = _options(ns)
-        plan, _ = load_plan(ns.config, ns)
+        plan, cfg = load_plan(ns.config, ns)
         stream = sys.stderr if ns.format == "json" else sys.stdout
         report, code = verify(plan, opts, None if ns.no_progress else progress_factory(True, stream))
     except VerifyError as e:
@@ -159,6 +159,10 @@ def main_verify(argv: list[str]) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("verify: interrupted, incomplete\n")
         return 2
+    if cfg is not None:  # the running sync's status page and /metrics show the last result
+        from ..status.server import save_verify_result
+
+        save_verify_result(cfg.advanced.dir, report)
     render(report, ns.format, ns.json)
     return code
 
@@ -179,6 +183,10 @@ def main_wait(argv: list[str]) -> int:
         opts = _options(ns)
         plan, cfg = load_plan(ns.config, ns)
         code, report = wait_converged(cfg, plan, opts, ns.timeout, ns.interval)
+        if cfg is not None and report is not None:
+            from ..status.server import save_verify_result
+
+            save_verify_result(cfg.advanced.dir, report)
     except VerifyError as e:
         sys.stderr.write(f"wait: {e}\n")
         return 2

@@ -24,6 +24,8 @@ class Plan:
     db_map: dict[int, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     ignore_target: set[tuple[int, bytes]] = field(default_factory=set)  # (db, key) not ours
+    # redshake's own bookkeeping keys (position and live markers, either side): not data
+    ignore_prefixes: tuple[bytes, ...] = ()
     rdb_path: str = ""  # the source is this RDB file (quick mode only)
 
 
@@ -72,6 +74,12 @@ def plan_from_config(cfg: Config) -> Plan:
     plan = Plan(src, dst, chain, rdb_path=cfg.reader.filepath if cfg.reader_type == "rdb" else "")
     if cfg.advanced.exactly_once_key:  # redshake's own marker on the target
         plan.ignore_target.add((cfg.advanced.exactly_once_db, cfg.advanced.exactly_once_key.encode()))
+        # (the markers are "<key>:<source>", "<key>:<source>:{slot tag}" on a cluster)
+        plan.ignore_prefixes += (cfg.advanced.exactly_once_key.encode() + b":",)
+    if cfg.reader_type == "sync":
+        from ..guard import LIVE_PREFIX
+
+        plan.ignore_prefixes += (LIVE_PREFIX.encode(),)
     if chain is not None and chain.function is not None:
         plan.notes.append(
             "a Lua function is configured: keys are mapped through it (as for the snapshot's RESTORE); "
@@ -155,6 +163,12 @@ def verify(plan: Plan, opts: Options, progress_factory=None) -> tuple[dict[str, 
         if opts.mode == "count":
             report.update(_count(src, dst, plan, opts))
             n_diff = len(report["keys"])
+            if plan.ignore_prefixes and n_diff:
+                report["notes"].append(
+                    "counts include redshake's own marker keys ("
+                    + ", ".join(p.decode("utf-8", "replace") + "*" for p in plan.ignore_prefixes)
+                    + ": one per source shard in the marker db); the other modes leave them out"
+                )
         else:
             src_dbs = src.dbs()
             dst_dbs = dst.dbs()
@@ -175,7 +189,14 @@ def verify(plan: Plan, opts: Options, progress_factory=None) -> tuple[dict[str, 
             mapper = transform_mapper(plan.chain, plan.db_map)
             extra_filter = None
             ignore = plan.ignore_target
-            if plan.chain is not None or ignore:  # target keys the filter would not copy are not ours
+            prefixes = plan.ignore_prefixes
+            if prefixes:
+                mapped = mapper
+
+                def mapper(db: int, key: bytes):  # (on the source side too: a DR pair's old markers)
+                    return None if key.startswith(prefixes) else mapped(db, key)
+
+            if plan.chain is not None or ignore or prefixes:  # target keys the filter would not copy are not ours
 
                 def extra_filter(db: int, key: bytes) -> bool:
                     return (db, key) not in ignore and mapper(db, key) is not None
