@@ -197,7 +197,8 @@ class RdbFileReader(FileReaderBase):
         limit = self.ctx.options.get("target_databases", 0)
         if limit and dbs and max(dbs) >= limit:
             where = (
-                "a cluster target has db 0 only; use [filter] allow_db"
+                "a cluster target serves db 0 only (Valkey 9+ serves more with"
+                " cluster-databases); use [filter] allow_db"
                 if limit == 1
                 else f"the target has {limit} databases"
             )

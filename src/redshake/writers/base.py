@@ -145,5 +145,7 @@ def probe_target(conn: Connection) -> TargetInfo:
     if v and v.isdigit():
         ti.databases = int(v)
     if ti.cluster:
-        ti.databases = 1
+        # Valkey 9+ serves numbered databases in cluster mode (cluster-databases, default 1)
+        v = _config_get(conn, "cluster-databases")
+        ti.databases = int(v) if v and v.isdigit() and int(v) > 0 else 1
     return ti

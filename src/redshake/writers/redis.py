@@ -343,6 +343,8 @@ class RedisWriter:
         """Send ``ASKING`` followed by the entry (cluster ASK redirection)."""
         if self._exc is not None:
             raise self._exc
+        if entry.db != self._db and self._block is None:
+            self._select(entry.db)  # before ASKING: the next command consumes the flag
         self._buf.append(_ASKING)
         self._buf_bytes += len(_ASKING)
         self._unanswered_bytes += len(_ASKING)
