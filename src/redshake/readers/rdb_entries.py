@@ -42,10 +42,12 @@ from ..rdb.dump import (
     stream_downgrade,
     stream_type_for,
 )
-from ..rdb.primitives import RdbError
+from ..rdb.primitives import RdbError, read_length
 from ..rdb.rewrite import supports_field_ttl
+from ..rdb.walk import module_name
 
-__all__ = ["TargetCaps", "RdbToEntries", "ConversionError", "temp_key_tag", "field_ttl_summary"]
+__all__ = ["TargetCaps", "RdbToEntries", "ConversionError", "temp_key_tag", "field_ttl_summary",
+           "module_refusal"]  # fmt: skip
 
 log = logging.getLogger("redshake")
 
@@ -131,6 +133,23 @@ def temp_key_tag(slot: int) -> bytes:
 
 class ConversionError(Exception):
     """A value that cannot be written to this target at all (e.g. field TTLs on an old target)."""
+
+
+def module_refusal(module_name: str, version: tuple[int, int, int], is_valkey: bool) -> str:
+    """Why a module value of ``module_name`` cannot be written to the target ("" = try it).
+
+    Redis 8's vector sets are a module built into Redis 8.0+ (type "vectorset"): no other
+    server can load them, and their value (an HNSW graph) has no command form but VADD,
+    which those servers lack too. Other modules are tried (RESTORE, or commands for the
+    few modules converted); the target reports a missing module itself."""
+    if module_name == "vectorset" and (is_valkey or version < (8, 0, 0)):
+        name = "valkey" if is_valkey else "redis"
+        return (
+            f"a Redis 8 vector set (module type 'vectorset') cannot be written to {name} "
+            f"{'.'.join(map(str, version))}: only Redis 8.0+ has vector sets and there is "
+            "no other form to convert them to (copy them to a Redis 8.0+ target)"
+        )
+    return ""
 
 
 class TargetCaps:
@@ -348,6 +367,11 @@ class RdbToEntries:
         key = rec.key
         db = rec.db
         t = rec.type
+        if t == 7:
+            name = module_name(read_length(rec.raw, 0)[0])[0]
+            refusal = module_refusal(name, caps.version, caps.is_valkey)
+            if refusal:
+                raise ConversionError(f"key {key!r} (db {db}): {refusal}")
         if limit:
             ver = self._versions.get(t)
             if ver is None:
