@@ -116,8 +116,9 @@ def flush_slots(writer, ranges: list[tuple[int, int]]) -> int:
     nodes = list(cluster or [writer])
     deleted = 0
     for w in nodes:
-        if not cluster:
-            w.exists(0, b"")  # makes the standalone writer's connection select db 0
+        # makes the writer's connection select db 0 (a cluster with Valkey 9 cluster-databases
+        # may have left it in another db)
+        w.select(0)
         cursor = b"0"
         while True:
             cursor, keys = w.conn.call("SCAN", cursor, "COUNT", 1000)

@@ -818,6 +818,7 @@ class ClusterWriter:
             if w is not None:
                 by_master.setdefault(w, []).append(s)
         for w, slots in by_master.items():
+            w.select(0)  # the markers are in db 0
             for i in range(0, len(slots), 1024):
                 part = slots[i : i + 1024]
                 try:

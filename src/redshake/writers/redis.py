@@ -398,15 +398,21 @@ class RedisWriter:
             self.on_error, self.on_abort = handlers
         return self.errors - errors
 
+    def select(self, db: int) -> None:
+        """Synchronously make ``db`` the connection's current db (after everything written so
+        far has been applied), for direct calls on ``conn``."""
+        self._no_open_block("SELECT")
+        self.flush()
+        if db != self._db:
+            self._guard(lambda: self.conn.call("SELECT", db))
+            self._db = db
+
     def exists(self, db: int, key: bytes) -> bool:
         """Synchronously ask whether ``key`` exists in ``db`` (after everything written so far
         has been applied). Used before rebuilding a key with commands, so an existing key is
         never merged into when existing keys must be kept or reported."""
         self._no_open_block("EXISTS")
-        self.flush()
-        if db != self._db:
-            self._guard(lambda: self.conn.call("SELECT", db))
-            self._db = db
+        self.select(db)
         out: list[object] = []
         self._guard(lambda: out.append(self.conn.call("EXISTS", key)))
         return out[0] == 1
