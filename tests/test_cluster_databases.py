@@ -5,6 +5,7 @@ before anything is written."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import subprocess
@@ -175,6 +176,18 @@ def test_cluster_source_dbs_into_cluster_target(servers, tmp_path):
     r = run_redshake(cfg)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     _assert_same(src, dst)
+    # redshake verify on the same config sees every db of both clusters
+    v = subprocess.run([sys.executable, "-m", "redshake.cli", "verify", str(cfg), "--mode", "full",
+                        "--format", "json", "--no-progress"], capture_output=True, text=True,
+                       timeout=300)  # fmt: skip
+    assert v.returncode == 0, (v.stdout + v.stderr)[-3000:]
+    rep = json.loads(v.stdout)
+    assert sorted(rep["dbs"]["source"]) == sorted(rep["dbs"]["target"]) == list(DBS), rep["dbs"]
+    k = b"a:7:3"
+    _owners(dst)[key_slot(k)].client(7).delete(k)
+    v = subprocess.run([sys.executable, "-m", "redshake.cli", "verify", str(cfg), "--format", "json",
+                        "--no-progress"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert v.returncode == 1 and json.loads(v.stdout)["differences"]["missing"] == 1, v.stdout[-3000:]
 
     # sync reader (PSYNC per shard): the snapshot, then the stream with SELECTs and a
     # transaction in a db > 0
