@@ -22,7 +22,7 @@ from redshake.rdb.dump import encode_string as S
 from redshake.rdb.modules import module_name_to_id
 from redshake.rdb.parser import RdbParser, key_meta_class
 from redshake.rdb.primitives import RdbError, crc64
-from redshake.rdb.records import BigKeyStart, KeyValue, SelectDb, SlotInfo
+from redshake.rdb.records import BigKeyStart, KeyValue, SelectDb, SlotImport, SlotInfo
 from redshake.rdb.values import decode_value
 from redshake.resp.conn import Connection
 
@@ -229,7 +229,7 @@ def test_unknown_type_or_opcode_stops_before_writing(servers, tmp_path):
         (b"VALKEY081", b"\x17\x01p" + L(0), "value type 23 (Valkey 9.2 PATH_HASH"),
         (b"VALKEY080", b"\x17\x01p" + L(0), "unknown value type 23 in VALKEY080"),
         (b"VALKEY081", b"\xf2" + L(0), "unknown opcode 242 in VALKEY081"),
-        (b"VALKEY080", b"\xf3" + L(0), "SLOT_IMPORT opcode 243"),
+        (b"VALKEY080", b"\xf3" + S(b"short") + L(0), "SLOT_IMPORT opcode 243 in VALKEY080: job name of 5"),
         (b"REDIS0013", b"\xf3" + L(1) + _class_spec("NOPE", 2, 0) + L(0) + b"\x00\x01k\x01v",
          "class 'NOPE' version 2"),
     ]  # fmt: skip
@@ -242,6 +242,26 @@ def test_unknown_type_or_opcode_stops_before_writing(servers, tmp_path):
         assert msg in out and "offset 17" in out, (head, msg, out[-3000:])
         assert "Traceback" not in out
         assert dst.client().dbsize() == 0
+
+
+def test_valkey_slot_import_is_read(servers, tmp_path):
+    """Valkey 9 SLOT_IMPORT (243 under VALKEY magic): a 40-byte job name and slot ranges, as
+    valkey-9.1 in cluster mode loads it ("slots: 0-100" in its log); read as a record, the keys
+    copied, a warning logged."""
+    job = b"0123456789abcdef0123456789abcdef01234567"
+    body = b"\xf3" + S(job) + L(2) + L(0) + L(100) + L(200) + L(16383) + b"\xfe\x00\x00\x01k\x01v"
+    f = _rdb(b"VALKEY080", body)
+    _, recs = _parse(f)
+    assert recs[0] == SlotImport(job, [(0, 100), (200, 16383)])
+    assert _keys(recs) == [(0, b"k", 0, b"\x01v", -1)]
+    path = tmp_path / "import.rdb"
+    path.write_bytes(f)
+    dst = servers.start("redis-7.0")
+    r = restore_file(path, dst, _dir(tmp_path, "w"))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert "unfinished Valkey atomic slot migration importing slots 0-100,200-16383" in out
+    assert dst.client().get(b"k") == b"v"
 
 
 def _vectorset_value() -> bytes:

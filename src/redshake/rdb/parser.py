@@ -95,6 +95,7 @@ from .records import (
     Record,
     ResizeDb,
     SelectDb,
+    SlotImport,
     SlotInfo,
 )
 from .values import (
@@ -1347,11 +1348,23 @@ class RdbParser:
             self._pos = q
             return SlotInfo(slot, size, exp)
         if t == 0xF3 and self.is_valkey:
-            raise RdbError(
-                f"Valkey SLOT_IMPORT opcode 243 in {self._name} is not supported "
-                "(its layout is not implemented)",
-                p,
-            )
+            # Valkey 9 SLOT_IMPORT (cluster_migrateslots.c): job name (CLUSTER_NAMELEN = 40
+            # bytes), len-enc number of slot ranges, then per range len-enc first and last slot
+            job, q = read_str(buf, p + 1)
+            if len(job) != 40:
+                raise RdbError(f"Valkey SLOT_IMPORT opcode 243 in {self._name}: job name of "
+                               f"{len(job)} bytes (expected 40)", p)  # fmt: skip
+            n, q = read_len(buf, q)
+            ranges = []
+            for _ in range(n):
+                lo, q = read_len(buf, q)
+                hi, q = read_len(buf, q)
+                if not lo <= hi < 16384:
+                    raise RdbError(f"Valkey SLOT_IMPORT opcode 243 in {self._name}: bad slot "
+                                   f"range {lo}-{hi}", p)  # fmt: skip
+                ranges.append((lo, hi))
+            self._pos = q
+            return SlotImport(job, ranges)
         what = "opcode" if t >= 0xF0 else "value type"
         raise RdbError(f"unknown {what} {t} in {self._name}", p)
 

@@ -308,6 +308,14 @@ class RdbToEntries:
             return list(self._function(rec))
         if t is R.Aux:
             return list(self._aux(rec))
+        if t is R.SlotImport:
+            log.warning(
+                "the snapshot holds an unfinished Valkey atomic slot migration importing slots %s"
+                " (job %s): keys of those slots are copied as they are in the snapshot, though "
+                "the node did not own them yet",
+                ",".join(f"{a}-{b}" for a, b in rec.ranges), rec.job.decode("ascii", "replace"),
+            )  # fmt: skip
+            return ()
         if t is R.ModuleAux:
             self.skipped["module_aux"] += 1
             if rec.module_name not in self._aux_warned:
