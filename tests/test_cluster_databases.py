@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from helpers import MARKER_PREFIX, run_redshake, write_config
+from helpers import MARKER_PREFIX, restore_file, run_redshake, write_config
 from redshake.commands.slots import key_slot
 
 DBS = (0, 1, 7, 15)
@@ -218,6 +218,12 @@ def test_standalone_dbs_into_cluster_dbs(servers, tmp_path):
         _assert_same(src, dst)
     finally:
         _stop(proc, fh, log)
+    # the source's RDB file restored into the emptied cluster: the same dbs
+    _flushall(dst)
+    src.client().save()
+    r = restore_file(src.dir / "dump.rdb", dst.seed, tmp_path, cluster=True)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    _assert_same(src, dst)
 
 
 def test_db0_only_cluster_refused(servers, tmp_path):
