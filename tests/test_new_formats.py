@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 
 from datagen import populate
-from helpers import assert_same_data, restore_file
+from helpers import assert_same_data, restore_file, run_redshake, write_config
 from redshake.commands.lookup import command_info
 from redshake.rdb.dump import encode_length as L
 from redshake.rdb.dump import encode_string as S
@@ -290,6 +290,16 @@ def test_vector_set_into_servers_without_vector_sets(servers, tmp_path):
         assert r.returncode == 2, out[-3000:]
         assert "module type 'vectorset'" in out and "only Redis 8.0+ has vector sets" in out, out[-3000:]
         assert dst.client().dbsize() == 0
+    # a file is no server: an AOF for a Redis 8 gets the vector set as a RESTORE payload
+    aof = tmp_path / "out.aof"
+    cfg = write_config(tmp_path / "file.toml", {
+        "rdb_reader": {"filepath": str(path)},
+        "file_writer": {"filepath": str(aof), "type": "aof"},
+        "advanced": {"dir": str(tmp_path / "fw"), "log_interval": 0},
+    })  # fmt: skip
+    r = run_redshake(cfg)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert b"RESTORE\r\n$3\r\nvec\r\n" in aof.read_bytes()
 
 
 def test_newer_commands_in_the_table(servers):

@@ -164,6 +164,7 @@ class TargetCaps:
         "accepts",
         "set_strings",
         "temp_keys",
+        "file_output",
     )
 
     def __init__(
@@ -175,6 +176,7 @@ class TargetCaps:
         accepts: Callable[[int, bool], bool],
         set_strings: bool = True,
         temp_keys: bool = True,
+        file_output: bool = False,
     ) -> None:
         self.version = version
         self.is_valkey = is_valkey
@@ -187,6 +189,8 @@ class TargetCaps:
         # huge single elements built in temporary keys (else reassembled in memory: for
         # files, and for filters / Lua functions, which must see the real commands)
         self.temp_keys = temp_keys
+        # a file, not a server: no server version limits what it may hold
+        self.file_output = file_output
 
     @classmethod
     def from_target_info(cls, info, proto_max_bulk_len_setting: int) -> TargetCaps:
@@ -197,7 +201,8 @@ class TargetCaps:
         )
         return cls(info.version, info.is_valkey, info.rdb_version, limit, info.accepts_rdb,
                    set_strings=not getattr(info, "file_output", False),
-                   temp_keys=not getattr(info, "file_output", False))  # fmt: skip
+                   temp_keys=not getattr(info, "file_output", False),
+                   file_output=getattr(info, "file_output", False))  # fmt: skip
 
 
 class RdbToEntries:
@@ -375,7 +380,7 @@ class RdbToEntries:
         key = rec.key
         db = rec.db
         t = rec.type
-        if t == 7:
+        if t == 7 and not caps.file_output:
             name = module_name(read_length(rec.raw, 0)[0])[0]
             refusal = module_refusal(name, caps.version, caps.is_valkey)
             if refusal:

@@ -200,7 +200,8 @@ class RdbFileReader(FileReaderBase):
         self.checked_by = check_rdb_file(self.path, self.ctx.stop, dbs, self.verify, modules)
         caps = self.ctx.caps
         for name in sorted(modules):  # (a module no target version can take: before writing)
-            refusal = caps is not None and module_refusal(name, caps.version, caps.is_valkey)
+            refusal = (caps is not None and not caps.file_output
+                       and module_refusal(name, caps.version, caps.is_valkey))  # fmt: skip
             if refusal:
                 raise RdbError(f"the file holds keys of module type {name!r}: {refusal}")
         # the target's number of databases (0: unknown, or a filter may drop dbs)
