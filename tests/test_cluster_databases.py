@@ -159,6 +159,20 @@ def _stop(proc: subprocess.Popen, fh, log) -> None:
     assert rc == 0, log()[-3000:]
 
 
+def _synced(tmp, src, dst, during) -> None:
+    """A sync run from ``src`` (a Cluster or a Server) into the cluster ``dst``: ``during()``
+    writes on the source, then the run converges, is compared per db and stopped."""
+    cluster_source = hasattr(src, "masters")
+    address = src.seed if cluster_source else src.address
+    proc, fh, log = _sync(tmp, address, dst.seed, cluster_source=cluster_source, work="sync")
+    try:
+        during()
+        _converged(src, proc, log)
+        _assert_same(src, dst)
+    finally:
+        _stop(proc, fh, log)
+
+
 def test_cluster_source_dbs_into_cluster_target(servers, tmp_path):
     src = servers.cluster("valkey-9.1", masters=2, args=CLUSTER_DBS)
     dst = servers.cluster("valkey-9.1", masters=2, args=CLUSTER_DBS)
@@ -192,8 +206,8 @@ def test_cluster_source_dbs_into_cluster_target(servers, tmp_path):
     # sync reader (PSYNC per shard): the snapshot, then the stream with SELECTs and a
     # transaction in a db > 0
     _flushall(dst)
-    proc, fh, log = _sync(tmp_path, src.seed, dst.seed, cluster_source=True, work="sync")
-    try:
+
+    def writes() -> None:
         _fill(src, 60, "b", 2)
         owner = _owners(src)[key_slot(b"{t}x")]
         p = owner.client(7).pipeline(transaction=True)
@@ -201,23 +215,33 @@ def test_cluster_source_dbs_into_cluster_target(servers, tmp_path):
         for db in DBS:
             o = _owners(src)[key_slot(b"a:%d:0" % db)]
             o.client(db).delete(b"a:%d:0" % db)
-        _converged(src, proc, log)
-        _assert_same(src, dst)
-    finally:
-        _stop(proc, fh, log)
+
+    _synced(tmp_path, src, dst, writes)
+
+    # one shard's full resync (its replication id changed while redshake was stopped) first
+    # deletes that shard's slots on the target in every db: keys gone from the source meanwhile
+    # and keys only the target had do not survive; the other shard resumes
+    first, second = src.masters
+    owners_dst = _owners(dst)
+    gone = [b"a:%d:%d" % (db, i) for db in (0, 7) for i in range(1, 40)]
+    gone = [k for k in gone if _owners(src)[key_slot(k)] is first]
+    for k in gone:
+        first.client(int(k.split(b":")[1])).delete(k)
+    stale = [b"stale:%d" % i for i in range(200)]
+    stale = [k for k in stale if _owners(src)[key_slot(k)] is first]
+    for db in (0, 5, 15):
+        for k in stale:
+            owners_dst[key_slot(k)].client(db).set(k, b"x")
+    first.client().execute_command("DEBUG", "CHANGE-REPL-ID")
+    _synced(tmp_path, src, dst, lambda: _fill(src, 10, "c", 5))
+    assert gone and stale
 
 
 def test_standalone_dbs_into_cluster_dbs(servers, tmp_path):
     src = servers.start("valkey-9.1")
     _fill(src, 150, "s", 3)
     dst = servers.cluster("valkey-9.1", masters=2, args=CLUSTER_DBS)
-    proc, fh, log = _sync(tmp_path, src.address, dst.seed, cluster_source=False, work="sync")
-    try:
-        _fill(src, 40, "live", 4)
-        _converged(src, proc, log)
-        _assert_same(src, dst)
-    finally:
-        _stop(proc, fh, log)
+    _synced(tmp_path, src, dst, lambda: _fill(src, 40, "live", 4))
     # the source's RDB file restored into the emptied cluster: the same dbs
     _flushall(dst)
     src.client().save()
