@@ -275,3 +275,17 @@ def test_db0_only_cluster_refused(servers, tmp_path):
         if reader == "scan_reader":
             assert dst.masters[0].client().dbsize() == 0
         assert dst.masters[0].client(0).exists(b"seven") == 0
+
+
+def test_cluster_databases_without_config(servers):
+    """CONFIG renamed away on a Valkey 9 cluster: the dbs it serves are found with SELECT."""
+    from redshake.writers.cluster import ClusterWriter
+
+    for n in (16, 1):
+        cl = servers.cluster("valkey-9.1", masters=1,
+                             args=["--cluster-databases", str(n), "--rename-command", "CONFIG", ""])  # fmt: skip
+        w = ClusterWriter(cl.seed)
+        try:
+            assert w.databases == n
+        finally:
+            w.close()
