@@ -335,3 +335,23 @@ def test_newer_commands_in_the_table(servers):
                      "HGETEX h PERSIST FIELDS 1 f", "HGETDEL h FIELDS 1 f", "DELIFEQ k v"):  # fmt: skip
             argv = [w.encode() for w in line.split()]
             assert command_info(argv).keys == c.call("COMMAND", "GETKEYS", *argv), line
+
+
+def test_key_meta_in_dump_payloads():
+    """A Redis 8.6 DUMP payload may start with KEY_META (scan reader): left out when ignorable,
+    the value read from the type byte after it; a non-ignorable class stops with its name."""
+    from redshake.rdb.dump import make_payload
+    from redshake.readers.scan_node import payload_record
+
+    payload = make_payload(0xF3, KEY_META[1:] + b"\x00" + S(b"hello"), 13)
+    rec, version = payload_record(3, b"k", payload, -1)
+    assert (rec.db, rec.key, rec.type, bytes(rec.raw), version) == (3, b"k", 0, S(b"hello"), 13)
+    bad = make_payload(0xF3, L(1) + _class_spec("NOPE", 2, 0) + L(0) + b"\x00" + S(b"v"), 13)
+    try:
+        payload_record(0, b"k", bad, -1)
+        raise AssertionError("non-ignorable key metadata accepted")
+    except RdbError as e:
+        assert "class 'NOPE' version 2" in e.message and e.key == b"k", e
+    # (243 as a type byte before RDB 13 is no key metadata: left to the type checks)
+    rec, _ = payload_record(0, b"k", make_payload(0xF3, b"\x00", 12), -1)
+    assert rec.type == 0xF3

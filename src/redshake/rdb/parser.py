@@ -117,7 +117,7 @@ from .walk import (
     skip_str,
 )
 
-__all__ = ["RdbParser", "key_meta_class"]
+__all__ = ["RdbParser", "key_meta_class", "read_key_meta"]
 
 _I32LE = struct.Struct("<i").unpack_from
 _I64LE = struct.Struct("<q").unpack_from
@@ -162,6 +162,30 @@ def key_meta_class(spec: int) -> tuple[str, int, int]:
     v = spec >> 8
     name = "".join(_KM_CHARSET[(v >> (6 * (3 - i))) & 63] for i in range(4))
     return name, (spec >> 3) & 31, spec & 7
+
+
+def read_key_meta(buf, p: int, where: str) -> tuple[list[tuple[str, int, int]], int]:
+    """The KEY_META block whose opcode is at ``p`` (see _OP_KEY_META): its classes (name,
+    version, flags) and the position after it. A class not marked ALLOW_IGNORE is an error
+    (``where`` names the file or payload): it needs the module that defines it, as it does on
+    a server, and key metadata cannot be copied to another server."""
+    n, q = read_len(buf, p + 1)
+    classes = []
+    for _ in range(n):
+        e = q + 4
+        if e > len(buf):
+            raise Truncated(e)
+        classes.append(key_meta_class(_U32LE(buf, q)[0]))
+        q = walk.skip_module_values(buf, e)
+    for name, ver, flags in classes:
+        if not flags & _KM_ALLOW_IGNORE:
+            raise RdbError(
+                f"Redis key metadata (KEY_META opcode 243) of class {name!r} version {ver}"
+                f" in {where} is not marked ALLOW_IGNORE: it needs the module that defines "
+                "the class, and key metadata cannot be copied to another server",
+                p,
+            )
+    return classes, q
 
 
 class _Vt:
@@ -1376,22 +1400,7 @@ class RdbParser:
         ALLOW_IGNORE is left out, as a server without that module does when it loads the
         file (counted in ``key_meta_dropped``); any other class stops the parse, as it stops
         such a server."""
-        n, q = read_len(buf, p + 1)
-        classes = []
-        for _ in range(n):
-            e = q + 4
-            if e > len(buf):
-                raise Truncated(e)
-            classes.append(key_meta_class(_U32LE(buf, q)[0]))
-            q = walk.skip_module_values(buf, e)
-        for name, ver, flags in classes:
-            if not flags & _KM_ALLOW_IGNORE:
-                raise RdbError(
-                    f"Redis key metadata (KEY_META opcode 243) of class {name!r} version {ver}"
-                    f" in {self._name} is not marked ALLOW_IGNORE: it needs the module that "
-                    "defines the class, and key metadata cannot be copied to another server",
-                    p,
-                )
+        classes, q = read_key_meta(buf, p, self._name)
         if base + p > self._km_upto:  # (once per block, however often the key is re-read)
             self._km_upto = base + p
             self.key_meta_dropped += 1
