@@ -339,9 +339,11 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     elif eonce:
         ctx.options["read_marker"] = lambda key: writer.get(adv.exactly_once_db, key)
     if SHARD is not None:  # one shard of a cluster source: only this shard's slots
-        from .shards import flush_slots
+        from .shards import flush_slots, shard_dbs
 
-        ctx.options["flush_target"] = lambda: flush_slots(writer, SHARD["ranges"])
+        ctx.options["flush_target"] = lambda: flush_slots(
+            writer, SHARD["ranges"], shard_dbs(cfg.reader, SHARD["address"], writer)
+        )
         ctx.options["shard"] = True
     try:
         reader = build_reader(cfg, ctx)

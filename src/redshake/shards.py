@@ -21,6 +21,7 @@ import os
 import queue
 import signal
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -109,8 +110,8 @@ def select_shards(shards: list[tuple[str, list[tuple[int, int]]]], index: int, c
     return ordered[index::count]
 
 
-def flush_slots(writer, ranges: list[tuple[int, int]]) -> int:
-    """Delete, on the target, every key of db 0 whose slot lies in ``ranges``: what a full
+def flush_slots(writer, ranges: list[tuple[int, int]], dbs: Iterable[int] = (0,)) -> int:
+    """Delete, on the target, every key of ``dbs`` whose slot lies in ``ranges``: what a full
     resync of one source shard must remove when the target is shared with the other shards
     (a FLUSHALL would erase their data). Returns the number of keys deleted."""
     from .commands.slots import key_slot
@@ -124,24 +125,47 @@ def flush_slots(writer, ranges: list[tuple[int, int]]) -> int:
     nodes = list(cluster or [writer])
     deleted = 0
     for w in nodes:
-        if not cluster:
-            w.exists(0, b"")  # makes the standalone writer's connection select db 0
-        cursor = b"0"
-        while True:
-            cursor, keys = w.conn.call("SCAN", cursor, "COUNT", 1000)
-            by_slot: dict[int, list[bytes]] = {}
-            for k in keys:
-                slot = key_slot(k)
-                if wanted[slot]:
-                    by_slot.setdefault(slot, []).append(k)
-            if by_slot:  # one DEL per slot: a cluster node refuses cross-slot DELs
-                for reply in w.conn.pipeline([("DEL", *ks) for ks in by_slot.values()]):
-                    if isinstance(reply, ReplyError):
-                        raise reply
-                deleted += sum(len(ks) for ks in by_slot.values())
-            if cursor in (b"0", 0, "0"):
-                break
+        for db in dbs:
+            w.select(db)  # (on the writer's connection, which then knows its db)
+            cursor = b"0"
+            while True:
+                cursor, keys = w.conn.call("SCAN", cursor, "COUNT", 1000)
+                by_slot: dict[int, list[bytes]] = {}
+                for k in keys:
+                    slot = key_slot(k)
+                    if wanted[slot]:
+                        by_slot.setdefault(slot, []).append(k)
+                if by_slot:  # one DEL per slot: a cluster node refuses cross-slot DELs
+                    for reply in w.conn.pipeline([("DEL", *ks) for ks in by_slot.values()]):
+                        if isinstance(reply, ReplyError):
+                            raise reply
+                    deleted += sum(len(ks) for ks in by_slot.values())
+                if cursor in (b"0", 0, "0"):
+                    break
     return deleted
+
+
+def shard_dbs(rc, address: str, writer) -> range:
+    """The dbs a source shard's full resync must clear on the target: those the source node
+    serves (Valkey 9+ ``cluster-databases``; db 0 elsewhere, or when CONFIG is refused and
+    INFO keyspace shows no other db), at most those the target has."""
+    n = 1
+    try:
+        host, port = parse_address(address)
+        with Connection(host, port, **_conn_opts(rc)) as c:
+            try:
+                r = c.call("CONFIG", "GET", "cluster-databases")
+                if isinstance(r, dict):
+                    r = [x for kv in r.items() for x in kv]
+                if isinstance(r, list) and len(r) >= 2 and _s(r[1]).isdigit():
+                    n = max(1, int(_s(r[1])))
+            except ReplyError:  # (CONFIG forbidden: the dbs holding keys now)
+                info = parse_info(c.call("INFO", "keyspace"))
+                n = 1 + max((int(k[2:]) for k in info if k[2:].isdigit()), default=0)
+    except (OSError, ReplyError) as e:
+        log.warning("%s: cannot read its databases (%s): the resync clears db 0 only", address, e)
+    target = getattr(writer, "databases", 0) or getattr(getattr(writer, "info", None), "databases", 1)
+    return range(min(n, max(1, target)))
 
 
 def _shard_main(cfg: Config, address: str, ranges, workdir: str, status_q, code_q) -> None:

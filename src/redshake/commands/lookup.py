@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from .modules import MODULE_COMMANDS
+from .newer import NEWER_COMMANDS
 from .table import COMMANDS, CONTAINERS
 
 __all__ = ["CommandInfo", "command_info", "command_keys", "lookup_name", "UNKNOWN_GROUP", "GROUPS"]
@@ -22,7 +23,7 @@ log = logging.getLogger("redshake")
 
 UNKNOWN_GROUP = "unknown"
 
-_ALL: dict[str, tuple[str, int, tuple[tuple, ...]]] = {**COMMANDS, **MODULE_COMMANDS}
+_ALL: dict[str, tuple[str, int, tuple[tuple, ...]]] = {**NEWER_COMMANDS, **COMMANDS, **MODULE_COMMANDS}
 GROUPS: frozenset[str] = frozenset(v[0] for v in _ALL.values()) | {UNKNOWN_GROUP}
 
 
@@ -89,8 +90,9 @@ def _spec_positions(specs: tuple[tuple, ...], argv: Sequence[bytes]) -> list[int
             if num < 0:
                 continue
             first += f2
-            last = first + num - 1
             step = f3
+            # (keystep > 1: MSETEX numkeys key value [key value ...], as the servers count it)
+            last = first + (num - 1) * (step or 1)
         else:
             continue
         if last >= argc or last < first or first >= argc:

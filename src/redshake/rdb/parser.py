@@ -71,6 +71,7 @@ so feeding small chunks costs no more than feeding the whole file.
 
 from __future__ import annotations
 
+import logging
 import struct
 from array import array
 from collections.abc import Iterator
@@ -94,6 +95,7 @@ from .records import (
     Record,
     ResizeDb,
     SelectDb,
+    SlotImport,
     SlotInfo,
 )
 from .values import (
@@ -115,7 +117,7 @@ from .walk import (
     skip_str,
 )
 
-__all__ = ["RdbParser"]
+__all__ = ["RdbParser", "key_meta_class", "read_key_meta"]
 
 _I32LE = struct.Struct("<i").unpack_from
 _I64LE = struct.Struct("<q").unpack_from
@@ -143,6 +145,48 @@ _KIND = {1: "list", 2: "set", 3: "zset", 4: "hash", 5: "zset", 14: "list", 18: "
 # vendor opcode: Redis Enterprise RAM_LRU, len-enc payload, applies to the next key
 _OP_ENT_RAM_LRU = 107
 
+# Redis 8.6 (REDIS magic, RDB >= 13) KEY_META, before a key's type byte: len-enc number of
+# classes, then per class a 4-byte LE class spec (4-character name, 6 bits a character; 5-bit
+# version; 3 flag bits, bit 0 = ALLOW_IGNORE) and the class's value as an annotated module
+# value stream ending with the module EOF opcode (Redis keymeta.c rdbSaveKeyMetadata). The
+# same byte is Valkey's SLOT_IMPORT under VALKEY magic.
+_OP_KEY_META = 0xF3
+_KM_CHARSET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+_KM_ALLOW_IGNORE = 1
+
+log = logging.getLogger("redshake")
+
+
+def key_meta_class(spec: int) -> tuple[str, int, int]:
+    """A KEY_META class spec -> (4-character class name, version, flags)."""
+    v = spec >> 8
+    name = "".join(_KM_CHARSET[(v >> (6 * (3 - i))) & 63] for i in range(4))
+    return name, (spec >> 3) & 31, spec & 7
+
+
+def read_key_meta(buf, p: int, where: str) -> tuple[list[tuple[str, int, int]], int]:
+    """The KEY_META block whose opcode is at ``p`` (see _OP_KEY_META): its classes (name,
+    version, flags) and the position after it. A class not marked ALLOW_IGNORE is an error
+    (``where`` names the file or payload): it needs the module that defines it, as it does on
+    a server, and key metadata cannot be copied to another server."""
+    n, q = read_len(buf, p + 1)
+    classes = []
+    for _ in range(n):
+        e = q + 4
+        if e > len(buf):
+            raise Truncated(e)
+        classes.append(key_meta_class(_U32LE(buf, q)[0]))
+        q = walk.skip_module_values(buf, e)
+    for name, ver, flags in classes:
+        if not flags & _KM_ALLOW_IGNORE:
+            raise RdbError(
+                f"Redis key metadata (KEY_META opcode 243) of class {name!r} version {ver}"
+                f" in {where} is not marked ALLOW_IGNORE: it needs the module that defines "
+                "the class, and key metadata cannot be copied to another server",
+                p,
+            )
+    return classes, q
+
 
 class _Vt:
     """How to walk one value type under one (magic, version)."""
@@ -159,6 +203,18 @@ class _Vt:
         self.reader = reader
         self.big_kind = big_kind
         self.msg = msg
+
+
+# (type byte, first Redis RDB version, what it is)
+_REDIS_UNSUPPORTED = (
+    (26, 13, "Redis 8.6 stream with idempotent producers, STREAM_LISTPACKS_4"),
+    (27, 14, "Redis stream with NACKed entries, STREAM_LISTPACKS_5"),
+    (28, 14, "Redis array"),
+    (29, 15, "Redis hash template HASH_TMPL_LP"),
+    (30, 15, "Redis hash template HASH_TMPL_LP_REF"),
+    (31, 15, "Redis hash template HASH_TMPL_ARRAY"),
+    (32, 15, "Redis hash template HASH_TMPL_ARRAY_REF"),
+)
 
 
 def _value_table(valkey: bool, version: int) -> list[_Vt | None]:
@@ -188,7 +244,7 @@ def _value_table(valkey: bool, version: int) -> list[_Vt | None]:
     if valkey:
         tab[22] = _Vt(_K_AGG, walk.el_hash_ttl_last, reader=_rd_hash_ttl_last, big_kind="hash")
         if version >= 81:
-            tab[23] = _Vt(_K_ERR, msg="Valkey PATH_HASH (type 23) is not supported")
+            tab[23] = _Vt(_K_ERR, msg="value type 23 (Valkey 9.2 PATH_HASH, RDB 81) is not supported")
     elif version >= 12:
         tab[22] = _Vt(_K_AGG, walk.el_hash_ttl_first, reader=_rd_hash_ttl_first, big_kind="hash")
         tab[23] = _Vt(_K_STR, blob=BLOB_LISTPACK)
@@ -196,9 +252,10 @@ def _value_table(valkey: bool, version: int) -> list[_Vt | None]:
             _K_AGG, walk.el_hash_ttl_first, pre8=True, reader=_rd_hash_ttl_first, big_kind="hash"
         )
         tab[25] = _Vt(_K_BLOB8, blob=BLOB_LISTPACK)
-        if version >= 13:
-            for t, name in ((26, "STREAM_LISTPACKS_4"), (27, "STREAM_LISTPACKS_5"), (28, "ARRAY")):
-                tab[t] = _Vt(_K_ERR, msg=f"value type {t} ({name}) is not supported")
+        # newer Redis types whose layouts are not implemented: a clear stop at the key
+        for t, since, name in _REDIS_UNSUPPORTED:
+            if version >= since:
+                tab[t] = _Vt(_K_ERR, msg=f"value type {t} ({name}, RDB {since}+) is not supported")
     return tab
 
 
@@ -956,6 +1013,10 @@ class RdbParser:
         self.db = 0
         self.aux: dict[bytes, bytes] = {}
         self._name = ""
+        # Redis 8.6 key metadata (KEY_META) left out: keys that had some, per class name
+        self.key_meta_dropped = 0
+        self.key_meta_classes: dict[str, int] = {}
+        self._km_upto = -1  # absolute offset of the last KEY_META counted
 
     # ---- public API -------------------------------------------------------------------
 
@@ -1058,6 +1119,7 @@ class RdbParser:
         p = self._pos
         vtab = self._vtab
         valkey = self.is_valkey
+        meta_op = _OP_KEY_META if not valkey and self.version >= 13 else -1
         KV = KeyValue
         _read_str, _skip_str, _read_len = read_str, skip_str, read_len
         I64, I32 = _I64LE, _I32LE
@@ -1087,7 +1149,7 @@ class RdbParser:
                     else:
                         expire, idle, freq, off = c
                     t = buf[p]
-                    while t >= 0xF8 or t == _OP_ENT_RAM_LRU:
+                    while t >= 0xF8 or t == _OP_ENT_RAM_LRU or t == meta_op:
                         if t == 0xFC:
                             expire = I64(buf, p + 1)[0]
                             p += 9
@@ -1101,6 +1163,8 @@ class RdbParser:
                             p += 2
                         elif t == _OP_ENT_RAM_LRU and not valkey:
                             _, p = _read_len(buf, p + 1)
+                        elif t == meta_op:
+                            p = self._key_meta(buf, p, base)
                         else:
                             break
                         t = buf[p]
@@ -1300,26 +1364,54 @@ class RdbParser:
                 code = b"#!" + engine + b" name=" + name + b"\n" + code
             self._pos = q
             return Function(code)
-        if t == 0xF4 and not self.is_valkey and self.version >= 12:
+        # SLOT_INFO: Redis 7.4+ (RDB 12+); Valkey 9 loads it under VALKEY magic too
+        if t == 0xF4 and (self.is_valkey or self.version >= 12):
             slot, q = read_len(buf, p + 1)
             size, q = read_len(buf, q)
             exp, q = read_len(buf, q)
             self._pos = q
             return SlotInfo(slot, size, exp)
         if t == 0xF3 and self.is_valkey:
-            raise RdbError(
-                f"Valkey SLOT_IMPORT opcode 243 in {self._name} is not supported "
-                "(its layout is not implemented)",
-                p,
-            )
-        if t == 0xF3 and self.version >= 13:
-            raise RdbError(
-                f"Redis KEY_META opcode 243 in {self._name} is not supported "
-                "(key metadata layout not implemented)",
-                p,
-            )
+            # Valkey 9 SLOT_IMPORT (cluster_migrateslots.c): job name (CLUSTER_NAMELEN = 40
+            # bytes), len-enc number of slot ranges, then per range len-enc first and last slot
+            job, q = read_str(buf, p + 1)
+            if len(job) != 40:
+                raise RdbError(f"Valkey SLOT_IMPORT opcode 243 in {self._name}: job name of "
+                               f"{len(job)} bytes (expected 40)", p)  # fmt: skip
+            n, q = read_len(buf, q)
+            ranges = []
+            for _ in range(n):
+                lo, q = read_len(buf, q)
+                hi, q = read_len(buf, q)
+                if not lo <= hi < 16384:
+                    raise RdbError(f"Valkey SLOT_IMPORT opcode 243 in {self._name}: bad slot "
+                                   f"range {lo}-{hi}", p)  # fmt: skip
+                ranges.append((lo, hi))
+            self._pos = q
+            return SlotImport(job, ranges)
         what = "opcode" if t >= 0xF0 else "value type"
         raise RdbError(f"unknown {what} {t} in {self._name}", p)
+
+    def _key_meta(self, buf, p: int, base: int) -> int:
+        """Skip the KEY_META block at ``p`` (see _OP_KEY_META); the position after it.
+
+        Metadata belongs to a module (a class the module registered) and no target here can
+        hold it, nor could RESTORE payloads rebuilt from the value carry it. A class marked
+        ALLOW_IGNORE is left out, as a server without that module does when it loads the
+        file (counted in ``key_meta_dropped``); any other class stops the parse, as it stops
+        such a server."""
+        classes, q = read_key_meta(buf, p, self._name)
+        if base + p > self._km_upto:  # (once per block, however often the key is re-read)
+            self._km_upto = base + p
+            self.key_meta_dropped += 1
+            for name, ver, _flags in classes:
+                if name not in self.key_meta_classes:
+                    log.warning(
+                        "key metadata of class %r (version %d, ALLOW_IGNORE) left out, first "
+                        "on the key after offset %d: no target can hold it", name, ver, base + p,
+                    )  # fmt: skip
+                self.key_meta_classes[name] = self.key_meta_classes.get(name, 0) + 1
+        return q
 
     def _eof(self, buf, p: int) -> Eof:
         q = p + 1

@@ -10,6 +10,7 @@ __all__ = [
     "SelectDb",
     "ResizeDb",
     "SlotInfo",
+    "SlotImport",
     "Function",
     "ModuleAux",
     "KeyValue",
@@ -87,6 +88,19 @@ class SlotInfo(_Rec):
         self.slot = slot
         self.size = size
         self.expires_size = expires_size
+
+
+class SlotImport(_Rec):
+    """SLOT_IMPORT (opcode 243 under VALKEY magic, Valkey 9+ cluster RDB): an atomic slot
+    migration importing ``ranges`` ([(first, last)] slots) into this node was in progress
+    when the snapshot was taken; keys of those slots are in the file but the node does not
+    own them yet (Valkey deletes them if the import fails)."""
+
+    __slots__ = ("job", "ranges")
+
+    def __init__(self, job: bytes, ranges: list[tuple[int, int]]) -> None:
+        self.job = job
+        self.ranges = ranges
 
 
 class Function(_Rec):
@@ -272,6 +286,7 @@ Record = (
     | SelectDb
     | ResizeDb
     | SlotInfo
+    | SlotImport
     | Function
     | ModuleAux
     | KeyValue

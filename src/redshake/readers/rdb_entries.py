@@ -42,10 +42,12 @@ from ..rdb.dump import (
     stream_downgrade,
     stream_type_for,
 )
-from ..rdb.primitives import RdbError
+from ..rdb.primitives import RdbError, read_length
 from ..rdb.rewrite import supports_field_ttl
+from ..rdb.walk import module_name
 
-__all__ = ["TargetCaps", "RdbToEntries", "ConversionError", "temp_key_tag", "field_ttl_summary"]
+__all__ = ["TargetCaps", "RdbToEntries", "ConversionError", "temp_key_tag", "field_ttl_summary",
+           "module_refusal"]  # fmt: skip
 
 log = logging.getLogger("redshake")
 
@@ -133,6 +135,23 @@ class ConversionError(Exception):
     """A value that cannot be written to this target at all (e.g. field TTLs on an old target)."""
 
 
+def module_refusal(module_name: str, version: tuple[int, int, int], is_valkey: bool) -> str:
+    """Why a module value of ``module_name`` cannot be written to the target ("" = try it).
+
+    Redis 8's vector sets are a module built into Redis 8.0+ (type "vectorset"): no other
+    server can load them, and their value (an HNSW graph) has no command form but VADD,
+    which those servers lack too. Other modules are tried (RESTORE, or commands for the
+    few modules converted); the target reports a missing module itself."""
+    if module_name == "vectorset" and (is_valkey or version < (8, 0, 0)):
+        name = "valkey" if is_valkey else "redis"
+        return (
+            f"a Redis 8 vector set (module type 'vectorset') cannot be written to {name} "
+            f"{'.'.join(map(str, version))}: only Redis 8.0+ has vector sets and there is "
+            "no other form to convert them to (copy them to a Redis 8.0+ target)"
+        )
+    return ""
+
+
 class TargetCaps:
     """What the converter needs to know about the target."""
 
@@ -145,6 +164,7 @@ class TargetCaps:
         "accepts",
         "set_strings",
         "temp_keys",
+        "file_output",
     )
 
     def __init__(
@@ -156,6 +176,7 @@ class TargetCaps:
         accepts: Callable[[int, bool], bool],
         set_strings: bool = True,
         temp_keys: bool = True,
+        file_output: bool = False,
     ) -> None:
         self.version = version
         self.is_valkey = is_valkey
@@ -168,6 +189,8 @@ class TargetCaps:
         # huge single elements built in temporary keys (else reassembled in memory: for
         # files, and for filters / Lua functions, which must see the real commands)
         self.temp_keys = temp_keys
+        # a file, not a server: no server version limits what it may hold
+        self.file_output = file_output
 
     @classmethod
     def from_target_info(cls, info, proto_max_bulk_len_setting: int) -> TargetCaps:
@@ -178,7 +201,8 @@ class TargetCaps:
         )
         return cls(info.version, info.is_valkey, info.rdb_version, limit, info.accepts_rdb,
                    set_strings=not getattr(info, "file_output", False),
-                   temp_keys=not getattr(info, "file_output", False))  # fmt: skip
+                   temp_keys=not getattr(info, "file_output", False),
+                   file_output=getattr(info, "file_output", False))  # fmt: skip
 
 
 class RdbToEntries:
@@ -289,6 +313,14 @@ class RdbToEntries:
             return list(self._function(rec))
         if t is R.Aux:
             return list(self._aux(rec))
+        if t is R.SlotImport:
+            log.warning(
+                "the snapshot holds an unfinished Valkey atomic slot migration importing slots %s"
+                " (job %s): keys of those slots are copied as they are in the snapshot, though "
+                "the node did not own them yet",
+                ",".join(f"{a}-{b}" for a, b in rec.ranges), rec.job.decode("ascii", "replace"),
+            )  # fmt: skip
+            return ()
         if t is R.ModuleAux:
             self.skipped["module_aux"] += 1
             if rec.module_name not in self._aux_warned:
@@ -348,6 +380,11 @@ class RdbToEntries:
         key = rec.key
         db = rec.db
         t = rec.type
+        if t == 7 and not caps.file_output:
+            name = module_name(read_length(rec.raw, 0)[0])[0]
+            refusal = module_refusal(name, caps.version, caps.is_valkey)
+            if refusal:
+                raise ConversionError(f"key {key!r} (db {db}): {refusal}")
         if limit:
             ver = self._versions.get(t)
             if ver is None:

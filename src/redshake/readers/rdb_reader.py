@@ -26,10 +26,11 @@ from pathlib import Path
 
 from ..rdb import records as R
 from ..rdb.parser import RdbParser
-from ..rdb.primitives import Crc64, RdbError
+from ..rdb.primitives import Crc64, RdbError, read_length
+from ..rdb.walk import module_name
 from ..util import human_bytes
 from .base import FileReaderBase
-from .rdb_entries import field_ttl_summary
+from .rdb_entries import field_ttl_summary, module_refusal
 
 __all__ = ["RdbFileReader", "check_rdb_file"]
 
@@ -89,6 +90,7 @@ def check_rdb_file(
     stop: Callable[[], bool] | None = None,
     seen_dbs: set[int] | None = None,
     verify: str = "checksum",
+    seen_modules: set[str] | None = None,
 ) -> str:
     """Validate a file before writing. Returns how ('checksum' or 'full parse').
 
@@ -140,6 +142,8 @@ def check_rdb_file(
             for rec in parser.records():
                 if seen_dbs is not None and type(rec) is R.SelectDb:
                     seen_dbs.add(rec.db)
+                elif seen_modules is not None and type(rec) is R.KeyValue and rec.type == 7:
+                    seen_modules.add(module_name(read_length(rec.raw, 0)[0])[0])
                 if type(rec) is R.Function:  # few and small: checked in any case
                     _check_function(rec.code, parser.offset)
                 elif type(rec) is R.Aux and rec.key == b"lua":
@@ -192,12 +196,20 @@ class RdbFileReader(FileReaderBase):
 
     def prepare(self) -> None:
         dbs: set[int] = set()
-        self.checked_by = check_rdb_file(self.path, self.ctx.stop, dbs, self.verify)
+        modules: set[str] = set()
+        self.checked_by = check_rdb_file(self.path, self.ctx.stop, dbs, self.verify, modules)
+        caps = self.ctx.caps
+        for name in sorted(modules):  # (a module no target version can take: before writing)
+            refusal = (caps is not None and not caps.file_output
+                       and module_refusal(name, caps.version, caps.is_valkey))  # fmt: skip
+            if refusal:
+                raise RdbError(f"the file holds keys of module type {name!r}: {refusal}")
         # the target's number of databases (0: unknown, or a filter may drop dbs)
         limit = self.ctx.options.get("target_databases", 0)
         if limit and dbs and max(dbs) >= limit:
             where = (
-                "a cluster target has db 0 only; use [filter] allow_db"
+                "a cluster target serves db 0 only (Valkey 9+ serves more with"
+                " cluster-databases); use [filter] allow_db"
                 if limit == 1
                 else f"the target has {limit} databases"
             )

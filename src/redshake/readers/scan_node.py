@@ -29,7 +29,9 @@ from itertools import islice
 
 from ..entry import KEYLESS_ALL_MASTERS, Entry
 from ..rdb import records as R
+from ..rdb.parser import read_key_meta
 from ..rdb.primitives import RdbError, crc64
+from ..rdb.walk import SHORT
 from ..resp.conn import Connection, ConnError, ReplyError
 
 log = logging.getLogger("redshake")
@@ -131,7 +133,18 @@ def payload_record(db: int, key: bytes, payload: bytes, expire_ms: int) -> tuple
     if stored and crc64(body) != stored:
         raise RdbError("DUMP payload checksum mismatch", key=key)
     version = int.from_bytes(payload[-10:-8], "little")
-    return R.KeyValue(db, key, payload[0], payload[1:-10], expire_ms), version
+    t, start = payload[0], 1
+    if t == 0xF3 and 13 <= version < 80:  # Redis 8.6+ key metadata before the type byte
+        try:
+            _, start = read_key_meta(body, 0, f"the DUMP payload (RDB {version})")
+        except RdbError as e:
+            raise RdbError(e.message, key=key) from None
+        except SHORT:
+            raise RdbError("DUMP payload: truncated key metadata", key=key) from None
+        if start >= len(body) - 2:
+            raise RdbError("DUMP payload ends after its key metadata", key=key)
+        t, start = body[start], start + 1
+    return R.KeyValue(db, key, t, payload[start:-10], expire_ms), version
 
 
 class NodeScanner:

@@ -47,6 +47,23 @@ MAX_PENDING = 1_000_000  # keys waiting for a DUMP, per node; events wait in the
 OUT_QUEUE = 64  # batches between the node threads and the pipeline
 
 
+def _check_target_dbs(dbs: list[int], counts: dict[int, int], limit: int, address: str) -> None:
+    """Refuse, before anything is written, a source db holding keys that the target lacks
+    (``limit``: the target's number of databases; 0 = unknown, or a filter may drop dbs)."""
+    over = [db for db in dbs if counts.get(db, 0) and limit and db >= limit]
+    if not over:
+        return
+    where = (
+        "a cluster target serves db 0 only (Valkey 9+ serves more with cluster-databases)"
+        if limit == 1
+        else f"the target has {limit} databases (cluster-databases / databases)"
+    )
+    raise ScanSourceError(
+        f"the source {address} has keys in db {over[0]}, which cannot be written: {where}; "
+        "use [filter] allow_db / a Lua function to remap"
+    )
+
+
 class ScanSourceError(ConversionError):
     """The source cannot be used as configured (checked before anything is written; exit 2)."""
 
@@ -245,6 +262,7 @@ class ScanReader:
             version, valkey = _version_of(info)
             counts = keyspace_counts(parse_info(conn.call("INFO", "keyspace")))
             dbs = explicit or sorted(counts)
+            _check_target_dbs(dbs, counts, self.ctx.options.get("target_databases", 0), read)
             if rc.ksn:
                 self._check_notify(conn, read, version)
             if i == 0 and rc.scan and (version >= (7, 0, 0) or valkey):

@@ -145,5 +145,24 @@ def probe_target(conn: Connection) -> TargetInfo:
     if v and v.isdigit():
         ti.databases = int(v)
     if ti.cluster:
-        ti.databases = 1
+        # Valkey 9+ serves numbered databases in cluster mode (cluster-databases, default 1)
+        v = _config_get(conn, "cluster-databases")
+        if v is None and ti.is_valkey and ti.version >= (9, 0, 0):
+            ti.databases = _selectable_dbs(conn)  # (CONFIG renamed or forbidden)
+        else:
+            ti.databases = int(v) if v and v.isdigit() and int(v) > 0 else 1
     return ti
+
+
+def _selectable_dbs(conn: Connection) -> int:
+    """How many dbs ``SELECT`` accepts (a bisection; the connection is left in db 0)."""
+    lo, hi = 1, 1 << 16  # lo: accepted count; hi: a count known not to be reached
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            conn.call("SELECT", mid - 1)
+            lo = mid
+        except ReplyError:
+            hi = mid
+    conn.call("SELECT", 0)
+    return lo

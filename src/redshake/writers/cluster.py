@@ -251,7 +251,7 @@ def _original(entry: Entry) -> Entry:
 
 
 class _TxnHolder:
-    """A transaction sent as one unit: MULTI, the commands, EXEC (all for db 0)."""
+    """A transaction sent as one unit: MULTI, the commands, EXEC (to one master)."""
 
     __slots__ = ("entries", "slot", "attempts", "since")
 
@@ -350,6 +350,8 @@ class ClusterWriter:
             self.close()
             raise
         self.info: TargetInfo = self.masters[0].info
+        # numbered databases the cluster serves (Valkey 9+ ``cluster-databases``; 1 elsewhere)
+        self.databases = max(1, self.info.databases)
 
     # -- topology ----------------------------------------------------------------------
 
@@ -580,14 +582,23 @@ class ClusterWriter:
             raise WriterError(f"{self.name}: {message}: {entry!r}")
         self.on_error(entry, message)
 
+    def _db_refusal(self, db: int) -> str:
+        """Why ``db`` cannot be written to this cluster ("" when it can)."""
+        if 0 <= db < self.databases:
+            return ""
+        if self.databases == 1:
+            return (f"db {db} cannot be written to a cluster target that serves db 0 only (Valkey"
+                    " 9+ serves more with cluster-databases); use [filter] allow_db / a Lua"
+                    " function to remap")  # fmt: skip
+        return (f"db {db} cannot be written to a cluster target with cluster-databases"
+                f" {self.databases}; use [filter] allow_db / a Lua function to remap")  # fmt: skip
+
     def _route(self, entry: Entry) -> None:
         if entry.db != 0:
-            self._fail(
-                entry,
-                f"db {entry.db} cannot be written to a cluster target; use [filter] allow_db"
-                " / a Lua function to remap",
-            )
-            return
+            refusal = self._db_refusal(entry.db)
+            if refusal:
+                self._fail(entry, refusal)
+                return
         key = entry.key
         cur = self._cur
         if key.__class__ is bytes:
@@ -675,12 +686,9 @@ class ClusterWriter:
         slots: set[int] = set()
         first_keys: list[bytes] = []
         for e in cmds:
-            if e.db != 0:
-                self._fail(
-                    e,
-                    f"db {e.db} cannot be written to a cluster target (in a MULTI block); use"
-                    " [filter] allow_db / a Lua function to remap",
-                )
+            refusal = self._db_refusal(e.db) if e.db != 0 else ""
+            if refusal:
+                self._fail(e, f"{refusal} (in a MULTI block)")
                 continue
             keys = self._entry_keys(e)
             if keys is None:
@@ -709,9 +717,9 @@ class ClusterWriter:
                 self._cur = rec
                 self._route(e)
             return
-        if multi.db != 0:
+        if multi.db != 0 and self._db_refusal(multi.db):
             multi = Entry(0, multi.argv, None, multi.offset, multi.resp)
-        if exe.db != 0:
+        if exe.db != 0 and self._db_refusal(exe.db):
             exe = Entry(0, exe.argv, None, exe.offset, exe.resp)
         holder = _TxnHolder([multi, *good, exe], slots.pop() if slots else -1)
         rec = [off, holder, 0]
@@ -760,7 +768,8 @@ class ClusterWriter:
                 " cluster target (filter it, or split it with a Lua function)",
             )
             return []
-        return [Entry(0, [argv[0], *part], part[0], entry.offset) for part in groups.values()]
+        db = entry.db
+        return [Entry(db, [argv[0], *part], part[0], entry.offset) for part in groups.values()]
 
     # -- exactly-once units ------------------------------------------------------------
 
@@ -809,6 +818,7 @@ class ClusterWriter:
             if w is not None:
                 by_master.setdefault(w, []).append(s)
         for w, slots in by_master.items():
+            w.select(0)  # the markers are in db 0
             for i in range(0, len(slots), 1024):
                 part = slots[i : i + 1024]
                 try:
@@ -824,7 +834,7 @@ class ClusterWriter:
 
     def _unit_add(self, entry: Entry) -> None:
         self.written += 1
-        if entry.db != 0:
+        if entry.db != 0 and self._db_refusal(entry.db):
             self._route(entry)  # reports the db
             return
         keys = self._entry_keys(entry)

@@ -343,6 +343,8 @@ class RedisWriter:
         """Send ``ASKING`` followed by the entry (cluster ASK redirection)."""
         if self._exc is not None:
             raise self._exc
+        if entry.db != self._db and self._block is None:
+            self._select(entry.db)  # before ASKING: the next command consumes the flag
         self._buf.append(_ASKING)
         self._buf_bytes += len(_ASKING)
         self._unanswered_bytes += len(_ASKING)
@@ -396,15 +398,21 @@ class RedisWriter:
             self.on_error, self.on_abort = handlers
         return self.errors - errors
 
+    def select(self, db: int) -> None:
+        """Synchronously make ``db`` the connection's current db (after everything written so
+        far has been applied), for direct calls on ``conn``."""
+        self._no_open_block("SELECT")
+        self.flush()
+        if db != self._db:
+            self._guard(lambda: self.conn.call("SELECT", db))
+            self._db = db
+
     def exists(self, db: int, key: bytes) -> bool:
         """Synchronously ask whether ``key`` exists in ``db`` (after everything written so far
         has been applied). Used before rebuilding a key with commands, so an existing key is
         never merged into when existing keys must be kept or reported."""
         self._no_open_block("EXISTS")
-        self.flush()
-        if db != self._db:
-            self._guard(lambda: self.conn.call("SELECT", db))
-            self._db = db
+        self.select(db)
         out: list[object] = []
         self._guard(lambda: out.append(self.conn.call("EXISTS", key)))
         return out[0] == 1
