@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from helpers import MARKER_PREFIX, restore_file, run_redshake, write_config
+from helpers import OWN_PREFIXES, restore_file, run_redshake, write_config
 from redshake.commands.slots import key_slot
 
 DBS = (0, 1, 7, 15)
@@ -73,7 +73,7 @@ def _snapshot(x) -> dict[int, dict[bytes, tuple]]:
         keys: dict[bytes, tuple] = {}
         for node in _nodes(x):
             c = node.client(db)
-            ks = [k for k in c.scan_iter(count=1000) if not k.startswith(MARKER_PREFIX)]
+            ks = [k for k in c.scan_iter(count=1000) if not k.startswith(OWN_PREFIXES)]
             p = c.pipeline(transaction=False)
             for k in ks:
                 p.execute_command("DEBUG", "DIGEST-VALUE", k)
