@@ -233,6 +233,13 @@ class SyncReader:
                 f"the source {address} is a node of a cluster: alone it holds only its own "
                 "slots. Set cluster = true in [sync_reader] to copy every shard"
             )
+        # a db the target lacks (a cluster without cluster-databases): refused before the
+        # snapshot writes the keys of the dbs before it
+        from .scan_node import keyspace_counts
+        from .scan_reader import _check_target_dbs
+
+        counts = keyspace_counts(info)
+        _check_target_dbs(sorted(counts), counts, self.ctx.options.get("target_databases", 0), address)
 
     def _marker_position(self, replid: str, offset: int) -> tuple[int, int] | None:
         """Exactly-once mode: (offset, db) from the target's marker when it is ahead of
@@ -1163,8 +1170,8 @@ def reach_source(attempt: Callable[[], _T], address: str, limit: float, stop, la
 
 
 def _source_info(conn) -> dict[str, str]:
-    """INFO cluster of a source (``refused``: PING was refused for lack of rights; LOADING and
-    the like are fine: the server is there)."""
+    """INFO cluster and keyspace of a source (``refused``: PING was refused for lack of
+    rights; LOADING and the like are fine: the server is there)."""
     from ..resp.conn import ReplyError
     from ..writers.base import parse_info
 
@@ -1174,11 +1181,14 @@ def _source_info(conn) -> dict[str, str]:
         if e.code in ("NOAUTH", "WRONGPASS", "NOPERM"):
             return {"refused": e.message}
         return {}
-    try:
-        raw = conn.call("INFO", "cluster")
-    except ReplyError:  # INFO forbidden: nothing to tell
-        return {}
-    return parse_info(raw if isinstance(raw, bytes) else str(raw))
+    out: dict[str, str] = {}
+    for section in ("cluster", "keyspace"):
+        try:
+            raw = conn.call("INFO", section)
+        except ReplyError:  # INFO forbidden: nothing to tell
+            return out
+        out.update(parse_info(raw if isinstance(raw, bytes) else str(raw)))
+    return out
 
 
 def _fatal(e: BaseException) -> BaseException:
