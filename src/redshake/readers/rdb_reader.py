@@ -221,9 +221,7 @@ class RdbFileReader(FileReaderBase):
                         conv = self.conv = self.ctx.rdb_converter(parser.version, parser.is_valkey)
                     if type(rec) in key_records:
                         self.keys_read += 1
-                    batch = conv.convert(rec)
-                    if batch:
-                        yield batch
+                    yield from conv.convert_chunks(rec)
                 self.sent = parser.offset
         parser.finish()
         self.sent = self.total

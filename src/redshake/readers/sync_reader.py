@@ -582,8 +582,7 @@ class SyncReader:
                     conv = self.conv = self.ctx.rdb_converter(parser.version, parser.is_valkey)
                 if type(rec) in key_records:
                     self.keys_read += 1
-                batch = conv.convert(rec)
-                if batch:
+                for batch in conv.convert_chunks(rec):
                     out.extend(batch)
                     if len(out) > BATCH_MAX:
                         yield out[:-1]
