@@ -45,10 +45,21 @@ def write_config(path: Path, sections: dict[str, dict]) -> Path:
     return path
 
 
-def run_redshake(config: Path, *, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the real CLI in a subprocess (what a user runs)."""
+def run_redshake(
+    config: Path, *, cwd: Path | None = None, timeout: float = 600, big_value_threshold: int = 0
+) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess (what a user runs); ``big_value_threshold``: stream
+    RDB values from this size on instead of 16 MiB, with RDB files read in pieces of half
+    that (a value is streamed only when it is not whole in the buffer): small data, the
+    big-value paths."""
+    cmd = [sys.executable, "-m", "redshake.cli", str(config)]
+    if big_value_threshold:
+        n = int(big_value_threshold)
+        cmd[1:3] = ["-c", "import runpy, redshake.rdb.parser as p, redshake.readers.rdb_reader as r; "
+                    f"p.BIG_VALUE_THRESHOLD = {n}; r.READ_SIZE = {max(1, n // 2)}; "
+                    "runpy.run_module('redshake.cli', run_name='__main__', alter_sys=True)"]  # fmt: skip
     return subprocess.run(
-        [sys.executable, "-m", "redshake.cli", str(config)],
+        cmd,
         cwd=str(cwd or config.parent),
         capture_output=True,
         text=True,
@@ -56,7 +67,9 @@ def run_redshake(config: Path, *, cwd: Path | None = None, timeout: float = 600)
     )
 
 
-def restore_file(rdb: Path, target, tmp: Path, *, cluster: bool = False, **advanced) -> subprocess.CompletedProcess:
+def restore_file(
+    rdb: Path, target, tmp: Path, *, cluster: bool = False, big_value_threshold: int = 0, **advanced
+) -> subprocess.CompletedProcess:
     adv = {"dir": str(tmp / "work"), "log_interval": 0}
     adv.update(advanced)
     cfg = write_config(
@@ -67,7 +80,7 @@ def restore_file(rdb: Path, target, tmp: Path, *, cluster: bool = False, **advan
             "advanced": adv,
         },
     )
-    return run_redshake(cfg)
+    return run_redshake(cfg, big_value_threshold=big_value_threshold)
 
 
 def keys_of(c: redis.Redis) -> set[bytes]:

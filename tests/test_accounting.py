@@ -186,6 +186,53 @@ def test_live_stream_entries_acknowledged(servers, tmp_path, shakes):
     assert m and int(m.group(1)) == doc["total_entries_count"]["write_count"], out[-2000:]
 
 
+def test_per_command_write_count_is_acknowledged(servers, tmp_path, shakes):
+    """The status JSON's per-command write_count counts what the target acknowledged: the
+    target refuses some of the snapshot's writes (keys it already holds, BUSYKEY, skipped),
+    and the per-command counts still add up to the acknowledged total, RESTORE + SET to the
+    keys actually written; the same after live commands."""
+    src = servers.start("redis-7.0")
+    dst = servers.start("redis-7.0")
+    fill_source(src.client(), src.version, seed=16)
+    rnd = random.Random(16)
+    aggregates = sorted(k for k in src.client().keys() if src.client().type(k) != b"string")
+    existing = rnd.sample(sorted(src.client(1).keys("r1:*")), 40) + rnd.sample(aggregates, 5)
+    for k in existing:
+        (dst.client(1) if k.startswith(b"r1:") else dst.client()).set(k, b"already here")
+    port = free_port()
+    shake = Shake(tmp_path, src, dst, status_port=port,
+                  advanced={"rdb_restore_command_behavior": "skip"}).start()  # fmt: skip
+    shakes.append(shake)
+    wait_for(lambda: "now following the stream" in shake.log(), 120, "the stream", shake)
+    wait_converged(src, shake)
+
+    def settled() -> dict:  # the 1 s ticker has seen the final counts
+        doc = _status(port)
+        tot = doc["total_entries_count"]["write_count"]
+        return doc if tot and tot == sum(
+            c["write_count"] for c in doc["per_cmd_entries_count"].values()) else {}  # fmt: skip
+
+    wait_for(lambda: settled(), 30, "per-command counts", shake)
+    doc = settled()
+    per = doc["per_cmd_entries_count"]
+    assert doc["redshake"]["skipped"].get("busykey") == len(existing), doc["redshake"]
+    assert doc["redshake"]["failed_count"] == 0 and doc["redshake"]["failed_by_cmd"] == {}
+    written = total_keys(dst) - len(existing)
+    snapshot_writes = sum(per.get(c, {}).get("write_count", 0) for c in ("RESTORE", "SET"))
+    assert snapshot_writes == written, (per, written)
+    # what was handed to the writer for those two is more: the refused ones
+    assert sum(per[c]["read_count"] for c in ("RESTORE", "SET") if c in per) >= written + len(existing)
+    c = src.client()
+    for i in range(300):
+        c.lpush("live:list", i)
+        c.sadd("live:set", i)
+    wait_converged(src, shake)
+    wait_for(lambda: (settled().get("per_cmd_entries_count", {}).get("SADD", {})
+                      .get("write_count") == 300), 30, "the live counts", shake)  # fmt: skip
+    per = settled()["per_cmd_entries_count"]
+    assert per["LPUSH"]["write_count"] == 300
+
+
 def test_cluster_target_counts_acknowledged_keys(servers, tmp_path):
     """A cluster target (keys spread over three masters, big values rebuilt with several
     commands): written is the sum of the masters' DBSIZE."""

@@ -264,6 +264,56 @@ def test_saved_script_that_does_not_compile_writes_nothing(servers, tmp_path):
     assert "does not compile" in out
 
 
+def test_function_library_that_fails_to_register_writes_nothing(servers, tmp_path):
+    """A library that compiles but fails when FUNCTION LOAD runs it (a misspelled API, a bad
+    function name, a name registered twice, nothing registered, an unknown flag) is refused
+    by the full check before anything is written; a checksum-mode restore writes the keys
+    and fails on the library (exit 1). The valid library restores."""
+    src = servers.start("redis-7.0", args=["--rdbcompression", "no"])  # the code stays raw
+    c = src.client()
+    lib = (b"#!lua name=lib1\nredis.register_function('fn_a', function(k, a) return 1 end)\n"
+           b"redis.register_function{function_name='fn_b', callback=function(k, a) return 2 end,"
+           b" flags={'no-writes'}}\n")  # fmt: skip
+    c.execute_command("FUNCTION", "LOAD", lib)
+    for i in range(20):
+        c.set(f"k{i}", "v" * i)
+    c.save()
+    dump = (src.dir / "dump.rdb").read_bytes()
+    assert dump.count(b"register_function('fn_a'") == 1
+    target = servers.start("redis-7.0")
+    broken = [  # same length, so the file stays well formed
+        (b"redis.register_function('fn_a'", b"redis.register_functiom('fn_a'", "nonexistent"),
+        (b"function('fn_a'", b"function('fn-a'", "can only contain"),
+        (b"function_name='fn_b'", b"function_name='fn_a'", "already exists in the library"),
+        (b"'no-writes'", b"'no-wrotes'", "unknown flag"),
+        (b"return 1 end)", b"end) x=1 --  ", "readonly"),  # a global set at load
+    ]
+    for old, new, why in broken:
+        data = dump[:-8].replace(old, new)
+        assert data != dump[:-8]
+        f = tmp_path / "lib.rdb"
+        f.write_bytes(data + struct.pack("<Q", crc64(data)))
+        try:
+            check_rdb_file(f, verify="full")
+            raise AssertionError(f"accepted {new!r}")
+        except RdbError as e:
+            assert "would not load on a server" in str(e) and why in str(e), (new, str(e))
+        target.client().flushall()
+        target.client().function_flush()
+        r = restore(f, target, tmp_path, "full")
+        out = r.stdout + r.stderr
+        assert r.returncode == 2 and "Traceback" not in out, out[-2000:]
+        assert target.client().dbsize() == 0 and target.client().function_list() == []
+    r = restore(f, target, tmp_path, "checksum")  # trusted under its valid CRC64
+    assert r.returncode == 1 and "Traceback" not in r.stdout + r.stderr
+    target.client().flushall()
+    target.client().function_flush()
+    r = restore(src.dir / "dump.rdb", target, tmp_path, "full")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
+    assert_same_data(src, target)
+    assert target.client().function_list(withcode=True) == c.function_list(withcode=True)
+
+
 def test_strict_check_accepts_every_real_file(tmp_path):
     """No false refusals: every corpus file a server loads passes the check, with verify =
     "full" too, and also with its CRC64 zeroed (which makes it decode and deep-check every

@@ -340,10 +340,12 @@ def test_sentinel_source_with_password(servers, tmp_path):
 
 def test_unreachable_source_writes_nothing(servers, tmp_path):
     dst = servers.start("redis-7.0")
-    cfg = _cfg(tmp_path, {"address": f"127.0.0.1:{free_port()}"}, dst)
+    # retried like sync_reader's source for connect_timeout seconds, then exit 1
+    cfg = _cfg(tmp_path, {"address": f"127.0.0.1:{free_port()}", "connect_timeout": 1}, dst)
     r = run_redshake(cfg, timeout=60)
-    assert r.returncode == 2, _output(r)
-    assert "cannot use the source" in r.stdout
+    assert r.returncode == 1, _output(r)
+    assert "cannot reach the source" in r.stdout and "Nothing was written" in r.stdout
+    assert dst.client().dbsize() == 0
 
 
 def test_ksn_evicted_keys_are_deleted(servers, tmp_path):

@@ -9,7 +9,10 @@ handshake): that is protocol fuzzing, not a stand-in for Redis data behaviour.""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -149,6 +152,50 @@ def test_unreachable_source_gives_up_after_connect_timeout(servers, tmp_path):
         assert code == 1, out
         assert "cannot reach" in out and "connect_timeout = 2" in out, out
         assert "trying again" in out
+
+
+def test_unreachable_scan_source_gives_up_or_waits(servers, tmp_path):
+    """The scan reader waits for a source never reached like the sync reader: the same
+    back-off and message, bounded by scan_reader.connect_timeout (exit 1, nothing written);
+    a source that comes up in time is copied."""
+    dst = servers.start("redis-7.0")
+    port = free_port()  # nothing listens there (yet)
+    t0 = time.monotonic()
+    code, out = _run(tmp_path, {
+        "scan_reader": {"address": f"127.0.0.1:{port}", "connect_timeout": 2},
+        "redis_writer": {"address": dst.address},
+    }, name="unreach")  # fmt: skip
+    assert code == 1, out
+    assert "cannot reach the source" in out and "scan_reader.connect_timeout = 2" in out, out
+    assert "trying again" in out and "Nothing was written" in out, out
+    assert time.monotonic() - t0 < 60 and dst.client().dbsize() == 0
+    # the source comes up (with its data, from an RDB) while redshake is waiting for it
+    # (Redis 6.2: TTLs are compared within 2 s, the scan reader writes them as now + PTTL)
+    seed = servers.start("redis-6.2")
+    populate(seed.client(), seed.version, False, functions=False)
+    seed.client().save()
+    late_dir = tmp_path / "late"
+    late_dir.mkdir()
+    shutil.copy(seed.dir / "dump.rdb", late_dir / "dump.rdb")
+    cfg = write_config(tmp_path / "late.toml", {
+        "scan_reader": {"address": f"127.0.0.1:{port}", "connect_timeout": 120},
+        "redis_writer": {"address": dst.address},
+        "advanced": {"dir": str(tmp_path / "work2"), "log_interval": 0},
+    })  # fmt: skip
+    log_path = tmp_path / "late.out"
+    with open(log_path, "w") as fh:
+        p = subprocess.Popen([sys.executable, "-m", "redshake.cli", str(cfg)], cwd=str(tmp_path),
+                             stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            wait_for(lambda: "trying again" in log_path.read_text(), 60, "a retry")
+            late = servers.start("redis-6.2", dir=late_dir, dbfilename="dump.rdb", port=port)
+            assert p.wait(120) == 0, log_path.read_text()[-3000:]
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert late.client().dbsize() > 0
+    assert_same_data(late, dst)
 
 
 # -- item: a node of a cluster is never copied alone ---------------------------------------------

@@ -85,17 +85,22 @@ class Run:
     the last one.
     """
 
-    __slots__ = ("db", "argvs", "resp", "offset")
+    __slots__ = ("db", "argvs", "resp", "offset", "_names")
 
     def __init__(self, db: int, argvs: list[list[bytes]], resp: bytes, offset: int) -> None:
         self.db = db
         self.argvs = argvs
         self.resp = resp
         self.offset = offset
+        self._names: Counter[bytes] | None = None
 
     def names(self) -> Counter[bytes]:
-        """How many commands of each (raw) name the run holds."""
-        return Counter(map(_first, self.argvs))
+        """How many commands of each (raw) name the run holds (counted once: read when the
+        run is handed over, and again when the target acknowledged it)."""
+        n = self._names
+        if n is None:
+            n = self._names = Counter(map(_first, self.argvs))
+        return n
 
     def entries(self) -> list[Entry]:
         """The run as single entries (for writers and transforms that need them); only the

@@ -80,11 +80,11 @@ class ErrorPolicy:
         key = entry.argv[1] if len(entry.argv) > 1 else b""
         cmd = entry.argv[0].decode("ascii", "replace").upper() if entry.argv else "?"
         if message.startswith("BUSYKEY") and (cmd == "RESTORE" or entry.__class__ is RestoreSet):
-            self.existing_key(entry.db, key)
+            self.existing_key(entry.db, key, cmd)
             self.busy_restore += 1  # a RESTORE that was sent but did not write
             return
         self.failed += 1
-        self.stats.fail()  # visible in the status JSON (failed_count) right away
+        self.stats.fail(cmd=cmd)  # visible in the status JSON (failed_count) right away
         log.error("target replied error to %s on key %r (db %d): %s", cmd, key, entry.db, message)
         if cmd in FIELD_TTL_NAMES and "unknown command" in message.lower():
             message += (
@@ -94,7 +94,7 @@ class ErrorPolicy:
             raise FatalError(f"{not_cluster_writer(self.standalone_target)} ({cmd} got {message})")
         raise FatalError(f"target error for {cmd} key {key!r} in db {entry.db}: {message}")
 
-    def existing_key(self, db: int, key: bytes) -> None:
+    def existing_key(self, db: int, key: bytes, cmd: str = "RESTORE") -> None:
         if self.behavior == "skip":
             self.busy_skipped += 1
             self.stats.skip("busykey")
@@ -106,7 +106,7 @@ class ErrorPolicy:
                 )
             return
         self.failed += 1
-        self.stats.fail()
+        self.stats.fail(cmd=cmd)
         raise FatalError(
             f"key {key!r} (db {db}) already exists on the target (BUSYKEY). Set "
             'advanced.rdb_restore_command_behavior = "rewrite" to replace existing keys, '
@@ -394,6 +394,8 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
 
     # entries count as written once the target acknowledged them (see RedisWriter.acked)
     stats.acked = lambda: writer.acked
+    if hasattr(writer, "acked_names"):  # ... and per command name, as their replies come
+        stats.acked_by_cmd = lambda: writer.acked_names
     ticker = _Ticker(stats, adv.log_interval, line)
     if SHARD is not None:
         ticker.publish = lambda: SHARD["queue"].put(
@@ -441,9 +443,9 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     try:
         write = writer.write
         # Counters are updated inline (this loop is their only writer): a method call per
-        # entry would cost as much as the rest of the bookkeeping.
+        # entry would cost as much as the rest of the bookkeeping. Writes are counted by the
+        # writer as the target acknowledges them (stats.acked_by_cmd).
         read_by_cmd = stats.read_by_cmd
-        write_by_cmd = stats.write_by_cmd
         names: dict[bytes, str] = {}
         last_progress = 0.0
         n = 0
@@ -464,7 +466,6 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
                             if name is None:
                                 name = names[raw_name] = raw_name.decode("ascii", "replace").upper()
                             read_by_cmd[name] = read_by_cmd.get(name, 0) + c
-                            write_by_cmd[name] = write_by_cmd.get(name, 0) + c
                         continue
                     raise AssertionError("a reader produced a Run the writer cannot take")
                 raw_name = e.argv[0]
@@ -478,16 +479,15 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
                     continue  # the unit around the batch is the transaction
                 if convert is None or (transform is None and name not in fnames):
                     write(e)
-                    write_by_cmd[name] = write_by_cmd.get(name, 0) + 1
                 else:
                     for e2 in convert(e):
-                        wn = e2.argv[0].decode("ascii", "replace").upper()
-                        if unit and (wn == "MULTI" or wn == "EXEC"):
-                            if wn == "EXEC" and unit_offset is not None:
-                                unit_offset(e.offset)
-                            continue
+                        if unit:
+                            wn = e2.argv[0].upper()
+                            if wn == b"MULTI" or wn == b"EXEC":
+                                if wn == b"EXEC" and unit_offset is not None:
+                                    unit_offset(e.offset)
+                                continue
                         write(e2)
-                        write_by_cmd[wn] = write_by_cmd.get(wn, 0) + 1
             if unit:
                 mkey, mvalue, moff = reader.unit_marker()
                 writer.end_unit(adv.exactly_once_db, mkey, mvalue, moff)

@@ -143,6 +143,9 @@ class ScanReaderConfig(EndpointConfig):
     # redshake: with ksn, CONFIG SET notify-keyspace-events on the source when it lacks the
     # needed flags (restored at exit); off by default = refuse to start and say what to run
     ksn_auto_enable: bool = False
+    # redshake: as sync_reader.connect_timeout: seconds to keep trying a source never
+    # reached before giving up with exit 1; 0 = wait forever
+    connect_timeout: int = field(default=180, metadata={"min": 0})
 
 
 @dataclass

@@ -986,11 +986,20 @@ _EL_STR = walk.el_str
 _EL_PAIR = walk.el_pair
 
 
+# Values whose record grows past this many buffered bytes are streamed (module docstring);
+# read when a parser is made, so a test can lower it for a whole run.
+BIG_VALUE_THRESHOLD = 16 << 20
+
+
 class RdbParser:
     """Streaming RDB parser (see the module docstring)."""
 
     def __init__(
-        self, *, big_value_threshold: int = 16 << 20, part_items: int = 1024, start_offset: int = 0
+        self,
+        *,
+        big_value_threshold: int | None = None,
+        part_items: int = 1024,
+        start_offset: int = 0,
     ) -> None:
         self._buf = bytearray()
         self._pos = 0  # index in _buf of the next unconsumed byte
@@ -1004,7 +1013,7 @@ class RdbParser:
         self._pend: list | None = None  # incomplete aggregate (absolute offsets)
         self._big: _Big | None = None
         self._vtab: list[_Vt | None] = []
-        self._threshold = big_value_threshold
+        self._threshold = BIG_VALUE_THRESHOLD if big_value_threshold is None else big_value_threshold
         self._part = max(1, part_items)
         self.magic = b""
         self.version = 0

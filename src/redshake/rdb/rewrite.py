@@ -36,7 +36,8 @@ __all__ = [
     "value_to_commands",
     "items_to_commands",
     "stream_to_commands",
-    "stream_part_commands",
+    "stream_meta_commands",
+    "stream_group_item_commands",
     "supports_field_ttl",
 ]
 
@@ -160,7 +161,7 @@ def items_to_commands(
         raise ValueError(f"unknown item kind {kind!r}")
 
 
-def _stream_meta_commands(
+def stream_meta_commands(
     key: bytes, meta: StreamValue, created: bool, ver: Version
 ) -> Iterator[list[bytes]]:
     """XSETID (last id, entries added, max deleted id) of a stream whose live entries were
@@ -178,7 +179,7 @@ def _stream_meta_commands(
         yield [b"XSETID", key, meta.last_id]
 
 
-def _stream_group_item_commands(
+def stream_group_item_commands(
     key: bytes, it: StreamGroupHead | StreamConsumerPart, ver: Version, max_items: int
 ) -> Iterator[list[bytes]]:
     """Commands for one item of a group (see values.stream_group_parts): XGROUP CREATE for
@@ -218,10 +219,10 @@ def _stream_group_commands(
     """XGROUP CREATE, then the group's pending entries (XCLAIM) and its consumers: the
     commands of the items the group arrives as when its stream is streamed."""
     for it in stream_group_parts(g):
-        yield from _stream_group_item_commands(key, it, ver, max_items)
+        yield from stream_group_item_commands(key, it, ver, max_items)
 
 
-def _require_streams(key: bytes, version: Version) -> None:
+def require_streams(key: bytes, version: Version) -> None:
     if version < (5, 0, 0):
         raise RewriteError("streams need a Redis >= 5.0 target", key)
 
@@ -238,25 +239,35 @@ def stream_to_commands(
 
     A pending entry whose message was deleted from the stream cannot be claimed (XCLAIM
     skips ids the stream lacks), so such a message is added in its place as a stand-in, the
-    groups claim it, then the stand-ins are deleted and the metadata set again.
+    groups claim it, then the stand-ins are deleted and the metadata set again. Only ids a
+    consumer claims get one (a PEL entry nobody owns cannot be claimed). A stream that
+    arrives in parts gets the same commands from :class:`~redshake.rdb.stream_spill.StreamSpill`.
 
     What cannot be carried by commands: consumer seen-time / active-time (set to the time
     of the rebuild)."""
     live = {eid for eid, _ in value.entries}
     ghosts = sorted(
-        {pid for g in value.groups for pid, _t, _c in g.pel if pid not in live}, key=_id_key
+        {
+            pid
+            for g in value.groups
+            for it in stream_group_parts(g)
+            if type(it) is StreamConsumerPart
+            for pid, t, c in it.pending
+            if (t or c) and pid not in live  # (0, 0): an id the group's PEL does not hold
+        },
+        key=id_key,
     )
     if ghosts:
         entries = sorted(
-            itertools.chain(value.entries, ((pid, _GHOST_FIELDS) for pid in ghosts)),
-            key=lambda e: _id_key(e[0]),
+            itertools.chain(value.entries, ((pid, GHOST_FIELDS) for pid in ghosts)),
+            key=lambda e: id_key(e[0]),
         )
     else:
         entries = value.entries
     for eid, fv in entries:
         yield [b"XADD", key, eid, *fv]
     if not ghosts:
-        yield from _stream_meta_commands(key, value, bool(entries), target_version)
+        yield from stream_meta_commands(key, value, bool(entries), target_version)
     else:  # entries-added must cover the stand-ins until they are gone
         yield [b"XSETID", key, value.last_id]
     for g in value.groups:
@@ -265,43 +276,16 @@ def stream_to_commands(
         step = max(1, max_items)
         for i in range(0, len(ghosts), step):
             yield [b"XDEL", key, *ghosts[i : i + step]]
-        yield from _stream_meta_commands(key, value, True, target_version)
+        yield from stream_meta_commands(key, value, True, target_version)
 
 
 # The fields of a stand-in for a deleted message that is still pending (see stream_to_commands).
-_GHOST_FIELDS = [b"redshake", b"deleted"]
+GHOST_FIELDS = [b"redshake", b"deleted"]
 
 
-def _id_key(sid: bytes) -> tuple[int, int]:
+def id_key(sid: bytes) -> tuple[int, int]:
     ms, _, seq = sid.partition(b"-")
     return int(ms), int(seq or 0)
-
-
-def stream_part_commands(
-    key: bytes,
-    items: list,
-    *,
-    created: bool,
-    target_version: Version = (7, 0, 0),
-    target_valkey: bool = False,
-    max_items: int = 512,
-) -> Iterator[list[bytes]]:
-    """Commands for one part of a stream that arrives in parts (parser kind 'stream'):
-    entries ``(id, [field, value, ...])`` (XADD), then, once, the metadata (a StreamValue
-    without entries), then the consumer groups (each a StreamGroupHead and its
-    StreamConsumerParts, or a whole StreamGroup), in that order: the same commands as
-    :func:`stream_to_commands`. ``created``: an earlier part added an entry."""
-    _require_streams(key, target_version)
-    for it in items:
-        if type(it) is tuple:
-            yield [b"XADD", key, it[0], *it[1]]
-            created = True
-        elif isinstance(it, StreamValue):
-            yield from _stream_meta_commands(key, it, created, target_version)
-        elif isinstance(it, StreamGroup):
-            yield from _stream_group_commands(key, it, target_version, max_items)
-        else:
-            yield from _stream_group_item_commands(key, it, target_version, max_items)
 
 
 def value_to_commands(
@@ -347,7 +331,7 @@ def value_to_commands(
         if value.field_expire:
             yield from _field_ttl_commands(key, value.field_expire.items(), max_items)
     elif isinstance(value, StreamValue):
-        _require_streams(key, ver)
+        require_streams(key, ver)
         yield from stream_to_commands(
             key, value, target_version=target_version, target_valkey=target_valkey,
             max_items=max_items,

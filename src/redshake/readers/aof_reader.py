@@ -373,8 +373,10 @@ class AofFileReader(FileReaderBase):
                                 self._note(item.db, item.key)  # type: ignore[attr-defined]
                         if conv is None:
                             conv = self._converter(part)
-                        out = conv.convert(item)
-                        if out:
+                        for out in conv.convert_chunks(item, BATCH):
+                            if len(batch) >= BATCH:
+                                yield batch
+                                batch = []
                             batch.extend(out)
                             self.sent = base + end
             except _Cut:

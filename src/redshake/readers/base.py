@@ -43,6 +43,7 @@ class ReaderContext:
             probe_exists=self.probe_exists,
             on_existing=self.on_existing,
             field_ttl=self.options.get("unsupported_field_ttl", "panic"),
+            spill_dir=Path(self.workdir),
         )
 
 

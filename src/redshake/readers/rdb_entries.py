@@ -31,6 +31,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from ..commands.slots import key_slot
 from ..entry import KEYLESS_ALL_MASTERS, Entry, KeyEnd, RestoreSet
@@ -44,6 +45,7 @@ from ..rdb.dump import (
 )
 from ..rdb.primitives import RdbError, read_length
 from ..rdb.rewrite import supports_field_ttl
+from ..rdb.stream_spill import StreamSpill
 from ..rdb.walk import module_name
 
 __all__ = ["TargetCaps", "RdbToEntries", "ConversionError", "temp_key_tag", "field_ttl_summary",
@@ -227,6 +229,7 @@ class RdbToEntries:
         max_items: int = 512,
         max_bytes: int = 1 << 20,
         field_ttl: str = "panic",
+        spill_dir: Path | None = None,
     ) -> None:
         self.caps = caps
         self.src_version = src_version
@@ -259,6 +262,10 @@ class RdbToEntries:
         self._big: tuple[int, bytes, str, int, bool] | None = None
         self._big_started = False  # a streamed string got its SET, a stream its first XADD
         self._big_held: Entry | None = None  # the last command of the part before (see convert)
+        # a streamed stream: its parts, kept on disk until its end (see StreamSpill)
+        self.spill_dir = spill_dir
+        self._spill: StreamSpill | None = None
+        self.spilled_bytes = 0  # largest stream spill file so far
         # streamed element strings (BigElementStart ...): temporary keys, completed ones in
         # the order their BIG_ELEMENT placeholders will come; the one being written
         self._elem_keys: list[bytes] = []
@@ -298,6 +305,8 @@ class RdbToEntries:
         if t is R.BigKeyStart:
             return list(self._big_start(rec))
         if t is R.BigKeyEnd:
+            if self._spill is not None:  # a streamed stream: all its commands, in one list
+                return [e for chunk in self._spilled_stream() for e in chunk]
             held, self._big_held = self._big_held, None
             out = list(self._big_end())
             if held is not None:
@@ -331,6 +340,40 @@ class RdbToEntries:
                     rec.module_name, rec.when,
                 )  # fmt: skip
         return ()
+
+    def convert_chunks(self, rec, size: int = 1024) -> Iterator[list[Entry]]:
+        """The entries of :meth:`convert` in lists of about ``size``: the end of a streamed
+        stream brings all of its commands, made from its spill file as they are taken."""
+        if type(rec) is R.BigKeyEnd and self._spill is not None:
+            yield from self._spilled_stream(size)
+            return
+        out = self.convert(rec)
+        if out:
+            yield out
+
+    def _spilled_stream(self, size: int = 1024) -> Iterator[list[Entry]]:
+        """The commands of the streamed stream that just ended, replayed from its spill."""
+        spill, self._spill = self._spill, None
+        assert spill is not None and self._big is not None
+        db, key = self._big[0], self._big[1]
+        held, self._big_held = self._big_held, None
+        buf: list[Entry] = [held] if held is not None else []
+        assert spill.key == key
+        self.spilled_bytes = max(self.spilled_bytes, spill.bytes)
+        from ..rdb.rewrite import RewriteError
+
+        try:
+            for argv in spill.commands():
+                buf.append(Entry(db, argv, key))
+                if len(buf) > size:  # the last one is kept back: it may end the key
+                    yield buf[:-1]
+                    buf = buf[-1:]
+        except RewriteError as e:
+            raise ConversionError(str(e)) from None
+        finally:
+            spill.close()
+        buf.extend(self._big_end())
+        yield _ends_key(buf)
 
     def _aux(self, rec) -> Iterator[Entry]:
         if rec.key == b"repl-stream-db":
@@ -551,6 +594,12 @@ class RdbToEntries:
         self._big_fexp = -1
         self._big_fttl_seen = False
         self._methods["commands_streamed"] += 1
+        if self._spill is not None:  # left by a stream cut short
+            self._spill.close()
+            self._spill = None
+        if rec.kind == "stream":
+            self._spill = StreamSpill(self.spill_dir, rec.key, target_version=self.caps.version,
+                                      max_items=self.max_items)  # fmt: skip
         if self._replace or self.probe_exists is None:
             yield Entry(rec.db, [b"DEL", rec.key], rec.key)
 
@@ -566,7 +615,7 @@ class RdbToEntries:
                 self._big_started = True
                 yield Entry(db, [op, key, piece], key)
             return
-        from ..rdb.rewrite import RewriteError, items_to_commands, stream_part_commands
+        from ..rdb.rewrite import RewriteError, items_to_commands
 
         if kind == "hash" and not self._fttl_ok:
             rec = R.BigKeyPart(self._strip_field_ttls(key, rec.items))
@@ -576,19 +625,9 @@ class RdbToEntries:
         if self._elem_values:  # streamed strings reassembled in memory: put them in place
             rec = R.BigKeyPart([self._fill_elements(it) for it in rec.items])
         try:
-            if kind == "stream":  # entries (XADD), then metadata and consumer groups
-                cmds = stream_part_commands(
-                    key,
-                    rec.items,
-                    created=self._big_started,
-                    target_version=self.caps.version,
-                    target_valkey=self.caps.is_valkey,
-                    max_items=self.max_items,
-                )
-                for argv in cmds:
-                    if argv[0] == b"XADD":
-                        self._big_started = True
-                    yield Entry(db, argv, key)
+            if kind == "stream":  # entries, metadata, groups: written at the key's end
+                assert self._spill is not None
+                self._spill.add(rec.items)
                 return
             for argv in items_to_commands(
                 key,

@@ -51,9 +51,14 @@ def _header(path: Path) -> tuple[bytes, int]:
     raise RdbError(f"not an RDB file: bad magic {head!r}", 0)
 
 
-def _check_function(code: bytes, offset: int) -> None:
+def _check_function(
+    code: bytes, offset: int, functions: dict[bytes, bytes] | None = None
+) -> None:
     """A function library must have a valid first line and compile (Lua 5.1, as on the
-    servers), or the target would refuse it after keys were written."""
+    servers), or the target would refuse it after keys were written. With ``functions``
+    (the full check: function name -> library, of the libraries seen so far) its top-level
+    code is run as FUNCTION LOAD runs it (see rdb.library_check): it must register at least
+    one function, with valid calls, and none that another library of the file has."""
     first, nl, body = bytes(code).partition(b"\n")
     engine, *meta = first.split() or [b""]
     names = [m[5:] for m in meta if m[:5].lower() == b"name="]
@@ -65,6 +70,23 @@ def _check_function(code: bytes, offset: int) -> None:
     ):
         raise RdbError(f"function library has an invalid first line {first[:80]!r}", offset)
     _compile(nl + body, "function library", offset)
+    if functions is None:
+        return
+    from ..rdb.library_check import LibraryError, library_functions
+
+    lib = names[0]
+    try:
+        registered = library_functions(nl + body)
+    except LibraryError as e:
+        raise RdbError(f"function library {lib!r} would not load on a server: {e}", offset) from None
+    for name in registered:
+        other = functions.get(name)
+        if other is not None and other != lib:
+            raise RdbError(
+                f"function library {lib!r} registers function {name!r}, which library "
+                f"{other!r} registers too: a server refuses the second one", offset,
+            )  # fmt: skip
+        functions[name] = lib
 
 
 def _compile(code: bytes, what: str, offset: int) -> None:
@@ -131,6 +153,7 @@ def check_rdb_file(
     valkey = None
     key_records = (R.KeyValue, R.BigKeyStart)
     keys: dict[int, set[bytes]] = {}  # without a checksum: the keys seen, per db
+    functions: dict[bytes, bytes] | None = {} if strict else None  # function -> library
     with open(path, "rb") as f:
         while True:
             if stop is not None and stop():
@@ -145,7 +168,7 @@ def check_rdb_file(
                 elif seen_modules is not None and type(rec) is R.KeyValue and rec.type == 7:
                     seen_modules.add(module_name(read_length(rec.raw, 0)[0])[0])
                 if type(rec) is R.Function:  # few and small: checked in any case
-                    _check_function(rec.code, parser.offset)
+                    _check_function(rec.code, parser.offset, functions)
                 elif type(rec) is R.Aux and rec.key == b"lua":
                     _check_script(rec.value, parser.offset)
                 if strict and type(rec) in key_records:
@@ -233,9 +256,7 @@ class RdbFileReader(FileReaderBase):
                         conv = self.conv = self.ctx.rdb_converter(parser.version, parser.is_valkey)
                     if type(rec) in key_records:
                         self.keys_read += 1
-                    batch = conv.convert(rec)
-                    if batch:
-                        yield batch
+                    yield from conv.convert_chunks(rec)
                 self.sent = parser.offset
         parser.finish()
         self.sent = self.total

@@ -228,9 +228,18 @@ class ScanReader:
             raise
 
     def _prepare(self) -> None:
+        from .sync_reader import reach_source
+
         rc = self.rc
-        address = self._source_address()
-        seed = self._connect(address)
+        where = [rc.address]
+
+        def attempt() -> Connection:  # a source never reached is tried again, as sync_reader
+            where[0] = self._source_address()
+            return self._connect(where[0])
+
+        seed = reach_source(attempt, rc.address or "(sentinel)", float(rc.connect_timeout),
+                            self.ctx.stop, self.name, setting="scan_reader.connect_timeout")  # fmt: skip
+        address = where[0]
         targets: list[tuple[str, str]]
         if rc.cluster:
             targets = self._cluster_nodes(seed)

@@ -593,8 +593,7 @@ class SyncReader:
                     conv = self.conv = self.ctx.rdb_converter(parser.version, parser.is_valkey)
                 if type(rec) in key_records:
                     self.keys_read += 1
-                batch = conv.convert(rec)
-                if batch:
+                for batch in conv.convert_chunks(rec):
                     out.extend(batch)
                     if len(out) > BATCH_MAX:
                         yield out[:-1]
@@ -1133,11 +1132,18 @@ def planned_resume(workdir: Path, address: str, sync_aof: bool = True) -> bool:
     return bool(cp and cp.source == address and cp.phase == PHASE_AOF and cp.replid and sync_aof)
 
 
-def reach_source(attempt: Callable[[], _T], address: str, limit: float, stop, label: str) -> _T:
+def reach_source(
+    attempt: Callable[[], _T],
+    address: str,
+    limit: float,
+    stop,
+    label: str,
+    setting: str = "sync_reader.connect_timeout",
+) -> _T:
     """``attempt()`` until it does not fail to connect: a source never reached is tried again
-    with back-off for ``limit`` seconds (0: forever), then FatalError; a refused password or
-    certificate is raised at once (retrying cannot fix it); a stop request raises
-    KeyboardInterrupt."""
+    with back-off for ``limit`` seconds (0: forever), then FatalError naming ``setting``; a
+    refused password or certificate is raised at once (retrying cannot fix it); a stop
+    request raises KeyboardInterrupt. Used by the sync and scan readers."""
     from ..pipeline import FatalError
     from ..resp.conn import AuthError, ConnError, TLSVerifyError
 
@@ -1155,7 +1161,7 @@ def reach_source(attempt: Callable[[], _T], address: str, limit: float, stop, la
             if limit > 0 and waited + delay > limit:
                 raise FatalError(
                     f"cannot reach the source {address} ({e}); gave up after {waited:.0f}s and "
-                    f"{attempts} attempts (sync_reader.connect_timeout = {limit:g}; 0 waits forever)"
+                    f"{attempts} attempts ({setting} = {limit:g}; 0 waits forever)"
                 ) from None
             log.warning(
                 "[%s] cannot reach the source %s (%s); trying again in %.1fs (attempt #%d%s)",

@@ -109,6 +109,7 @@ class StatusBoard:
             "skipped": snap.get("skipped", {}),
             "skipped_count": snap.get("skipped_count", 0),
             "failed_count": snap.get("failed_count", 0),
+            "failed_by_cmd": snap.get("failed_by_cmd", {}),
         }
         if self.lag is not None:
             extra["lag"] = dict(self.lag())

@@ -12,11 +12,12 @@ their snapshots.
 Definitions (as RedisShake): a *read* is counted after parsing, before the filter; a *write*
 after the Lua function (entries a function emits count as writes). When ``acked`` is set (the
 pipeline sets it to the writer's count of entries the target answered without an error) the
-total ``write_count`` and ``write_ops`` are that acknowledged count; ``write_by_cmd`` (the
-per-command ``write_count``) counts entries handed to the writer, so it also includes the
-entries still waiting for their reply and those the target refused. ``skip`` counts entries
-dropped on purpose, by reason (``filter``, ``function``, ``busykey`` ...); ``fail`` counts
-entries that could not be applied.
+total ``write_count`` and ``write_ops`` are that acknowledged count; when ``acked_by_cmd`` is
+set (the writer's acknowledged entries per raw command name, counted as their replies are
+read) the per-command ``write_count`` and ``write_ops`` are those, else ``write_by_cmd``
+(entries handed to the writer). ``skip`` counts entries dropped on purpose, by reason
+(``filter``, ``function``, ``busykey`` ...); ``fail`` counts entries that could not be
+applied, also per command name when it is known (``failed_by_cmd``).
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ class Stats:
         "_ticker",
         "_stop",
         "acked",
+        "acked_by_cmd",
+        "failed_by_cmd",
+        "_names",
     )
 
     def __init__(self) -> None:
@@ -82,6 +86,9 @@ class Stats:
         self._ticker: threading.Thread | None = None
         self._stop = threading.Event()
         self.acked: Callable[[], int] | None = None
+        self.acked_by_cmd: Callable[[], Mapping[bytes, int]] | None = None
+        self.failed_by_cmd: dict[str, int] = {}
+        self._names: dict[bytes, str] = {}  # raw command name -> upper-case name
 
     # ---------------------------------------------------------------- hot path (one thread)
 
@@ -100,9 +107,12 @@ class Stats:
         d = self.skipped
         d[reason] = d.get(reason, 0) + n
 
-    def fail(self, n: int = 1) -> None:
-        """``n`` entries could not be applied."""
+    def fail(self, n: int = 1, cmd: str | None = None) -> None:
+        """``n`` entries (named ``cmd``, when known) could not be applied."""
         self.failed += n
+        if cmd is not None:
+            d = self.failed_by_cmd
+            d[cmd] = d.get(cmd, 0) + n
 
     # ---------------------------------------------------------------- readers (any thread)
 
@@ -117,12 +127,26 @@ class Stats:
             return self.acked()
         return sum(self.write_by_cmd.copy().values())
 
+    def _writes_by_cmd(self) -> dict[str, int]:
+        """Per-command write counts: acknowledged ones when known (see the module docstring)."""
+        if self.acked_by_cmd is None:
+            return self.write_by_cmd.copy()
+        out: dict[str, int] = {}
+        names = self._names
+        for raw, n in dict(self.acked_by_cmd()).items():
+            name = names.get(raw)
+            if name is None:
+                name = names[raw] = raw.decode("ascii", "replace").upper()
+            if n:
+                out[name] = out.get(name, 0) + n
+        return out
+
     def tick(self, now: float | None = None) -> None:
         """Recompute the per-second rates from the counts since the previous tick."""
         t = time.monotonic() if now is None else now
         with self._lock:
             dt = t - self._last_time
-            rb, wb = self.read_by_cmd.copy(), self.write_by_cmd.copy()
+            rb, wb = self.read_by_cmd.copy(), self._writes_by_cmd()
             read, write = sum(rb.values()), self.write_count
             if dt <= 0:  # clock went backwards (or a new time base): restart the window
                 self._last_time = t
@@ -145,7 +169,7 @@ class Stats:
         format), ``skipped`` ({reason: n}), ``skipped_count``, ``failed_count``.
         """
         with self._lock:
-            rb, wb = self.read_by_cmd.copy(), self.write_by_cmd.copy()
+            rb, wb = self.read_by_cmd.copy(), self._writes_by_cmd()
             rops, wops = self.read_ops_by_cmd, self.write_ops_by_cmd
             per_cmd = {
                 c: entry_count(rb.get(c, 0), rops.get(c, 0.0), wb.get(c, 0), wops.get(c, 0.0))
@@ -160,6 +184,7 @@ class Stats:
                 "skipped": skipped,
                 "skipped_count": sum(skipped.values()),
                 "failed_count": self.failed,
+                "failed_by_cmd": dict(sorted(self.failed_by_cmd.copy().items())),
             }
 
     # ---------------------------------------------------------------- 1 s ticker
@@ -190,6 +215,7 @@ def combine(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     per_cmd: dict[str, dict[str, Any]] = {}
     skipped: dict[str, int] = {}
     failed = 0
+    failed_by_cmd: dict[str, int] = {}
     for snap in snapshots:
         for k, v in snap["total_entries_count"].items():
             total[k] += v
@@ -202,6 +228,8 @@ def combine(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         for reason, n in snap.get("skipped", {}).items():
             skipped[reason] = skipped.get(reason, 0) + n
         failed += snap.get("failed_count", 0)
+        for cmd, n in snap.get("failed_by_cmd", {}).items():
+            failed_by_cmd[cmd] = failed_by_cmd.get(cmd, 0) + n
     total["read_ops"] = round(total["read_ops"], 2)
     total["write_ops"] = round(total["write_ops"], 2)
     for acc in per_cmd.values():
@@ -213,4 +241,5 @@ def combine(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "skipped": skipped,
         "skipped_count": sum(skipped.values()),
         "failed_count": failed,
+        "failed_by_cmd": dict(sorted(failed_by_cmd.items())),
     }

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -333,6 +333,7 @@ class ClusterWriter:
         self.written = 0
         self.errors = 0
         self._acked_before = self._keys_acked_before = 0  # by writers gone in a reconnect
+        self._acked_names_before: Counter[bytes] = Counter()
         self.redirects = 0
         self.moved = 0
         self.asked = 0
@@ -479,6 +480,7 @@ class ClusterWriter:
         self._release()
         self._acked_before += self.acked
         self._keys_acked_before += self.keys_acked
+        self._acked_names_before = self.acked_names
         for w in self._writers.values():
             w.close()
         self._writers.clear()
@@ -573,6 +575,14 @@ class ClusterWriter:
     @property
     def keys_acked(self) -> int:
         return self._keys_acked_before + sum(w.keys_acked for w in list(self._writers.values()))
+
+    @property
+    def acked_names(self) -> Counter[bytes]:
+        """``acked`` per raw command name (see RedisWriter.acked_names)."""
+        out = Counter(self._acked_names_before)
+        for w in list(self._writers.values()):
+            out.update(w.acked_names.copy())
+        return out
 
     # -- routing -----------------------------------------------------------------------
 

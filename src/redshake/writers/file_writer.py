@@ -32,6 +32,7 @@ import base64
 import json
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 
 from ..entry import Entry
@@ -124,6 +125,7 @@ class FileWriter:
         self.type = type
         self.entry_count = 0
         self.keys_acked = 0  # entries ending a snapshot key (Entry.ends_key) written
+        self.acked_names: Counter[bytes] = Counter()  # entries written per raw command name
         self.bytes_written = 0
         self.acked_offset = -1
         self._db = -1
@@ -170,6 +172,7 @@ class FileWriter:
         out.write(data)
         self.bytes_written += len(data)
         self.entry_count += 1
+        self.acked_names[entry.argv[0]] += 1
         if entry.ends_key:
             self.keys_acked += 1
         if entry.offset >= 0:

@@ -28,13 +28,16 @@ error element of the ``EXEC`` reply.
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
+from operator import itemgetter
 
 from redshake.entry import Entry, RestoreSet, Run, UnitEntry
 from redshake.resp.conn import Connection, ReplyError, connection_options, parse_address
 from redshake.resp.encode import encode
 from redshake.writers.base import TargetInfo, WriterError, probe_target
+
+_first = itemgetter(0)  # a command's name
 
 __all__ = ["RedisWriter", "SEND_BYTES", "UNLIMITED_QPS"]
 
@@ -171,6 +174,9 @@ class RedisWriter:
         # the ones ending a snapshot key (Entry.ends_key); the run's summary reports these
         self.acked = 0
         self.keys_acked = 0
+        # acknowledged entries per raw command name (argv[0] as sent): the status JSON's
+        # per-command write_count; read from other threads (copy it)
+        self.acked_names: Counter[bytes] = Counter()
         self.acked_offset = -1
         self._db = 0
         self._block: _Block | None = None  # the transaction being written (MULTI seen)
@@ -613,6 +619,7 @@ class RedisWriter:
 
     def _process(self) -> None:
         gets = self.conn.reader.gets
+        names = self.acked_names
         inflight = self._inflight
         popleft = inflight.popleft
         freed = 0
@@ -636,14 +643,18 @@ class RedisWriter:
                     if r.__class__ is ReplyError:
                         if cls is Run:  # (inside a unit nothing is applied before EXEC)
                             self.acked += done - 1 - ok
+                            self.acked_names.update(map(_first, argvs[ok : done - 1]))
                         ok = done
                         self._run_done = done
                         if cls is Run:
                             self._on_reply_error(Entry(run.db, argvs[done - 1]), r)  # type: ignore[arg-type]
                         else:
                             self._refused(entry, done - 1, r.message)  # type: ignore[arg-type,union-attr]
-                if cls is Run:
+                if cls is Run and done > ok:
                     self.acked += done - ok
+                    self.acked_names.update(
+                        run.names() if not ok and done == total else map(_first, argvs[ok:done])
+                    )
                 if done < total:
                     self._run_done = done
                     break
@@ -684,6 +695,7 @@ class RedisWriter:
                     self._on_reply_error(entry, r)  # type: ignore[arg-type]
                 continue
             cnt += 1
+            names[entry.argv[0]] += 1  # type: ignore[union-attr]
             if entry.ends_key:
                 keys += 1
             last = entry
@@ -720,6 +732,7 @@ class RedisWriter:
             # all OK (what SET and most writes answer) is one count in C
             if r.count(b"OK") == len(r) or ReplyError not in map(type, r):  # type: ignore[attr-defined,arg-type]
                 self.acked += len(entries) + blk.run_cmds - blk.added
+                self._count_block(blk, ())
                 return
             errs = [
                 (e, res)
@@ -727,6 +740,7 @@ class RedisWriter:
                 if res.__class__ is ReplyError
             ]
             self.acked += len(entries) + blk.run_cmds - blk.added - len(errs)  # before calling out
+            self._count_block(blk, errs)
             for e, res in errs:
                 if e is not None:
                     self._on_reply_error(e, res)  # type: ignore[arg-type]
@@ -745,6 +759,19 @@ class RedisWriter:
             if self.on_error is None:
                 raise WriterError(f"{self.name}: error reply for {e!r} in a transaction: {m}")
             self.on_error(e, m)
+
+    def _count_block(self, blk: _Block, errs) -> None:
+        """Per command name, the entries of a transaction whose EXEC reply arrived (the
+        writer's own plumbing left out), but for those with an error reply ``errs``."""
+        names = self.acked_names
+        names.update(e.argv[0] for e in blk.entries if not e.plumbing)
+        for q in blk.queued:
+            if q.__class__ is tuple:
+                run, i, n = q  # type: ignore[misc]
+                names.update(map(_first, run.argvs[i : i + n]))
+        for e, _res in errs:
+            if e is not None and not e.plumbing:
+                names[e.argv[0]] -= 1
 
     def _on_reply_error(self, entry: Entry, err: ReplyError) -> None:
         self.errors += 1
