@@ -328,10 +328,12 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     elif eonce:
         ctx.options["read_marker"] = lambda key: writer.get(adv.exactly_once_db, key)
     if SHARD is not None:  # one shard of a cluster source: only this shard's slots
-        from .shards import flush_slots
+        from .shards import current_ranges, flush_slots
 
-        ctx.options["flush_target"] = lambda: flush_slots(writer, SHARD["ranges"])
+        # (the shard's slots of the moment: slots move between shards while we run)
+        ctx.options["flush_target"] = lambda: flush_slots(writer, current_ranges(SHARD))
         ctx.options["shard"] = True
+        ctx.options["shard_resolve"] = SHARD.get("resolver")
     try:
         reader = build_reader(cfg, ctx)
         if hasattr(reader, "marker_key"):
@@ -415,12 +417,19 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         reader.runs = True
         if fttl is not None:  # runs go as received: these commands must come one by one
             reader.entry_only = FIELD_TTL_COMMANDS
+    guard = SHARD.get("guard") if SHARD is not None else None
+    if guard is not None and hasattr(reader, "entry_only"):  # deletions are checked one by one
+        reader.entry_only = reader.entry_only | {b"del", b"unlink"}
     # after the filter / Lua function: those see the source's commands (as in RedisShake)
     convert = transform if fttl is None else fttl.after(transform)
     fnames = FIELD_TTL_NAMES if fttl is not None else frozenset()  # (one lookup per entry)
     interrupted = False
     try:
         write = writer.write
+        if guard is not None:  # a cluster source's shard: deletions of keys moved away
+            from .shards import guarded
+
+            write = guarded(write, guard, reader, stats)
         # Counters are updated inline (this loop is their only writer): a method call per
         # entry would cost as much as the rest of the bookkeeping.
         read_by_cmd = stats.read_by_cmd

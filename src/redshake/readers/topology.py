@@ -1,0 +1,255 @@
+"""Following the topology of a cluster source while it changes.
+
+* :func:`cluster_view` asks any reachable node for ``CLUSTER NODES``: who is master of
+  which slots, who replicates whom, which slots the answering node is migrating.
+* :class:`ShardResolver` is the address a shard's reader connects to, asked again before
+  every reconnect: after a failover it is the promoted replica (the reader continues with
+  PSYNC and the old replication id, which PSYNC2 keeps as ``replid2``).
+* :class:`MigrationGuard` decides, in the process of one source shard, whether a ``DEL`` /
+  ``UNLINK`` from that shard's stream must reach the target: a key moved to another shard
+  (``MIGRATE``, or Valkey 9's atomic slot migration) is deleted on the old owner *after*
+  the new owner stored it, and the two streams are applied by different processes — the
+  late DEL would delete the copy the new owner's stream just wrote.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from ..commands.slots import key_slot
+from ..entry import Entry
+from ..resp.conn import Connection, ConnError, ReplyError, parse_address
+
+__all__ = ["Node", "parse_nodes", "cluster_view", "ShardResolver", "MigrationGuard"]
+
+log = logging.getLogger("redshake")
+_T = TypeVar("_T")
+
+PATIENCE = 60.0  # seconds a deletion check waits for an unreachable source (failover)
+
+
+@dataclass
+class Node:
+    """One line of ``CLUSTER NODES``."""
+
+    id: str
+    address: str
+    flags: frozenset[str]
+    master_id: str
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+    # only on the answering node's own line: slot -> node id it is migrating to / from
+    migrating: dict[int, str] = field(default_factory=dict)
+    importing: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def is_master(self) -> bool:
+        return "master" in self.flags
+
+    @property
+    def usable(self) -> bool:
+        return not (self.flags & {"fail", "fail?", "noaddr", "handshake"})
+
+
+def parse_nodes(text: str, fallback_host: str = "127.0.0.1") -> list[Node]:
+    """The nodes of a ``CLUSTER NODES`` reply."""
+    out = []
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) < 8:
+            continue
+        addr = f[1].split("@")[0].split(",")[0]
+        host, _, port = addr.rpartition(":")
+        if not port or port == "0":
+            continue  # a node without an address yet
+        node = Node(f[0], f"{host or fallback_host}:{port}", frozenset(f[2].split(",")), f[3])
+        for tok in f[8:]:
+            if tok.startswith("["):
+                slot, arrow, other = tok.strip("[]").partition("-")
+                if arrow and other.startswith(">-"):
+                    node.migrating[int(slot)] = other[2:]
+                elif arrow and other.startswith("<-"):
+                    node.importing[int(slot)] = other[2:]
+                continue
+            lo, _, hi = tok.partition("-")
+            node.ranges.append((int(lo), int(hi or lo)))
+        out.append(node)
+    return out
+
+
+def cluster_view(addresses: list[str], conn_kw: dict, timeout: float = 5.0) -> tuple[str, list[Node]]:
+    """(address that answered, its ``CLUSTER NODES``) from the first node of ``addresses``
+    that answers; ConnError when none does."""
+    errors = []
+    for addr in addresses:
+        host, port = parse_address(addr)
+        try:
+            with Connection(host, port, io_timeout=timeout, **conn_kw) as c:
+                raw = c.call("CLUSTER", "NODES")
+        except (ConnError, OSError, ReplyError) as e:
+            errors.append(f"{addr}: {e}")
+            continue
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        return addr, parse_nodes(text, host)
+    raise ConnError("no node of the source cluster answered: " + "; ".join(errors or ["no address"]))
+
+
+class ShardResolver:
+    """The current master of one source shard. A shard is its master at start plus that
+    master's replicas (learnt again at every call): after a failover, the member that is
+    now a master is the one to read from. ``ranges`` follows the shard's slots."""
+
+    def __init__(self, address: str, members: set[str], seeds: list[str], conn_kw: dict,
+                 label: str = "") -> None:  # fmt: skip
+        self.address = address
+        self.members = set(members)
+        self.seeds = list(dict.fromkeys([address, *seeds]))
+        self.conn_kw = conn_kw
+        self.label = label or address
+        self.ranges: list[tuple[int, int]] = []
+
+    def __call__(self) -> str:
+        _, nodes = cluster_view([self.address, *self.seeds], self.conn_kw)
+        self.seeds = list(dict.fromkeys([*(n.address for n in nodes if n.usable), *self.seeds]))
+        by_id = {n.id: n for n in nodes}
+        masters = [by_id[m] for m in self.members if m in by_id and by_id[m].is_master]
+        live = [n for n in masters if n.usable]
+        if not live:
+            if not any(m in by_id for m in self.members):
+                raise ConnError(f"the shard of {self.label} has left the source cluster")
+            raise ConnError(f"the shard of {self.label} has no master right now (failover?)")
+        # two members both masters: the one owning slots (the other awaits a reconfiguration)
+        master = max(live, key=lambda n: sum(hi - lo + 1 for lo, hi in n.ranges))
+        self.members |= {n.id for n in nodes if n.master_id == master.id}
+        self.ranges = list(master.ranges)
+        if master.address != self.address:
+            log.info("[%s] the shard's master is now %s (was %s)", self.label, master.address, self.address)
+            self.address = master.address
+        return master.address
+
+
+class MigrationGuard:
+    """Keeps a shard's DEL / UNLINK of keys that moved to another shard from reaching the
+    target after the new owner's copy.
+
+    A deletion is suspect when, at the time it is checked, its slot is no longer stably
+    owned by this shard's master (it migrates out, or another master owns it). The state is
+    read from the shard's master (``CLUSTER NODES``) no earlier than the moment the command
+    was received: ownership only moves forward, so that reading is at least as late as the
+    deletion itself. A suspect key is deleted only if the slot's new owner does not hold it:
+    if it does, the key was moved (or re-created there) and that shard's stream brings it.
+    """
+
+    def __init__(self, resolver: ShardResolver, conn_kw: dict, on_skip: Callable[[int], None]) -> None:
+        self.resolver = resolver
+        self.conn_kw = conn_kw
+        self.on_skip = on_skip
+        self._read_at = -1.0
+        self._mine: bytearray = bytearray(16384)  # 1: stably owned by this shard's master
+        self._owner: dict[int, str] = {}  # slot -> address of the node it moves to / lives on
+        self._conns: dict[str, Connection] = {}
+        self.kept = 0
+        self.dropped = 0
+
+    def close(self) -> None:
+        for c in self._conns.values():
+            c.close()
+        self._conns.clear()
+
+    def _patiently(self, fn: Callable[[], _T]) -> _T:
+        """``fn()``, tried again for up to PATIENCE seconds while the source cannot be
+        reached (a failover in progress); then its error."""
+        deadline = time.monotonic() + PATIENCE
+        while True:
+            try:
+                return fn()
+            except (ConnError, OSError) as e:
+                if time.monotonic() > deadline:
+                    raise ConnError(f"{self.resolver.label}: cannot check a deletion: {e}") from None
+                log.warning("[%s] cannot check a deletion (%s): trying again", self.resolver.label, e)
+                time.sleep(0.5)
+
+    def _refresh(self) -> None:
+        self._patiently(self._read_state)
+
+    def _read_state(self) -> None:
+        now = time.monotonic()
+        try:
+            addr, nodes = cluster_view([self.resolver.address], self.conn_kw)
+        except ConnError:
+            self.resolver()  # (the master may have changed)
+            raise
+        me = next((n for n in nodes if "myself" in n.flags), None)
+        if me is None or not me.is_master:
+            self.resolver()
+            raise ConnError(f"{addr} is not the shard's master any more")
+        by_id = {n.id: n for n in nodes}
+        mine = bytearray(16384)
+        owner: dict[int, str] = {}
+        for n in nodes:
+            if not n.is_master:
+                continue
+            for lo, hi in n.ranges:
+                if n is me:
+                    mine[lo : hi + 1] = b"\x01" * (hi - lo + 1)
+                else:
+                    for s in range(lo, hi + 1):
+                        owner[s] = n.address
+        for s, target in me.migrating.items():
+            mine[s] = 0
+            if target in by_id:
+                owner[s] = by_id[target].address
+        self._mine, self._owner, self._read_at = mine, owner, now
+
+    def _exists(self, where: str, keys: list[bytes]) -> list:
+        conn = self._conns.get(where)
+        if conn is None:
+            host, port = parse_address(where)
+            conn = self._conns[where] = Connection(host, port, io_timeout=10.0, **self.conn_kw)
+        try:
+            # ASKING: a node still importing the slot answers for it (one EXISTS per key)
+            cmds: list[tuple] = []
+            for k in keys:
+                cmds += [("ASKING",), ("EXISTS", k)]
+            return conn.pipeline(cmds)[1::2]
+        except (ConnError, OSError):
+            self._conns.pop(where, None)
+            conn.close()
+            raise
+
+    def filter(self, entry: Entry, received_by: float) -> Entry | None:
+        """``entry`` (a DEL or UNLINK received no later than ``received_by``, a monotonic
+        time), possibly without the keys the new owner holds; None: nothing left to apply."""
+        keys = entry.argv[1:]
+        if not keys:
+            return entry
+        slot = key_slot(keys[0])
+        if self._read_at < received_by:
+            self._refresh()
+        if self._mine[slot]:
+            return entry
+        where = self._owner.get(slot)
+        if where is None:  # nobody owns the slot: nothing can hold a newer copy
+            return entry
+        replies = self._patiently(lambda: self._exists(where, keys))
+        keep = [k for k, r in zip(keys, replies, strict=True) if r == 0]
+        moved = len(keys) - len(keep)
+        if moved:
+            self.dropped += moved
+            self.on_skip(moved)
+            if self.dropped <= 10 or self.dropped % 10000 == 0:
+                log.info(
+                    "[%s] %s of %d key(s) in slot %d not applied: the slot moved to %s, which "
+                    "holds the key (%d such deletions so far)",
+                    self.resolver.label, entry.argv[0].decode("ascii", "replace").upper(),
+                    moved, slot, where, self.dropped,
+                )  # fmt: skip
+        if not keep:
+            return None
+        self.kept += 1
+        if moved:
+            return Entry(entry.db, [entry.argv[0], *keep], None, entry.offset)
+        return entry
