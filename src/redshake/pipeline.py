@@ -418,8 +418,9 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         if fttl is not None:  # runs go as received: these commands must come one by one
             reader.entry_only = FIELD_TTL_COMMANDS
     guard = SHARD.get("guard") if SHARD is not None else None
-    if guard is not None and hasattr(reader, "entry_only"):  # deletions are checked one by one
-        reader.entry_only = reader.entry_only | {b"del", b"unlink"}
+    handover = SHARD.get("handover") if SHARD is not None else None
+    if guard is not None and hasattr(reader, "entry_only"):  # (checked one by one: see shards.py)
+        reader.entry_only = reader.entry_only | {b"del", b"unlink", b"restore-asking"}
     # after the filter / Lua function: those see the source's commands (as in RedisShake)
     convert = transform if fttl is None else fttl.after(transform)
     fnames = FIELD_TTL_NAMES if fttl is not None else frozenset()  # (one lookup per entry)
@@ -443,6 +444,8 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
                 reader.acked(writer.acked_offset)
                 continue
             unit = units and reader.phase == "aof"
+            if handover is not None and reader.phase == "aof":  # slots moved between shards
+                handover.gate(batch, reader, writer)
             if unit:
                 writer.begin_unit()
             for e in batch:

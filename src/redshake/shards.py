@@ -157,8 +157,25 @@ def current_ranges(shard: dict) -> list[tuple[int, int]]:
 
 def guarded(write, guard, reader, stats):
     """``write`` for a shard process: its DEL / UNLINK of keys that moved to another shard
-    are checked first (see readers.topology.MigrationGuard)."""
+    are checked first (see readers.topology.MigrationGuard). Starts publishing the shard's
+    watermark for the other shards (readers.topology.Handover)."""
+    import threading
+
+    from . import pipeline
+
     guard.on_skip = lambda n: stats.skip("moved_to_other_shard", n)
+    handover = (pipeline.SHARD or {}).get("handover")
+    if handover is not None:
+
+        def publish() -> None:
+            while True:
+                try:
+                    handover.publish(reader)
+                except Exception:  # never let it die on a race with the pipeline thread
+                    log.debug("watermark", exc_info=True)
+                time.sleep(0.005)
+
+        threading.Thread(target=publish, name="watermark", daemon=True).start()
     received_by = reader.received_by
     check = guard.filter
 
@@ -174,10 +191,10 @@ def guarded(write, guard, reader, stats):
 
 
 def _shard_main(cfg: Config, address: str, ranges, members, seeds, workdir: str, status_q,
-                code_q) -> None:  # fmt: skip
+                code_q, marks, index: int) -> None:  # fmt: skip
     """Child process: run the ordinary pipeline for one shard."""
     from . import pipeline
-    from .readers.topology import MigrationGuard, ShardResolver
+    from .readers.topology import Handover, MigrationGuard, ShardResolver
 
     adv = replace(cfg.advanced, dir=workdir, status_port=0, metrics_port=0)
     reader = replace(cfg.reader, cluster=False, address=address, prefer_replica=False)
@@ -187,7 +204,9 @@ def _shard_main(cfg: Config, address: str, ranges, members, seeds, workdir: str,
     if not cfg.reader.prefer_replica:  # (a replica is read where it is)
         resolver = ShardResolver(address, members, seeds, opts, label=f"shard {address}")
         pipeline.SHARD["resolver"] = resolver
-        pipeline.SHARD["guard"] = MigrationGuard(resolver, opts, lambda n: None)
+        guard = pipeline.SHARD["guard"] = MigrationGuard(resolver, opts, lambda n: None)
+        if index >= 0:
+            pipeline.SHARD["handover"] = Handover(guard, marks, index, ranges)
     try:
         code = pipeline.run(shard_cfg)
     except BaseException as e:  # noqa: BLE001 - reported to the parent
@@ -196,6 +215,8 @@ def _shard_main(cfg: Config, address: str, ranges, members, seeds, workdir: str,
     code_q.put((address, code))
 
 
+MAX_SHARDS = 256  # shards whose order is kept when slots move between them
+NEVER = float("inf")
 TOPOLOGY_EVERY = 2.0  # seconds between two looks at the source cluster's masters
 RETIRE_WAIT = 30.0  # a removed shard's process gets this long to apply what it received
 
@@ -251,11 +272,20 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
         cfg.advanced, rdb_restore_command_behavior="rewrite", empty_db_before_sync=False
     ))  # fmt: skip
 
+    # each shard's watermark (see readers.topology.Handover); NEVER: no such shard (any more)
+    marks = ctx.Array("d", [NEVER] * MAX_SHARDS + [0.0] * MAX_SHARDS, lock=False)
+    index: dict[str, int] = {}
+
     def launch(addr: str, ranges, ids: set[str], late: bool = False) -> None:
         wd = str(_shard_dir(base, addr))
+        i = index[addr] = len(index) if len(index) < MAX_SHARDS else -1
+        if i >= 0:
+            marks[i] = 0.0
+        else:
+            log.warning("more than %d shards: %s is not ordered with the others when slots move", MAX_SHARDS, addr)
         p = ctx.Process(
             target=_shard_main,
-            args=(late_cfg if late else cfg, addr, ranges, ids, seeds, wd, status_q, code_q),
+            args=(late_cfg if late else cfg, addr, ranges, ids, seeds, wd, status_q, code_q, marks, i),
             name=f"shard-{addr}",
         )  # fmt: skip
         p.start()
@@ -290,6 +320,8 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
                     break
                 codes[addr] = code
             for addr, p in procs.items():
+                if index[addr] >= 0 and marks[index[addr]] != NEVER and not p.is_alive():
+                    marks[index[addr]] = NEVER  # (nobody waits for a shard that ended)
                 if addr not in codes and not p.is_alive() and p.exitcode is not None:
                     p.join(0.5)
                     try:  # the code may still be in the queue
