@@ -301,6 +301,7 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
     last_line = time.monotonic()
     watch = _TopologyWatch(seeds, members, _conn_opts(rc)) if not rc.prefer_replica else None
     retiring: dict[str, float] = {}
+    reported: set[str] = set()
     try:
         while len(codes) < len(procs):
             if stop() and not forwarded:
@@ -342,6 +343,10 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
                         log.info("cluster source: the shard of %s left the cluster: stopping its "
                                  "process once it applied what it received", addr)  # fmt: skip
                         retiring[addr] = time.monotonic()
+            for addr in codes.keys() - reported:
+                reported.add(addr)
+                if not forwarded:  # (a shard that ends while the others go on)
+                    log.info("shard %s ended with exit code %s", addr, codes[addr])
             for addr, since in list(retiring.items()):
                 p = procs[addr]
                 if addr in codes or not p.is_alive():
