@@ -298,15 +298,21 @@ def tag_slots() -> list[int]:
     return sorted({key_slot(b"{t%d}" % t) for t in range(TAGS)})
 
 
+def following(servers, tmp: Path, *, preloaded: int, seed: int, name: str = "redis-7.0"):
+    """A 2-master source cluster with data and a running Load, a standalone target, and
+    redshake following the source: (source, target, load, follower)."""
+    src = servers.cluster(name, masters=2)
+    dst = servers.start(name)
+    preload(src, preloaded)
+    load = Load(src, seed=seed)
+    load.start()
+    return src, dst, load, Follower(tmp, src.seed, dst.address)
+
+
 def test_cluster_source_slot_migration(servers, tmp_path):
     """Slots move between the source's shards (MIGRATE) while writes go on: the old owner's
     DELs of moved keys must not delete what the new owner's stream restored."""
-    src = servers.cluster("redis-7.0", masters=2)
-    dst = servers.start("redis-7.0")
-    preload(src, 800)
-    load = Load(src, seed=2)
-    load.start()
-    f = Follower(tmp_path, src.seed, dst.address)
+    src, dst, load, f = following(servers, tmp_path, preloaded=800, seed=2)
     moved = 0
     try:
         until(lambda: streaming(f, 2), 60, "both shards streaming", f)
@@ -391,12 +397,7 @@ def test_cluster_source_shard_joins_and_leaves(servers, tmp_path):
     """A master joins the source cluster and receives slots (resharding under writes):
     redshake starts following it. Later its slots are moved away and it is removed from the
     cluster: its process applies what it received and stops. The run goes on."""
-    src = servers.cluster("redis-7.0", masters=2)
-    dst = servers.start("redis-7.0")
-    preload(src, 600)
-    load = Load(src, seed=4)
-    load.start()
-    f = Follower(tmp_path, src.seed, dst.address)
+    src, dst, load, f = following(servers, tmp_path, preloaded=600, seed=4)
     new = servers.start("redis-7.0", cluster=True)
     src.servers.append(new)
     moving = tag_slots()[::3]
@@ -430,3 +431,29 @@ def test_cluster_source_shard_joins_and_leaves(servers, tmp_path):
     assert f.proc.poll() is None  # the other shards go on
     assert f.stop() == 0, f.log()[-3000:]
     assert f"shard {new.address} exited with 0" in f.log()
+
+
+def test_cluster_source_atomic_slot_migration(servers, tmp_path):
+    """Valkey 9 atomic slot migration (CLUSTER MIGRATESLOTS) under writes: the slots' data
+    reaches the new owner through its own stream; the old owner's cleanup afterwards must
+    not delete it on the target."""
+    src, dst, load, f = following(servers, tmp_path, preloaded=800, seed=5, name="valkey-9.1")
+    try:
+        until(lambda: streaming(f, 2), 60, "both shards streaming", f)
+        a, b = src.masters
+        slots = tag_slots()[::2]
+        for slot in slots:
+            owner = src.owner_of(slot)
+            other = b if owner is a else a
+            owner.client().execute_command(
+                "CLUSTER", "MIGRATESLOTS", "SLOTSRANGE", slot, slot, "NODE", src.node_id(other)
+            )
+            until(lambda s=slot, o=other: src.owner_of(s) is o, 30, f"slot {slot} to move", f)
+    finally:
+        load.finish()
+    caught_up(src, f)
+    same_data(src.masters, dst)
+    skipped = f.status()["redshake"]["skipped"]
+    # the new owner's copy of the slots was not applied, nor the old owner's cleanup
+    assert skipped.get("atomic_slot_import_copy", 0) > 0 and skipped.get("moved_to_other_shard", 0) > 0, skipped
+    assert f.stop() == 0, f.log()[-3000:]

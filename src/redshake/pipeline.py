@@ -421,6 +421,8 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     handover = SHARD.get("handover") if SHARD is not None else None
     if guard is not None and hasattr(reader, "entry_only"):  # (checked one by one: see shards.py)
         reader.entry_only = reader.entry_only | {b"del", b"unlink", b"restore-asking"}
+    if guard is not None and hasattr(reader, "keep_slot_sync"):
+        reader.keep_slot_sync = True
     # after the filter / Lua function: those see the source's commands (as in RedisShake)
     convert = transform if fttl is None else fttl.after(transform)
     fnames = FIELD_TTL_NAMES if fttl is not None else frozenset()  # (one lookup per entry)
@@ -428,9 +430,11 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     try:
         write = writer.write
         if guard is not None:  # a cluster source's shard: deletions of keys moved away
-            from .shards import guarded
+            from .shards import guarded, guarded_runs
 
             write = guarded(write, guard, reader, stats)
+            if write_run is not None:
+                write_run = guarded_runs(write_run, write, guard)
         # Counters are updated inline (this loop is their only writer): a method call per
         # entry would cost as much as the rest of the bookkeeping.
         read_by_cmd = stats.read_by_cmd

@@ -181,13 +181,34 @@ def guarded(write, guard, reader, stats):
 
     def write_checked(entry) -> None:
         a0 = entry.argv[0]
-        if (len(a0) == 3 or len(a0) == 6) and a0.lower() in (b"del", b"unlink"):
+        n = len(a0)
+        if n == 7 and a0.lower() == b"cluster":  # (SYNCSLOTS: never written)
+            guard.slot_sync(entry.argv)
+            return
+        if guard.imports and guard.imported_copy(entry.argv):
+            stats.skip("atomic_slot_import_copy")
+            return
+        if (n == 3 or n == 6) and a0.lower() in (b"del", b"unlink"):
             entry = check(entry, received_by(entry.offset))
             if entry is None:
                 return
         write(entry)
 
     return write_checked
+
+
+def guarded_runs(write_run, write_checked, guard):
+    """``write_run`` for a shard process: while an atomic slot import runs, runs go command
+    by command through ``write_checked`` (the import's copy is not applied)."""
+
+    def write_run_checked(run) -> None:
+        if guard.imports:
+            for e in run.entries():
+                write_checked(e)
+        else:
+            write_run(run)
+
+    return write_run_checked
 
 
 def _shard_main(cfg: Config, address: str, ranges, members, seeds, workdir: str, status_q,

@@ -154,6 +154,9 @@ class SyncReader:
         self.runs = False
         # lower-case names of commands never put in a run (converted one by one by the driver)
         self.entry_only: frozenset[bytes] = frozenset()
+        # a cluster source's shard: CLUSTER SYNCSLOTS / FLUSHSLOT are handed over (not
+        # dropped) so that the shard's writer sees where an atomic slot import begins and ends
+        self.keep_slot_sync = False
         # exactly-once mode: the target key holding "<replid> <offset> <db>" (see unit_marker)
         self.marker_key = b""
         # cluster target: (replid, {slot: offset}) of slot markers ahead of the resume point
@@ -691,6 +694,7 @@ class SyncReader:
         last_beat = time.monotonic()
         samples = self._rx_samples
         kinds: dict[bytes, int] = {}
+        keep_slot_sync = self.keep_slot_sync
         while True:
             if stop() or link.epoch is not ep:
                 break
@@ -776,7 +780,9 @@ class SyncReader:
                         continue
                     parser.advance(start, end, raw)
                     if kind == _K_INTERNAL:
-                        if not _internal(argv[0].lower(), argv):
+                        if not _internal(argv[0].lower(), argv) or (
+                            keep_slot_sync and argv[0].lower() == b"cluster"
+                        ):
                             entries += 1
                             if txn is None:
                                 batch.append(Entry(db, argv, None, span_base + end, raw))

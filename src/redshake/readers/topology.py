@@ -154,6 +154,8 @@ class MigrationGuard:
         self._conns: dict[str, Connection] = {}
         self._importing: set[int] = set()
         self._migrating_out: set[int] = set()
+        self.imports: dict[bytes, list[tuple[int, int]]] = {}  # atomic import job -> slots
+        self._importing_now = bytearray(16384)
         self.kept = 0
         self.dropped = 0
 
@@ -208,6 +210,50 @@ class MigrationGuard:
         self._mine, self._owner, self._read_at = mine, owner, now
         self._importing = set(me.importing)
         self._migrating_out = set(me.migrating)
+
+    # -- Valkey 9 atomic slot migration, on the importing side -------------------------
+
+    def slot_sync(self, argv: list[bytes]) -> None:
+        """A ``CLUSTER SYNCSLOTS`` (or FLUSHSLOT) command of this shard's stream. Between
+        ``ESTABLISH ... SLOTSRANGE`` and ``FINISH`` of an import job, this shard's stream
+        carries a copy of the slots' keys and of the writes the old owner goes on
+        receiving — all of which reach the target through the old owner's own stream."""
+        if len(argv) < 3 or argv[1].lower() != b"syncslots":
+            return
+        op = argv[2].lower()
+        name = _arg_after(argv, b"name")
+        if op == b"establish":
+            ranges = []
+            try:
+                i = [a.lower() for a in argv].index(b"slotsrange") + 1
+                while i + 1 < len(argv) and argv[i].isdigit() and argv[i + 1].isdigit():
+                    ranges.append((int(argv[i]), int(argv[i + 1])))
+                    i += 2
+            except ValueError:
+                pass
+            self.imports[name] = ranges
+            log.info(
+                "[%s] atomic slot import %s of slots %s begins: its copy of the slots is not "
+                "applied (the old owner's stream brings the same writes)",
+                self.resolver.label, name.decode("ascii", "replace"),
+                ",".join(f"{lo}-{hi}" for lo, hi in ranges),
+            )  # fmt: skip
+        elif op == b"finish" and name in self.imports:
+            ranges = self.imports.pop(name)
+            log.info(
+                "[%s] atomic slot import %s ends (%s)", self.resolver.label,
+                name.decode("ascii", "replace"),
+                (_arg_after(argv, b"state") or b"?").decode("ascii", "replace"),
+            )  # fmt: skip
+        self._importing_now = bytearray(16384)
+        for ranges in self.imports.values():
+            for lo, hi in ranges:
+                self._importing_now[lo : hi + 1] = b"\x01" * (hi - lo + 1)
+
+    def imported_copy(self, argv: list[bytes]) -> bool:
+        """``argv`` writes a key of a slot being imported atomically (see slot_sync)."""
+        keys = command_keys(argv)
+        return bool(keys) and bool(self._importing_now[key_slot(keys[0])])
 
     def _exists(self, where: str, keys: list[bytes]) -> list:
         conn = self._conns.get(where)
@@ -387,6 +433,11 @@ class Handover:
                 )  # fmt: skip
                 return
             time.sleep(0.005)
+
+
+def _arg_after(argv: list[bytes], word: bytes) -> bytes:
+    low = [a.lower() for a in argv]
+    return argv[low.index(word) + 1] if word in low and low.index(word) + 1 < len(argv) else b""
 
 
 def _restore_asking(e) -> bool:
