@@ -264,8 +264,25 @@ def test_cluster_source_failovers(servers, tmp_path):
     assert f"the shard's master is now {r0.address}" in log, log[-4000:]
     assert f"the shard's master is now {r1.address}" in log, log[-4000:]
     # one snapshot per shard, at the start; after that partial resyncs only
-    for r in f.readers():
+    readers = f.readers()
+    assert len(readers) == 2, readers
+    for r in readers:
         assert r["full_syncs"] == 1 and r["partial_resyncs"] >= 1, r
+    assert f.stop() == 0, f.log()[-3000:]
+    # a restart finds each shard's work (checkpoint) by its nodes and resumes with PSYNC
+    load = Load(src, seed=9)
+    load.start()
+    f = Follower(tmp_path, r0.address, dst.address)
+    try:
+        until(lambda: streaming(f, 2), 60, "both shards streaming again", f)
+        time.sleep(1.0)
+    finally:
+        load.finish()
+    caught_up(src, f)
+    same_data([r0, r1], dst)
+    assert f.log().count("was followed from") == 2, f.log()[-4000:]
+    for r in f.readers():
+        assert r["full_syncs"] == 0 and r["partial_resyncs"] == 1, r
     assert f.stop() == 0, f.log()[-3000:]
 
 

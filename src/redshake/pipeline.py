@@ -334,6 +334,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         ctx.options["flush_target"] = lambda: flush_slots(writer, current_ranges(SHARD))
         ctx.options["shard"] = True
         ctx.options["shard_resolve"] = SHARD.get("resolver")
+        ctx.options["shard_identity"] = SHARD.get("identity")
     try:
         reader = build_reader(cfg, ctx)
         if hasattr(reader, "marker_key"):

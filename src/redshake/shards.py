@@ -15,6 +15,7 @@ SIGINT/SIGTERM to the shards and exits with the worst shard's exit code.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -211,8 +212,8 @@ def guarded_runs(write_run, write_checked, guard):
     return write_run_checked
 
 
-def _shard_main(cfg: Config, address: str, ranges, members, seeds, workdir: str, status_q,
-                code_q, marks, index: int) -> None:  # fmt: skip
+def _shard_main(cfg: Config, address: str, identity: str, ranges, members, seeds, workdir: str,
+                status_q, code_q, marks, index: int) -> None:  # fmt: skip
     """Child process: run the ordinary pipeline for one shard."""
     from . import pipeline
     from .readers.topology import Handover, MigrationGuard, ShardResolver
@@ -220,7 +221,7 @@ def _shard_main(cfg: Config, address: str, ranges, members, seeds, workdir: str,
     adv = replace(cfg.advanced, dir=workdir, status_port=0, metrics_port=0)
     reader = replace(cfg.reader, cluster=False, address=address, prefer_replica=False)
     shard_cfg = replace(cfg, advanced=adv, reader=reader)
-    pipeline.SHARD = {"address": address, "ranges": ranges, "queue": status_q}
+    pipeline.SHARD = {"address": address, "ranges": ranges, "queue": status_q, "identity": identity}
     opts = _conn_opts(cfg.reader)
     if not cfg.reader.prefer_replica:  # (a replica is read where it is)
         resolver = ShardResolver(address, members, seeds, opts, label=f"shard {address}")
@@ -298,7 +299,8 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
     index: dict[str, int] = {}
 
     def launch(addr: str, ranges, ids: set[str], late: bool = False) -> None:
-        wd = str(_shard_dir(base, addr))
+        home, identity = _shard_home(base, addr, ids)
+        wd = str(home)
         i = index[addr] = len(index) if len(index) < MAX_SHARDS else -1
         if i >= 0:
             marks[i] = 0.0
@@ -306,7 +308,8 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
             log.warning("more than %d shards: %s is not ordered with the others when slots move", MAX_SHARDS, addr)
         p = ctx.Process(
             target=_shard_main,
-            args=(late_cfg if late else cfg, addr, ranges, ids, seeds, wd, status_q, code_q, marks, i),
+            args=(late_cfg if late else cfg, addr, identity, ranges, ids, seeds, wd, status_q,
+                  code_q, marks, i),
             name=f"shard-{addr}",
         )  # fmt: skip
         p.start()
@@ -505,7 +508,11 @@ def _empty_target_once(cfg: Config, shards) -> Config:
     from .writers import build_writer
 
     base = Path(cfg.advanced.dir)
-    resuming = [a for a, _, _ in shards if planned_resume(_shard_dir(base, a), a, cfg.reader.sync_aof)]
+    resuming = []
+    for a, _, ids in shards:
+        home, identity = _shard_home(base, a, ids)
+        if planned_resume(home, identity, cfg.reader.sync_aof):
+            resuming.append(a)
     if resuming:
         log.info(
             "empty_db_before_sync: %d of %d shards resume from their checkpoints: the target is "
@@ -543,6 +550,47 @@ def _conn_opts(rc) -> dict:
         tls_verify=not rc.tls_skip_verify,
         tls_config=rc.tls_config.as_dict(),
     )
+
+
+def _shard_home(base: Path, address: str, members: set[str]) -> tuple[Path, str]:
+    """(work directory, identity) of the shard whose master is ``address``. The identity is
+    the master's address when the directory was made: the shard's checkpoint and position
+    markers belong to it. A restart after a failover finds the directory of the shard by
+    its nodes (``shard.json``) and resumes there, from the promoted replica."""
+    home = _shard_dir(base, address)
+    found: tuple[Path, str] | None = None
+    if (home / SHARD_FILE).is_file() or home.is_dir():
+        found = home, _shard_record(home).get("address", address)
+    else:
+        for d in sorted(base.glob("shard_*")) if base.is_dir() else ():
+            rec = _shard_record(d)
+            if members & set(rec.get("members", ())):
+                log.info(
+                    "cluster source: the shard of %s was followed from %s before (a failover "
+                    "since): continuing in %s", address, rec.get("address"), d,
+                )  # fmt: skip
+                found = d, str(rec.get("address") or address)
+                break
+    home, identity = found or (home, address)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        rec = _shard_record(home)
+        known = set(rec.get("members", ())) | members
+        (home / SHARD_FILE).write_text(json.dumps({"address": identity, "members": sorted(known)}))
+    except OSError as e:
+        log.warning("cannot record the shard's nodes in %s: %s", home, e)
+    return home, identity
+
+
+SHARD_FILE = "shard.json"
+
+
+def _shard_record(d: Path) -> dict:
+    try:
+        rec = json.loads((d / SHARD_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return rec if isinstance(rec, dict) else {}
 
 
 def _shard_dir(base: Path, address: str) -> Path:

@@ -1315,7 +1315,11 @@ def _build(cfg, ctx, address: str | None) -> SyncReader:
         listening_port=adv.status_port or DEFAULT_LISTENING_PORT,
         flush_on_resync=bool(ctx.options.get("flush_on_resync", rc.flush_on_resync)),
         resolve=resolve,
-        identity=f"sentinel_{sentinel.master_name}" if sentinel is not None and sentinel.address else None,
+        identity=(
+            f"sentinel_{sentinel.master_name}" if sentinel is not None and sentinel.address
+            # a cluster shard: the address its work began with (kept across failovers)
+            else ctx.options.get("shard_identity")
+        ),
         diskless=rc.try_diskless,
         connect_timeout=float(rc.connect_timeout),
         cluster_node_ok=bool(ctx.options.get("shard")),
