@@ -125,6 +125,18 @@ def caught_up(cluster, follower: Follower, timeout: float = 60) -> None:
     until(done, timeout, "redshake to apply every shard's stream", follower)
 
 
+def show(c: redis.Redis, key: bytes) -> str:
+    """A short picture of a key's value (for assertion messages)."""
+    kind = c.type(key).decode()
+    if kind == "string":
+        v = c.get(key)
+        return repr(v if len(v) < 20 else v[:20] + b"...")
+    if kind == "list":
+        items = c.lrange(key, 0, -1)
+        return f"list of {len(items)} {[int(x) for x in items][-6:]}"
+    return f"{kind}"
+
+
 def same_data(masters, dst) -> int:
     """Every key of the source masters is on the target with the same value and expiry, and
     the target has no other key (exactly-once markers aside)."""
@@ -143,7 +155,9 @@ def same_data(masters, dst) -> int:
         keys = sorted(k for k, owner in src_keys.items() if owner is m)
         a, b = digest_map(m.client(), keys), digest_map(dc, keys)
         diff = [k for k in keys if a[k] != b[k]]
-        assert not diff, f"{len(diff)} keys differ, e.g. {diff[:5]}"
+        assert not diff, f"{len(diff)} keys differ, e.g. " + ", ".join(
+            f"{k!r}: {show(m.client(), k)} on the source, {show(dc, k)} on the target" for k in diff[:5]
+        )
         ea, eb = expire_map(m.client(), keys, True), expire_map(dc, keys, True)
         assert ea == eb, [k for k in keys if ea[k] != eb[k]][:5]
     return len(src_keys)

@@ -335,6 +335,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         ctx.options["shard"] = True
         ctx.options["shard_resolve"] = SHARD.get("resolver")
         ctx.options["shard_identity"] = SHARD.get("identity")
+        ctx.options["shard_late"] = bool(SHARD.get("late"))
     try:
         reader = build_reader(cfg, ctx)
         if hasattr(reader, "marker_key"):
@@ -443,14 +444,15 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         names: dict[bytes, str] = {}
         last_progress = 0.0
         n = 0
-        for batch in reader.batches():
+        batches = reader.batches()
+        if handover is not None:  # slots moved between shards: their order across shards
+            batches = handover.batches(batches, reader, writer)
+        for batch in batches:
             if not batch:  # the reader is idle: push out what is buffered, report progress
                 writer.poll()
                 reader.acked(writer.acked_offset)
                 continue
             unit = units and reader.phase == "aof"
-            if handover is not None and reader.phase == "aof":  # slots moved between shards
-                handover.gate(batch, reader, writer)
             if unit:
                 writer.begin_unit()
             for e in batch:

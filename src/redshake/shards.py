@@ -213,7 +213,7 @@ def guarded_runs(write_run, write_checked, guard):
 
 
 def _shard_main(cfg: Config, address: str, identity: str, ranges, members, seeds, workdir: str,
-                status_q, code_q, marks, index: int) -> None:  # fmt: skip
+                status_q, code_q, marks, counts, index: int, late: bool) -> None:  # fmt: skip
     """Child process: run the ordinary pipeline for one shard."""
     from . import pipeline
     from .readers.topology import Handover, MigrationGuard, ShardResolver
@@ -221,14 +221,15 @@ def _shard_main(cfg: Config, address: str, identity: str, ranges, members, seeds
     adv = replace(cfg.advanced, dir=workdir, status_port=0, metrics_port=0)
     reader = replace(cfg.reader, cluster=False, address=address, prefer_replica=False)
     shard_cfg = replace(cfg, advanced=adv, reader=reader)
-    pipeline.SHARD = {"address": address, "ranges": ranges, "queue": status_q, "identity": identity}
+    pipeline.SHARD = {"address": address, "ranges": ranges, "queue": status_q, "identity": identity,
+                      "late": late}  # fmt: skip
     opts = _conn_opts(cfg.reader)
     if not cfg.reader.prefer_replica:  # (a replica is read where it is)
         resolver = ShardResolver(address, members, seeds, opts, label=f"shard {address}")
         pipeline.SHARD["resolver"] = resolver
         guard = pipeline.SHARD["guard"] = MigrationGuard(resolver, opts, lambda n: None)
         if index >= 0:
-            pipeline.SHARD["handover"] = Handover(guard, marks, index, ranges)
+            pipeline.SHARD["handover"] = Handover(guard, marks, counts, index, ranges)
     try:
         code = pipeline.run(shard_cfg)
     except BaseException as e:  # noqa: BLE001 - reported to the parent
@@ -289,13 +290,15 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
     seeds = [rc.address, *names]
 
     # A master that joins later holds keys the target already has (copied from the shard
-    # they came from): its snapshot replaces them, and never empties the target.
+    # they came from), and may have deleted some before we follow it: its slots are emptied
+    # on the target before its snapshot (never the whole target), which replaces keys.
     late_cfg = replace(cfg, advanced=replace(
         cfg.advanced, rdb_restore_command_behavior="rewrite", empty_db_before_sync=False
     ))  # fmt: skip
 
     # each shard's watermark (see readers.topology.Handover); NEVER: no such shard (any more)
     marks = ctx.Array("d", [NEVER] * MAX_SHARDS + [0.0] * MAX_SHARDS, lock=False)
+    counts = ctx.Array("q", 2 * 16384, lock=False)  # per slot: keys moved out, copies applied
     index: dict[str, int] = {}
 
     def launch(addr: str, ranges, ids: set[str], late: bool = False) -> None:
@@ -309,7 +312,7 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
         p = ctx.Process(
             target=_shard_main,
             args=(late_cfg if late else cfg, addr, identity, ranges, ids, seeds, wd, status_q,
-                  code_q, marks, i),
+                  code_q, marks, counts, i, late),
             name=f"shard-{addr}",
         )  # fmt: skip
         p.start()

@@ -169,6 +169,10 @@ class SyncReader:
         self.checkpoint = cp = load_checkpoint(self.cp_path)
         self.spool.clear()
         resume = None
+        if cp is None and self.ctx.options.get("shard_late"):
+            # a master that joined a cluster source while it was followed: the target holds
+            # keys of its slots (copied from their former shard): its snapshot starts afresh
+            self._dirty_target = True
         if cp is not None:
             if cp.source != self.source_id:
                 log.warning(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -24,6 +25,7 @@ from ..commands.lookup import command_keys
 from ..commands.slots import key_slot
 from ..entry import Entry, Run
 from ..resp.conn import Connection, ConnError, ReplyError, parse_address
+from .sync_reader import EPOCH_SPAN
 
 __all__ = ["Node", "parse_nodes", "cluster_view", "ShardResolver", "MigrationGuard"]
 
@@ -155,6 +157,8 @@ class MigrationGuard:
         self._importing: set[int] = set()
         self._migrating_out: set[int] = set()
         self.imports: dict[bytes, list[tuple[int, int]]] = {}  # atomic import job -> slots
+        # (stream offset, slot, keys) of a deletion in a slot that moved away (see Handover)
+        self.on_moved_out: Callable[[int, int, int], None] = lambda offset, slot, n: None
         self._importing_now = bytearray(16384)
         self.kept = 0
         self.dropped = 0
@@ -285,6 +289,7 @@ class MigrationGuard:
         where = self._owner.get(slot)
         if where is None:  # nobody owns the slot: nothing can hold a newer copy
             return entry
+        self.on_moved_out(entry.offset, slot, len(keys))
         replies = self._patiently(lambda: self._exists(where, keys))
         keep = [k for k, r in zip(keys, replies, strict=True) if r != 1]  # (errors: -ASK ...)
         moved = len(keys) - len(keep)
@@ -308,43 +313,73 @@ class MigrationGuard:
 
 HANDOVER_WAIT = 10.0  # longest wait for the other shards before applying a moved slot's command
 SETTLE_MARGIN = 0.5  # seconds past the moment a slot was seen owned before it counts as settled
+# A master sends its replicas what a command propagated at the end of its event loop turn,
+# so a command can reach us after a later one another master propagated (MIGRATE blocks the
+# turn while the other master stores the key): received times are compared with this slack.
+SLACK = 0.1
 STATE_EVERY = 0.25  # seconds between two looks at the shard's slots (while following)
 NEVER = float("inf")
+SLOTS = 16384
 
 
 class Handover:
     """Cross-shard order for slots that move into a shard while it is followed.
 
-    Every shard process publishes a *watermark* in memory shared with the others: a
-    monotonic time such that everything it received from its source before that time has
-    been applied to the target. A batch holding a command on a slot this shard did not own
-    from the start (it imports the slot, or owns it since recently) waits until every other
-    shard's watermark has passed the time that command was received: what the slot's former
-    owner wrote before the move then reaches the target first. A slot counts as settled —
-    no more waiting — once every other shard is past the moment it was first seen owned
-    here (plus a margin). No slot moving: nothing is checked.
+    Two records are shared between the shard processes (see shards.py):
+
+    * ``counts``: per slot, how many keys the old owners' ``MIGRATE`` deletions removed (a
+      shard adds them once everything before the deletion in its stream is applied to the
+      target), and how many ``RESTORE-ASKING`` the new owners applied. The n-th
+      ``RESTORE-ASKING`` of a slot waits until n keys of it were deleted that way: the key's
+      last writes on its old owner precede its deletion there, so they are on the target
+      before the copy.
+    * ``marks``: each shard's *watermark*, a monotonic time such that everything it received
+      before that time has been applied. A command on a slot this shard did not own from
+      the start (it imports it, or owns it since recently) waits until every other shard's
+      watermark has passed the time the command was received (plus SLACK). A slot counts as
+      settled — no more waiting — once every other shard is past the moment it was first
+      seen owned here (plus a margin). While no slot moves, nothing is checked.
     """
 
-    def __init__(self, guard: MigrationGuard, marks, index: int, ranges: list[tuple[int, int]]) -> None:
+    def __init__(self, guard: MigrationGuard, marks, counts, index: int,
+                 ranges: list[tuple[int, int]]) -> None:  # fmt: skip
         self.guard = guard
-        # shared with the other shards: [watermark of each shard (NEVER: unused / ended)] +
-        # [the moment each shard waits for (0: not waiting)]
+        # [watermark of each shard (NEVER: unused / ended)] + [the moment it waits for (0: not)]
         self.marks = marks
+        self.counts = counts  # [keys moved out of each slot] + [RESTORE-ASKING applied per slot]
         self.index = index
-        self.settled = bytearray(16384)
+        self.settled = bytearray(SLOTS)
         for lo, hi in ranges:
             self.settled[lo : hi + 1] = b"\x01" * (hi - lo + 1)
         self.since: dict[int, float] = {}  # slot owned here, not settled -> first seen owned
         self.importing: set[int] = set()
+        self.migrated: set[int] = set()  # slots whose keys came by RESTORE-ASKING (MIGRATE)
         self.active = False
         self.waits = 0
         self.waited = 0.0
         self._next_state = 0.0
+        # moved-out deletions handed to the writer: (stream offset, slot, keys), published
+        # in ``counts`` once applied
+        self.moved_out: deque[tuple[int, int, int]] = deque()
+        guard.on_moved_out = self._moved_out
+        self._reader = None
 
-    # -- the watermark (publisher thread) ------------------------------------------------
+    # -- publishing (publisher thread) -------------------------------------------------
 
     def publish(self, reader) -> None:
         self.marks[self.index] = watermark(reader)
+        pending = self.moved_out
+        applied = reader.applied
+        while pending and pending[0][0] <= applied:
+            _off, slot, n = pending.popleft()
+            self.counts[slot] += n
+
+    def _moved_out(self, offset: int, slot: int, n: int) -> None:
+        reader = self._reader
+        if reader is None:
+            return
+        off = offset % EPOCH_SPAN if offset >= 0 else reader._yielded_upto
+        self.moved_out.append((off, slot, n))
 
     def others(self) -> float:
         marks = self.marks
@@ -381,7 +416,7 @@ class Handover:
             log.debug("slot state: %s", e)
             return
         self.importing = set(g._importing)
-        for s in range(16384):
+        for s in range(SLOTS):
             if g._mine[s] and not self.settled[s] and s not in self.since:
                 self.since[s] = now
         floor = self.others()
@@ -393,55 +428,124 @@ class Handover:
 
     # -- the gate (pipeline thread) ----------------------------------------------------
 
-    def gate(self, batch, reader, writer) -> None:
-        """Before ``batch`` is written: wait for the other shards if it holds commands on
-        slots that moved here and are not settled yet."""
+    def batches(self, batches, reader, writer):
+        """``batches`` (of the sync reader), held back where needed: a batch is cut before
+        a command that must wait; the part before goes first (as a batch of its own, with
+        its own position), then the rest waits."""
+        self._reader = reader
+        it = iter(batches)
+        while True:
+            before = reader._yielded_upto, reader._last_entry_off  # all handed over so far
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            if not batch or reader.phase != "aof":
+                yield batch
+                continue
+            after = reader._yielded_upto, reader._last_entry_off
+            while batch:
+                cut, wait = self._first_held(batch, reader)
+                if wait is None:
+                    break
+                if cut > 0:  # the part before goes first, as if the reader had stopped there
+                    end = batch[cut - 1].offset % EPOCH_SPAN
+                    reader._yielded_upto = reader._last_entry_off = end
+                    yield [e.entry if e.__class__ is _Passed else e for e in batch[:cut]]
+                    reader._yielded_upto, reader._last_entry_off = after
+                    if reader._rewind:  # the target connection broke: the reader sends again
+                        batch = []
+                        break
+                    batch = batch[cut:]
+                    before = end, end
+                # what precedes is applied: our own watermark (and counts) can advance
+                reader._yielded_upto, reader._last_entry_off = before
+                try:
+                    writer.flush()
+                    reader.acked(writer.acked_offset)
+                finally:
+                    reader._yielded_upto, reader._last_entry_off = after
+                self._hold(wait)
+                batch[0] = _Passed(batch[0])  # (its wait is over)
+            if batch:
+                yield [e.entry if e.__class__ is _Passed else e for e in batch]
+
+    def _first_held(self, batch, reader):
+        """(where the batch can be cut before its first command that must wait — only after
+        a command that ends at a known offset —, what to wait for); (0, None): nothing."""
         self.look()
-        if not self.active and not any(_restore_asking(e) for e in batch):
-            return
+        restores = any(_restore_asking(e) for e in batch)
+        if not self.active and not restores:
+            return 0, None
         self.active = True
         settled = self.settled
-        need = 0.0
-        for e in batch:
+        counts = self.counts
+        cut = 0
+        for i, e in enumerate(batch):
+            passed = e.__class__ is _Passed
+            if passed:
+                e = e.entry
             argvs = e.argvs if e.__class__ is Run else (e.argv,)
             for argv in argvs:
                 keys = command_keys(argv)
-                if keys and not settled[key_slot(keys[0])]:
-                    need = max(need, reader.received_by(e.offset))
-                    break
-        if not need or self.others() >= need:
-            return
-        writer.flush()  # what precedes the batch is applied: our own watermark can advance
-        reader.acked(writer.acked_offset)
+                if not keys:
+                    continue
+                slot = key_slot(keys[0])
+                restore = _restore_asking(e)
+                if restore:
+                    self.migrated.add(slot)
+                if not passed:
+                    if restore and counts[slot] <= counts[SLOTS + slot]:
+                        return cut, ("count", slot, reader.received_by(e.offset) + SLACK)
+                    # (a slot moved key by key is ordered by the counts alone)
+                    if not settled[slot] and slot not in self.migrated:
+                        need = reader.received_by(e.offset) + SLACK
+                        if self.others() < need:
+                            return cut, ("time", need, need)
+                if restore:  # (counted once: when it goes)
+                    counts[SLOTS + slot] += 1
+                break
+            if e.offset >= 0:
+                cut = i + 1
+        return 0, None
+
+    def _hold(self, wait) -> None:
         t0 = time.monotonic()
+        kind, value, received = wait
         n = len(self.marks) // 2
-        self.marks[n + self.index] = need
+        self.marks[n + self.index] = received
         try:
-            self._wait(need, t0)
+            while not (self._may_go(value) if kind == "time"
+                       else self.counts[value] > self.counts[SLOTS + value]):  # fmt: skip
+                if time.monotonic() - t0 > HANDOVER_WAIT:
+                    log.warning(
+                        "[%s] a moved slot's command waited %.0fs for the other shards (%s): "
+                        "applied now, its order is not guaranteed",
+                        self.guard.resolver.label, HANDOVER_WAIT,
+                        "its old owner's deletion" if kind == "count" else "their stream",
+                    )  # fmt: skip
+                    break
+                time.sleep(0.002)
         finally:
             self.marks[n + self.index] = 0.0
         self.waits += 1
         self.waited += time.monotonic() - t0
 
-    def _wait(self, need: float, t0: float) -> None:
-        while not self._may_go(need):
-            if time.monotonic() - t0 > HANDOVER_WAIT:
-                log.warning(
-                    "[%s] a moved slot's commands waited %.0fs for the other shards to apply "
-                    "what they received before: applied now, order not guaranteed",
-                    self.guard.resolver.label, HANDOVER_WAIT,
-                )  # fmt: skip
-                return
-            time.sleep(0.005)
 
+class _Passed:
+    """An entry that waited already (not checked again)."""
 
-def _arg_after(argv: list[bytes], word: bytes) -> bytes:
-    low = [a.lower() for a in argv]
-    return argv[low.index(word) + 1] if word in low and low.index(word) + 1 < len(argv) else b""
+    __slots__ = ("entry", "offset")
+
+    def __init__(self, entry) -> None:
+        self.entry = entry
+        self.offset = entry.offset
 
 
 def _restore_asking(e) -> bool:
-    return e.__class__ is not Run and e.argv[0].lower() == b"restore-asking"
+    return e.__class__ is not Run and e.__class__ is not _Passed and len(e.argv[0]) == 14 and (
+        e.argv[0].lower() == b"restore-asking"
+    )
 
 
 def watermark(reader) -> float:
@@ -460,3 +564,8 @@ def watermark(reader) -> float:
             break
         best = when
     return best
+
+
+def _arg_after(argv: list[bytes], word: bytes) -> bytes:
+    low = [a.lower() for a in argv]
+    return argv[low.index(word) + 1] if word in low and low.index(word) + 1 < len(argv) else b""
