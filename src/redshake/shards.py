@@ -26,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config.schema import Config
+from .readers.topology import LANES
 from .resp.conn import Connection, ConnError, ReplyError, connection_options, parse_address
 from .writers.base import parse_info
 
@@ -213,7 +214,7 @@ def guarded_runs(write_run, write_checked, guard):
 
 
 def _shard_main(cfg: Config, address: str, identity: str, ranges, members, seeds, workdir: str,
-                status_q, code_q, marks, counts, index: int, late: bool) -> None:  # fmt: skip
+                status_q, code_q, marks, counts, addrs, index: int, late: bool) -> None:  # fmt: skip
     """Child process: run the ordinary pipeline for one shard."""
     from . import pipeline
     from .readers.topology import Handover, MigrationGuard, ShardResolver
@@ -229,7 +230,7 @@ def _shard_main(cfg: Config, address: str, identity: str, ranges, members, seeds
         pipeline.SHARD["resolver"] = resolver
         guard = pipeline.SHARD["guard"] = MigrationGuard(resolver, opts, lambda n: None)
         if index >= 0:
-            pipeline.SHARD["handover"] = Handover(guard, marks, counts, index, ranges)
+            pipeline.SHARD["handover"] = Handover(guard, marks, counts, addrs, index, ranges)
     try:
         code = pipeline.run(shard_cfg)
     except BaseException as e:  # noqa: BLE001 - reported to the parent
@@ -298,7 +299,9 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
 
     # each shard's watermark (see readers.topology.Handover); NEVER: no such shard (any more)
     marks = ctx.Array("d", [NEVER] * MAX_SHARDS + [0.0] * MAX_SHARDS, lock=False)
-    counts = ctx.Array("q", 2 * 16384, lock=False)  # per slot: keys moved out, copies applied
+    # per lane (importing shard) and slot: keys moved out, copies applied; shards' addresses
+    counts = ctx.Array("q", LANES * 2 * 16384, lock=False)
+    addrs = ctx.Array("q", MAX_SHARDS, lock=False)
     index: dict[str, int] = {}
 
     def launch(addr: str, ranges, ids: set[str], late: bool = False) -> None:
@@ -312,7 +315,7 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
         p = ctx.Process(
             target=_shard_main,
             args=(late_cfg if late else cfg, addr, identity, ranges, ids, seeds, wd, status_q,
-                  code_q, marks, counts, i, late),
+                  code_q, marks, counts, addrs, i, late),
             name=f"shard-{addr}",
         )  # fmt: skip
         p.start()
@@ -350,6 +353,7 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
             for addr, p in procs.items():
                 if index[addr] >= 0 and marks[index[addr]] != NEVER and not p.is_alive():
                     marks[index[addr]] = NEVER  # (nobody waits for a shard that ended)
+                    addrs[index[addr]] = 0
                 if addr not in codes and not p.is_alive() and p.exitcode is not None:
                     p.join(0.5)
                     try:  # the code may still be in the queue

@@ -529,10 +529,11 @@ class SyncReader:
             flush = self.ctx.options.get("flush_target")
             if (self.flush_on_resync or empty_first) and flush is not None:
                 log.warning(
-                    "[%s] new full sync of a target that holds an earlier copy: emptying the "
-                    "target first (FLUSHALL) so that keys deleted on the source meanwhile do "
-                    "not survive (%s)",
+                    "[%s] new full sync of a target that holds an earlier copy: emptying %s "
+                    "so that keys deleted on the source meanwhile do not survive (%s)",
                     self.name,
+                    "this shard's slots on the target first" if self.ctx.options.get("shard")
+                    else "the target first (FLUSHALL)",
                     "advanced.empty_db_before_sync" if empty_first
                     else "sync_reader.flush_on_resync = false to keep them",
                 )  # fmt: skip

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -158,7 +159,7 @@ class MigrationGuard:
         self._migrating_out: set[int] = set()
         self.imports: dict[bytes, list[tuple[int, int]]] = {}  # atomic import job -> slots
         # (stream offset, slot, keys) of a deletion in a slot that moved away (see Handover)
-        self.on_moved_out: Callable[[int, int, int], None] = lambda offset, slot, n: None
+        self.on_moved_out: Callable[[int, int, int, str], None] = lambda offset, slot, n, where: None
         self._importing_now = bytearray(16384)
         self.kept = 0
         self.dropped = 0
@@ -289,7 +290,7 @@ class MigrationGuard:
         where = self._owner.get(slot)
         if where is None:  # nobody owns the slot: nothing can hold a newer copy
             return entry
-        self.on_moved_out(entry.offset, slot, len(keys))
+        self.on_moved_out(entry.offset, slot, len(keys), where)
         replies = self._patiently(lambda: self._exists(where, keys))
         keep = [k for k, r in zip(keys, replies, strict=True) if r != 1]  # (errors: -ASK ...)
         moved = len(keys) - len(keep)
@@ -320,6 +321,11 @@ SLACK = 0.1
 STATE_EVERY = 0.25  # seconds between two looks at the shard's slots (while following)
 NEVER = float("inf")
 SLOTS = 16384
+LANES = 16  # copies are counted per importing shard, in this many lanes (shard index % LANES)
+
+
+def _addr_key(address: str) -> int:
+    return zlib.crc32(address.encode()) + 1
 
 
 class Handover:
@@ -341,12 +347,15 @@ class Handover:
       seen owned here (plus a margin). While no slot moves, nothing is checked.
     """
 
-    def __init__(self, guard: MigrationGuard, marks, counts, index: int,
+    def __init__(self, guard: MigrationGuard, marks, counts, addrs, index: int,
                  ranges: list[tuple[int, int]]) -> None:  # fmt: skip
         self.guard = guard
+        self.addrs = addrs  # per shard: a hash of the address of its master (0: none)
+        self.lane = index % LANES
         # [watermark of each shard (NEVER: unused / ended)] + [the moment it waits for (0: not)]
         self.marks = marks
-        self.counts = counts  # [keys moved out of each slot] + [RESTORE-ASKING applied per slot]
+        # per lane (importing shard): [keys moved out of each slot] + [copies applied]
+        self.counts = counts
         self.index = index
         self.settled = bytearray(SLOTS)
         for lo, hi in ranges:
@@ -367,19 +376,27 @@ class Handover:
     # -- publishing (publisher thread) -------------------------------------------------
 
     def publish(self, reader) -> None:
-        self.marks[self.index] = watermark(reader)
+        mark = watermark(reader)
+        if mark is not None:
+            self.marks[self.index] = mark
+        self.addrs[self.index] = _addr_key(self.guard.resolver.address)
         pending = self.moved_out
         applied = reader.applied
         while pending and pending[0][0] <= applied:
-            _off, slot, n = pending.popleft()
-            self.counts[slot] += n
+            _off, at, n = pending.popleft()
+            self.counts[at] += n
 
-    def _moved_out(self, offset: int, slot: int, n: int) -> None:
+    def _moved_out(self, offset: int, slot: int, n: int, where: str) -> None:
+        """A deletion of ``n`` keys of ``slot``, which now belongs to ``where``: counted for
+        the shard following ``where`` (none yet: its snapshot will hold the keys)."""
         reader = self._reader
-        if reader is None:
+        key = _addr_key(where)
+        addrs = self.addrs
+        lane = next((j % LANES for j in range(len(addrs)) if addrs[j] == key), None)
+        if reader is None or lane is None:
             return
         off = offset % EPOCH_SPAN if offset >= 0 else reader._yielded_upto
-        self.moved_out.append((off, slot, n))
+        self.moved_out.append((off, lane * 2 * SLOTS + slot, n))
 
     def others(self) -> float:
         marks = self.marks
@@ -402,19 +419,19 @@ class Handover:
 
     # -- slot state --------------------------------------------------------------------
 
-    def look(self) -> None:
+    def look(self) -> bool:
         """Read the shard's slots (at most every STATE_EVERY seconds): which slots it
-        imports, which it owns that it did not own at the start."""
+        imports, which it owns that it did not own at the start. True: read now."""
         now = time.monotonic()
         if now < self._next_state:
-            return
+            return False
         self._next_state = now + STATE_EVERY
         g = self.guard
         try:
             g._read_state()
         except (ConnError, OSError) as e:
             log.debug("slot state: %s", e)
-            return
+            return False
         self.importing = set(g._importing)
         for s in range(SLOTS):
             if g._mine[s] and not self.settled[s] and s not in self.since:
@@ -425,6 +442,7 @@ class Handover:
                 self.settled[s] = 1
                 del self.since[s]
         self.active = bool(self.since or self.importing)
+        return True
 
     # -- the gate (pipeline thread) ----------------------------------------------------
 
@@ -480,6 +498,7 @@ class Handover:
         self.active = True
         settled = self.settled
         counts = self.counts
+        base = self.lane * 2 * SLOTS
         cut = 0
         for i, e in enumerate(batch):
             passed = e.__class__ is _Passed
@@ -495,7 +514,7 @@ class Handover:
                 if restore:
                     self.migrated.add(slot)
                 if not passed:
-                    if restore and counts[slot] <= counts[SLOTS + slot]:
+                    if restore and counts[base + slot] <= counts[base + SLOTS + slot]:
                         return cut, ("count", slot, reader.received_by(e.offset) + SLACK)
                     # (a slot moved key by key is ordered by the counts alone)
                     if not settled[slot] and slot not in self.migrated:
@@ -503,7 +522,7 @@ class Handover:
                         if self.others() < need:
                             return cut, ("time", need, need)
                 if restore:  # (counted once: when it goes)
-                    counts[SLOTS + slot] += 1
+                    counts[base + SLOTS + slot] += 1
                 break
             if e.offset >= 0:
                 cut = i + 1
@@ -512,17 +531,21 @@ class Handover:
     def _hold(self, wait) -> None:
         t0 = time.monotonic()
         kind, value, received = wait
+        base = self.lane * 2 * SLOTS
         n = len(self.marks) // 2
         self.marks[n + self.index] = received
         try:
             while not (self._may_go(value) if kind == "time"
-                       else self.counts[value] > self.counts[SLOTS + value]):  # fmt: skip
+                       else self.counts[base + value] > self.counts[base + SLOTS + value]):  # fmt: skip
                 if time.monotonic() - t0 > HANDOVER_WAIT:
                     log.warning(
-                        "[%s] a moved slot's command waited %.0fs for the other shards (%s): "
+                        "[%s] a command of moved slot %s waited %.0fs for the other shards (%s): "
                         "applied now, its order is not guaranteed",
-                        self.guard.resolver.label, HANDOVER_WAIT,
-                        "its old owner's deletion" if kind == "count" else "their stream",
+                        self.guard.resolver.label, value if kind == "count" else "?",
+                        HANDOVER_WAIT,
+                        f"its old owner's deletion: {self.counts[base + value]} keys deleted, "
+                        f"{self.counts[base + SLOTS + value]} copies applied" if kind == "count"
+                        else "their stream",
                     )  # fmt: skip
                     break
                 time.sleep(0.002)
@@ -548,7 +571,7 @@ def _restore_asking(e) -> bool:
     )
 
 
-def watermark(reader) -> float:
+def watermark(reader) -> float | None:
     """A monotonic time before which everything ``reader`` received has been applied (0:
     not streaming yet)."""
     now = time.monotonic()
@@ -558,12 +581,13 @@ def watermark(reader) -> float:
     applied = reader.applied
     if applied >= ep.received:
         return now
-    best = 0.0
-    for got, when in list(reader._rx_samples):
-        if got > applied:
-            break
-        best = when
-    return best
+    try:
+        for got, when in reversed(reader._rx_samples):
+            if got <= applied:
+                return when
+    except RuntimeError:  # (appended meanwhile by the pipeline thread: next time)
+        return None
+    return 0.0
 
 
 def _arg_after(argv: list[bytes], word: bytes) -> bytes:
