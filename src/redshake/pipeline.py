@@ -339,12 +339,16 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     elif eonce:
         ctx.options["read_marker"] = lambda key: writer.get(adv.exactly_once_db, key)
     if SHARD is not None:  # one shard of a cluster source: only this shard's slots
-        from .shards import flush_slots, shard_dbs
+        from .shards import current_ranges, flush_slots, shard_dbs
 
+        # (the shard's slots of the moment: slots move between shards while we run)
         ctx.options["flush_target"] = lambda: flush_slots(
-            writer, SHARD["ranges"], shard_dbs(cfg.reader, SHARD["address"], writer)
+            writer, current_ranges(SHARD), shard_dbs(cfg.reader, SHARD["address"], writer)
         )
         ctx.options["shard"] = True
+        ctx.options["shard_resolve"] = SHARD.get("resolver")
+        ctx.options["shard_identity"] = SHARD.get("identity")
+        ctx.options["shard_late"] = bool(SHARD.get("late"))
     try:
         reader = build_reader(cfg, ctx)
         if hasattr(reader, "marker_key"):
@@ -436,12 +440,24 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         reader.runs = True
         if fttl is not None:  # runs go as received: these commands must come one by one
             reader.entry_only = FIELD_TTL_COMMANDS
+    guard = SHARD.get("guard") if SHARD is not None else None
+    handover = SHARD.get("handover") if SHARD is not None else None
+    if guard is not None and hasattr(reader, "entry_only"):  # (checked one by one: see shards.py)
+        reader.entry_only = reader.entry_only | {b"del", b"unlink", b"restore-asking"}
+    if guard is not None and hasattr(reader, "keep_slot_sync"):
+        reader.keep_slot_sync = True
     # after the filter / Lua function: those see the source's commands (as in RedisShake)
     convert = transform if fttl is None else fttl.after(transform)
     fnames = FIELD_TTL_NAMES if fttl is not None else frozenset()  # (one lookup per entry)
     interrupted = False
     try:
         write = writer.write
+        if guard is not None:  # a cluster source's shard: deletions of keys moved away
+            from .shards import guarded, guarded_runs
+
+            write = guarded(write, guard, reader, stats)
+            if write_run is not None:
+                write_run = guarded_runs(write_run, write, guard)
         # Counters are updated inline (this loop is their only writer): a method call per
         # entry would cost as much as the rest of the bookkeeping. Writes are counted by the
         # writer as the target acknowledges them (stats.acked_by_cmd).
@@ -449,7 +465,10 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         names: dict[bytes, str] = {}
         last_progress = 0.0
         n = 0
-        for batch in reader.batches():
+        batches = reader.batches()
+        if handover is not None:  # slots moved between shards: their order across shards
+            batches = handover.batches(batches, reader, writer)
+        for batch in batches:
             if not batch:  # the reader is idle: push out what is buffered, report progress
                 writer.poll()
                 reader.acked(writer.acked_offset)

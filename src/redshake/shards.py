@@ -15,6 +15,7 @@ SIGINT/SIGTERM to the shards and exits with the worst shard's exit code.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -26,7 +27,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config.schema import Config
-from .resp.conn import Connection, ReplyError, connection_options, parse_address
+from .readers.topology import LANES
+from .resp.conn import Connection, ConnError, ReplyError, connection_options, parse_address
 from .writers.base import parse_info
 
 __all__ = ["source_shards", "run_sharded"]
@@ -47,11 +49,13 @@ def _s(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def source_shards(
-    address: str, *, prefer_replica: bool = False, **conn_kw
-) -> list[tuple[str, list[tuple[int, int]]]]:
-    """(address to read from, slot ranges) for each master owning slots; the address is the
-    master's, or one healthy replica's with ``prefer_replica``."""
+Shard = tuple[str, list[tuple[int, int]], set[str]]
+
+
+def source_shards(address: str, *, prefer_replica: bool = False, **conn_kw) -> list[Shard]:
+    """(address to read from, slot ranges, node ids of the shard's master and replicas) for
+    each master owning slots; the address is the master's, or one healthy replica's with
+    ``prefer_replica``."""
     host, port = parse_address(address)
     with Connection(host, port, **conn_kw) as c:
         try:
@@ -70,7 +74,8 @@ def source_shards(
                 ip = _s(pick.get("ip") or pick.get("endpoint") or host)
                 p = int(pick.get("port") or pick.get("tls-port"))
                 sl = [int(x) for x in sh["slots"]]
-                out.append((f"{ip}:{p}", list(zip(sl[0::2], sl[1::2], strict=True))))
+                ids = {_s(n["id"]) for n in nodes if n.get("id")}
+                out.append((f"{ip}:{p}", list(zip(sl[0::2], sl[1::2], strict=True)), ids))
             if out:
                 return out
         except ReplyError:
@@ -79,6 +84,7 @@ def source_shards(
     masters: dict[str, str] = {}
     slots: dict[str, list[tuple[int, int]]] = {}
     replicas: dict[str, list[str]] = {}
+    replica_ids: dict[str, list[str]] = {}
     for line in text.splitlines():
         f = line.split()
         if len(f) < 8:
@@ -97,9 +103,11 @@ def source_shards(
             slots[node_id] = ranges
         elif "slave" in flags:
             replicas.setdefault(master_id, []).append(addr)
+            replica_ids.setdefault(master_id, []).append(node_id)
+    ids = {mid: {mid} | set(replica_ids.get(mid, ())) for mid in masters}
     if prefer_replica:
-        return [(replicas.get(mid, [addr])[0], slots[mid]) for mid, addr in masters.items()]
-    return [(addr, slots[mid]) for mid, addr in masters.items()]
+        return [(replicas.get(mid, [addr])[0], slots[mid], ids[mid]) for mid, addr in masters.items()]
+    return [(addr, slots[mid], ids[mid]) for mid, addr in masters.items()]
 
 
 def select_shards(shards: list[tuple[str, list[tuple[int, int]]]], index: int, count: int):
@@ -168,14 +176,93 @@ def shard_dbs(rc, address: str, writer) -> range:
     return range(min(n, max(1, target)))
 
 
-def _shard_main(cfg: Config, address: str, ranges, workdir: str, status_q, code_q) -> None:
+def current_ranges(shard: dict) -> list[tuple[int, int]]:
+    """The slots a shard process's source master owns now (those it had at start when the
+    cluster cannot be asked): what a full resync of that shard must empty on the target."""
+    resolver = shard.get("resolver")
+    if resolver is not None:
+        try:
+            resolver()
+            return resolver.ranges
+        except (ConnError, OSError) as e:
+            log.warning("cannot ask the source cluster for the shard's slots (%s): using %s", e, shard["ranges"])
+    return shard["ranges"]
+
+
+def guarded(write, guard, reader, stats):
+    """``write`` for a shard process: its DEL / UNLINK of keys that moved to another shard
+    are checked first (see readers.topology.MigrationGuard). Starts publishing the shard's
+    watermark for the other shards (readers.topology.Handover)."""
+    import threading
+
+    from . import pipeline
+
+    guard.on_skip = lambda n: stats.skip("moved_to_other_shard", n)
+    handover = (pipeline.SHARD or {}).get("handover")
+    if handover is not None:
+
+        def publish() -> None:
+            while True:
+                try:
+                    handover.publish(reader)
+                except Exception:  # never let it die on a race with the pipeline thread
+                    log.debug("watermark", exc_info=True)
+                time.sleep(0.005)
+
+        threading.Thread(target=publish, name="watermark", daemon=True).start()
+    received_by = reader.received_by
+    check = guard.filter
+
+    def write_checked(entry) -> None:
+        a0 = entry.argv[0]
+        n = len(a0)
+        if n == 7 and a0.lower() == b"cluster":  # (SYNCSLOTS: never written)
+            guard.slot_sync(entry.argv)
+            return
+        if guard.imports and guard.imported_copy(entry.argv):
+            stats.skip("atomic_slot_import_copy")
+            return
+        if (n == 3 or n == 6) and a0.lower() in (b"del", b"unlink"):
+            entry = check(entry, received_by(entry.offset))
+            if entry is None:
+                return
+        write(entry)
+
+    return write_checked
+
+
+def guarded_runs(write_run, write_checked, guard):
+    """``write_run`` for a shard process: while an atomic slot import runs, runs go command
+    by command through ``write_checked`` (the import's copy is not applied)."""
+
+    def write_run_checked(run) -> None:
+        if guard.imports:
+            for e in run.entries():
+                write_checked(e)
+        else:
+            write_run(run)
+
+    return write_run_checked
+
+
+def _shard_main(cfg: Config, address: str, identity: str, ranges, members, seeds, workdir: str,
+                status_q, code_q, marks, counts, addrs, index: int, late: bool) -> None:  # fmt: skip
     """Child process: run the ordinary pipeline for one shard."""
     from . import pipeline
+    from .readers.topology import Handover, MigrationGuard, ShardResolver
 
     adv = replace(cfg.advanced, dir=workdir, status_port=0, metrics_port=0)
     reader = replace(cfg.reader, cluster=False, address=address, prefer_replica=False)
     shard_cfg = replace(cfg, advanced=adv, reader=reader)
-    pipeline.SHARD = {"address": address, "ranges": ranges, "queue": status_q}
+    pipeline.SHARD = {"address": address, "ranges": ranges, "queue": status_q, "identity": identity,
+                      "late": late}  # fmt: skip
+    opts = _conn_opts(cfg.reader)
+    if not cfg.reader.prefer_replica:  # (a replica is read where it is)
+        resolver = ShardResolver(address, members, seeds, opts, label=f"shard {address}")
+        pipeline.SHARD["resolver"] = resolver
+        guard = pipeline.SHARD["guard"] = MigrationGuard(resolver, opts, lambda n: None)
+        if index >= 0:
+            pipeline.SHARD["handover"] = Handover(guard, marks, counts, addrs, index, ranges)
     try:
         code = pipeline.run(shard_cfg)
     except BaseException as e:  # noqa: BLE001 - reported to the parent
@@ -184,8 +271,16 @@ def _shard_main(cfg: Config, address: str, ranges, workdir: str, status_q, code_
     code_q.put((address, code))
 
 
+MAX_SHARDS = 256  # shards whose order is kept when slots move between them
+NEVER = float("inf")
+TOPOLOGY_EVERY = 2.0  # seconds between two looks at the source cluster's masters
+RETIRE_WAIT = 30.0  # a removed shard's process gets this long to apply what it received
+
+
 def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
-    """Parent: discover shards, start one process each, aggregate status, wait."""
+    """Parent: discover shards, start one process each, aggregate status, wait; start a
+    process for every master that joins the source cluster later, and stop (after it applied
+    what it received) the process of a shard that left it."""
     from .pipeline import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK
     from .status.stats import combine
 
@@ -208,13 +303,14 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
         if not shards:
             log.error("sync_reader.shards = %s: no shard left (the source has %d)", rc.shards, every)
             return EXIT_BAD_INPUT
-    log.info("cluster source %s: %d shards: %s", rc.address, len(shards), ", ".join(a for a, _ in shards))
+    log.info("cluster source %s: %d shards: %s", rc.address, len(shards), ", ".join(a for a, _, _ in shards))
     latest: dict[str, dict] = {}
     server = None
+    names = [a for a, _, _ in shards]
     if cfg.advanced.status_port:
         from .status.server import StatusServer
 
-        board = _ShardBoard(latest, [a for a, _ in shards])
+        board = _ShardBoard(latest, names)
         try:
             server = StatusServer(cfg.advanced.status_port, cfg.advanced.status_bind, board, workdir=cfg.advanced.dir)
         except OSError as e:
@@ -233,18 +329,51 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
     code_q = ctx.Queue()
     base = Path(cfg.advanced.dir)
     procs: dict[str, mp.process.BaseProcess] = {}
-    for addr, ranges in shards:
-        wd = str(_shard_dir(base, addr))
+    members: dict[str, set[str]] = {}
+    seeds = [rc.address, *names]
+
+    # A master that joins later holds keys the target already has (copied from the shard
+    # they came from), and may have deleted some before we follow it: its slots are emptied
+    # on the target before its snapshot (never the whole target), which replaces keys.
+    late_cfg = replace(cfg, advanced=replace(
+        cfg.advanced, rdb_restore_command_behavior="rewrite", empty_db_before_sync=False
+    ))  # fmt: skip
+
+    # each shard's watermark (see readers.topology.Handover); NEVER: no such shard (any more)
+    marks = ctx.Array("d", [NEVER] * MAX_SHARDS + [0.0] * MAX_SHARDS, lock=False)
+    # per lane (importing shard) and slot: keys moved out, copies applied; shards' addresses
+    counts = ctx.Array("q", LANES * 2 * 16384, lock=False)
+    addrs = ctx.Array("q", MAX_SHARDS, lock=False)
+    index: dict[str, int] = {}
+
+    def launch(addr: str, ranges, ids: set[str], late: bool = False) -> None:
+        home, identity = _shard_home(base, addr, ids)
+        wd = str(home)
+        i = index[addr] = len(index) if len(index) < MAX_SHARDS else -1
+        if i >= 0:
+            marks[i] = 0.0
+        else:
+            log.warning("more than %d shards: %s is not ordered with the others when slots move", MAX_SHARDS, addr)
         p = ctx.Process(
-            target=_shard_main, args=(cfg, addr, ranges, wd, status_q, code_q), name=f"shard-{addr}"
-        )
+            target=_shard_main,
+            args=(late_cfg if late else cfg, addr, identity, ranges, ids, seeds, wd, status_q,
+                  code_q, marks, counts, addrs, i, late),
+            name=f"shard-{addr}",
+        )  # fmt: skip
         p.start()
         procs[addr] = p
+        members[addr] = set(ids)
+
+    for addr, ranges, ids in shards:
+        launch(addr, ranges, ids)
     if server is not None:
         server.start()
     codes: dict[str, int] = {}
     forwarded = False
     last_line = time.monotonic()
+    watch = _TopologyWatch(seeds, members, _conn_opts(rc)) if not rc.prefer_replica else None
+    retiring: dict[str, float] = {}
+    reported: set[str] = set()
     try:
         while len(codes) < len(procs):
             if stop() and not forwarded:
@@ -264,6 +393,9 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
                     break
                 codes[addr] = code
             for addr, p in procs.items():
+                if index[addr] >= 0 and marks[index[addr]] != NEVER and not p.is_alive():
+                    marks[index[addr]] = NEVER  # (nobody waits for a shard that ended)
+                    addrs[index[addr]] = 0
                 if addr not in codes and not p.is_alive() and p.exitcode is not None:
                     p.join(0.5)
                     try:  # the code may still be in the queue
@@ -271,6 +403,31 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
                         codes[a2] = c2
                     except queue.Empty:
                         codes.setdefault(addr, EXIT_FAILURE if p.exitcode else EXIT_OK)
+            if watch is not None and not forwarded and watch.due():
+                joined, left = watch.look()
+                for addr, ranges, ids in joined:
+                    if addr in procs:
+                        continue  # (an address that comes back: its process still runs)
+                    log.info("cluster source: master %s joined (slots %s): following it", addr, _fmt_ranges(ranges))
+                    names.append(addr)
+                    launch(addr, ranges, ids, late=True)
+                for addr in left:
+                    if addr not in retiring and addr not in codes:
+                        log.info("cluster source: the shard of %s left the cluster: stopping its "
+                                 "process once it applied what it received", addr)  # fmt: skip
+                        retiring[addr] = time.monotonic()
+            for addr in codes.keys() - reported:
+                reported.add(addr)
+                if not forwarded:  # (a shard that ends while the others go on)
+                    log.info("shard %s ended with exit code %s", addr, codes[addr])
+            for addr, since in list(retiring.items()):
+                p = procs[addr]
+                if addr in codes or not p.is_alive():
+                    retiring.pop(addr)
+                elif _caught_up(latest.get(addr)) or time.monotonic() - since > RETIRE_WAIT:
+                    if p.pid:
+                        os.kill(p.pid, signal.SIGTERM)
+                    retiring.pop(addr)
             iv = cfg.advanced.log_interval
             if iv > 0 and time.monotonic() - last_line >= iv and latest:
                 last_line = time.monotonic()
@@ -288,9 +445,66 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
         if server is not None:
             server.close()
     worst = max(codes.values()) if codes else EXIT_FAILURE
-    for addr, _ in shards:
+    for addr in procs:
         log.info("shard %s exited with %s", addr, codes.get(addr))
     return worst
+
+
+def _fmt_ranges(ranges) -> str:
+    return ",".join(f"{lo}-{hi}" if hi != lo else str(lo) for lo, hi in ranges) or "none"
+
+
+def _caught_up(snap: dict | None) -> bool:
+    """A shard's status says: not connected to its source, everything received applied."""
+    if not snap:
+        return False
+    r = snap.get("reader") or {}
+    return (
+        not r.get("connected")
+        and r.get("status") == "syncing aof"
+        and r.get("aof_applied_offset", -1) >= r.get("aof_received_offset", 0)
+    )
+
+
+class _TopologyWatch:
+    """The parent's periodic look at the source cluster: masters owning slots that no
+    running shard knows (joined), shards none of whose nodes is in the cluster any more
+    (left)."""
+
+    def __init__(self, seeds: list[str], members: dict[str, set[str]], conn_kw: dict) -> None:
+        self.seeds = seeds
+        self.members = members
+        self.conn_kw = conn_kw
+        self.next = time.monotonic() + TOPOLOGY_EVERY
+        self.gone: set[str] = set()
+
+    def due(self) -> bool:
+        return time.monotonic() >= self.next
+
+    def look(self) -> tuple[list[Shard], list[str]]:
+        from .readers.topology import cluster_view
+
+        self.next = time.monotonic() + TOPOLOGY_EVERY
+        try:
+            _, nodes = cluster_view(self.seeds, self.conn_kw)
+        except (ConnError, OSError) as e:
+            log.debug("topology look failed: %s", e)
+            return [], []
+        for n in nodes:
+            if n.usable and n.address not in self.seeds:
+                self.seeds.append(n.address)
+        known = {n.id for n in nodes}
+        for ids in self.members.values():  # a shard's new replicas are its members too
+            ids |= {n.id for n in nodes if n.master_id in ids}
+        covered = set().union(*self.members.values()) if self.members else set()
+        joined: list[Shard] = [
+            (n.address, list(n.ranges), {n.id} | {r.id for r in nodes if r.master_id == n.id})
+            for n in nodes
+            if n.is_master and n.usable and n.ranges and n.id not in covered
+        ]
+        left = [a for a, ids in self.members.items() if not ids & known and a not in self.gone]
+        self.gone.update(left)
+        return joined, left
 
 
 class _StartError(Exception):
@@ -301,7 +515,7 @@ class _StartError(Exception):
         self.code = code
 
 
-def _discover(cfg: Config, stop) -> list[tuple[str, list[tuple[int, int]]]]:
+def _discover(cfg: Config, stop) -> list[Shard]:
     """The shards of the source cluster; a source never reached is tried again until
     sync_reader.connect_timeout (then exit 1); refusals are bad configuration (exit 2)."""
     from .pipeline import EXIT_BAD_INPUT, EXIT_FAILURE, FatalError
@@ -349,7 +563,11 @@ def _empty_target_once(cfg: Config, shards) -> Config:
             "slots (the other processes' shards share the target)", cfg.reader.shards,
         )  # fmt: skip
         return cfg
-    resuming = [a for a, _ in shards if planned_resume(_shard_dir(base, a), a, cfg.reader.sync_aof)]
+    resuming = []
+    for a, _, ids in shards:
+        home, identity = _shard_home(base, a, ids)
+        if planned_resume(home, identity, cfg.reader.sync_aof):
+            resuming.append(a)
     if resuming:
         log.info(
             "empty_db_before_sync: %d of %d shards resume from their checkpoints: the target is "
@@ -387,6 +605,47 @@ def _conn_opts(rc) -> dict:
         tls_verify=not rc.tls_skip_verify,
         tls_config=rc.tls_config.as_dict(),
     )
+
+
+def _shard_home(base: Path, address: str, members: set[str]) -> tuple[Path, str]:
+    """(work directory, identity) of the shard whose master is ``address``. The identity is
+    the master's address when the directory was made: the shard's checkpoint and position
+    markers belong to it. A restart after a failover finds the directory of the shard by
+    its nodes (``shard.json``) and resumes there, from the promoted replica."""
+    home = _shard_dir(base, address)
+    found: tuple[Path, str] | None = None
+    if (home / SHARD_FILE).is_file() or home.is_dir():
+        found = home, _shard_record(home).get("address", address)
+    else:
+        for d in sorted(base.glob("shard_*")) if base.is_dir() else ():
+            rec = _shard_record(d)
+            if members & set(rec.get("members", ())):
+                log.info(
+                    "cluster source: the shard of %s was followed from %s before (a failover "
+                    "since): continuing in %s", address, rec.get("address"), d,
+                )  # fmt: skip
+                found = d, str(rec.get("address") or address)
+                break
+    home, identity = found or (home, address)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        rec = _shard_record(home)
+        known = set(rec.get("members", ())) | members
+        (home / SHARD_FILE).write_text(json.dumps({"address": identity, "members": sorted(known)}))
+    except OSError as e:
+        log.warning("cannot record the shard's nodes in %s: %s", home, e)
+    return home, identity
+
+
+SHARD_FILE = "shard.json"
+
+
+def _shard_record(d: Path) -> dict:
+    try:
+        rec = json.loads((d / SHARD_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return rec if isinstance(rec, dict) else {}
 
 
 def _shard_dir(base: Path, address: str) -> Path:

@@ -158,6 +158,9 @@ class SyncReader:
         self.runs = False
         # lower-case names of commands never put in a run (converted one by one by the driver)
         self.entry_only: frozenset[bytes] = frozenset()
+        # a cluster source's shard: CLUSTER SYNCSLOTS / FLUSHSLOT are handed over (not
+        # dropped) so that the shard's writer sees where an atomic slot import begins and ends
+        self.keep_slot_sync = False
         # exactly-once mode: the target key holding "<replid> <offset> <db>" (see unit_marker)
         self.marker_key = b""
         # cluster target: (replid, {slot: offset}) of slot markers ahead of the resume point
@@ -170,6 +173,10 @@ class SyncReader:
         self.checkpoint = cp = load_checkpoint(self.cp_path)
         self.spool.clear()
         resume = None
+        if cp is None and self.ctx.options.get("shard_late"):
+            # a master that joined a cluster source while it was followed: the target holds
+            # keys of its slots (copied from their former shard): its snapshot starts afresh
+            self._dirty_target = True
         if cp is not None:
             if cp.source != self.source_id:
                 log.warning(
@@ -304,6 +311,36 @@ class SyncReader:
             )  # fmt: skip
         self._slots_ahead = (replid, ahead)
 
+    def _marker_behind(self, replid: str, offset: int) -> tuple[int, int] | None:
+        """After the target's master failed over (sentinel): the new master may lack the
+        last writes the old one acknowledged (replication is asynchronous). Its marker then
+        shows where it stands: (offset, db) to re-send from when the spool still holds the
+        stream from there; else the loss is reported."""
+        read = self.ctx.options.get("read_marker")
+        if not self.marker_key or read is None:
+            return None
+        try:
+            m_replid, m_off, m_db = read(self.marker_key).decode().split()
+            m_offset, db = int(m_off), int(m_db)
+        except (AttributeError, UnicodeDecodeError, ValueError):
+            return None
+        ep = self._ep
+        if m_replid != replid or m_offset >= offset or ep is None:
+            return None
+        if m_offset >= ep.start and self.spool.read_stream(ep.num, m_offset, 1):
+            log.warning(
+                "[%s] the target applied the stream only up to offset %d, not %d as it had "
+                "acknowledged (its master failed over and lost the last writes): re-sending "
+                "from there", self.name, m_offset, offset,
+            )  # fmt: skip
+            return m_offset, db
+        log.error(
+            "[%s] the target lost the stream between offsets %d and %d in a failover of its "
+            "master, and that part is no longer held here: those writes are missing on the "
+            "target", self.name, m_offset, offset,
+        )  # fmt: skip
+        return None
+
     def marker_value(self, offset: int) -> bytes:
         """The marker value for a (tagged) stream offset of the current epoch."""
         ep = self._ep
@@ -328,6 +365,19 @@ class SyncReader:
         assert ep is not None
         value = b"%s %d %d" % (ep.replid.encode(), off, self._db_at_offset(off))
         return self.marker_key, value, ep.num * EPOCH_SPAN + off
+
+    def received_by(self, offset: int) -> float:
+        """A monotonic time by which the stream byte at (tagged) ``offset`` had been received
+        from the source (-1, a command inside a transaction: now)."""
+        if offset < 0:
+            return time.monotonic()
+        off = offset % EPOCH_SPAN
+        found = None
+        for got, when in reversed(self._rx_samples):  # (only this thread appends)
+            if got < off:
+                break
+            found = when
+        return found if found is not None else time.monotonic()
 
     def _db_at_offset(self, off: int) -> int:
         for change_off, change_db in reversed(self._db_changes):
@@ -447,7 +497,7 @@ class SyncReader:
                 self._db_changes.pop()
             db = self._db_at(off)
             # a batch whose EXEC reply was lost with the connection may still have been applied
-            pos = self._marker_position(ep.replid, off)
+            pos = self._marker_position(ep.replid, off) or self._marker_behind(ep.replid, off)
             if pos is not None:
                 off, db = pos
             self._slot_positions(ep.replid, off)
@@ -490,10 +540,11 @@ class SyncReader:
             flush = self.ctx.options.get("flush_target")
             if (self.flush_on_resync or empty_first) and flush is not None:
                 log.warning(
-                    "[%s] new full sync of a target that holds an earlier copy: emptying the "
-                    "target first (FLUSHALL) so that keys deleted on the source meanwhile do "
-                    "not survive (%s)",
+                    "[%s] new full sync of a target that holds an earlier copy: emptying %s "
+                    "so that keys deleted on the source meanwhile do not survive (%s)",
                     self.name,
+                    "this shard's slots on the target first" if self.ctx.options.get("shard")
+                    else "the target first (FLUSHALL)",
                     "advanced.empty_db_before_sync" if empty_first
                     else "sync_reader.flush_on_resync = false to keep them",
                 )  # fmt: skip
@@ -666,6 +717,7 @@ class SyncReader:
         last_beat = time.monotonic()
         samples = self._rx_samples
         kinds: dict[bytes, int] = {}
+        keep_slot_sync = self.keep_slot_sync
         while True:
             if stop() or link.epoch is not ep:
                 break
@@ -751,7 +803,9 @@ class SyncReader:
                         continue
                     parser.advance(start, end, raw)
                     if kind == _K_INTERNAL:
-                        if not _internal(argv[0].lower(), argv):
+                        if not _internal(argv[0].lower(), argv) or (
+                            keep_slot_sync and argv[0].lower() == b"cluster"
+                        ):
                             entries += 1
                             if txn is None:
                                 batch.append(Entry(db, argv, None, span_base + end, raw))
@@ -1257,7 +1311,9 @@ def _build(cfg, ctx, address: str | None) -> SyncReader:
     if address is None and rc.cluster:
         raise ValueError("cluster = true: cluster sources are not supported by this version yet")
     sentinel = getattr(rc, "sentinel", None)
-    if address is None and sentinel is not None and sentinel.address:
+    if ctx.options.get("shard_resolve") is not None:  # a cluster shard: follows its failovers
+        resolve = ctx.options["shard_resolve"]
+    elif address is None and sentinel is not None and sentinel.address:
         from ..writers.sentinel import resolve_from_config
 
         def resolve() -> str:  # asked again before every reconnect (follows a failover)
@@ -1293,7 +1349,11 @@ def _build(cfg, ctx, address: str | None) -> SyncReader:
         listening_port=adv.status_port or DEFAULT_LISTENING_PORT,
         flush_on_resync=bool(ctx.options.get("flush_on_resync", rc.flush_on_resync)),
         resolve=resolve,
-        identity=f"sentinel_{sentinel.master_name}" if resolve is not None else None,
+        identity=(
+            f"sentinel_{sentinel.master_name}" if sentinel is not None and sentinel.address
+            # a cluster shard: the address its work began with (kept across failovers)
+            else ctx.options.get("shard_identity")
+        ),
         diskless=rc.try_diskless,
         dual_channel=rc.dual_channel,
         connect_timeout=float(rc.connect_timeout),

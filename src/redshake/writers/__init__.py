@@ -30,10 +30,14 @@ def build_writer(cfg: Config, on_error):
         return module.build(cfg, on_error)
     address = wc.address
     sentinel = getattr(wc, "sentinel", None)
+    resolve = None
     if sentinel is not None and getattr(sentinel, "address", ""):
         from .sentinel import resolve_from_config
 
-        address = resolve_from_config(sentinel, "target master")
+        def resolve() -> str:  # asked again on every reconnect: follows a failover
+            return resolve_from_config(sentinel, "target master")
+
+        address = resolve()
     kw = dict(
         username=wc.username,
         password=wc.password,
@@ -51,4 +55,4 @@ def build_writer(cfg: Config, on_error):
         return ClusterWriter(address, **kw)
     from .redis import RedisWriter
 
-    return RedisWriter(address, **kw)
+    return RedisWriter(address, resolve=resolve, **kw)

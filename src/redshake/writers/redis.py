@@ -27,17 +27,19 @@ error element of the ``EXEC`` reply.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from operator import itemgetter
 
 from redshake.entry import Entry, RestoreSet, Run, UnitEntry
-from redshake.resp.conn import Connection, ReplyError, connection_options, parse_address
+from redshake.resp.conn import Connection, ConnError, ReplyError, connection_options, parse_address
 from redshake.resp.encode import encode
 from redshake.writers.base import TargetInfo, WriterError, probe_target
 
 _first = itemgetter(0)  # a command's name
+log = logging.getLogger("redshake")
 
 __all__ = ["RedisWriter", "SEND_BYTES", "UNLIMITED_QPS"]
 
@@ -144,8 +146,11 @@ class RedisWriter:
         name: str | None = None,
         connect_timeout: float = 10.0,
         on_abort: OnAbort | None = None,
+        resolve: Callable[[], str] | None = None,
     ) -> None:
         host, port = parse_address(address)
+        # a sentinel-managed target: where its master is now (asked again on every reconnect)
+        self.resolve = resolve
         self.host = host
         self.port = port
         self.address = address
@@ -165,7 +170,7 @@ class RedisWriter:
             self.conn.close()
             raise
         self.name = name or f"writer_{host}_{port}"
-        self.on_error = on_error
+        self.on_error = on_error if resolve is None or on_error is None else self._failover_check(on_error)
         self.on_abort = on_abort
         self.written = 0
         self.answered = 0
@@ -428,11 +433,44 @@ class RedisWriter:
         self.flush()
         self._guard(lambda: self.conn.call("FLUSHALL"))
 
+    def _failover_check(self, on_error: OnError) -> OnError:
+        """on_error for a sentinel-managed target: READONLY means the master we write to was
+        demoted (a failover): treated like a lost connection, so the writer reconnects to
+        the new master and what was not acknowledged is sent again."""
+
+        def check(entry: Entry, message: str) -> None:
+            if message.startswith("READONLY") or "-READONLY" in message or "READONLY You" in message:
+                if self._exc is None:
+                    self._exc = WriterError(f"{self.name}: {self.address} is no longer the master: {message}")
+                    self.conn_lost = True
+                raise self._exc
+            on_error(entry, message)
+
+        return check
+
     def reconnect(self) -> None:
         """After a lost connection: connect again and forget everything unanswered (the
-        caller re-sends from ``acked_offset``). Raises ConnError while the target is down."""
+        caller re-sends from ``acked_offset``). Raises ConnError while the target is down.
+        A sentinel-managed target is looked up again: after a failover, its new master."""
         self.conn.close()
-        self.conn = Connection(self.host, self.port, **self._conn_kw)  # type: ignore[arg-type]
+        if self.resolve is not None:
+            address = self.resolve()
+            host, port = parse_address(address)
+            conn = Connection(host, port, **self._conn_kw)  # type: ignore[arg-type]
+            try:
+                role = conn.call("ROLE")
+            except BaseException:
+                conn.close()
+                raise
+            if not role or role[0] not in (b"master", "master"):
+                conn.close()
+                raise ConnError(f"{address} (from sentinel) is not a master yet")
+            if address != self.address:
+                log.info("%s: the target master is now %s (was %s)", self.name, address, self.address)
+            self.host, self.port, self.address = host, port, address
+            self.conn = conn
+        else:
+            self.conn = Connection(self.host, self.port, **self._conn_kw)  # type: ignore[arg-type]
         self._db = 0
         self._block = None
         self._buf.clear()

@@ -1,5 +1,5 @@
-"""Find a sentinel-managed master. Writers resolve it once at start; the sync reader asks
-again before every reconnect, so it follows a source failover."""
+"""Find a sentinel-managed master. The sync reader and the standalone writer ask again before
+every reconnect, so both follow a failover (of the source, of the target)."""
 
 from __future__ import annotations
 
