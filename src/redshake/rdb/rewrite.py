@@ -22,6 +22,7 @@ from .values import (
     ModuleValue,
     SetValue,
     StreamConsumerPart,
+    StreamDropped,
     StreamGroup,
     StreamGroupHead,
     StreamValue,
@@ -300,6 +301,8 @@ def stream_part_commands(
             yield from _stream_meta_commands(key, it, created, target_version)
         elif isinstance(it, StreamGroup):
             yield from _stream_group_commands(key, it, target_version, max_items)
+        elif isinstance(it, StreamDropped):
+            continue  # NACK zone / IDMP section: no command holds them (the writer counts)
         else:
             yield from _stream_group_item_commands(key, it, target_version, max_items)
 
