@@ -222,7 +222,7 @@ def test_unknown_type_or_opcode_stops_before_writing(servers, tmp_path):
     dst = servers.start("redis-7.0")
     kv0 = b"\x00\x02ok\x01v"
     cases = [
-        (b"REDIS0013", b"\x1a\x01s" + L(0), "value type 26 (Redis 8.6 stream"),
+        (b"REDIS0013", b"\x1b\x01s" + L(0), "unknown value type 27 in REDIS0013"),
         (b"REDIS0012", b"\x1a\x01s" + L(0), "unknown value type 26 in REDIS0012"),
         (b"REDIS0014", b"\x1c\x01a" + L(0), "value type 28 (Redis array"),
         (b"REDIS0015", b"\x1f\x01h" + L(0), "value type 31 (Redis hash template"),

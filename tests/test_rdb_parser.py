@@ -277,7 +277,8 @@ def test_unknown_bytes_fail_cleanly() -> None:
         (b"REDIS0009", b"\x08\x01k\x00", "unknown value type 8 in REDIS0009", 9),
         (b"VALKEY080", b"\xf3\x00", "SLOT_IMPORT opcode 243", 9),
         (b"REDIS0012", b"\x1a\x01k", "unknown value type 26 in REDIS0012", 9),
-        (b"REDIS0013", b"\x1a\x01k", "STREAM_LISTPACKS_4", 9),
+        (b"REDIS0013", b"\x1b\x01k", "unknown value type 27 in REDIS0013", 9),
+        (b"REDIS0014", b"\x1c\x01k", "value type 28 (Redis array", 9),
         # (a KEY_META class without ALLOW_IGNORE: spec flags 0, empty module value)
         (b"REDIS0013", b"\xf3\x01\x08\x00\x00\x00\x00\x00\x01k", "KEY_META opcode 243", 9),
         (b"REDIS0011", b"\xf4\x00\x00\x00", "unknown opcode 244 in REDIS0011", 9),

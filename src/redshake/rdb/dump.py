@@ -36,6 +36,7 @@ _TYPE_MIN_VERSION = {
     5: 8, 7: 8,
     9: 2, 10: 2, 11: 2, 12: 2, 13: 4, 14: 7,
     15: 9, 16: 10, 17: 10, 18: 10, 19: 10, 20: 11, 21: 11,
+    26: 13, 27: 14,  # Redis only (Valkey has no such types; its plain version stays 11)
 }  # fmt: skip
 
 
@@ -145,10 +146,12 @@ def plain_encode(kind: str, items, target_version: int) -> tuple[int, bytes]:
     raise ValueError(f"cannot plain-encode a {kind}")
 
 
-# Stream value types, newest first, with the RDB version that introduced each: 21 adds the
-# consumers' active time (Redis 7.2), 19 the first / max-deleted ids, entries-added and the
-# groups' entries-read (Redis 7.0), 15 is the original layout (Redis 5.0).
-_STREAM_TYPES = ((21, 11), (19, 10), (15, 9))
+# Stream value types, newest first, with the RDB version that introduced each: 27 adds the
+# groups' NACK zones (Redis 8.8), 26 the IDMP section (Redis 8.6), 21 the consumers' active
+# time (Redis 7.2), 19 the first / max-deleted ids, entries-added and the groups'
+# entries-read (Redis 7.0), 15 is the original layout (Redis 5.0).
+_STREAM_TYPES = ((27, 14), (26, 13), (21, 11), (19, 10), (15, 9))
+_STREAM_TYPE_SET = frozenset(t for t, _ in _STREAM_TYPES)
 
 
 def stream_type_for(target_plain_max: int) -> int | None:
@@ -160,22 +163,27 @@ def stream_type_for(target_plain_max: int) -> int | None:
     return None
 
 
-def stream_downgrade(t: int, raw, to: int) -> bytes:
-    """Re-lay the value bytes of a stream of type ``t`` (15, 19 or 21) as the older type ``to``.
+def stream_downgrade(t: int, raw, to: int, dropped: list[int] | None = None) -> bytes:
+    """Re-lay the value bytes of a stream of type ``t`` (15, 19, 21, 26 or 27) as the older
+    type ``to``.
 
     The entries (node keys and listpacks), the groups' PELs and the consumers' pending ids are
     copied byte for byte, so every pending entry survives, also one whose message was deleted
     (which a command rebuild cannot claim). Only what the older layout has no room for is left
     out: first / max-deleted ids and entries-added (below 19), the groups' entries-read (below
-    19), the consumers' active time (below 21; their seen time stays)."""
+    19), the consumers' active time (below 21; their seen time stays), the IDMP section
+    (below 26), and (below 27) each group's NACK zone together with its entries in the
+    group's PEL: an older server refuses or mishandles a PEL entry that no consumer owns.
+    ``dropped`` (if given) gets ``[NACKed entries, IDMP producers, IDMP iids]`` added."""
     from .primitives import RdbError
-    from .walk import SHORT, read_len, skip_str
+    from .walk import SHORT, read_len, skip_idmp_producer, skip_str
 
-    if to > t or t not in (15, 19, 21) or to not in (15, 19, 21):
+    if to > t or t not in _STREAM_TYPE_SET or to not in _STREAM_TYPE_SET:
         raise ValueError(f"cannot re-lay a stream of type {t} as type {to}")
     buf = bytes(raw)
     out: list[bytes] = []
     el = encode_length
+    nacked_total = 0
     try:
         nodes, p = read_len(buf, 0)
         for _ in range(nodes):
@@ -204,26 +212,68 @@ def stream_downgrade(t: int, raw, to: int) -> bytes:
                 _, p = read_len(buf, p)  # entries read
                 if to >= 19:
                     out.append(buf[s:p])
-            s = p
             npel, p = read_len(buf, p)
+            pel: list[tuple[int, int]] = []  # (start, end) of each PEL entry
             for _ in range(npel):  # id (16), delivery time (8), delivery count
+                s = p
                 _, p = read_len(buf, p + 24)
+                pel.append((s, p))
+            group: list[bytes] = []
+            s = p
             nconsumers, p = read_len(buf, p)
-            out.append(buf[s:p])
+            group.append(buf[s:p])
             for _ in range(nconsumers):
                 s = p
                 p = skip_str(buf, p) + 8  # name, seen time
-                out.append(buf[s:p])
+                group.append(buf[s:p])
                 if t >= 21:
                     p += 8  # active time
                     if to >= 21:
-                        out.append(buf[p - 8 : p])
+                        group.append(buf[p - 8 : p])
                 s = p
                 n, p = read_len(buf, p)
                 p += 16 * n
+                group.append(buf[s:p])
+            nack: set[bytes] = set()
+            if t >= 27:
+                s = p
+                n, p = read_len(buf, p)
+                p += 16 * n
+                if to >= 27:
+                    group.append(buf[s:p])
+                else:
+                    nack = {buf[i : i + 16] for i in range(p - 16 * n, p, 16)}
+                    nacked_total += len(nack)
+            kept = [buf[a:b] for a, b in pel if buf[a : a + 16] not in nack] if nack else None
+            if kept is None:
+                out.append(el(npel))
+                if pel:
+                    out.append(buf[pel[0][0] : pel[-1][1]])
+            else:
+                out.append(el(len(kept)))
+                out += kept
+            out += group
+        idmp = [0, 0]
+        if t >= 26:
+            s = p
+            for _ in range(2):  # duration, max entries
+                _, p = read_len(buf, p)
+            nprod, p = read_len(buf, p)
+            idmp[0] = nprod
+            for _ in range(nprod):
+                p, n = skip_idmp_producer(buf, p)
+                idmp[1] += n
+            for _ in range(2):  # iids added, iids duplicates
+                _, p = read_len(buf, p)
+            if to >= 26:
                 out.append(buf[s:p])
+                idmp = [0, 0]
     except SHORT:
         raise RdbError("stream value is truncated") from None
     if p != len(buf):
         raise RdbError("stream value does not end where its last consumer group does")
+    if dropped is not None:
+        dropped[0] += nacked_total
+        dropped[1] += idmp[0]
+        dropped[2] += idmp[1]
     return b"".join(out)

@@ -20,7 +20,7 @@ with field TTLs: Redis 22/24, Valkey 22) switch to streaming: ``BigKeyStart``, `
 (at most ``part_items`` items each), ``BigKeyEnd``; their bytes are released as they are
 consumed.
 
-Streams (15, 19, 21) stream the same way, as kind ``"stream"`` (``count`` -1): their nodes
+Streams (15, 19, 21, 26, 27) stream the same way, as kind ``"stream"`` (``count`` -1): their nodes
 are decoded one at a time into live entries ``(id, [field, value, ...])`` (deleted ones are
 left out), then come one :class:`~redshake.rdb.values.StreamValue` item with the metadata
 (length, last id, first id, max deleted id, entries added; no entries, no groups), then
@@ -32,7 +32,9 @@ global PEL comes before its consumers in the file: it is read in chunks into a c
 (raw ids, times and counts in a bytearray and two arrays, 32 bytes an entry, no Python
 object per entry), kept until the group's last consumer is read, and each consumer's ids are
 looked up in it (PEL entries no consumer owns are left out). A stream also goes big when its
-nodes are small but its group tail is not.
+nodes are small but its group tail is not. Types 26 and 27 (Redis 8.6 / 8.8) stream the
+same way; a group's NACK zone (27) and the stream's IDMP section (26, 27) are read in
+bounded steps and come out as :class:`~redshake.rdb.values.StreamDropped` counts only.
 
 A string value of type 0 whose stored bytes exceed the threshold is streamed as kind
 ``"string"`` with parts of 1 MiB pieces (``count`` = its length): a raw one as it is read,
@@ -101,6 +103,7 @@ from .records import (
 from .values import (
     STREAM_CLAIMS_CHUNK,
     StreamConsumerPart,
+    StreamDropped,
     StreamGroupHead,
     decode_stream_consumer_head,
     decode_stream_group_head,
@@ -207,8 +210,6 @@ class _Vt:
 
 # (type byte, first Redis RDB version, what it is)
 _REDIS_UNSUPPORTED = (
-    (26, 13, "Redis 8.6 stream with idempotent producers, STREAM_LISTPACKS_4"),
-    (27, 14, "Redis stream with NACKed entries, STREAM_LISTPACKS_5"),
     (28, 14, "Redis array"),
     (29, 15, "Redis hash template HASH_TMPL_LP"),
     (30, 15, "Redis hash template HASH_TMPL_LP_REF"),
@@ -252,6 +253,10 @@ def _value_table(valkey: bool, version: int) -> list[_Vt | None]:
             _K_AGG, walk.el_hash_ttl_first, pre8=True, reader=_rd_hash_ttl_first, big_kind="hash"
         )
         tab[25] = _Vt(_K_BLOB8, blob=BLOB_LISTPACK)
+        if version >= 13:  # STREAM_LISTPACKS_4 (IDMP section), 5 (+ NACK zones, RDB 14)
+            for t in (26, 27) if version >= 14 else (26,):
+                tab[t] = _Vt(_K_AGG, walk.el_pair, _T_STREAM, reader=walk.rd_stream_node,
+                             big_kind="stream")  # fmt: skip
         # newer Redis types whose layouts are not implemented: a clear stop at the key
         for t, since, name in _REDIS_UNSUPPORTED:
             if version >= since:
@@ -797,7 +802,7 @@ def _stream_tail(buf, p: int, big: _Big) -> int:
     meta, ngroups, q = decode_stream_meta(st.type, buf, p, st.first or b"0-0")
     big.items.append(meta)
     big.reader, big.rem, big.extra = None, 0, _StreamGroups(st.type, ngroups)
-    big.then = _group_head if ngroups else None
+    big.then = _group_head if ngroups else _stream_idmp if st.type >= 26 else None
     big.part = 1  # a consumer part holds up to STREAM_CLAIMS_CHUNK pending entries
     return q
 
@@ -815,7 +820,7 @@ _ID16 = struct.Struct(">QQ")
 
 class _StreamGroups:
     __slots__ = ("type", "groups", "name", "consumers", "consumer", "left", "ptr",
-                 "ids", "times", "counts", "last", "unsorted")  # fmt: skip
+                 "ids", "times", "counts", "last", "unsorted", "total")  # fmt: skip
 
     def __init__(self, t: int, ngroups: int) -> None:
         self.type = t
@@ -825,6 +830,7 @@ class _StreamGroups:
         self.consumer: tuple[bytes, int, int] = (b"", 0, 0)  # name, seen time, active time
         self.left = 0  # PEL entries, then pending ids of the current consumer, to read
         self.ptr = 0  # the current consumer's next id is at or after this PEL entry
+        self.total = [0, 0]  # NACK zone size / IDMP producers, IDMP iids (StreamDropped)
         self.new_store()
 
     def new_store(self) -> None:
@@ -973,12 +979,80 @@ def _rd_consumer_ids(buf, p: int, items: list, st: _StreamGroups) -> int:
 
 
 def _group_end(buf, p: int, big: _Big) -> int:
-    """After the last consumer of a group: release its PEL store; next group or the end."""
+    """After the last consumer of a group: release its PEL store; its NACK zone (type 27),
+    then the next group or the end (the IDMP section for types 26 and 27)."""
+    st = big.extra
+    if st.type >= 27:
+        n, p = read_len(buf, p)
+        st.left, st.total = n, [n, 0]
+        big.reader, big.rem = None, 0
+        big.then = _group_nacked if n else _group_nacked_end
+        return p
+    return _group_done(buf, p, big)
+
+
+def _group_nacked(buf, p: int, big: _Big) -> int:
+    """Up to _PEL_CHUNK ids (16 bytes each) of a group's NACK zone: counted, not kept (an
+    older target has no room for them; see StreamDropped)."""
+    st = big.extra
+    n = _PEL_CHUNK if st.left > _PEL_CHUNK else st.left
+    e = p + 16 * n
+    if e > len(buf):
+        raise Truncated(e)
+    st.left -= n
+    if not st.left:
+        big.then = _group_nacked_end
+    return e
+
+
+def _group_nacked_end(buf, p: int, big: _Big) -> int:
+    st = big.extra
+    big.items.append(StreamDropped(st.name, nacked=st.total[0]))
+    return _group_done(buf, p, big)
+
+
+def _group_done(buf, p: int, big: _Big) -> int:
     st = big.extra
     st.new_store()
     st.groups -= 1
     big.reader, big.rem = None, 0
-    big.then = _group_head if st.groups else None
+    big.then = _group_head if st.groups else _stream_idmp if st.type >= 26 else None
+    return p
+
+
+def _stream_idmp(buf, p: int, big: _Big) -> int:
+    """Start of the IDMP section of a streamed stream of type 26 / 27 (after its groups):
+    duration, max entries, number of producers; the producers are read one per call."""
+    st = big.extra
+    for _ in range(2):
+        _, p = read_len(buf, p)
+    st.left, p = read_len(buf, p)
+    st.total = [st.left, 0]
+    big.reader, big.rem = None, 0
+    big.then = _idmp_producer if st.left else _idmp_end
+    return p
+
+
+def _idmp_producer(buf, p: int, big: _Big) -> int:
+    """One IDMP producer (id, its iids with their stream ids): counted, not kept. A
+    producer tracks at most the stream's IDMP max entries (10000 at most) iids."""
+    st = big.extra
+    p, n = walk.skip_idmp_producer(buf, p)
+    st.total[1] += n
+    st.left -= 1
+    if not st.left:
+        big.then = _idmp_end
+    return p
+
+
+def _idmp_end(buf, p: int, big: _Big) -> int:
+    """The IDMP counters (iids added, duplicates); the end of the stream."""
+    st = big.extra
+    for _ in range(2):
+        _, p = read_len(buf, p)
+    producers, iids = st.total
+    big.items.append(StreamDropped(None, producers=producers, iids=iids))
+    big.then = None
     return p
 
 

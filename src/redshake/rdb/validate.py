@@ -198,6 +198,14 @@ def _stream_groups_check(groups) -> None:
             _no_dups(c.pel_ids, f"consumer {c.name!r}")
             if any(pid not in pel for pid in c.pel_ids):
                 raise RdbError(f"consumer {c.name!r} has a pending id its group does not have")
+        if g.nacked:  # type 27: NACKed ids are PEL entries that no consumer owns
+            _no_dups(g.nacked, f"NACK zone of consumer group {g.name!r}")
+            owned = {pid for c in g.consumers for pid in c.pel_ids}
+            if any(pid not in pel or pid in owned for pid in g.nacked):
+                raise RdbError(
+                    f"NACK zone of consumer group {g.name!r} has an id that is not an "
+                    "unowned entry of its PEL"
+                )
 
 
 def check_blobs(t: int, raw: bytes, value) -> None:
@@ -223,7 +231,7 @@ def check_blobs(t: int, raw: bytes, value) -> None:
                 ziplist_check(blob)
             elif container == 2:
                 listpack_check(blob)
-    elif t in (15, 19, 21):
+    elif t in (15, 19, 21, 26, 27):
         n, pos = read_length(raw, 0)
         for _ in range(n):
             _nodekey, pos = read_string(raw, pos)

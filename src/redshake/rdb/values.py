@@ -40,6 +40,8 @@ __all__ = [
     "StreamConsumer",
     "StreamGroupHead",
     "StreamConsumerPart",
+    "StreamIdmp",
+    "StreamDropped",
     "STREAM_CLAIMS_CHUNK",
     "ModuleValue",
     "decode_value",
@@ -49,6 +51,8 @@ __all__ = [
     "decode_stream_group",
     "decode_stream_group_head",
     "decode_stream_consumer_head",
+    "read_stream_nacked",
+    "read_stream_idmp",
     "stream_group_parts",
     "format_score",
     "TYPE_NAMES",
@@ -58,7 +62,7 @@ TYPE_NAMES = {
     0: "string", 1: "list", 2: "set", 3: "zset", 4: "hash", 5: "zset", 6: "module",
     7: "module", 9: "hash", 10: "list", 11: "set", 12: "zset", 13: "hash", 14: "list",
     15: "stream", 16: "hash", 17: "zset", 18: "list", 19: "stream", 20: "set",
-    21: "stream", 22: "hash", 23: "hash", 24: "hash", 25: "hash",
+    21: "stream", 22: "hash", 23: "hash", 24: "hash", 25: "hash", 26: "stream", 27: "stream",
 }  # fmt: skip
 
 
@@ -152,9 +156,11 @@ class StreamConsumer(Value):
 
 
 class StreamGroup(Value):
-    """``pel`` = [(id, delivery_time_ms, delivery_count)]; ``entries_read`` −1 = unknown."""
+    """``pel`` = [(id, delivery_time_ms, delivery_count)]; ``entries_read`` −1 = unknown.
+    ``nacked``: ids of the group's "NACK zone" (type 27, Redis 8.8 XNACK): PEL entries that
+    no consumer owns, in the order stored."""
 
-    __slots__ = ("name", "last_id", "entries_read", "pel", "consumers")
+    __slots__ = ("name", "last_id", "entries_read", "pel", "consumers", "nacked")
 
     def __init__(
         self,
@@ -163,12 +169,55 @@ class StreamGroup(Value):
         entries_read: int,
         pel: list[tuple[bytes, int, int]],
         consumers: list[StreamConsumer],
+        nacked: list[bytes] | None = None,
     ) -> None:
         self.name = name
         self.last_id = last_id
         self.entries_read = entries_read
         self.pel = pel
         self.consumers = consumers
+        self.nacked = nacked if nacked is not None else []
+
+
+class StreamIdmp(Value):
+    """The IDMP (idempotent producer) section of a stream of type 26 / 27 (Redis 8.6+):
+    ``duration`` (seconds) and ``max_entries`` (XCFGSET), ``producers`` =
+    [(producer id, [(iid, stream id), ...])], and the all-time counters."""
+
+    __slots__ = ("duration", "max_entries", "producers", "iids_added", "iids_duplicates")
+
+    def __init__(
+        self,
+        duration: int,
+        max_entries: int,
+        producers: list[tuple[bytes, list[tuple[bytes, bytes]]]],
+        iids_added: int,
+        iids_duplicates: int,
+    ) -> None:
+        self.duration = duration
+        self.max_entries = max_entries
+        self.producers = producers
+        self.iids_added = iids_added
+        self.iids_duplicates = iids_duplicates
+
+    def iids(self) -> int:
+        return sum(len(e) for _, e in self.producers)
+
+
+class StreamDropped(Value):
+    """Item of a stream that arrives in parts, for what older servers cannot hold: the
+    ``nacked`` ids of a group's NACK zone (type 27) or the ``iids`` / ``producers`` counts
+    of the IDMP section (types 26, 27). Writes no command; the writer counts it."""
+
+    __slots__ = ("group", "nacked", "producers", "iids")
+
+    def __init__(
+        self, group: bytes | None, nacked: int = 0, producers: int = 0, iids: int = 0
+    ) -> None:
+        self.group = group
+        self.nacked = nacked
+        self.producers = producers
+        self.iids = iids
 
 
 # A consumer's pending entries travel in items of at most this many entries (see
@@ -241,6 +290,7 @@ class StreamValue(Value):
         "max_deleted_id",
         "entries_added",
         "groups",
+        "idmp",
     )
     kind = "stream"
 
@@ -253,6 +303,7 @@ class StreamValue(Value):
         max_deleted_id: bytes,
         entries_added: int,
         groups: list[StreamGroup],
+        idmp: StreamIdmp | None = None,
     ) -> None:
         self.entries = entries
         self.length = length
@@ -261,6 +312,7 @@ class StreamValue(Value):
         self.max_deleted_id = max_deleted_id
         self.entries_added = entries_added
         self.groups = groups
+        self.idmp = idmp
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -470,7 +522,43 @@ def decode_stream_group(t: int, raw, pos: int) -> tuple[StreamGroup, int]:
             pid, pos = _raw_id(raw, pos)
             ids.append(pid)
         consumers.append(StreamConsumer(cname, seen, active, ids))
-    return StreamGroup(gname, last_id, entries_read, pel, consumers), pos
+    nacked: list[bytes] = []
+    if t >= 27:
+        nacked, pos = read_stream_nacked(raw, pos)
+    return StreamGroup(gname, last_id, entries_read, pel, consumers, nacked), pos
+
+
+def read_stream_nacked(raw, pos: int) -> tuple[list[bytes], int]:
+    """A group's NACK zone (type 27, after its consumers): a count, then 16-byte raw ids."""
+    n, pos = read_length(raw, pos)
+    ids = []
+    for _ in range(n):
+        pid, pos = _raw_id(raw, pos)
+        ids.append(pid)
+    return ids, pos
+
+
+def read_stream_idmp(raw, pos: int) -> tuple[StreamIdmp, int]:
+    """The IDMP section of a stream of type 26 / 27 (after its consumer groups): duration,
+    max entries, producers (id, then its (iid, stream id as two lengths) entries), iids
+    added, iids duplicates."""
+    duration, pos = read_length(raw, pos)
+    max_entries, pos = read_length(raw, pos)
+    nprod, pos = read_length(raw, pos)
+    producers = []
+    for _ in range(nprod):
+        pid, pos = read_string(raw, pos)
+        n, pos = read_length(raw, pos)
+        ents = []
+        for _ in range(n):
+            iid, pos = read_string(raw, pos)
+            ms, pos = read_length(raw, pos)
+            seq, pos = read_length(raw, pos)
+            ents.append((iid, _fmt_id(ms, seq)))
+        producers.append((pid, ents))
+    added, pos = read_length(raw, pos)
+    dups, pos = read_length(raw, pos)
+    return StreamIdmp(duration, max_entries, producers, added, dups), pos
 
 
 def _decode_stream(t: int, raw: bytes, pos: int) -> tuple[StreamValue, int]:
@@ -485,6 +573,8 @@ def _decode_stream(t: int, raw: bytes, pos: int) -> tuple[StreamValue, int]:
     for _ in range(ngroups):
         group, pos = decode_stream_group(t, raw, pos)
         value.groups.append(group)
+    if t >= 26:
+        value.idmp, pos = read_stream_idmp(raw, pos)
     return value, pos
 
 
@@ -570,7 +660,7 @@ def _decode(t: int, raw: bytes, start: int, valkey: bool) -> tuple[Value, int]:
             else:
                 raise RdbError(f"invalid quicklist container {container}")
         return ListValue(items), pos
-    if t in (15, 19, 21):
+    if t in (15, 19, 21) or (t in (26, 27) and not valkey):
         return _decode_stream(t, raw, start)
     if valkey:
         if t == 22:  # HASH_2: field, value, 8-byte LE signed absolute ms (-1 = none)

@@ -223,7 +223,34 @@ def skip_stream_tail(buf, p: int, t: int) -> int:
     groups, p = read_len(buf, p)
     for _ in range(groups):
         p = skip_stream_group(buf, p, t)
+    if t >= 26:
+        p = skip_stream_idmp(buf, p)
     return p
+
+
+def skip_stream_idmp(buf, p: int) -> int:
+    """Walk the IDMP section of a stream of type 26 / 27: duration, max entries, producers
+    (id, count, then per entry an iid and a stream id as two lengths), iids added / dups."""
+    for _ in range(2):
+        _, p = read_len(buf, p)
+    producers, p = read_len(buf, p)
+    for _ in range(producers):
+        p, _ = skip_idmp_producer(buf, p)
+    for _ in range(2):
+        _, p = read_len(buf, p)
+    return p
+
+
+def skip_idmp_producer(buf, p: int) -> tuple[int, int]:
+    """Walk one IDMP producer: its id, then its iids, each with a stream id as two lengths.
+    Returns (end, number of iids)."""
+    p = skip_str(buf, p)
+    n, p = read_len(buf, p)
+    for _ in range(n):
+        p = skip_str(buf, p)
+        _, p = read_len(buf, p)
+        _, p = read_len(buf, p)
+    return p, n
 
 
 def skip_stream_group(buf, p: int, t: int) -> int:
@@ -239,7 +266,10 @@ def skip_stream_group(buf, p: int, t: int) -> int:
         _, p = read_len(buf, p + 24)
     consumers, p = read_len(buf, p)
     for _ in range(consumers):
-        p = skip_str(buf, p) + (16 if t == 21 else 8)  # name, seen[, active] time
+        p = skip_str(buf, p) + (16 if t >= 21 else 8)  # name, seen[, active] time
+        n, p = read_len(buf, p)
+        p = _check(buf, p + 16 * n)
+    if t >= 27:  # NACK zone: unowned PEL ids
         n, p = read_len(buf, p)
         p = _check(buf, p + 16 * n)
     return _check(buf, p)

@@ -46,6 +46,7 @@ from ..rdb.dump import (
 from ..rdb.primitives import RdbError, read_length
 from ..rdb.rewrite import supports_field_ttl
 from ..rdb.stream_spill import StreamSpill
+from ..rdb.values import StreamDropped
 from ..rdb.walk import module_name
 
 __all__ = ["TargetCaps", "RdbToEntries", "ConversionError", "temp_key_tag", "field_ttl_summary",
@@ -62,7 +63,7 @@ _PLAIN_KIND = {
     4: "hash", 9: "hash", 13: "hash", 16: "hash",
 }  # fmt: skip
 
-_STREAM_TYPES = frozenset({15, 19, 21})
+_STREAM_TYPES = frozenset({15, 19, 21, 26, 27})
 
 # Zipmaps (pre-2.6 hashes) are always decoded and re-encoded: the format allows a zipmap
 # whose count byte says "unknown, walk to the end", which current servers' payload checks
@@ -245,6 +246,10 @@ class RdbToEntries:
         self._fttl_ok = supports_field_ttl(caps.version, caps.is_valkey)
         self.field_ttls_dropped = 0  # fields whose TTL was dropped / folded into the key TTL
         self.field_ttl_keys = 0  # ... and the keys they belong to
+        # what an older target cannot hold of Redis 8.6+ streams (types 26, 27): NACKed
+        # entries, IDMP producers, IDMP iids; and the stream keys concerned
+        self.stream_dropped = [0, 0, 0]
+        self.stream_dropped_keys = 0
         self._big_fexp = -1  # key_ttl: earliest field TTL of the big key being streamed
         self._big_fttl_seen = False
         self.skipped: Counter[str] = Counter()
@@ -467,16 +472,26 @@ class RdbToEntries:
             # keep every pending entry (commands cannot claim one whose message is deleted).
             to = stream_type_for(caps.plain_max)
             if to is not None and to < rec.type:
+                dropped = [0, 0, 0]
                 try:
-                    raw = stream_downgrade(rec.type, rec.raw, to)
+                    raw = stream_downgrade(rec.type, rec.raw, to, dropped)
                 except RdbError as e:
                     raise RdbError(e.message, rec.offset, key) from None
                 if len(raw) + 11 <= limit:
+                    self._stream_dropped(key, *dropped)
                     self._methods["restore_reencoded"] += 1
                     payload = make_payload(to, raw, caps.plain_max)
                     yield Entry(db, self._restore_argv(key, payload, rec), key)
                     return
         value = self._decode(rec)
+        if rec.type >= 26 and value.kind == "stream":  # commands hold neither
+            idmp = value.idmp
+            self._stream_dropped(
+                key,
+                sum(len(g.nacked) for g in value.groups),
+                len(idmp.producers) if idmp else 0,
+                idmp.iids() if idmp else 0,
+            )
         exp = rec.expire_ms
         fexp = getattr(value, "field_expire", None)
         if fexp and not self._fttl_ok:
@@ -553,6 +568,24 @@ class RdbToEntries:
         m = min(live)
         return m if exp == -1 else min(exp, m)
 
+    def _stream_dropped(self, key: bytes, nacked: int, producers: int, iids: int) -> None:
+        """Count what a Redis 8.6+ stream loses on this target (see README, Compatibility):
+        NACKed entries (unowned pending entries, left out of the group's PEL) and the IDMP
+        producers / iids (the idempotent-producer table). Warns once."""
+        if not (nacked or producers or iids):
+            return
+        if not self.stream_dropped_keys:
+            log.warning(
+                "the target cannot hold Redis 8.6+ stream state: NACKed pending entries and "
+                "IDMP (idempotent producer) ids are left out, first on key %r; counted in "
+                "the summary", key,
+            )  # fmt: skip
+        d = self.stream_dropped
+        d[0] += nacked
+        d[1] += producers
+        d[2] += iids
+        self.stream_dropped_keys += 1
+
     def _decode(self, rec):
         from ..rdb.values import decode_value
 
@@ -627,7 +660,13 @@ class RdbToEntries:
         try:
             if kind == "stream":  # entries, metadata, groups: written at the key's end
                 assert self._spill is not None
-                self._spill.add(rec.items)
+                kept = []
+                for it in rec.items:
+                    if type(it) is StreamDropped:  # NACK zone / IDMP: no command holds them
+                        self._stream_dropped(key, it.nacked, it.producers, it.iids)
+                    else:
+                        kept.append(it)
+                self._spill.add(kept)
                 return
             for argv in items_to_commands(
                 key,
@@ -817,11 +856,22 @@ def _plain_items(kind: str, value):
 
 
 def field_ttl_summary(conv: RdbToEntries | None) -> list[str]:
-    """The summary line about hash field TTLs the target could not hold, if there were any."""
-    if conv is None or not conv.field_ttls_dropped:
+    """The summary lines about what the target could not hold, if anything: hash field TTLs,
+    and the NACKed entries and IDMP ids of Redis 8.6+ streams."""
+    if conv is None:
         return []
-    how = "dropped" if conv.field_ttl == "drop" else "folded into their key's TTL"
-    return [
-        f"hash field TTLs {how}: {conv.field_ttls_dropped} fields of {conv.field_ttl_keys} "
-        f"keys (unsupported_field_ttl = {conv.field_ttl}; the target has no field expiration)"
-    ]
+    out = []
+    if conv.field_ttls_dropped:
+        how = "dropped" if conv.field_ttl == "drop" else "folded into their key's TTL"
+        out.append(
+            f"hash field TTLs {how}: {conv.field_ttls_dropped} fields of {conv.field_ttl_keys} "
+            f"keys (unsupported_field_ttl = {conv.field_ttl}; the target has no field expiration)"
+        )
+    if conv.stream_dropped_keys:
+        nacked, producers, iids = conv.stream_dropped
+        out.append(
+            f"stream state left out (the target predates Redis 8.6 / 8.8): {nacked} NACKed "
+            f"pending entries, {iids} IDMP ids of {producers} producers, in "
+            f"{conv.stream_dropped_keys} streams"
+        )
+    return out
