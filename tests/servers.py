@@ -113,14 +113,15 @@ def free_port(cluster: bool = False) -> int:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         if _WORKERS > 1:
-            # Linux hands out odd ports for bind(0): move to this worker's residue.
+            # Below the ephemeral range (32768+), where outgoing connections take their even
+            # ports: 12000-21999, cluster bus ports 22000-31999; this worker's residue only.
+            port = 12000 + port % 10000
             port += (_WORKER_INDEX - port) % _WORKERS
-            if port > 65535 or not _port_free(port):
+            if port > 21999 or not _port_free(port):
                 continue
         if cluster:
             if port + 10000 > 65535:
                 port = 20000 + port % 30000
-                port -= port % _WORKERS - _WORKER_INDEX % _WORKERS
             if not (_port_free(port) and _port_free(port + 10000)):
                 continue
         if port in _USED_PORTS:
