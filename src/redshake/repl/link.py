@@ -511,30 +511,24 @@ class SourceLink(threading.Thread):
             framer.push_back_payload(line)
             return
         r = parse_psync_reply(line)
-        if r.kind == "full":
+        if r.kind == "full" or r.kind == "dual":
             self.full_syncs += 1
+            how = f"({r.message})" if r.kind == "full" else "over two connections"
             if want is not None:
                 log.warning(
                     "[%s] the source cannot continue from offset %d (backlog too small or "
-                    "history changed): full resynchronisation (%s)",
-                    self.label, want[1], r.message,
+                    "history changed): full resynchronisation %s",
+                    self.label, want[1], how,
                 )  # fmt: skip
-            else:
+            elif r.kind == "full":
                 log.info("[%s] full resynchronisation: %s", self.label, r.message)
-            self._new_epoch("full", r.replid, r.offset)
             self.status = "waiting bgsave"
-            framer.expect_payload()
-        elif r.kind == "dual":
-            self.full_syncs += 1
-            if want is not None:
-                log.warning(
-                    "[%s] the source cannot continue from offset %d (backlog too small or "
-                    "history changed): full resynchronisation over two connections",
-                    self.label, want[1],
-                )  # fmt: skip
-            self.status = "waiting bgsave"
-            self._open_rdb_channel()
-            framer.expect_reply()
+            if r.kind == "full":
+                self._new_epoch("full", r.replid, r.offset)
+                framer.expect_payload()
+            else:
+                self._open_rdb_channel()
+                framer.expect_reply()
         elif r.kind == "continue":
             ep = self.epoch
             if ep is None:  # resuming from a checkpoint
