@@ -422,7 +422,12 @@ class ScanReader:
                         batch.append(x)
                     else:
                         rec, version, replace = x
-                        batch.extend(self.converter(version, replace).convert(rec))
+                        # (the end of a streamed stream brings all its commands: in chunks)
+                        for chunk in self.converter(version, replace).convert_chunks(rec):
+                            batch.extend(chunk)
+                            if len(batch) >= 4096:
+                                yield batch
+                                batch = []
                 if batch:
                     yield batch
                 continue
