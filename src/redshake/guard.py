@@ -139,7 +139,8 @@ def check_reverse(cfg) -> None:
             )
         _check_echo(cfg, src, src_opts, dst, {r for _, r in replids if r})
     except (ConnError, OSError, ValueError) as e:
-        log.debug("reverse-sync guard: cannot check (%s); the run reports it", e)
+        # (not silent: a DR source that is still down at the start is not checked)
+        log.warning("reverse-sync guard: cannot check (%s): this sync starts unchecked", e)
     except ReplyError as e:  # ACL without GET / INFO: say so, do not block
         log.warning("reverse-sync guard: cannot check (%s)", e.message)
 
