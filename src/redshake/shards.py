@@ -294,9 +294,13 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
         log.error("cluster source %s: no master owns slots", rc.address)
         return EXIT_FAILURE
     picked = rc.shard_slice()
+    others: set[str] = set()  # node ids of the shards another process reads (shards = I/N)
     if picked is not None:
         every = len(shards)
+        everyone = shards
         shards = select_shards(shards, *picked)
+        mine = {a for a, _, _ in shards}
+        others = {i for a, _, ids in everyone if a not in mine for i in ids}
         log.info(
             "sync_reader.shards = %s: this process reads %d of the %d shards", rc.shards, len(shards), every
         )
@@ -371,7 +375,7 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
     codes: dict[str, int] = {}
     forwarded = False
     last_line = time.monotonic()
-    watch = _TopologyWatch(seeds, members, _conn_opts(rc)) if not rc.prefer_replica else None
+    watch = _TopologyWatch(seeds, members, _conn_opts(rc), others) if not rc.prefer_replica else None
     retiring: dict[str, float] = {}
     reported: set[str] = set()
     try:
@@ -408,6 +412,14 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
                 for addr, ranges, ids in joined:
                     if addr in procs:
                         continue  # (an address that comes back: its process still runs)
+                    if picked is not None:  # which of the N processes reads it is not ours to say
+                        log.warning(
+                            "cluster source: master %s joined (slots %s): not followed with "
+                            "sync_reader.shards = %s (restart the processes to split anew)",
+                            addr, _fmt_ranges(ranges), rc.shards,
+                        )  # fmt: skip
+                        watch.others |= ids
+                        continue
                     log.info("cluster source: master %s joined (slots %s): following it", addr, _fmt_ranges(ranges))
                     names.append(addr)
                     launch(addr, ranges, ids, late=True)
@@ -471,9 +483,13 @@ class _TopologyWatch:
     running shard knows (joined), shards none of whose nodes is in the cluster any more
     (left)."""
 
-    def __init__(self, seeds: list[str], members: dict[str, set[str]], conn_kw: dict) -> None:
+    def __init__(
+        self, seeds: list[str], members: dict[str, set[str]], conn_kw: dict, others: set[str] = frozenset()
+    ) -> None:
         self.seeds = seeds
         self.members = members
+        # the nodes of shards other processes read (sync_reader.shards = "I/N"): never "joined"
+        self.others = set(others)
         self.conn_kw = conn_kw
         self.next = time.monotonic() + TOPOLOGY_EVERY
         self.gone: set[str] = set()
@@ -496,7 +512,9 @@ class _TopologyWatch:
         known = {n.id for n in nodes}
         for ids in self.members.values():  # a shard's new replicas are its members too
             ids |= {n.id for n in nodes if n.master_id in ids}
-        covered = set().union(*self.members.values()) if self.members else set()
+        others = self.others
+        others |= {n.id for n in nodes if n.master_id in others}
+        covered = set().union(others, *self.members.values())
         joined: list[Shard] = [
             (n.address, list(n.ranges), {n.id} | {r.id for r in nodes if r.master_id == n.id})
             for n in nodes
