@@ -246,7 +246,7 @@ def guarded_runs(write_run, write_checked, guard):
 
 
 def _shard_main(cfg: Config, address: str, identity: str, ranges, members, seeds, workdir: str,
-                status_q, code_q, marks, counts, addrs, index: int, late: bool) -> None:  # fmt: skip
+                status_q, code_q, marks, counts, addrs, offsets, index: int, late: bool) -> None:  # fmt: skip
     """Child process: run the ordinary pipeline for one shard."""
     from . import pipeline
     from .readers.topology import Handover, MigrationGuard, ShardResolver
@@ -262,7 +262,7 @@ def _shard_main(cfg: Config, address: str, identity: str, ranges, members, seeds
         pipeline.SHARD["resolver"] = resolver
         guard = pipeline.SHARD["guard"] = MigrationGuard(resolver, opts, lambda n: None)
         if index >= 0:
-            pipeline.SHARD["handover"] = Handover(guard, marks, counts, addrs, index, ranges)
+            pipeline.SHARD["handover"] = Handover(guard, marks, counts, addrs, index, ranges, offsets)
     try:
         code = pipeline.run(shard_cfg)
     except BaseException as e:  # noqa: BLE001 - reported to the parent
@@ -348,6 +348,9 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
     # per lane (importing shard) and slot: keys moved out, copies applied; shards' addresses
     counts = ctx.Array("q", LANES * 2 * 16384, lock=False)
     addrs = ctx.Array("q", MAX_SHARDS, lock=False)
+    # per shard: the source offset up to which it applied its stream (-1: none yet), and
+    # 1 + the index of the shard whose stream it waits for (0: none)
+    offsets = ctx.Array("q", [-1] * MAX_SHARDS + [0] * MAX_SHARDS, lock=False)
     index: dict[str, int] = {}
 
     def launch(addr: str, ranges, ids: set[str], late: bool = False) -> None:
@@ -361,7 +364,7 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
         p = ctx.Process(
             target=_shard_main,
             args=(late_cfg if late else cfg, addr, identity, ranges, ids, seeds, wd, status_q,
-                  code_q, marks, counts, addrs, i, late),
+                  code_q, marks, counts, addrs, offsets, i, late),
             name=f"shard-{addr}",
         )  # fmt: skip
         p.start()

@@ -228,14 +228,7 @@ class MigrationGuard:
         op = argv[2].lower()
         name = _arg_after(argv, b"name")
         if op == b"establish":
-            ranges = []
-            try:
-                i = [a.lower() for a in argv].index(b"slotsrange") + 1
-                while i + 1 < len(argv) and argv[i].isdigit() and argv[i + 1].isdigit():
-                    ranges.append((int(argv[i]), int(argv[i + 1])))
-                    i += 2
-            except ValueError:
-                pass
+            ranges = _slot_ranges(argv)
             self.imports[name] = ranges
             log.info(
                 "[%s] atomic slot import %s of slots %s begins: its copy of the slots is not "
@@ -348,8 +341,10 @@ class Handover:
     """
 
     def __init__(self, guard: MigrationGuard, marks, counts, addrs, index: int,
-                 ranges: list[tuple[int, int]]) -> None:  # fmt: skip
+                 ranges: list[tuple[int, int]], offsets=None) -> None:  # fmt: skip
         self.guard = guard
+        # per shard: [source offset applied (-1: none)] + [1 + index of the shard it waits for]
+        self.offsets = offsets if offsets is not None else [-1] * len(addrs) + [0] * len(addrs)
         self.addrs = addrs  # per shard: a hash of the address of its master (0: none)
         self.lane = index % LANES
         # [watermark of each shard (NEVER: unused / ended)] + [the moment it waits for (0: not)]
@@ -363,6 +358,10 @@ class Handover:
         self.since: dict[int, float] = {}  # slot owned here, not settled -> first seen owned
         self.importing: set[int] = set()
         self.migrated: set[int] = set()  # slots whose keys came by RESTORE-ASKING (MIGRATE)
+        # Valkey atomic imports seen in this stream: job name -> (source node id, slot ranges)
+        self.atomic: dict[bytes, tuple[str, list[tuple[int, int]]]] = {}
+        self.atomic_now = bytearray(SLOTS)  # slots of those imports (their copy: never held)
+        self.barriers = 0
         self.active = False
         self.waits = 0
         self.waited = 0.0
@@ -382,6 +381,7 @@ class Handover:
         self.addrs[self.index] = _addr_key(self.guard.resolver.address)
         pending = self.moved_out
         applied = reader.applied
+        self.offsets[self.index] = applied if reader.phase == "aof" else -1
         while pending and pending[0][0] <= applied:
             _off, at, n = pending.popleft()
             self.counts[at] += n
@@ -492,8 +492,7 @@ class Handover:
         """(where the batch can be cut before its first command that must wait — only after
         a command that ends at a known offset —, what to wait for); (0, None): nothing."""
         self.look()
-        restores = any(_restore_asking(e) for e in batch)
-        if not self.active and not restores:
+        if not self.active and not _movers(batch):
             return 0, None
         self.active = True
         settled = self.settled
@@ -508,8 +507,14 @@ class Handover:
             for argv in argvs:
                 keys = command_keys(argv)
                 if not keys:
+                    if len(argv) > 2 and len(argv[0]) == 7 and argv[0].lower() == b"cluster":
+                        job = self._slot_sync(argv, passed)
+                        if job is not None:  # the end of an atomic import: see _barrier
+                            return cut, ("finish", job, reader.received_by(e.offset))
                     continue
                 slot = key_slot(keys[0])
+                if self.atomic_now[slot]:
+                    break  # (the import's copy: never applied, see MigrationGuard.slot_sync)
                 restore = _restore_asking(e)
                 if restore:
                     self.migrated.add(slot)
@@ -528,12 +533,150 @@ class Handover:
                 cut = i + 1
         return 0, None
 
+    def _slot_sync(self, argv: list[bytes], passed: bool) -> bytes | None:
+        """A ``CLUSTER SYNCSLOTS`` of this shard's stream, seen by the gate: the job name of
+        a successful ``FINISH`` that has not waited yet (it must: see _barrier), else None."""
+        if argv[1].lower() != b"syncslots":
+            return None
+        op = argv[2].lower()
+        name = _arg_after(argv, b"name")
+        if op == b"establish":
+            self.atomic[name] = (_arg_after(argv, b"source").decode("ascii", "replace"), _slot_ranges(argv))
+        elif op == b"finish":
+            success = _arg_after(argv, b"state").lower() in (b"success", b"")
+            if not passed and success:
+                return name
+            _src, ranges = self.atomic.pop(name, ("", []))
+            if success:  # everything the old owner wrote to the slots is on the target
+                for lo, hi in ranges:
+                    self.settled[lo : hi + 1] = b"\x01" * (hi - lo + 1)
+                    for s in range(lo, hi + 1):
+                        self.since.pop(s, None)
+        else:
+            return None
+        self.atomic_now = bytearray(SLOTS)
+        for _src, ranges in self.atomic.values():
+            for lo, hi in ranges:
+                self.atomic_now[lo : hi + 1] = b"\x01" * (hi - lo + 1)
+        return None
+
+    def _barrier(self, source: str) -> list[tuple[int, int]]:
+        """(shard index, source offset) for the old owner ``source`` (a node id; every other
+        master when unknown): its master's replication offset, read now. An atomic import
+        ends (``FINISH`` in this stream) after its new owner took the slots over, and the
+        old owner writes nothing to them once it knows — it pauses writes until then — so
+        everything it wrote to the slots lies at or before that offset of its stream."""
+        g = self.guard
+        r = g.resolver
+        deadline = time.monotonic() + PATIENCE
+        while True:
+            try:
+                _, nodes = cluster_view([r.address, *r.seeds], g.conn_kw)
+                break
+            except ConnError as e:
+                if time.monotonic() > deadline:
+                    log.warning("[%s] an atomic slot import ended, but the cluster cannot be "
+                                "asked (%s): the old owner's writes are not waited for", r.label, e)  # fmt: skip
+                    return []
+                time.sleep(0.5)
+        masters = [n for n in nodes if n.is_master and n.usable]
+        picked = [n for n in masters if n.id == source] or masters
+        addrs = self.addrs
+        out = []
+        for n in picked:
+            key = _addr_key(n.address)
+            j = next((j for j in range(len(addrs)) if addrs[j] == key), None)
+            if j is None or j == self.index:
+                continue  # (a master no shard process of ours follows)
+            host, port = parse_address(n.address)
+            try:
+                with Connection(host, port, io_timeout=10.0, **g.conn_kw) as c:
+                    info = c.call("INFO", "replication")
+            except (ConnError, OSError, ReplyError) as e:
+                log.warning("[%s] cannot read the replication offset of %s (%s): its writes to "
+                            "the imported slots are not waited for", r.label, n.address, e)  # fmt: skip
+                continue
+            text = info.decode("ascii", "replace") if isinstance(info, bytes) else str(info)
+            for line in text.splitlines():
+                if line.startswith("master_repl_offset:"):
+                    out.append((j, int(line.split(":", 1)[1])))
+        return out
+
+    def _first_in_ring(self, j: int) -> bool:
+        """Shards waiting for one another in a ring (this one waits for ``j``, ``j`` for ...,
+        back to this one): True when this one goes first — the one whose held command was
+        received first."""
+        offsets = self.offsets
+        n = len(offsets) // 2
+        ring = [self.index]
+        k = j
+        for _ in range(n):
+            if k == self.index or k == n:  # (n: waits for every other shard, this one too)
+                break
+            ring.append(k)
+            k = offsets[n + k] - 1
+            if k < 0:
+                return False
+        else:
+            return False
+        marks = self.marks
+        m = len(marks) // 2
+        me = (marks[m + self.index], self.index)
+        return all(me <= (marks[m + k] or NEVER, k) for k in ring)
+
+    def _hold_finish(self, job: bytes, received: float) -> None:
+        """Hold this shard's stream (at an atomic import's ``FINISH``) until the old owner's
+        shard process has applied its stream up to the offset _barrier reads."""
+        t0 = time.monotonic()
+        source = self.atomic.get(job, ("", []))[0]
+        need = self._barrier(source)
+        offsets, marks = self.offsets, self.marks
+        n, m = len(offsets) // 2, len(marks) // 2
+        marks[m + self.index] = received
+        warned = t0
+        try:
+            while True:
+                late = [(j, off) for j, off in need if offsets[j] < off and marks[j] != NEVER]
+                if not late:
+                    break
+                j, off = late[0]
+                offsets[n + self.index] = j + 1
+                if self._first_in_ring(j):
+                    break
+                if time.monotonic() - warned > HANDOVER_WAIT:
+                    warned = time.monotonic()
+                    log.warning(
+                        "[%s] atomic slot import %s ended %.0fs ago: still waiting for the old "
+                        "owner's shard to apply its stream up to offset %d (it is at %d)",
+                        self.guard.resolver.label, job.decode("ascii", "replace"), warned - t0,
+                        off, offsets[j],
+                    )  # fmt: skip
+                time.sleep(0.002)
+        finally:
+            offsets[n + self.index] = 0
+            marks[m + self.index] = 0.0
+        self.barriers += 1
+        log.info(
+            "[%s] atomic slot import %s: its new owner's writes follow the old owner's (%s) "
+            "after %.3fs", self.guard.resolver.label, job.decode("ascii", "replace"),
+            ", ".join(f"shard {j} applied up to offset {off}: at {offsets[j]}" for j, off in need) or "nothing to wait for",
+            time.monotonic() - t0,
+        )  # fmt: skip
+        self.waits += 1
+        self.waited += time.monotonic() - t0
+
     def _hold(self, wait) -> None:
         t0 = time.monotonic()
         kind, value, received = wait
+        if kind == "finish":
+            self._hold_finish(value, received)
+            return
         base = self.lane * 2 * SLOTS
         n = len(self.marks) // 2
         self.marks[n + self.index] = received
+        offsets = self.offsets
+        waits_on = len(offsets) // 2 + self.index
+        offsets[waits_on] = len(offsets) // 2 + 1 if kind == "time" else 0  # (every other shard)
         try:
             while not (self._may_go(value) if kind == "time"
                        else self.counts[base + value] > self.counts[base + SLOTS + value]):  # fmt: skip
@@ -551,6 +694,7 @@ class Handover:
                 time.sleep(0.002)
         finally:
             self.marks[n + self.index] = 0.0
+            offsets[waits_on] = 0
         self.waits += 1
         self.waited += time.monotonic() - t0
 
@@ -563,6 +707,31 @@ class _Passed:
     def __init__(self, entry) -> None:
         self.entry = entry
         self.offset = entry.offset
+
+
+def _movers(batch) -> bool:
+    """``batch`` has a ``RESTORE-ASKING`` or a ``CLUSTER`` command (SYNCSLOTS)."""
+    for e in batch:
+        if e.__class__ is Run or e.__class__ is _Passed:
+            continue
+        a0 = e.argv[0]
+        n = len(a0)
+        if (n == 14 and a0.lower() == b"restore-asking") or (n == 7 and a0.lower() == b"cluster"):
+            return True
+    return False
+
+
+def _slot_ranges(argv: list[bytes]) -> list[tuple[int, int]]:
+    """The ranges after ``SLOTSRANGE`` of a ``CLUSTER SYNCSLOTS ESTABLISH``."""
+    ranges = []
+    try:
+        i = [a.lower() for a in argv].index(b"slotsrange") + 1
+    except ValueError:
+        return ranges
+    while i + 1 < len(argv) and argv[i].isdigit() and argv[i + 1].isdigit():
+        ranges.append((int(argv[i]), int(argv[i + 1])))
+        i += 2
+    return ranges
 
 
 def _restore_asking(e) -> bool:
