@@ -305,12 +305,9 @@ class MigrationGuard:
         return entry
 
 
-HANDOVER_WAIT = 10.0  # longest wait for the other shards before applying a moved slot's command
-SETTLE_MARGIN = 0.5  # seconds past the moment a slot was seen owned before it counts as settled
-# A master sends its replicas what a command propagated at the end of its event loop turn,
-# so a command can reach us after a later one another master propagated (MIGRATE blocks the
-# turn while the other master stores the key): received times are compared with this slack.
-SLACK = 0.1
+# a RESTORE-ASKING waits at most this long for its old owner's deletion; a wait for the
+# other shards' streams (by offset) is not cut short: it is reported at this interval
+HANDOVER_WAIT = 10.0
 STATE_EVERY = 0.25  # seconds between two looks at the shard's slots (while following)
 NEVER = float("inf")
 SLOTS = 16384
@@ -332,12 +329,18 @@ class Handover:
       ``RESTORE-ASKING`` of a slot waits until n keys of it were deleted that way: the key's
       last writes on its old owner precede its deletion there, so they are on the target
       before the copy.
-    * ``marks``: each shard's *watermark*, a monotonic time such that everything it received
-      before that time has been applied. A command on a slot this shard did not own from
-      the start (it imports it, or owns it since recently) waits until every other shard's
-      watermark has passed the time the command was received (plus SLACK). A slot counts as
-      settled — no more waiting — once every other shard is past the moment it was first
-      seen owned here (plus a margin). While no slot moves, nothing is checked.
+    * ``offsets``: the source offset up to which each shard applied its stream. A command
+      on a slot this shard did not own from the start (it imports it, or owns it since
+      recently) waits for a *fence*: every other shard's master's replication offset, read
+      after the command was received here, applied by that shard. Whatever another master
+      wrote to the key before the command ran here lies at or before that offset of its
+      stream — whatever the delays of the two streams. A slot counts as settled — no more
+      waiting — once a fence read after it was first seen owned here is applied (an
+      atomic import's slots: once its ``FINISH`` waited for the old owner's stream). While no slot
+      moves, nothing is checked.
+    * ``marks``: each shard's watermark (a monotonic time: NEVER once the shard ended), and
+      the time its held command was received: of shards waiting for one another, the one
+      whose command was received first goes.
     """
 
     def __init__(self, guard: MigrationGuard, marks, counts, addrs, index: int,
@@ -362,6 +365,7 @@ class Handover:
         self.atomic: dict[bytes, tuple[str, list[tuple[int, int]]]] = {}
         self.atomic_now = bytearray(SLOTS)  # slots of those imports (their copy: never held)
         self.barriers = 0
+        self.fence: tuple[float, list[tuple[int, int]]] | None = None  # (read at, need)
         self.active = False
         self.waits = 0
         self.waited = 0.0
@@ -398,24 +402,20 @@ class Handover:
         off = offset % EPOCH_SPAN if offset >= 0 else reader._yielded_upto
         self.moved_out.append((off, lane * 2 * SLOTS + slot, n))
 
-    def others(self) -> float:
-        marks = self.marks
-        n = len(marks) // 2
-        return min((marks[i] for i in range(n) if i != self.index), default=NEVER)
+    def _met(self, need: list[tuple[int, int]]) -> bool:
+        """Every shard of ``need`` applied its stream up to its offset there (or ended)."""
+        offsets, marks = self.offsets, self.marks
+        return all(offsets[j] >= off or marks[j] == NEVER for j, off in need)
 
-    def _may_go(self, need: float) -> bool:
-        """Every other shard has applied what it received before ``need``, or is itself
-        waiting for a later moment (the earlier of two waiting shards goes first)."""
-        marks = self.marks
-        n = len(marks) // 2
-        me = (need, self.index)
-        for j in range(n):
-            if j == self.index or marks[j] >= need:
-                continue
-            waiting = marks[n + j]
-            if not waiting or (waiting, j) < me:
-                return False
-        return True
+    def _new_fence(self, patient: bool = True) -> tuple[float, list[tuple[int, int]]] | None:
+        """A fence read now: every other shard's master's replication offset (None: the
+        cluster did not answer, and not ``patient``)."""
+        at = time.monotonic()
+        need = self._barrier("", patient)
+        if need is None:
+            return None
+        self.fence = fence = (at, need)
+        return fence
 
     # -- slot state --------------------------------------------------------------------
 
@@ -433,14 +433,19 @@ class Handover:
             log.debug("slot state: %s", e)
             return False
         self.importing = set(g._importing)
+        seen = time.monotonic()  # (the slots below were ours before this moment)
         for s in range(SLOTS):
             if g._mine[s] and not self.settled[s] and s not in self.since:
-                self.since[s] = now
-        floor = self.others()
-        for s, t in list(self.since.items()):
-            if floor >= t + SETTLE_MARGIN and s not in self.importing:
-                self.settled[s] = 1
-                del self.since[s]
+                self.since[s] = seen
+        if self.since:
+            fence = self.fence
+            if fence is None or fence[0] < max(self.since.values()):
+                fence = self._new_fence(patient=False)
+            if fence is not None and self._met(fence[1]):
+                for s, t in list(self.since.items()):
+                    if t <= fence[0] and s not in self.importing:
+                        self.settled[s] = 1
+                        del self.since[s]
         self.active = bool(self.since or self.importing)
         return True
 
@@ -514,21 +519,22 @@ class Handover:
                     continue
                 slot = key_slot(keys[0])
                 if self.atomic_now[slot]:
-                    break  # (the import's copy: never applied, see MigrationGuard.slot_sync)
+                    continue  # (the import's copy: never applied, see MigrationGuard.slot_sync)
                 restore = _restore_asking(e)
                 if restore:
                     self.migrated.add(slot)
                 if not passed:
                     if restore and counts[base + slot] <= counts[base + SLOTS + slot]:
-                        return cut, ("count", slot, reader.received_by(e.offset) + SLACK)
+                        return cut, ("count", slot, reader.received_by(e.offset))
                     # (a slot moved key by key is ordered by the counts alone)
                     if not settled[slot] and slot not in self.migrated:
-                        need = reader.received_by(e.offset) + SLACK
-                        if self.others() < need:
-                            return cut, ("time", need, need)
+                        received = reader.received_by(e.offset)
+                        fence = self.fence
+                        if fence is None or fence[0] < received or not self._met(fence[1]):
+                            return cut, ("fence", received, received)
                 if restore:  # (counted once: when it goes)
                     counts[base + SLOTS + slot] += 1
-                break
+                # (every command of a run is looked at: the run waits whole)
             if e.offset >= 0:
                 cut = i + 1
         return 0, None
@@ -560,12 +566,13 @@ class Handover:
                 self.atomic_now[lo : hi + 1] = b"\x01" * (hi - lo + 1)
         return None
 
-    def _barrier(self, source: str) -> list[tuple[int, int]]:
+    def _barrier(self, source: str, patient: bool = True) -> list[tuple[int, int]] | None:
         """(shard index, source offset) for the old owner ``source`` (a node id; every other
         master when unknown): its master's replication offset, read now. An atomic import
         ends (``FINISH`` in this stream) after its new owner took the slots over, and the
         old owner writes nothing to them once it knows — it pauses writes until then — so
-        everything it wrote to the slots lies at or before that offset of its stream."""
+        everything it wrote to the slots lies at or before that offset of its stream.
+        Not ``patient``: None at once when the cluster does not answer."""
         g = self.guard
         r = g.resolver
         deadline = time.monotonic() + PATIENCE
@@ -574,9 +581,12 @@ class Handover:
                 _, nodes = cluster_view([r.address, *r.seeds], g.conn_kw)
                 break
             except ConnError as e:
+                if not patient:
+                    log.debug("fence: %s", e)
+                    return None
                 if time.monotonic() > deadline:
-                    log.warning("[%s] an atomic slot import ended, but the cluster cannot be "
-                                "asked (%s): the old owner's writes are not waited for", r.label, e)  # fmt: skip
+                    log.warning("[%s] the source cluster cannot be asked (%s): a command of a moved "
+                                "slot does not wait for the other shards", r.label, e)  # fmt: skip
                     return []
                 time.sleep(0.5)
         masters = [n for n in nodes if n.is_master and n.usable]
@@ -594,7 +604,7 @@ class Handover:
                     info = c.call("INFO", "replication")
             except (ConnError, OSError, ReplyError) as e:
                 log.warning("[%s] cannot read the replication offset of %s (%s): its writes to "
-                            "the imported slots are not waited for", r.label, n.address, e)  # fmt: skip
+                            "a moved slot are not waited for", r.label, n.address, e)  # fmt: skip
                 continue
             text = info.decode("ascii", "replace") if isinstance(info, bytes) else str(info)
             for line in text.splitlines():
@@ -611,7 +621,7 @@ class Handover:
         ring = [self.index]
         k = j
         for _ in range(n):
-            if k == self.index or k == n:  # (n: waits for every other shard, this one too)
+            if k == self.index:
                 break
             ring.append(k)
             k = offsets[n + k] - 1
@@ -624,16 +634,15 @@ class Handover:
         me = (marks[m + self.index], self.index)
         return all(me <= (marks[m + k] or NEVER, k) for k in ring)
 
-    def _hold_finish(self, job: bytes, received: float) -> None:
-        """Hold this shard's stream (at an atomic import's ``FINISH``) until the old owner's
-        shard process has applied its stream up to the offset _barrier reads."""
-        t0 = time.monotonic()
-        source = self.atomic.get(job, ("", []))[0]
-        need = self._barrier(source)
+    def _wait_for(self, need: list[tuple[int, int]], received: float, what: str) -> float:
+        """Hold this shard's stream until every shard of ``need`` applied its own stream up
+        to its offset there (or ended); ``received``: when the held command arrived. Of
+        shards waiting for one another, the one whose command arrived first goes. Returns
+        the seconds waited."""
+        t0 = warned = time.monotonic()
         offsets, marks = self.offsets, self.marks
         n, m = len(offsets) // 2, len(marks) // 2
         marks[m + self.index] = received
-        warned = t0
         try:
             while True:
                 late = [(j, off) for j, off in need if offsets[j] < off and marks[j] != NEVER]
@@ -646,55 +655,59 @@ class Handover:
                 if time.monotonic() - warned > HANDOVER_WAIT:
                     warned = time.monotonic()
                     log.warning(
-                        "[%s] atomic slot import %s ended %.0fs ago: still waiting for the old "
-                        "owner's shard to apply its stream up to offset %d (it is at %d)",
-                        self.guard.resolver.label, job.decode("ascii", "replace"), warned - t0,
-                        off, offsets[j],
+                        "[%s] %s: still waiting (%.0fs) for shard %d to apply its stream up to "
+                        "offset %d (it is at %d)", self.guard.resolver.label, what, warned - t0,
+                        j, off, offsets[j],
                     )  # fmt: skip
                 time.sleep(0.002)
         finally:
             offsets[n + self.index] = 0
             marks[m + self.index] = 0.0
-        self.barriers += 1
-        log.info(
-            "[%s] atomic slot import %s: its new owner's writes follow the old owner's (%s) "
-            "after %.3fs", self.guard.resolver.label, job.decode("ascii", "replace"),
-            ", ".join(f"shard {j} applied up to offset {off}: at {offsets[j]}" for j, off in need) or "nothing to wait for",
-            time.monotonic() - t0,
-        )  # fmt: skip
+        waited = time.monotonic() - t0
         self.waits += 1
-        self.waited += time.monotonic() - t0
+        self.waited += waited
+        return waited
 
     def _hold(self, wait) -> None:
-        t0 = time.monotonic()
         kind, value, received = wait
-        if kind == "finish":
-            self._hold_finish(value, received)
+        if kind == "finish":  # the end of an atomic import: the old owner's writes first
+            job = value.decode("ascii", "replace")
+            t0 = time.monotonic()
+            need = self._barrier(self.atomic.get(value, ("", []))[0]) or []
+            self._wait_for(need, received, f"atomic slot import {job} ended")
+            self.barriers += 1
+            log.info(
+                "[%s] atomic slot import %s: its new owner's writes follow the old owner's "
+                "(%s) after %.3fs", self.guard.resolver.label, job,
+                ", ".join(f"shard {j} applied its stream up to offset {off}" for j, off in need)
+                or "no other shard followed", time.monotonic() - t0,
+            )  # fmt: skip
             return
+        if kind == "fence":  # a slot new to this shard: the other shards' writes first
+            fence = self.fence
+            if fence is None or fence[0] < received:
+                fence = self._new_fence()
+            assert fence is not None
+            self._wait_for(fence[1], received, "a command of a slot new to this shard")
+            return
+        # "count": the n-th RESTORE-ASKING of a slot waits for the n-th MIGRATE deletion
+        t0 = time.monotonic()
         base = self.lane * 2 * SLOTS
         n = len(self.marks) // 2
         self.marks[n + self.index] = received
-        offsets = self.offsets
-        waits_on = len(offsets) // 2 + self.index
-        offsets[waits_on] = len(offsets) // 2 + 1 if kind == "time" else 0  # (every other shard)
         try:
-            while not (self._may_go(value) if kind == "time"
-                       else self.counts[base + value] > self.counts[base + SLOTS + value]):  # fmt: skip
+            while self.counts[base + value] <= self.counts[base + SLOTS + value]:
                 if time.monotonic() - t0 > HANDOVER_WAIT:
                     log.warning(
-                        "[%s] a command of moved slot %s waited %.0fs for the other shards (%s): "
-                        "applied now, its order is not guaranteed",
-                        self.guard.resolver.label, value if kind == "count" else "?",
-                        HANDOVER_WAIT,
-                        f"its old owner's deletion: {self.counts[base + value]} keys deleted, "
-                        f"{self.counts[base + SLOTS + value]} copies applied" if kind == "count"
-                        else "their stream",
+                        "[%s] a RESTORE-ASKING of moved slot %s waited %.0fs for its old owner's "
+                        "deletion (%d keys deleted, %d copies applied): applied now, its order is "
+                        "not guaranteed", self.guard.resolver.label, value, HANDOVER_WAIT,
+                        self.counts[base + value], self.counts[base + SLOTS + value],
                     )  # fmt: skip
                     break
                 time.sleep(0.002)
         finally:
             self.marks[n + self.index] = 0.0
-            offsets[waits_on] = 0
         self.waits += 1
         self.waited += time.monotonic() - t0
 
