@@ -189,7 +189,9 @@ def main() -> None:
 def _mode(work: Path) -> str:
     """What redshake's log says it did: exactly-once (with the marker) or at-least-once."""
     text = (work / "shake.out").read_text(errors="replace")
-    if "exactly-once: every stream batch" in text:
+    if "exactly-once unit scripts" in text:
+        return "exactly-once (one script call per master with its position marker per stream batch)"
+    if "exactly-once: " in text:
         return "exactly-once (a MULTI/EXEC with the position marker per stream batch)"
     return "at-least-once (no marker)"
 

@@ -1129,6 +1129,10 @@ class ClusterWriter:
         self._loaded.add(w)
         resp = b"".join([head, args[4:], *parts])
         call = ScriptCall([b"EVALSHA"], mk, resp, entries, (groups, prefix, value, len(head), total))
+        if not self.script_calls:
+            log.info("[%s] exactly-once unit scripts: the commands of each stream batch go to"
+                     " each master as one atomic script call that also sets the master's"
+                     " position marker", self.name)  # fmt: skip
         self.script_calls += 1
         rec = [-1, call, 0, w, w.written + 1]
         self._track.append(rec)
