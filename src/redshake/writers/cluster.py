@@ -158,6 +158,8 @@ _NOT_IN_SCRIPT = frozenset(
     UNWATCH SCRIPT FUNCTION SELECT SWAPDB MOVE MIGRATE CLIENT SUBSCRIBE PSUBSCRIBE SSUBSCRIBE
     WAIT WAITAOF SAVE BGSAVE BGREWRITEAOF SHUTDOWN""".split()
 )
+_IN_SCRIPT: dict[bytes, bool] = {}  # raw command name -> may a script run it
+_BULK_LEN = [b"$%d\r\n" % i for i in range(12)]  # bulk header of an i-digit count
 _SCRIPT_MAX_ARGS = 7000  # per command: Lua's unpack() stops near 8000 values
 _SCRIPT_MAX_CMDS = 8192  # per call (a unit is at most ~1024 source commands)
 _SCRIPT_MAX_BYTES = 64 << 20  # per call: one argument list in the target's query buffer
@@ -993,7 +995,8 @@ class ClusterWriter:
             return
         s0 = key_slot(keys[0]) if keys else -1
         if keys and all(key_slot(k) == s0 for k in keys[1:]):
-            if entry.key is None:  # the block needs no second look-up: name the slot's key
+            if entry.key is None and not self.unit_scripts:
+                # the block needs no second look-up: name the slot's key
                 entry = Entry(entry.db, entry.argv, keys[0], entry.offset, entry.resp)
             parts = [(s0, entry)]
         elif keys:
@@ -1106,16 +1109,21 @@ class ClusterWriter:
         parts: list[bytes] = []
         append = parts.append
         size = nargs = 0
+        allowed = _IN_SCRIPT
         for e in entries:
             argv = e.argv
             n = len(argv)
-            if e.db != 0 or n > _SCRIPT_MAX_ARGS or bytes(argv[0]).upper() in _NOT_IN_SCRIPT:
+            a0 = argv[0]
+            ok = allowed.get(a0)
+            if ok is None:
+                ok = allowed[a0] = bytes(a0).upper() not in _NOT_IN_SCRIPT
+            if e.db != 0 or n > _SCRIPT_MAX_ARGS or not ok:
                 return False
             data = e.resp
             if data is None or data[:1] != b"*":
                 data = encode(argv)
             # "*N\r\n<args>" -> "$len(N)\r\nN\r\n<args>": the count is the first argument
-            append(b"$%d\r\n" % (data.index(b"\r\n") - 1))
+            append(_BULK_LEN[data.index(b"\r\n", 1, 12) - 1])
             append(data[1:])
             size += len(data)
             nargs += n + 1
