@@ -684,6 +684,8 @@ class ClusterWriter:
                 "transactions": self.transactions,
                 "transactions_split": self.transactions_split,
                 "redirects": self.redirects,
+                "unit_scripts": self.script_calls,
+                "unit_script_fallbacks": self.script_fallbacks,
             }
         )
         return out
