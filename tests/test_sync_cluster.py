@@ -279,15 +279,8 @@ def test_sync_into_cluster_exactly_once_after_kill9(servers, tmp_path, shakes, t
     dst = servers.cluster(target, masters=3)
     scripts = target != "redis-6.2"
 
-    class _Addr:
-        def __init__(self, address: str) -> None:
-            self.address = address
-
     def start() -> Shake:
-        shake = Shake(tmp_path, src, _Addr(dst.seed))
-        shake.cfg.write_text(shake.cfg.read_text().replace("[redis_writer]\n", "[redis_writer]\ncluster = true\n"))
-        shakes.append(shake.start())
-        return shake
+        return _start_into_cluster(tmp_path, src, dst, shakes)
 
     shake = start()
     wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
@@ -314,6 +307,19 @@ def test_sync_into_cluster_exactly_once_after_kill9(servers, tmp_path, shakes, t
     log = "".join(s.log() for s in shakes)
     assert ("exactly-once unit scripts" in log) == scripts
     assert shake.terminate() == 0
+
+
+class _Addr:
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+
+def _start_into_cluster(tmp_path, src, dst, shakes) -> Shake:
+    """redshake from ``src`` into the cluster ``dst`` (the default config), started."""
+    shake = Shake(tmp_path, src, _Addr(dst.seed))
+    shake.cfg.write_text(shake.cfg.read_text().replace("[redis_writer]\n", "[redis_writer]\ncluster = true\n"))
+    shakes.append(shake.start())
+    return shake
 
 
 def _owner_port(cluster, key: bytes) -> int:
@@ -422,15 +428,8 @@ def test_sync_into_cluster_slots_moved_then_kill9(servers, tmp_path, shakes):
     src = servers.start("redis-7.0", args=["--repl-backlog-size", "64mb"])
     dst = servers.cluster("redis-7.0", masters=3)
 
-    class _Addr:
-        def __init__(self, address: str) -> None:
-            self.address = address
-
     def start() -> Shake:
-        shake = Shake(tmp_path, src, _Addr(dst.seed))
-        shake.cfg.write_text(shake.cfg.read_text().replace("[redis_writer]\n", "[redis_writer]\ncluster = true\n"))
-        shakes.append(shake.start())
-        return shake
+        return _start_into_cluster(tmp_path, src, dst, shakes)
 
     shake = start()
     wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
