@@ -15,7 +15,8 @@ and redshake's CPU time per command, which unlike the live ratio does not depend
 CPU the co-located source and redis-benchmark take.
 
 Live sync is exactly-once by default (each stream batch one MULTI/EXEC with a position
-marker); --at-least-once measures it with ``advanced.exactly_once = false``.
+marker; into a cluster one script call per master); --at-least-once measures it with
+``advanced.exactly_once = false``. --cluster writes into a 3-master Redis 7.0 cluster.
 
 REDSHAKE_PYSPY=out.txt attaches py-spy (raw format) to redshake for 25 s.
 """
@@ -37,6 +38,8 @@ import urllib.request
 from pathlib import Path
 
 from common import kill_all, start_server
+
+from servers import start_cluster
 
 BENCH = shutil.which("redis-benchmark") or "/usr/bin/redis-benchmark"
 
@@ -62,14 +65,19 @@ def main() -> None:
     ap.add_argument("--pipeline", type=int, default=16)
     ap.add_argument("--catchup", action="store_true", help="apply a backlog with the source idle")
     ap.add_argument("--at-least-once", action="store_true", help="with advanced.exactly_once = false")
+    ap.add_argument("--cluster", action="store_true", help="target: a 3-master cluster")
     a = ap.parse_args()
     src = start_server("redis-7.0", args=["--repl-backlog-size", "1gb"] if a.catchup else [])
-    dst = start_server("redis-7.0")
+    if a.cluster:
+        cluster = start_cluster("redis-7.0", masters=3)
+        dst_addr, dst_extra = cluster.seed, "cluster = true\n"
+    else:
+        dst_addr, dst_extra = start_server("redis-7.0").address, ""
     work = Path(tempfile.mkdtemp(prefix="redshake-bench-"))
     port = free_port()
     cfg = work / "shake.toml"
     cfg.write_text(
-        f'[sync_reader]\naddress = "{src.address}"\n[redis_writer]\naddress = "{dst.address}"\n'
+        f'[sync_reader]\naddress = "{src.address}"\n[redis_writer]\naddress = "{dst_addr}"\n{dst_extra}'
         f'[advanced]\ndir = "{work / "data"}"\nlog_interval = 5\nstatus_port = {port}\n'
         'status_bind = "127.0.0.1"\n' + ("exactly_once = false\n" if a.at_least_once else "")
     )
@@ -181,7 +189,9 @@ def main() -> None:
 def _mode(work: Path) -> str:
     """What redshake's log says it did: exactly-once (with the marker) or at-least-once."""
     text = (work / "shake.out").read_text(errors="replace")
-    if "exactly-once: every stream batch" in text:
+    if "exactly-once unit scripts" in text:
+        return "exactly-once (one script call per master with its position marker per stream batch)"
+    if "exactly-once: " in text:
         return "exactly-once (a MULTI/EXEC with the position marker per stream batch)"
     return "at-least-once (no marker)"
 

@@ -24,12 +24,28 @@ applied at all and is resent whole: after ``ASK`` as ``ASKING`` + the block to t
 node (``ASKING`` before ``MULTI`` holds for the whole transaction); a block with several keys
 of a slot being migrated gets ``TRYAGAIN`` there and is retried until the migration is over.
 
-Units (exactly-once live sync, :meth:`begin_unit` ... :meth:`end_unit`): a cluster runs a
-MULTI/EXEC only when all its keys share one slot, so a unit is one block per slot: the
-unit's commands of that slot, then ``SET`` of the position marker hash-tagged into that
-slot, applied atomically on the slot's master. Each slot's marker says up to where the
-stream was applied to that slot; after a restart :meth:`set_skip` drops, per slot, what the
-markers show as applied. Keyless commands (FLUSHALL, FUNCTION LOAD...) cannot be in a slot's
+Units (exactly-once live sync, :meth:`begin_unit` ... :meth:`end_unit`), on targets that
+run scripts with flags (Redis >= 7.0, Valkey): one script call per master and unit
+(``_UNIT_SCRIPT``, ``allow-cross-slot-keys``). Its one declared key is that master's
+position marker (hash-tagged into the master's first slot); its arguments carry the
+commands as received (a command's ``*N`` header becomes a bulk ``N``). The script first
+compares the master's own slot list (``CLUSTER NODES``) with the one the writer routed by:
+any difference (a slot moved, migrating or importing) aborts it before any write, and the
+unit's commands of that master then go the per-slot way below, after a topology refresh.
+Else it sets the marker (value: the position and that slot list), runs every command with
+``redis.pcall`` and answers their replies (errors per command, like ``EXEC``). ``NOSCRIPT``
+-> resent as ``EVAL``. A master's part of a unit goes the per-slot way when it holds a
+command scripts refuse (``_NOT_IN_SCRIPT``), more arguments than Lua's ``unpack`` takes, a
+database other than 0, or is too large for one call (``_SCRIPT_MAX_*``); so does every
+unit for masters older than 7.0 or refusing the script.
+
+Per-slot units (the fallback): a cluster runs a MULTI/EXEC only when all its keys share one
+slot, so such a unit is one block per slot: the unit's commands of that slot, then ``SET``
+of the position marker hash-tagged into that slot, applied atomically on the slot's master. Each slot's marker says up to where the
+stream was applied to that slot; a master's marker says it for every slot of its slot list.
+:meth:`read_markers` reads both kinds (per slot, the furthest position), so a resume after an
+older version's per-slot markers works; after a restart :meth:`set_skip` drops, per slot,
+what the markers show as applied. Keyless commands (FLUSHALL, FUNCTION LOAD...) cannot be in a slot's
 block: the blocks so far are sent (marked up to where they go), then the command to every
 master, at least once.
 
@@ -41,6 +57,7 @@ queue released from the left; a redirected part holds its record until answered 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import Counter, deque
@@ -57,8 +74,9 @@ from redshake.resp.conn import (
     format_address,
     parse_address,
 )
+from redshake.resp.encode import encode
 from redshake.writers.base import TargetInfo, WriterError
-from redshake.writers.redis import UNLIMITED_QPS, OnError, RedisWriter
+from redshake.writers.redis import UNLIMITED_QPS, OnError, RedisWriter, ScriptCall
 
 __all__ = ["ClusterWriter", "basic_command_keys", "fetch_topology", "KeyFinder", "marker_key"]
 
@@ -108,6 +126,47 @@ _KEYLESS = frozenset(c.encode() for c in "PING FLUSHALL FLUSHDB SCRIPT FUNCTION"
 _SPLIT_ALL = frozenset([b"DEL", b"UNLINK", b"EXISTS", b"TOUCH"])
 
 
+# One atomic step per master and unit (see the module docstring). ARGV: [1] marker value,
+# [2] the master's slot list as the writer sees it, then per command: its argument count
+# followed by its arguments.
+_UNIT_SCRIPT = b"""#!lua flags=allow-cross-slot-keys
+local me = string.match(redis.call('CLUSTER', 'NODES'), '[^\\n]*myself[^\\n]*') or ''
+local i, slots = 0, {}
+for t in string.gmatch(me, '%S+') do
+  i = i + 1
+  if i > 8 then slots[#slots + 1] = t end
+end
+local mine = table.concat(slots, ',')
+if mine ~= ARGV[2] then
+  return redis.error_reply('TOPOLOGY this node serves ' .. mine .. ', not ' .. ARGV[2])
+end
+redis.call('SET', KEYS[1], ARGV[1])
+local out, j, n, k = {}, 3, #ARGV, 0
+while j <= n do
+  local c = tonumber(ARGV[j])
+  k = k + 1
+  out[k] = redis.pcall(unpack(ARGV, j + 1, j + c))
+  j = j + c + 1
+end
+return out
+"""
+_UNIT_SHA = hashlib.sha1(_UNIT_SCRIPT).hexdigest().encode()
+# Commands a script cannot run: a master's part of a unit holding one goes the per-slot way.
+_NOT_IN_SCRIPT = frozenset(
+    c.encode()
+    for c in """EVAL EVALSHA EVAL_RO EVALSHA_RO FCALL FCALL_RO MULTI EXEC DISCARD WATCH
+    UNWATCH SCRIPT FUNCTION SELECT SWAPDB MOVE MIGRATE CLIENT SUBSCRIBE PSUBSCRIBE SSUBSCRIBE
+    WAIT WAITAOF SAVE BGSAVE BGREWRITEAOF SHUTDOWN""".split()
+)
+_IN_SCRIPT: dict[bytes, bool] = {}  # raw command name -> may a script run it
+_BULK_LEN = [b"$%d\r\n" % i for i in range(12)]  # bulk header of an i-digit count
+_SCRIPT_MAX_ARGS = 7000  # per command: Lua's unpack() stops near 8000 values
+_SCRIPT_MAX_CMDS = 8192  # per call (a unit is at most ~1024 source commands)
+_SCRIPT_MAX_BYTES = 64 << 20  # per call: one argument list in the target's query buffer
+# Script-call errors that do not mean the target refuses the script (resent per slot).
+_SCRIPT_TRANSIENT = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "TOPOLOGY", "OOM", "BUSY",
+                     "LOADING", "MASTERDOWN", "READONLY")  # fmt: skip
+
 _TAGS: list[bytes] = []
 
 
@@ -125,6 +184,30 @@ def marker_key(key: bytes, slot: int) -> bytes:
             i += 1
         _TAGS.extend(tags)  # type: ignore[arg-type]
     return b"%s:{%s}" % (key, _TAGS[slot])
+
+
+def _slot_list(text: bytes) -> list[int]:
+    """b"0-99,200" -> [0, ..., 99, 200] (a master marker's slot list)."""
+    out: list[int] = []
+    for part in text.split(b","):
+        a, _, b = part.partition(b"-")
+        try:
+            out.extend(range(int(a), int(b or a) + 1))
+        except ValueError:
+            return []
+    return [s for s in out if 0 <= s < SLOTS]
+
+
+def _further(value: bytes, prev: bytes) -> bool:
+    """Marker ``value`` is further in the stream than ``prev`` ("<replid> <offset> <db>"):
+    a larger offset of the same replication id, or another id (the newer master marker)."""
+    a, b = value.split(), prev.split()
+    if len(b) < 2 or a[0] != b[0]:
+        return True
+    try:
+        return int(a[1]) > int(b[1])
+    except ValueError:
+        return True
 
 
 def basic_command_keys(argv: Sequence[bytes]) -> list[bytes] | None:
@@ -246,6 +329,14 @@ class _Retried(Entry):
         return self.orig.ends_key
 
 
+def _script_head(total: int, loaded: bool) -> bytes:
+    """The start of a unit script call of ``total`` arguments: EVALSHA, or EVAL with the
+    script where the connection may not have it yet."""
+    if loaded:
+        return b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % (total, _UNIT_SHA)
+    return b"*%d\r\n$4\r\nEVAL\r\n$%d\r\n%s\r\n" % (total, len(_UNIT_SCRIPT), _UNIT_SCRIPT)
+
+
 def _original(entry: Entry) -> Entry:
     return entry.orig if entry.__class__ is _Retried else entry  # type: ignore[attr-defined]
 
@@ -292,6 +383,7 @@ class ClusterWriter:
         name: str | None = None,
         key_finder: KeyFinder | None = None,
         connect_timeout: float = 10.0,
+        unit_scripts: bool = True,
     ) -> None:
         self.address = address
         self.name = name or "cluster_writer"
@@ -345,6 +437,14 @@ class ClusterWriter:
         # blocks sent before a keyless command in the middle of a unit
         self.marker_prefix: bytes | None = None
         self.marker_value: Callable[[int], bytes] | None = None
+        # one script call per master and unit (else one MULTI/EXEC per slot)
+        self.unit_scripts = unit_scripts
+        self._no_script: set[str] = set()  # masters that refused the script
+        self._loaded: set[RedisWriter] = set()  # connections that ran the script by EVAL
+        self._ranges: dict[RedisWriter, bytes] = {}  # master -> its slot list ("0-99,200")
+        self._mslot: dict[RedisWriter, int] = {}  # master -> the slot of its marker
+        self.script_calls = 0
+        self.script_fallbacks = 0
         try:
             self.refresh_topology(require_full=True)
         except BaseException:
@@ -353,6 +453,8 @@ class ClusterWriter:
         self.info: TargetInfo = self.masters[0].info
         # numbered databases the cluster serves (Valkey 9+ ``cluster-databases``; 1 elsewhere)
         self.databases = max(1, self.info.databases)
+        if self.info.version < (7, 0, 0):
+            self.unit_scripts = False  # no script flags: per-slot MULTI/EXEC units
 
     # -- topology ----------------------------------------------------------------------
 
@@ -397,6 +499,20 @@ class ClusterWriter:
             raise WriterError(f"cluster at {self.address}: {missing} of 16384 slots are not served")
         self._slots = slots
         self.masters = list(masters.values())
+        ranges: dict[RedisWriter, list[bytes]] = {}
+        mslot: dict[RedisWriter, int] = {}
+        s = 0
+        while s < SLOTS:
+            w = slots[s]
+            e = s
+            while e + 1 < SLOTS and slots[e + 1] is w:
+                e += 1
+            if w is not None:
+                ranges.setdefault(w, []).append(b"%d" % s if s == e else b"%d-%d" % (s, e))
+                mslot.setdefault(w, s)
+            s = e + 1
+        self._ranges = {w: b",".join(r) for w, r in ranges.items()}
+        self._mslot = mslot
 
     # -- public API --------------------------------------------------------------------
 
@@ -494,6 +610,7 @@ class ClusterWriter:
         self._unit_pending = []
         self._need_refresh = False
         self._in_retry = False
+        self._loaded.clear()  # new connections: EVAL first
         self._exc = None
         self.refresh_topology(require_full=True)
 
@@ -520,6 +637,15 @@ class ClusterWriter:
             q.popleft()
             if rec[_OFF] >= 0:
                 self._acked = rec[_OFF]
+
+    def _track_after(self, rec: list, new: list) -> None:
+        """Put the record ``new`` right after ``rec`` (held, so still queued)."""
+        track = self._track
+        for i, r in enumerate(track):
+            if r is rec:
+                track.insert(i + 1, new)
+                return
+        track.appendleft(new)  # not expected; keep the offset from passing it
 
     def _find(self, w: RedisWriter, seq: int) -> list | None:
         """The offset record holding the part ``seq`` written to ``w``."""
@@ -558,6 +684,8 @@ class ClusterWriter:
                 "transactions": self.transactions,
                 "transactions_split": self.transactions_split,
                 "redirects": self.redirects,
+                "unit_scripts": self.script_calls,
+                "unit_script_fallbacks": self.script_fallbacks,
             }
         )
         return out
@@ -687,7 +815,7 @@ class ClusterWriter:
             self._txn = None
             self._write_block(blk)
 
-    def _write_block(self, blk: list[Entry], unit: bool = False) -> None:
+    def _write_block(self, blk: list[Entry], unit: bool = False, after: list | None = None) -> None:
         if not unit:
             self.transactions += 1
         off = max(e.offset for e in blk) if not unit else -1  # a unit acks at its end
@@ -709,7 +837,8 @@ class ClusterWriter:
                 first_keys.append(keys[0])
             good.append(e)
         if not good:
-            self._track.append([off, None, 0])
+            if after is None:
+                self._track.append([off, None, 0])
             return
         if len(slots) > 1:
             self.transactions_split += 1
@@ -733,7 +862,10 @@ class ClusterWriter:
             exe = Entry(0, exe.argv, None, exe.offset, exe.resp)
         holder = _TxnHolder([multi, *good, exe], slots.pop() if slots else -1)
         rec = [off, holder, 0]
-        self._track.append(rec)
+        if after is None:
+            self._track.append(rec)
+        else:  # in place of a script call that did not run: before what followed it
+            self._track_after(after, rec)
         self._cur = rec
         self._send_block(holder, None, False)
 
@@ -827,6 +959,7 @@ class ClusterWriter:
             w = self._slots[s]
             if w is not None:
                 by_master.setdefault(w, []).append(s)
+        masters: list[list[bytes]] = []
         for w, slots in by_master.items():
             w.select(0)  # the markers are in db 0
             for i in range(0, len(slots), 1024):
@@ -839,7 +972,19 @@ class ClusterWriter:
                     if isinstance(r, ReplyError):
                         raise WriterError(f"{w.name}: reading the marker of slot {s}: {r.message}")
                     if isinstance(r, bytes):
-                        out[s] = r
+                        fields = r.split()
+                        if len(fields) == 4:  # a master's marker: "<position> <slot list>"
+                            masters.append(fields)
+                        else:
+                            out[s] = r
+        # A master's marker holds for every slot of its list. Every marker of a slot was
+        # written by the master serving it then, in stream order: the furthest one holds.
+        for fields in masters:
+            value = b" ".join(fields[:3])
+            for slot in _slot_list(fields[3]):
+                prev = out.get(slot)
+                if prev is None or _further(value, prev):
+                    out[slot] = value
         return out
 
     def _unit_add(self, entry: Entry) -> None:
@@ -852,7 +997,8 @@ class ClusterWriter:
             return
         s0 = key_slot(keys[0]) if keys else -1
         if keys and all(key_slot(k) == s0 for k in keys[1:]):
-            if entry.key is None:  # the block needs no second look-up: name the slot's key
+            if entry.key is None and not self.unit_scripts:
+                # the block needs no second look-up: name the slot's key
                 entry = Entry(entry.db, entry.argv, keys[0], entry.offset, entry.resp)
             parts = [(s0, entry)]
         elif keys:
@@ -905,30 +1051,103 @@ class ClusterWriter:
         answered, although a block sent before it to another master may not be yet."""
         skip = self._skip
         last = max(offset, max((e.offset for g in unit.values() for e in g), default=-1))
+        scripts = self.unit_scripts
+        by_master: dict[RedisWriter, list[tuple[int, list[Entry]]]] = {}
         for slot, group in unit.items():
             if skip and slot in skip:
                 upto = skip[slot]
                 group = [e for e in group if e.offset > upto]
                 if not group:
                     continue
-            if key is not None:
-                mk, mv = marker_key(key, slot), value
+            w = self._slots[slot] if scripts else None
+            if w is not None and w.address not in self._no_script:
+                by_master.setdefault(w, []).append((slot, group))
             else:
-                off = max(e.offset for e in group)
+                self._slot_unit_block(slot, group, key, value)
+        for w, groups in by_master.items():
+            if key is not None:
+                prefix, mv = key, value
+            else:
+                off = max(e.offset for _s, g in groups for e in g)
                 if self.marker_value is None or self.marker_prefix is None or off < 0:
-                    # no position known for it (a keyless command inside a source
-                    # transaction): at least once
-                    for e in group:
-                        self.write(Entry(e.db, e.argv, e.key, -1, e.resp))
+                    for slot, group in groups:
+                        self._slot_unit_block(slot, group, key, value)
                     continue
-                mk, mv = marker_key(self.marker_prefix, slot), self.marker_value(off)
-            multi = UnitEntry(0, [_MULTI], None, -1, _MULTI_RESP)
-            exe = UnitEntry(0, [_EXEC], None, -1, _EXEC_RESP)
-            self._write_block([multi, *group, UnitEntry(0, [b"SET", mk, mv], mk), exe], True)
+                prefix, mv = self.marker_prefix, self.marker_value(off)
+            if not self._script_call(w, groups, prefix, mv):
+                self.script_fallbacks += 1
+                for slot, group in groups:
+                    self._slot_unit_block(slot, group, prefix, mv)
         if offset >= 0:
             self._track.append([offset, None, 0])  # released once every block before is answered
         if skip and last > self._skip_upto:
             self._skip = {}
+
+    def _slot_unit_block(self, slot: int, group: list[Entry], key: bytes | None, value: bytes,
+                         after: list | None = None) -> None:  # fmt: skip
+        """One slot's part of a unit: MULTI, its commands, SET of the slot's marker, EXEC.
+        ``key`` None: marked up to its last command (before a keyless command)."""
+        if key is not None:
+            mk, mv = marker_key(key, slot), value
+        else:
+            off = max(e.offset for e in group)
+            if self.marker_value is None or self.marker_prefix is None or off < 0:
+                # no position known for it (a keyless command inside a source
+                # transaction): at least once
+                for e in group:
+                    self.write(Entry(e.db, e.argv, e.key, -1, e.resp))
+                return
+            mk, mv = marker_key(self.marker_prefix, slot), self.marker_value(off)
+        multi = UnitEntry(0, [_MULTI], None, -1, _MULTI_RESP)
+        exe = UnitEntry(0, [_EXEC], None, -1, _EXEC_RESP)
+        self._write_block([multi, *group, UnitEntry(0, [b"SET", mk, mv], mk), exe], True, after)
+
+    def _script_call(self, w: RedisWriter, groups: list[tuple[int, list[Entry]]], prefix: bytes,
+                     value: bytes) -> bool:  # fmt: skip
+        """Send a master's part of a unit as one script call; False when it cannot be one."""
+        entries = [e for _s, g in groups for e in g]
+        if len(entries) > _SCRIPT_MAX_CMDS:
+            return False
+        parts: list[bytes] = []
+        append = parts.append
+        size = nargs = 0
+        allowed = _IN_SCRIPT
+        for e in entries:
+            argv = e.argv
+            n = len(argv)
+            a0 = argv[0]
+            ok = allowed.get(a0)
+            if ok is None:
+                ok = allowed[a0] = bytes(a0).upper() not in _NOT_IN_SCRIPT
+            if e.db != 0 or n > _SCRIPT_MAX_ARGS or not ok:
+                return False
+            data = e.resp
+            if data is None or data[:1] != b"*":
+                data = encode(argv)
+            # "*N\r\n<args>" -> "$len(N)\r\nN\r\n<args>": the count is the first argument
+            append(_BULK_LEN[data.index(b"\r\n", 1, 12) - 1])
+            append(data[1:])
+            size += len(data)
+            nargs += n + 1
+            if size > _SCRIPT_MAX_BYTES:
+                return False
+        mk = marker_key(prefix, self._mslot[w])
+        ranges = self._ranges[w]
+        args = encode([b"1", mk, value + b" " + ranges, ranges])
+        total = 6 + nargs
+        head = _script_head(total, w in self._loaded)
+        self._loaded.add(w)
+        resp = b"".join([head, args[4:], *parts])
+        call = ScriptCall([b"EVALSHA"], mk, resp, entries, (groups, prefix, value, len(head), total))
+        if not self.script_calls:
+            log.info("[%s] exactly-once unit scripts: the commands of each stream batch go to"
+                     " each master as one atomic script call that also sets the master's"
+                     " position marker", self.name)  # fmt: skip
+        self.script_calls += 1
+        rec = [-1, call, 0, w, w.written + 1]
+        self._track.append(rec)
+        w.write(call)
+        return True
 
     # -- redirections ------------------------------------------------------------------
 
@@ -963,6 +1182,9 @@ class ClusterWriter:
 
     def _make_handler(self, node_host: str, addr: str) -> OnError:
         def handler(entry: Entry, message: str) -> None:
+            if entry.__class__ is ScriptCall:  # none of its commands ran
+                self._script_failed(entry, message, node_host, addr)  # type: ignore[arg-type]
+                return
             r = self._redirect(message, node_host)
             if r is None:
                 self._fail(_original(entry), message)
@@ -971,6 +1193,22 @@ class ClusterWriter:
             self._retry.append((entry, r[0], r[1], self._hold(w), w))
 
         return handler
+
+    def _script_failed(self, call: ScriptCall, message: str, node_host: str, addr: str) -> None:
+        w = self._writers.get(addr)
+        rec = self._hold(w)
+        code = message.split(" ", 1)[0]
+        if code == "NOSCRIPT":
+            self._retry.append((call, "NOSCRIPT", message, rec, w))
+            return
+        if code in ("MOVED", "ASK"):
+            self._redirect(message, node_host)  # (counted)
+        elif code not in _SCRIPT_TRANSIENT and addr not in self._no_script:
+            self._no_script.add(addr)
+            log.warning("[%s] %s refuses the exactly-once script (%s): its units are written"
+                        " as one MULTI/EXEC per slot", self.name, addr, message)  # fmt: skip
+        self._need_refresh = True  # (the topology is read again before the resend)
+        self._retry.append((call, "SCRIPT", message, rec, w))
 
     def _make_abort(self, node_host: str, addr: str):
         def on_abort(entries: list[Entry], errors: list[tuple[Entry, str]], message: str) -> None:
@@ -1036,6 +1274,23 @@ class ClusterWriter:
                 # the redirect is authoritative even if the map read just now lags
                 self._slots[int(slot_s)] = self._writer(addr)
         now = time.monotonic()
+        if obj.__class__ is ScriptCall:
+            groups, prefix, value, head_len, total = obj.extra
+            if kind == "NOSCRIPT" and wfail is not None and self._writers.get(wfail.address) is wfail:
+                # the target lost its scripts (restart, SCRIPT FLUSH): the same call as EVAL
+                resp = _script_head(total, False) + obj.resp[head_len:]
+                again = ScriptCall(obj.argv, obj.key, resp, obj.entries, obj.extra)
+                self._loaded.add(wfail)
+                self._cur.append(wfail)
+                self._cur.append(wfail.written + 1)
+                wfail.write(again)
+                return
+            # not run at all: one MULTI/EXEC per slot, routed by the topology read just now
+            self.script_fallbacks += 1
+            after = self._cur
+            for slot, group in reversed(groups):
+                self._slot_unit_block(slot, group, prefix, value, after)
+            return
         if obj.__class__ is _TxnHolder:
             obj.attempts += 1
             if obj.attempts == 1:

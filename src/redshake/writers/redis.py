@@ -23,6 +23,10 @@ itself. Runs written inside it keep the fast path: their bytes go out as receive
 ``+QUEUED`` replies are checked as one stretch; a command refused at queue time is reported
 with its own entry (the server then discards the block: ``EXECABORT``), and so is every
 error element of the ``EXEC`` reply.
+
+A :class:`ScriptCall` (the cluster writer's exactly-once script, one per master and batch)
+is one entry on the wire whose reply is an array with one reply per command it carries:
+those are counted and reported per command, like the elements of an ``EXEC`` reply.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from redshake.writers.base import TargetInfo, WriterError, probe_target
 _first = itemgetter(0)  # a command's name
 log = logging.getLogger("redshake")
 
-__all__ = ["RedisWriter", "SEND_BYTES", "UNLIMITED_QPS"]
+__all__ = ["RedisWriter", "SEND_BYTES", "ScriptCall", "UNLIMITED_QPS"]
 
 SEND_BYTES = 32 * 1024
 UNLIMITED_QPS = 300000
@@ -85,6 +89,20 @@ class _Block:
         # entries this writer's caller added around the source's commands (unit MULTI,
         # marker SET, EXEC: Entry.plumbing), not counted as acknowledged source entries
         self.added = 1 if multi.plumbing else 0
+
+
+class ScriptCall(UnitEntry):
+    """An ``EVAL`` / ``EVALSHA`` that runs ``entries`` in one atomic step and answers with an
+    array of their replies (the order of ``entries``); an error reply to the call itself
+    means none of them ran and goes to ``on_error`` with this entry."""
+
+    __slots__ = ("entries", "extra")
+
+    def __init__(self, argv: list[bytes], key: bytes, resp: bytes, entries: list[Entry],
+                 extra: object = None) -> None:  # fmt: skip
+        super().__init__(0, argv, key, -1, resp)
+        self.entries = entries
+        self.extra = extra  # whatever the caller needs to resend it
 
 
 class _QueuedRun:
@@ -713,7 +731,7 @@ class RedisWriter:
                 r = _BUSYKEY  # SET ... NX standing in for a RESTORE: the key existed
             popleft()
             freed += n
-            if r.__class__ is ReplyError or entry.__class__ is _Internal:
+            if r.__class__ is ReplyError or cls is _Internal or cls is ScriptCall:
                 # account before calling out, so status stays right if the handler raises
                 self._unanswered_bytes -= freed
                 freed = 0
@@ -724,8 +742,10 @@ class RedisWriter:
                 if last is not None and last.offset >= 0:
                     self.acked_offset = last.offset
                 last = None
-                if entry.__class__ is _Internal:
+                if cls is _Internal:
                     self._special(entry, r)  # type: ignore[arg-type]
+                elif cls is ScriptCall and r.__class__ is list:
+                    self._script_done(entry, r)  # type: ignore[arg-type]
                 else:
                     self.answered += 1
                     if entry.offset >= 0:
@@ -797,6 +817,25 @@ class RedisWriter:
             if self.on_error is None:
                 raise WriterError(f"{self.name}: error reply for {e!r} in a transaction: {m}")
             self.on_error(e, m)
+
+    def _script_done(self, call: ScriptCall, replies: list) -> None:
+        """The reply array of a script call: one reply per command it carried."""
+        entries = call.entries
+        self.answered += 1
+        if call.offset >= 0:
+            self.acked_offset = call.offset
+        names = self.acked_names
+        if ReplyError not in map(type, replies):
+            self.acked += len(entries)
+            names.update(e.argv[0] for e in entries)
+            return
+        errs = [(e, r) for e, r in zip(entries, replies, strict=False) if r.__class__ is ReplyError]
+        self.acked += len(entries) - len(errs)  # before calling out
+        names.update(e.argv[0] for e in entries)
+        for e, _r in errs:
+            names[e.argv[0]] -= 1
+        for e, r in errs:
+            self._on_reply_error(e, r)
 
     def _count_block(self, blk: _Block, errs) -> None:
         """Per command name, the entries of a transaction whose EXEC reply arrived (the
