@@ -20,10 +20,9 @@ from pathlib import Path
 import pytest
 
 from datagen import populate
+from harness import Shake, diff_data, start_load, wait_converged, wait_for
 from helpers import OWN_PREFIXES, assert_same_data, run_redshake, write_config
 from servers import free_port
-from test_scan_reader import diff_data
-from test_sync import Shake, start_load, wait_converged, wait_for
 
 SUMMARY = re.compile(r"summary[^:]*: keys read=(\d+), written=(\d+) of (\d+) sent .*failed=(\d+)")
 READERS = ["rdb", "scan", "sync"]

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from harness import Shake, digests, wait_converged, wait_for
 from helpers import assert_same_data, peak_rss, wait_with_peak_rss, write_config
 from redshake.aof.parser import AofError, AofParser, BigArg
 from redshake.repl.bigbulk import BigCommand, BigCommandError
 from redshake.resp.encode import encode
-from test_sync import Shake, wait_converged, wait_for
 
 MB = 1 << 20
 BIG = 48 * MB  # the largest single argument of the workloads below
@@ -78,9 +78,8 @@ def huge_workload(c, rnd: random.Random, dbs: tuple[int, ...] = (0, 1, 2)) -> No
 def assert_cluster_copy(src, cluster) -> None:
     """Same keys and DEBUG DIGEST-VALUEs on the cluster's masters as on the source (no key
     missing or extra, no temporary key left), and the big SET's TTL kept."""
-    from test_sync_cluster import _digests
 
-    assert _digests([src]) == _digests(cluster.masters)
+    assert digests([src]) == digests(cluster.masters)
     ttl = []
     for m in cluster.masters:
         try:

@@ -14,11 +14,11 @@ import urllib.request
 
 import pytest
 
+from harness import Shake, wait_converged, wait_for
 from helpers import OWN_PREFIXES, run_redshake, write_config
 from redshake.entry import Entry
 from redshake.transform.field_ttl import FieldTtlCommands
 from servers import free_port
-from test_sync import Shake, wait_converged, wait_for
 
 TARGETS = ("valkey-8.1", "redis-7.0", "redis-6.2")
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from datagen import populate
+from harness import Shake, start_load, wait_converged, wait_for
 from helpers import run_redshake, write_config
 from redshake.repl.checkpoint import Checkpoint, save_checkpoint
 from redshake.status.logging import SizeRotatingFileHandler, setup_logging
-from test_sync import Shake, start_load, wait_converged, wait_for
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,8 @@ import pytest
 import redis
 
 from datagen import populate
-from helpers import _same_zset, digest_map, expire_map, keys_of, run_redshake, write_config
+from harness import diff_data
+from helpers import digest_map, keys_of, run_redshake, write_config
 from servers import free_port
 
 NOTIFY = ["--notify-keyspace-events", "AE"]
@@ -30,37 +31,6 @@ def _cfg(tmp: Path, reader: dict, target, **adv) -> Path:
     if sentinel:
         sections["scan_reader.sentinel"] = sentinel
     return write_config(tmp / "shake.toml", sections)
-
-
-def diff_data(src_clients, dst, dbs: list[int], tol_ms: int = 2000, valkey_mix: bool = False) -> str:
-    """'' when every key of these dbs is the same on both sides (digest + expiry within
-    tol_ms: the scan reader writes now + PTTL), else a description of the first difference.
-    ``src_clients(db)`` returns the source clients holding that db (several for a cluster)."""
-    for db in dbs:
-        srcs = src_clients(db)
-        b = dst.client(db)
-        owner = {}
-        for c in srcs:
-            for k in keys_of(c):
-                owner[k] = c
-        kb = keys_of(b)
-        missing, extra = set(owner) - kb, kb - set(owner)
-        if missing or extra:
-            return f"db {db}: missing on target {sorted(missing)[:5]}, extra {sorted(extra)[:5]}"
-        keys = sorted(owner)
-        db_digest = digest_map(b, keys)
-        db_exp = expire_map(b, keys, False)
-        for c in srcs:
-            mine = [k for k in keys if owner[k] is c]
-            da = digest_map(c, mine)
-            ea = expire_map(c, mine, False)
-            for k in mine:
-                if da[k] != db_digest[k] and not (valkey_mix and _same_zset(c, b, k)):
-                    return f"db {db}: key {k!r} differs"
-                x, y = ea[k], db_exp[k]
-                if (x < 0 or y < 0) and x != y or abs(x - y) > tol_ms:
-                    return f"db {db}: key {k!r} ttl {x} vs {y}"
-    return ""
 
 
 def wait_same(src_clients, dst, dbs, timeout: float = 20.0, **kw) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness import Shake, start_load, wait_for
 from redshake.status.logging import (
     ConsoleFormatter,
     JsonFormatter,
@@ -423,7 +424,6 @@ def test_status_endpoint_under_live_sync_load(servers, tmp_path: Path) -> None:
     import threading
 
     from servers import free_port
-    from test_sync import Shake, start_load, wait_for
 
     src = servers.start("redis-7.0")
     dst = servers.start("redis-7.0")

@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
-import redis
 
 from datagen import populate
+from harness import (
+    Shake,
+    kill_replica_links,
+    replica_offset,
+    start_load,
+    stat,
+    wait_converged,
+    wait_for,
+)
 from helpers import assert_same_data, make_certs, write_config
 from redshake.repl.protocol import (
     CommandStream,
@@ -34,174 +39,6 @@ from redshake.repl.protocol import (
 from redshake.repl.spool import Spool
 from redshake.resp.encode import encode
 from servers import free_port
-
-MIXED_WRITERS = 3
-
-
-class Shake:
-    """redshake running as a subprocess on a sync_reader config."""
-
-    def __init__(
-        self, tmp: Path, src, dst, *, reader: dict | None = None, sentinel: dict | None = None,
-        name: str = "shake", status_port: int = 0, advanced: dict | None = None,
-    ) -> None:  # fmt: skip
-        self.tmp = tmp
-        self.work = tmp / "work"
-        self.out = tmp / f"{name}.out"
-        rd = {"address": src.address}
-        rd.update(reader or {})
-        sections = {"sync_reader": rd}
-        if sentinel:
-            sections["sync_reader.sentinel"] = sentinel
-        sections["redis_writer"] = {"address": dst.address}
-        sections["advanced"] = {"dir": str(self.work), "log_interval": 1}
-        if status_port:
-            sections["advanced"].update(status_port=status_port, status_bind="127.0.0.1")
-        sections["advanced"].update(advanced or {})
-        self.cfg = write_config(tmp / f"{name}.toml", sections)
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Shake:
-        self._fh = open(self.out, "a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "redshake.cli", str(self.cfg)],
-            cwd=str(self.tmp),
-            stdout=self._fh,
-            stderr=subprocess.STDOUT,
-        )
-        return self
-
-    def log(self) -> str:
-        return self.out.read_text(errors="replace")
-
-    def wait(self, timeout: float = 60) -> int:
-        assert self.proc is not None
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError("redshake did not exit:\n" + self.log()[-3000:]) from None
-
-    def terminate(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.wait(30)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def checkpoint(self) -> dict:
-        (d,) = [p for p in self.work.iterdir() if p.name.startswith("reader_")]
-        return json.loads((d / "checkpoint.json").read_text())
-
-
-def replica_offset(src) -> tuple[int, int, int]:
-    """(master_repl_offset, offset ACKed by the first replica (-1: none), replicas)."""
-    info = src.info("replication")
-    master = int(info.get("master_repl_offset", 0))
-    n = int(info.get("connected_slaves", 0))
-    off = -1
-    for k, v in info.items():
-        if k.startswith("slave") and isinstance(v, dict):
-            off = max(off, int(v.get("offset", -1)))
-    return master, off, n
-
-
-def wait_converged(src, shake: Shake, timeout: float = 60) -> None:
-    """Until the replica (redshake) has ACKed the master's offset: everything is applied."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        if shake.proc is not None and shake.proc.poll() is not None:
-            raise AssertionError("redshake exited:\n" + shake.log()[-3000:])
-        master, off, _n = last = replica_offset(src)
-        if master > 0 and off == master:
-            time.sleep(0.2)
-            if replica_offset(src)[:2] == (master, master):
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"not converged (master/acked/replicas {last}):\n" + shake.log()[-3000:])
-
-
-def wait_for(cond, timeout: float, what: str, shake: Shake | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}" + ("\n" + shake.log()[-3000:] if shake else ""))
-
-
-def stat(src, field: str) -> int:
-    return int(src.info("stats")[field])
-
-
-def mixed_load(src, stop: threading.Event, seed: int, idempotent: bool = False,
-               dbs: tuple[int, ...] = (0, 0, 1)) -> None:  # fmt: skip
-    """Mixed writes over several dbs, types, TTLs and transactions until ``stop``."""
-    rnd = random.Random(seed)
-    clients = {db: src.client(db) for db in set(dbs)}
-    while not stop.is_set():
-        db = rnd.choice(dbs)
-        c = clients[db]
-        p = c.pipeline(transaction=rnd.random() < 0.2)
-        for _ in range(20):
-            k = f"k:{rnd.randrange(300)}"
-            r = rnd.random()
-            if r < 0.25:
-                p.set(k, rnd.randbytes(rnd.randrange(1, 200)))
-            elif r < 0.35:
-                p.delete(k)
-            elif r < 0.45:
-                p.hset(f"h:{rnd.randrange(50)}", f"f{rnd.randrange(30)}", rnd.randrange(1000))
-            elif r < 0.55:
-                p.sadd(f"s:{rnd.randrange(50)}", rnd.randrange(100))
-            elif r < 0.65:
-                p.zadd(f"z:{rnd.randrange(50)}", {f"m{rnd.randrange(40)}": rnd.random()})
-            elif r < 0.7:
-                p.pexpireat(k, int(time.time() * 1000) + 600_000)
-            elif r < 0.75:
-                p.srem(f"s:{rnd.randrange(50)}", rnd.randrange(100))
-            elif idempotent:
-                p.set(f"n:{rnd.randrange(50)}", rnd.randrange(10**6))
-            elif r < 0.85:
-                p.incr(f"n:{rnd.randrange(50)}")
-            elif r < 0.95:
-                p.rpush(f"l:{rnd.randrange(20)}", rnd.randbytes(8))
-            else:
-                p.append(k + ":a", b"xy")
-        try:
-            p.execute()
-        except redis.ResponseError:
-            pass  # e.g. APPEND on a key of another type
-        except redis.ConnectionError:
-            return
-        time.sleep(0.002)
-
-
-def start_load(src, n: int = MIXED_WRITERS, idempotent: bool = False, dbs: tuple[int, ...] = (0, 0, 1)):
-    stop = threading.Event()
-    threads = [
-        threading.Thread(target=mixed_load, args=(src, stop, 100 + i, idempotent, dbs), daemon=True)
-        for i in range(n)
-    ]
-    for t in threads:
-        t.start()
-
-    def halt() -> None:
-        stop.set()
-        for t in threads:
-            t.join(30)
-
-    return halt
-
-
-def kill_replica_links(src) -> int:
-    with src.client() as c:
-        kind = "replica" if src.version >= (5, 0, 0) else "slave"
-        return int(c.execute_command("CLIENT", "KILL", "TYPE", kind))
 
 
 @pytest.mark.parametrize("name", ["redis-5.0", "redis-6.2", "redis-7.0", "valkey-8.1", "valkey-9.1"])
