@@ -172,7 +172,7 @@ def test_live_stream_entries_acknowledged(servers, tmp_path, shakes):
     shakes.append(shake)
     halt = start_load(src)
     try:
-        wait_for(lambda: "now following the stream" in shake.log(), 60, "the stream", shake)
+        shake.wait_streaming(60, "the stream")
         time.sleep(1)
     finally:
         halt()
@@ -209,7 +209,7 @@ def test_per_command_write_count_is_acknowledged(servers, tmp_path, shakes):
     shake = Shake(tmp_path, src, dst, status_port=port,
                   advanced={"rdb_restore_command_behavior": "skip"}).start()  # fmt: skip
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 120, "the stream", shake)
+    shake.wait_streaming(120, "the stream")
     wait_converged(src, shake)
 
     def settled() -> dict:  # the 1 s ticker has seen the final counts

@@ -17,7 +17,6 @@ from harness import (
     stat,
     wait_cluster_converged,
     wait_converged,
-    wait_for,
 )
 from helpers import assert_same_data
 from redshake.commands.slots import key_slot
@@ -35,7 +34,7 @@ def test_empty_db_before_sync_only_before_a_snapshot(servers, tmp_path, shakes):
     stale.set(b"stale", b"from an earlier life")
     shake = Shake(tmp_path, src, dst, advanced=EMPTY).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     halt = start_load(src, 2)
     time.sleep(1.5)
     halt()
@@ -73,7 +72,7 @@ def test_empty_db_before_sync_only_before_a_snapshot(servers, tmp_path, shakes):
     stale.set(b"stale", b"again")
     shake3 = Shake(tmp_path, src, dst, advanced=EMPTY, name="shake3").start()
     shakes.append(shake3)
-    wait_for(lambda: "now following the stream" in shake3.log(), 60, "the new snapshot", shake3)
+    shake3.wait_streaming(60, "the new snapshot")
     wait_converged(src, shake3)
     assert "advanced.empty_db_before_sync" in shake3.log()
     assert stale.exists(b"stale") == 0

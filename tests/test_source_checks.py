@@ -416,7 +416,7 @@ def test_source_restart_is_retried_past_connect_timeout(servers, tmp_path, shake
         tmp_path, src, dst, reader={"connect_timeout": 1}, status_port=port
     ).start()  # fmt: skip
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     src.stop()
     time.sleep(3)  # longer than connect_timeout
     assert shake.proc.poll() is None, shake.log()[-3000:]

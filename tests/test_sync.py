@@ -49,7 +49,7 @@ def test_sync_versions(servers, tmp_path, shakes, name):
     halt = start_load(src, 1)  # writes during the snapshot
     shake = Shake(tmp_path, src, dst).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     time.sleep(0.5)  # ... and after it
     halt()
     c = src.client(2)
@@ -76,7 +76,7 @@ def test_sync_sentinel_source(servers, tmp_path, shakes):
         reader={"address": ""}, sentinel={"master_name": "mymaster", "address": sentinel.address},
     ).start()  # fmt: skip
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     src.client().set("after", "1")
     wait_converged(src, shake)
     assert_same_data(src, dst)
@@ -107,7 +107,7 @@ def test_sync_survives_killed_links(servers, tmp_path, shakes, name, args):
     populate(src.client(), src.version, src.is_valkey, big=False)
     shake = Shake(tmp_path, src, dst).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     partial0, full0 = stat(src, "sync_partial_ok"), stat(src, "sync_full")
     halt = start_load(src)
     try:
@@ -137,7 +137,7 @@ def test_sync_restart_after_kill9(servers, tmp_path, shakes):
     populate(src.client(), src.version, False, big=False)
     shake = Shake(tmp_path, src, dst).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     halt = start_load(src, idempotent=True)
     try:
         time.sleep(2)
@@ -183,7 +183,7 @@ def test_sync_without_rdb(servers, tmp_path, shakes):
     src.client().set("before", "1")
     shake = Shake(tmp_path, src, dst, reader={"sync_rdb": False}).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     src.client().set("after", "2")
     wait_converged(src, shake)
     d = dst.client()
@@ -208,7 +208,7 @@ def test_sync_survives_target_reconnects(servers, tmp_path, shakes, exactly_once
         shake.cfg.write_text(shake.cfg.read_text() + '\n[filter]\nfunction = "shake.call(DB, ARGV)"\n')
     shake.start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     halt = start_load(src, idempotent=not exactly_once)
     try:
         for _ in range(3):
@@ -241,7 +241,7 @@ def test_sync_follows_sentinel_failover(servers, tmp_path, shakes):
         reader={"address": ""}, sentinel={"master_name": "mymaster", "address": sentinel.address},
     ).start()  # fmt: skip
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     src.client().set("before", "failover")
 
     def rep_caught_up() -> bool:
@@ -258,7 +258,8 @@ def test_sync_follows_sentinel_failover(servers, tmp_path, shakes):
 
     wait_for(promoted, 60, "the failover", shake)
     kill_replica_links(src)  # the old master's replicas (redshake) must move on
-    wait_for(lambda: f"source master is at {rep.address}" in shake.log(), 30, "the new master", shake)
+    shake.wait_readers(lambda r: r["address"] == rep.address, 30, "the new master")
+    assert f"source master is at {rep.address}" in shake.log()
     rep.client().set("after", "failover")
     wait_converged(rep, shake)
     # Usually a partial resync (PSYNC2). If the old master streamed a few bytes the
@@ -281,9 +282,10 @@ def test_sync_retries_nomasterlink(servers, tmp_path, shakes):
     up.stop()
     shake = Shake(tmp_path, src, dst).start()
     shakes.append(shake)
-    wait_for(lambda: "NOMASTERLINK" in shake.log(), 30, "the retry", shake)
+    shake.wait_readers(lambda r: "NOMASTERLINK" in r["last_link_error"], 30, "the retry")
+    assert "NOMASTERLINK" in shake.log()
     src.client().execute_command("REPLICAOF", "NO", "ONE")
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     src.client().set("k2", "v2")
     wait_converged(src, shake)
     assert_same_data(src, dst)
@@ -299,7 +301,7 @@ def test_sync_adopts_new_replid(servers, tmp_path, shakes):
     populate(src.client(), src.version, False, big=False)
     shake = Shake(tmp_path, src, dst).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     src.client().set("before", "1")
     wait_converged(src, shake)
     old_id = src.info("replication")["master_replid"]
@@ -311,8 +313,9 @@ def test_sync_adopts_new_replid(servers, tmp_path, shakes):
     wait_for(lambda: src.client().get("after") == b"2", 30, "the chain")
     new_id = rep.info("replication")["master_replid"]
     assert new_id != old_id
-    wait_for(lambda: f"replication id changed to {new_id}" in shake.log(), 30, "the new replid", shake)
+    shake.wait_readers(lambda r: r["replid"] == new_id, 30, "the new replid")
     wait_converged(src, shake)
+    assert f"replication id changed to {new_id}" in shake.log()
     assert "full resynchronisation" not in shake.log().split("now following the stream", 1)[1]
     assert_same_data(rep, dst)
     assert shake.terminate() == 0
@@ -330,7 +333,7 @@ def test_sync_waits_for_source_bgsave(servers, tmp_path, shakes):
     c.config_set("rdb-key-save-delay", 0)  # (the running child keeps the slow setting)
     shake = Shake(tmp_path, src, dst).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     log = shake.log()
     assert "rdb_bgsave_in_progress" in log and "finished its bgsave" in log
     c.set("after", "1")
@@ -348,7 +351,7 @@ def test_sync_renamed_psync(servers, tmp_path, shakes):
     aws = f"{src.address}@xpsync-4711"
     shake = Shake(tmp_path, src, dst, advanced={"aws_psync": aws}).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     src.client().set("k2", "v2")
     wait_for(lambda: dst.client().get("k2") == b"v2", 30, "the stream", shake)
     assert_same_data(src, dst)
@@ -462,7 +465,7 @@ def test_sync_prefer_replica(servers, tmp_path, shakes):
     wait_for(lambda: replica_offset(src)[1] == replica_offset(src)[0] > 0, 30, "the replica")
     shake = Shake(tmp_path, src, dst, reader={"prefer_replica": True}).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     assert f"reading from replica {rep.address}" in shake.log()
     src.client().set("later", "x")
     wait_for(lambda: rep.client().get("later") == b"x", 30, "the replica")
@@ -480,7 +483,7 @@ def test_sync_restart_after_backlog_lost(servers, tmp_path, shakes):
     populate(c, src.version, False, big=False)
     shake = Shake(tmp_path, src, dst).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     c.set("after", "1")
     wait_converged(src, shake)
     assert shake.terminate() == 0
@@ -490,8 +493,9 @@ def test_sync_restart_after_backlog_lost(servers, tmp_path, shakes):
     full0 = stat(src, "sync_full")
     shake2 = Shake(tmp_path, src, dst).start()
     shakes.append(shake2)
-    wait_for(lambda: "emptying the target first" in shake2.log(), 60, "the flush", shake2)
+    shake2.wait_readers(lambda r: r["full_syncs"] >= 1, 60, "the full sync")
     wait_converged(src, shake2)
+    assert "emptying the target first" in shake2.log()
     assert stat(src, "sync_full") == full0 + 1
     assert dst.client().exists(b"d0:str", b"d0:list:small") == 0
     assert_same_data(src, dst)
@@ -506,7 +510,7 @@ def test_sync_stream_runs(servers, tmp_path, shakes):
     dst = servers.start("redis-7.0")
     shake = Shake(tmp_path, src, dst).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     c3 = src.client(3)
     with c3.pipeline(transaction=False) as p:
         for i in range(300):
@@ -561,7 +565,7 @@ def test_sync_from_tls_source(servers, tmp_path, shakes):
     }
     shake = Shake(tmp_path, src, dst, reader=reader).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     halt = start_load(src, 2)
     time.sleep(1)
     assert kill_replica_links(src) >= 1
@@ -585,7 +589,7 @@ def test_sync_exactly_once_after_kill9(servers, tmp_path, shakes, named):
     populate(src.client(), src.version, False, big=False)
     shake = Shake(tmp_path, src, dst, advanced=adv).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     full0, partial0 = stat(src, "sync_full"), stat(src, "sync_partial_ok")
     halt = start_load(src)
     try:
@@ -623,7 +627,7 @@ def test_exactly_once_falls_back_with_a_warning(servers, tmp_path, shakes):
     src.client().set("a", "1")
     shake = Shake(tmp_path, src, dst, advanced={"exactly_once_db": 99}).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     src.client(1).incr("n")
     wait_converged(src, shake)
     assert assert_same_data(src, dst) == 2

@@ -20,7 +20,6 @@ from harness import (
     stat,
     wait_cluster_converged,
     wait_converged,
-    wait_for,
 )
 from helpers import MARKER_PREFIX
 from redshake.commands.slots import key_slot
@@ -172,7 +171,7 @@ def test_sync_into_cluster_survives_target_reconnects(servers, tmp_path, shakes)
     shake = Shake(tmp_path, src, _Addr(dst.seed))
     shake.cfg.write_text(shake.cfg.read_text().replace("[redis_writer]\n", "[redis_writer]\ncluster = true\n"))
     shakes.append(shake.start())
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     stop = threading.Event()
 
     def load() -> None:
@@ -235,7 +234,7 @@ def test_sync_into_cluster_exactly_once_after_kill9(servers, tmp_path, shakes):
         return shake
 
     shake = start()
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     full0 = stat(src, "sync_full")
     halt = start_load(src, dbs=(0,))
     try:
@@ -243,11 +242,12 @@ def test_sync_into_cluster_exactly_once_after_kill9(servers, tmp_path, shakes):
             time.sleep(1.5)
             shake.kill()
             shake = start()
-            wait_for(lambda s=shake: "partial resynchronisation accepted" in s.log(), 60, "the restart", shake)
+            shake.wait_readers(lambda r: r["partial_resyncs"] >= 1, 60, "the restart")
         time.sleep(1)
     finally:
         halt()
     wait_converged(src, shake, timeout=90)
+    assert "partial resynchronisation accepted" in shake.log()
     assert stat(src, "sync_full") == full0, shake.log()[-3000:]
     assert len(digests([src])) > 100 and digests([src]) == digests(dst.masters)
     assert "slots are ahead of offset" in "".join(s.log() for s in shakes)
