@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -63,6 +64,22 @@ class Shake:
         sections["advanced"].update(advanced or {})
         self.cfg = write_config(tmp / f"{name}.toml", sections)
         self.proc: subprocess.Popen | None = None
+
+    @classmethod
+    def on_config(cls, cfg: Path, out: Path | None = None) -> Shake:
+        """A Shake on a config written elsewhere (any reader and writer). The config must set
+        ``advanced.status_port`` (the waits read the status JSON); the output goes to ``out``
+        (default: redshake.out beside the config)."""
+        adv = tomllib.loads(cfg.read_text()).get("advanced", {})
+        assert adv.get("status_port"), f"{cfg} sets no advanced.status_port"
+        self = cls.__new__(cls)
+        self.tmp = cfg.parent
+        self.work = Path(adv.get("dir", cfg.parent / "work"))
+        self.out = out or cfg.parent / "redshake.out"
+        self.status_port = int(adv["status_port"])
+        self.cfg = cfg
+        self.proc = None
+        return self
 
     def start(self) -> Shake:
         self._fh = open(self.out, "a")
@@ -133,6 +150,11 @@ class Shake:
             return bool(rd) and all(cond(r) for r in rd)
 
         return self.wait_status(every, timeout, what)
+
+    def wait_logged(self, text: str, timeout: float = 20.0, count: int = 1) -> None:
+        """Until ``text`` was logged ``count`` times: only for what the status JSON does not
+        show (e.g. the scan reader's reconnects and keyspace-event subscriptions)."""
+        self.wait_status(lambda _doc: self.log().count(text) >= count, timeout, f"{text!r} logged")
 
     def wait_streaming(self, timeout: float = 60, what: str = "the snapshot") -> dict:
         """Until every reader has sent its snapshot and follows the command stream
