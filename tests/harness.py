@@ -102,10 +102,10 @@ class Shake:
             self.kill()
             raise AssertionError("redshake did not exit:\n" + self.log()[-3000:]) from None
 
-    def terminate(self) -> int:
+    def terminate(self, timeout: float = 30) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        return self.wait(30)
+        return self.wait(timeout)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -123,6 +123,11 @@ class Shake:
                 return json.loads(r.read())
         except (OSError, ValueError):
             return {}
+
+    def reader(self) -> dict:
+        """The reader part of the status JSON of a one-source run ({} until the page answers)."""
+        r = self.status().get("reader")
+        return r if isinstance(r, dict) else {}
 
     def readers(self) -> list[dict]:
         """The reader part of the status JSON, as a list (one entry per source shard)."""
