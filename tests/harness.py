@@ -53,7 +53,7 @@ class Shake:
         self.status_port = status_port or free_port()
         self.work = tmp / "work"
         self.out = tmp / f"{name}.out"
-        rd = {"address": src.address}
+        rd = {"address": src if isinstance(src, str) else src.address}
         rd.update(reader or {})
         sections = {"sync_reader": rd}
         if sentinel:
@@ -62,6 +62,7 @@ class Shake:
         sections["advanced"] = {"dir": str(self.work), "log_interval": 1}
         sections["advanced"].update(status_port=self.status_port, status_bind="127.0.0.1")
         sections["advanced"].update(advanced or {})
+        self.work = Path(sections["advanced"]["dir"])
         self.cfg = write_config(tmp / f"{name}.toml", sections)
         self.proc: subprocess.Popen | None = None
 
@@ -155,6 +156,10 @@ class Shake:
             return bool(rd) and all(cond(r) for r in rd)
 
         return self.wait_status(every, timeout, what)
+
+    def wait_consistent(self, timeout: float = 120) -> dict:
+        """Until the status JSON says ``consistent`` (what /ready answers 200 for)."""
+        return self.wait_status(lambda doc: bool(doc.get("consistent")), timeout, "a consistent status")
 
     def wait_logged(self, text: str, timeout: float = 20.0, count: int = 1) -> None:
         """Until ``text`` was logged ``count`` times: only for what the status JSON does not
