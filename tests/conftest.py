@@ -1,5 +1,5 @@
 """Shared fixtures: ``servers`` (start real servers / clusters, always killed), ``shakes``
-(redshake processes, always killed) and ``tmp_dir``."""
+(redshake processes, always killed; it lives in harness.py) and ``tmp_dir``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import servers as _servers  # noqa: E402
+from harness import shakes  # noqa: E402, F401  (the fixture, defined with the harness)
 
 
 class ServerFactory:
@@ -66,17 +67,6 @@ def servers(tmp_path: Path) -> Iterator[ServerFactory]:
 @pytest.fixture
 def tmp_dir(tmp_path: Path) -> Path:
     return tmp_path
-
-
-@pytest.fixture
-def shakes() -> Iterator[list]:
-    """redshake processes a test started (append them); killed at teardown."""
-    started: list = []
-    try:
-        yield started
-    finally:
-        for s in started:
-            s.kill()
 
 
 @pytest.fixture(autouse=True)

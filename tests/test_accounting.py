@@ -20,10 +20,9 @@ from pathlib import Path
 import pytest
 
 from datagen import populate
+from harness import Shake, diff_data, start_load, wait_converged, wait_for
 from helpers import OWN_PREFIXES, assert_same_data, run_redshake, write_config
 from servers import free_port
-from test_scan_reader import diff_data
-from test_sync import Shake, start_load, wait_converged, wait_for
 
 SUMMARY = re.compile(r"summary[^:]*: keys read=(\d+), written=(\d+) of (\d+) sent .*failed=(\d+)")
 READERS = ["rdb", "scan", "sync"]
@@ -173,7 +172,7 @@ def test_live_stream_entries_acknowledged(servers, tmp_path, shakes):
     shakes.append(shake)
     halt = start_load(src)
     try:
-        wait_for(lambda: "now following the stream" in shake.log(), 60, "the stream", shake)
+        shake.wait_streaming(60, "the stream")
         time.sleep(1)
     finally:
         halt()
@@ -210,7 +209,7 @@ def test_per_command_write_count_is_acknowledged(servers, tmp_path, shakes):
     shake = Shake(tmp_path, src, dst, status_port=port,
                   advanced={"rdb_restore_command_behavior": "skip"}).start()  # fmt: skip
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 120, "the stream", shake)
+    shake.wait_streaming(120, "the stream")
     wait_converged(src, shake)
 
     def settled() -> dict:  # the 1 s ticker has seen the final counts

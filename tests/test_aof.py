@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from datagen import populate
-from helpers import TESTDATA, assert_same_data, run_redshake, write_config
+from harness import failed_rewrite, nkeys, run_aof, wait_rewrite
+from helpers import TESTDATA, assert_same_data
 from redshake.aof import Annotation, AofError, AofParser, ManifestError, parse_manifest, split_args
 from redshake.readers.aof_reader import SHIFT_MS, AofFileReader
 from redshake.readers.base import ReaderContext
@@ -134,54 +133,6 @@ def test_manifest():
 
 
 # -- helpers for real runs -----------------------------------------------------------------
-
-
-def run_aof(
-    tmp: Path, filepath, target, *, cfg_name="shake.toml", **reader
-) -> subprocess.CompletedProcess:
-    cfg = write_config(
-        tmp / cfg_name,
-        {
-            "aof_reader": {"filepath": str(filepath), **reader},
-            "redis_writer": {"address": target.address},
-            "advanced": {"dir": str(tmp / "work"), "log_interval": 0},
-        },
-    )
-    return run_redshake(cfg)
-
-
-def nkeys(server) -> int:
-    return sum(v["keys"] for v in server.client().info("keyspace").values())
-
-
-def wait_rewrite(c) -> None:
-    while True:
-        info = c.info("persistence")
-        if not int(info["aof_rewrite_in_progress"]) and not int(
-            info.get("aof_rewrite_scheduled", 0)
-        ):
-            return
-        time.sleep(0.05)
-
-
-def failed_rewrite(server) -> None:
-    """Start a rewrite and kill its child: the server keeps the new INCR file in the manifest,
-    so the manifest ends up listing several INCR files (as after a real failed rewrite)."""
-    c = server.client()
-    c.config_set("rdb-key-save-delay", 1000000)
-    c.bgrewriteaof()
-    deadline = time.monotonic() + 10
-    kids: list[str] = []
-    while not kids and time.monotonic() < deadline:
-        kids = subprocess.run(
-            ["pgrep", "-P", str(server.pid)], capture_output=True, text=True
-        ).stdout.split()
-        time.sleep(0.02)
-    c.set(b"written during the rewrite", b"1")
-    for k in kids:
-        os.kill(int(k), 9)
-    wait_rewrite(c)
-    c.config_set("rdb-key-save-delay", 0)
 
 
 def transactions(server, tag: str) -> None:

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from aof_workload import DBS, Workload
+from harness import failed_rewrite, nkeys, run_aof, wait_rewrite
 from helpers import assert_same_data, digest_map, expire_map, keys_of, run_redshake, write_config
-from test_aof import failed_rewrite, nkeys, run_aof, wait_rewrite
 
 SHIFTED = "expiries were already past or due within"
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from harness import Shake, digests, wait_converged, wait_for
 from helpers import assert_same_data, peak_rss, wait_with_peak_rss, write_config
 from redshake.aof.parser import AofError, AofParser, BigArg
 from redshake.repl.bigbulk import BigCommand, BigCommandError
 from redshake.resp.encode import encode
-from test_sync import Shake, wait_converged, wait_for
 
 MB = 1 << 20
 BIG = 48 * MB  # the largest single argument of the workloads below
@@ -78,9 +78,8 @@ def huge_workload(c, rnd: random.Random, dbs: tuple[int, ...] = (0, 1, 2)) -> No
 def assert_cluster_copy(src, cluster) -> None:
     """Same keys and DEBUG DIGEST-VALUEs on the cluster's masters as on the source (no key
     missing or extra, no temporary key left), and the big SET's TTL kept."""
-    from test_sync_cluster import _digests
 
-    assert _digests([src]) == _digests(cluster.masters)
+    assert digests([src]) == digests(cluster.masters)
     ttl = []
     for m in cluster.masters:
         try:
@@ -120,7 +119,7 @@ def test_live_stream_huge_commands(servers, tmp_path, shakes, target):
     for t in targets:
         t.client().config_set("proto-max-bulk-len", str(1 << 30))
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the stream phase", shake)
+    shake.wait_streaming(60, "the stream phase")
     base = peak_rss(shake.proc.pid)
     huge_workload(src.client(), random.Random(1), (0,) if target == "cluster" else (0, 1, 2))
     wait_converged(src, shake, timeout=180)
@@ -153,7 +152,7 @@ def test_live_interrupted_mid_command_redoes_it(servers, tmp_path, shakes, how):
     adv = {"exactly_once_key": "pos", "exactly_once_db": 15} if "exactly" in how else {}
     shake = Shake(tmp_path, src, dst, advanced=adv).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the stream phase", shake)
+    shake.wait_streaming(60, "the stream phase")
     c = src.client()
     c.set(b"before", b"1")
     value = os.urandom(BIG)
@@ -306,7 +305,7 @@ def test_live_argument_over_target_limit(servers, tmp_path, shakes):
     dst = servers.start("redis-7.0", args=["--proto-max-bulk-len", "1mb"])
     shake = Shake(tmp_path, src, dst).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the stream phase", shake)
+    shake.wait_streaming(60, "the stream phase")
     c = src.client()
     for i in range(100):
         c.set(f"before:{i}", i)
@@ -330,7 +329,7 @@ def test_live_huge_command_with_filter_is_reassembled(servers, tmp_path, shakes)
     shake = Shake(tmp_path, src, dst)
     shake.cfg.write_text(shake.cfg.read_text() + '\n[filter]\nblock_key_prefix = ["drop:"]\n')
     shakes.append(shake.start())
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the stream phase", shake)
+    shake.wait_streaming(60, "the stream phase")
     c = src.client()
     value = os.urandom(6 * MB)
     c.set(b"keep:big", value, ex=3600)

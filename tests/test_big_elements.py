@@ -14,7 +14,9 @@ import struct
 import lzf
 import pytest
 
+from harness import run_rdb_restore
 from helpers import assert_same_data, feed_in_chunks, write_config
+from rdbgen import RDB_FILES, compressible, expect_error, lp_elem, make_listpack, make_ziplist
 from redshake.commands.slots import key_slot
 from redshake.rdb import records as R
 from redshake.rdb.dump import encode_length, encode_string
@@ -164,9 +166,7 @@ def test_parser_streams_huge_elements(seed: int) -> None:
 
 
 def _corpus_files() -> list[dict]:
-    from test_rdb_parser import RDB_FILES, _expect_error
-
-    return [f for f in RDB_FILES if not _expect_error(f)
+    return [f for f in RDB_FILES if not expect_error(f)
             and set(f["rdb"]["types"]) & {"LIST", "SET", "ZSET", "HASH", "ZSET_2"}]  # fmt: skip
 
 
@@ -261,11 +261,10 @@ def _source_with_huge_elements(servers):
     """A redis-7.0 source whose hash (type 4) holds an 80 MiB compressible value (LZF in the
     RDB, about 27 MiB compressed) and a 40 MiB random one (raw), whose set (type 2) and zset
     (type 5) hold a 40 MiB random member, beside small elements."""
-    from test_big_values import _compressible
 
     src = servers.start("redis-7.0")
     c = src.client()
-    comp = _compressible(80 * MB, 3)
+    comp = compressible(80 * MB, 3)
     c.hset(b"h", mapping={b"a": b"1", b"lz": comp, b"b": b"2" * 100})
     del comp
     c.hset(b"h", b"raw", os.urandom(40 * MB))
@@ -281,8 +280,6 @@ def _source_with_huge_elements(servers):
 
 
 def test_restore_huge_elements_with_bounded_memory(servers, tmp_path):
-    from test_big_values import _run_cli
-
     src = _source_with_huge_elements(servers)
     rdb = src.dir / "dump.rdb"
     # what the parser makes of it with the default threshold
@@ -297,7 +294,7 @@ def test_restore_huge_elements_with_bounded_memory(servers, tmp_path):
                                      ("member", 40 * MB)])  # fmt: skip
     assert rdb.stat().st_size < 160 * MB  # the 80 MiB value is LZF-compressed (to ~33 MiB)
     dst = servers.start("redis-7.0")
-    code, out, peak, elapsed = _run_cli(src, dst, tmp_path)
+    code, out, peak, elapsed = run_rdb_restore(src, dst, tmp_path)
     assert code == 0, out[-3000:]
     assert "commands_streamed=3" in out, out[-2000:]
     assert_same_data(src, dst)
@@ -429,9 +426,8 @@ def test_corpus_hashes_with_field_ttls_streamed_with_tiny_threshold() -> None:
     """Every corpus file with Redis 22/24 or Valkey 22 hashes, with a 1-byte threshold (every
     field and value longer than one byte streamed as an element): the same pairs and TTLs."""
     from helpers import TESTDATA
-    from test_rdb_parser import RDB_FILES, _expect_error
 
-    files = [f for f in RDB_FILES if not _expect_error(f) and set(f["rdb"]["types"])
+    files = [f for f in RDB_FILES if not expect_error(f) and set(f["rdb"]["types"])
              & {"HASH_METADATA", "HASH_METADATA_PRE_GA", "HASH_2"}]  # fmt: skip
     assert files
     n = 0
@@ -502,14 +498,13 @@ def test_restore_hash_with_field_ttls_and_huge_values_valkey(servers, tmp_path):
     """Valkey 9.1 source and target: a hash with field TTLs (type 22) holding a 30 MiB random
     value and a 40 MiB compressible one (LZF in the RDB) with TTLs, restored by the CLI with
     its default 16 MiB threshold: same fields, values and field TTLs, bounded memory."""
-    from test_big_values import _compressible, _run_cli
 
     src = servers.start("valkey-9.1")
     c = src.client()
     raw = os.urandom(30 * MB)
     c.hset(b"h", mapping={b"a": b"1", b"raw": raw, b"b": b"2" * 100})
     del raw
-    c.hset(b"h", b"lz", _compressible(40 * MB, 4))
+    c.hset(b"h", b"lz", compressible(40 * MB, 4))
     c.hset(b"h", mapping={b"f%d" % i: b"v%d" % i for i in range(500)})
     c.execute_command("HPEXPIRE", b"h", 3_600_000, "FIELDS", 3, b"raw", b"a", b"f7")
     c.execute_command("HPEXPIRE", b"h", 7_200_000, "FIELDS", 1, b"lz")
@@ -530,7 +525,7 @@ def test_restore_hash_with_field_ttls_and_huge_values_valkey(servers, tmp_path):
     assert types == {22} and sorted(starts) == [("value", 30 * MB), ("value", 40 * MB)]
     assert rdb.stat().st_size < 60 * MB  # the 40 MiB value is LZF-compressed
     dst = servers.start("valkey-9.1")
-    code, out, peak, elapsed = _run_cli(src, dst, tmp_path)
+    code, out, peak, elapsed = run_rdb_restore(src, dst, tmp_path)
     assert code == 0, out[-3000:]
     assert "commands_streamed=1" in out, out[-2000:]
     d = dst.client()
@@ -571,7 +566,6 @@ def _quicklist_rdb() -> tuple[bytes, dict]:
     """RDBs with quicklists: type 18 (version 10) and type 14 (version 9), whose node blobs
     (raw and LZF) hold strings over 200 KiB among small entries, PLAIN nodes, and a node of
     many small entries over 200 KiB; and the elements expected per key."""
-    from test_rdb_encodings import lp_elem, make_listpack, make_ziplist
 
     big = [os.urandom(300_000), _text(2_500_000, 21), os.urandom(1_200_000), _text(700_000, 22)]
     many = [b"e%d" % i for i in range(40_000)]  # a 300 KB listpack / ziplist node
@@ -641,8 +635,6 @@ def test_quicklist_nodes_streamed_with_tiny_threshold() -> None:
 
 
 def _corrupt_node_rdb(kind: str) -> bytes:
-    from test_rdb_encodings import lp_elem, make_listpack
-
     big = _text(600_000, 5)
     blob = bytearray(make_listpack([lp_elem(b"a"), lp_elem(big), lp_elem(b"b")]))
     if kind == "lzf":
@@ -681,14 +673,13 @@ def test_restore_list_with_huge_elements_with_bounded_memory(servers, tmp_path):
     elements, the rebuilt list is the same, and memory stays far below an element's size."""
     from redshake.rdb.parser import _big_head
     from redshake.rdb.walk import read_len, skip_str
-    from test_big_values import _compressible, _run_cli
 
     src = servers.start("redis-7.0")
     c = src.client()
     c.rpush(b"l", *[b"a%d" % i for i in range(3000)])
     c.rpush(b"l", os.urandom(40 * MB))
     c.rpush(b"l", *[i for i in range(2000)])
-    c.rpush(b"l", _compressible(60 * MB, 5))
+    c.rpush(b"l", compressible(60 * MB, 5))
     c.rpush(b"l", b"last")
     # elements over 1 MiB in PLAIN nodes (Redis 7 does so over 1 GiB unless told otherwise)
     c.execute_command("DEBUG", "QUICKLIST-PACKED-THRESHOLD", str(MB))
@@ -729,7 +720,7 @@ def test_restore_list_with_huge_elements_with_bounded_memory(servers, tmp_path):
     assert huge_nodes(data, b"pl") == [(1, 30 * MB, False)]
     del data
     dst = servers.start("redis-7.0")
-    code, out, peak, elapsed = _run_cli(src, dst, tmp_path)
+    code, out, peak, elapsed = run_rdb_restore(src, dst, tmp_path)
     assert code == 0, out[-3000:]
     assert "commands_streamed=2" in out, out[-2000:]
     assert_same_data(src, dst)

@@ -8,18 +8,17 @@ import base64
 import os
 import random
 import struct
-import subprocess
-import sys
 import time
 
 import pytest
 
-from helpers import assert_same_data, feed_in_chunks, wait_with_peak_rss, write_config
+from harness import run_rdb_restore
+from helpers import assert_same_data, feed_in_chunks
+from rdbgen import compressible, make_rdb, pairs_to_dict, stream_from_items, stream_state
 from redshake.rdb import records as R
 from redshake.rdb.parser import RdbParser
 from redshake.rdb.primitives import read_string
 from redshake.rdb.values import decode_value
-from test_rdb_parser import stream_from_items
 
 SIZE = 64 << 20
 
@@ -67,7 +66,7 @@ def test_restore_long_string_with_bounded_memory(servers, tmp_path):
     src, _big = _source_with_big_string(servers)
     dst = servers.start("redis-7.0")
     dst.client().config_set("proto-max-bulk-len", str(1 << 30))
-    code, out, peak, _elapsed = _run_cli(src, dst, tmp_path)
+    code, out, peak, _elapsed = run_rdb_restore(src, dst, tmp_path)
     assert code == 0, out[-3000:]
     assert "commands_streamed=2" in out, out[-2000:]
     assert_same_data(src, dst)
@@ -79,25 +78,12 @@ def test_restore_long_string_with_bounded_memory(servers, tmp_path):
 LZF_SIZE = 64 << 20
 
 
-def _compressible(size: int, seed: int) -> bytes:
-    """Text that LZF compresses about 3:1 (words from a small vocabulary, numbers): a
-    256 KiB block repeated, which compresses like fresh text (LZF looks back 8 KiB only)."""
-    rnd = random.Random(seed)
-    words = [
-        bytes(rnd.choices(b"abcdefghijklmnopqrstuvwxyz", k=rnd.randint(2, 9))) for _ in range(300)
-    ]
-    block = bytearray()
-    while len(block) < 256 << 10:
-        block += b" ".join(rnd.choices(words, k=40)) + b" %d\n" % rnd.getrandbits(32)
-    return (bytes(block[: 256 << 10]) * (-(-size // (256 << 10))))[:size]
-
-
 def _source_with_lzf_strings(servers):
     src = servers.start("redis-7.0")
     c = src.client()
     c.config_set("proto-max-bulk-len", str(1 << 30))
-    big = _compressible(LZF_SIZE, 1)
-    small = _compressible(1 << 20, 2)
+    big = compressible(LZF_SIZE, 1)
+    small = compressible(1 << 20, 2)
     c.set(b"lzbig", big, px=3_600_000)
     c.execute_command("SELECT", 2)
     c.set(b"lzsmall", small)
@@ -161,30 +147,12 @@ def test_restore_lzf_string_with_bounded_memory(servers, tmp_path):
     src, _big, _small = _source_with_lzf_strings(servers)
     dst = servers.start("redis-7.0")
     dst.client().config_set("proto-max-bulk-len", str(1 << 30))
-    code, out, peak, elapsed = _run_cli(src, dst, tmp_path)
+    code, out, peak, elapsed = run_rdb_restore(src, dst, tmp_path)
     assert code == 0, out[-3000:]
     assert "commands_streamed=1" in out, out[-2000:]
     assert_same_data(src, dst)
     print(f"\nLZF string restore: peak RSS {peak / 1e6:.0f} MB, {elapsed:.1f}s")
     assert 0 < peak < LZF_SIZE, f"peak RSS {peak / 1e6:.0f} MB for a {LZF_SIZE >> 20} MiB value"
-
-
-def _run_cli(src, dst, tmp_path) -> tuple[int, str, int, float]:
-    cfg = write_config(
-        tmp_path / "shake.toml",
-        {
-            "rdb_reader": {"filepath": str(src.dir / "dump.rdb")},
-            "redis_writer": {"address": dst.address},
-            "advanced": {"dir": str(tmp_path / "w"), "log_interval": 0},
-        },
-    )
-    out_path = tmp_path / "out.txt"
-    t0 = time.perf_counter()
-    with open(out_path, "w") as out_f:
-        p = subprocess.Popen([sys.executable, "-m", "redshake.cli", str(cfg)], stdout=out_f,
-                             stderr=subprocess.STDOUT)  # fmt: skip
-        code, peak = wait_with_peak_rss(p)
-    return code, out_path.read_text(), peak, time.perf_counter() - t0
 
 
 # ---- streams -----------------------------------------------------------------------------
@@ -266,7 +234,6 @@ def test_parser_streams_big_streams(servers, name):
 def test_restore_big_stream_with_bounded_memory(servers, tmp_path, name):
     """Pending entries of deleted / trimmed messages survive (the stream is replayed from a
     spill file once its groups are known), also into an older stream type."""
-    from test_rdb_values import stream_state
 
     src = servers.start(name)
     n = 300_000
@@ -276,7 +243,7 @@ def test_restore_big_stream_with_bounded_memory(servers, tmp_path, name):
     data_size = (src.dir / "dump.rdb").stat().st_size
     assert data_size > 24 << 20  # the stream alone is well over the 16 MiB threshold
     dst = servers.start(STREAM_TARGETS[name])
-    code, out, peak, elapsed = _run_cli(src, dst, tmp_path)
+    code, out, peak, elapsed = run_rdb_restore(src, dst, tmp_path)
     assert code == 0, out[-3000:]
     assert "commands_streamed=1" in out, out[-2000:]
     assert_same_data(src, dst)
@@ -378,7 +345,6 @@ def _same_pending(sc, dc, group: bytes, total: int, page: int = 100_000) -> None
 def _full_groups(c, count: int) -> list:
     """XINFO STREAM FULL's groups with the first ``count`` entries of each PEL and of each
     consumer's (with their delivery times), without the consumers' seen / active times."""
-    from test_rdb_values import pairs_to_dict
 
     full = pairs_to_dict(c.execute_command("XINFO", "STREAM", "st", "FULL", "COUNT", count))
     out = []
@@ -401,7 +367,7 @@ def test_restore_stream_with_huge_pel(servers, tmp_path):
     built = time.perf_counter() - t0
     data_size = (src.dir / "dump.rdb").stat().st_size
     dst = servers.start("redis-7.0")
-    code, out, peak, elapsed = _run_cli(src, dst, tmp_path)
+    code, out, peak, elapsed = run_rdb_restore(src, dst, tmp_path)
     assert code == 0, out[-3000:]
     assert "commands_streamed=1" in out, out[-2000:]
     t1 = time.perf_counter()
@@ -525,7 +491,6 @@ def _stream_rdb(t: int, groups: list) -> bytes:
     file order, [(name, seen, active, [(ms, seq)])] consumers)."""
     from redshake.rdb.dump import encode_length as ln
     from redshake.rdb.dump import encode_string
-    from test_rdb_parser import _rdb
 
     def rid(ms: int, seq: int) -> bytes:
         return struct.pack(">QQ", ms, seq)
@@ -547,7 +512,7 @@ def _stream_rdb(t: int, groups: list) -> bytes:
             if t == 21:
                 out += struct.pack("<q", active)
             out += ln(len(ids)) + b"".join(rid(ms, seq) for ms, seq in ids)
-    return _rdb(b"REDIS0011", b"\xfe\x00" + bytes((t,)) + encode_string(b"s") + bytes(out))
+    return make_rdb(b"REDIS0011", b"\xfe\x00" + bytes((t,)) + encode_string(b"s") + bytes(out))
 
 
 @pytest.mark.parametrize("t", [15, 19, 21])

@@ -10,10 +10,10 @@ import random
 import pytest
 
 import servers as srv
+from harness import Errors, cmdstat, move_slot, tag_on
 from redshake.commands.slots import key_slot
 from redshake.entry import Entry
 from redshake.writers.cluster import ClusterWriter, marker_key
-from test_writer_transactions import Errors, _cmdstat, _move_slot, _tag_on
 
 MK = b"mk"
 
@@ -78,7 +78,7 @@ def test_units_as_one_script_per_master(servers, name) -> None:
     w.flush()
     assert errs == [] and w.acked_offset == off
     assert w.script_calls >= 20 and w.script_fallbacks == 0
-    assert all(_cmdstat(m, "multi") == 0 for m in cl.masters)  # no per-slot blocks
+    assert all(cmdstat(m, "multi") == 0 for m in cl.masters)  # no per-slot blocks
     _check(cl, model)
     # one marker per master, in a slot it owns, holding the position and its slot list
     for m in cl.masters:
@@ -89,7 +89,7 @@ def test_units_as_one_script_per_master(servers, name) -> None:
     marks = w.read_markers(MK)
     assert len(marks) == 16384 and set(marks.values()) == {b"rid %d 0" % off}
     # an error inside: reported with its own entry, the rest applied
-    tag = _tag_on(cl, cl.masters[0])
+    tag = tag_on(cl, cl.masters[0])
     k = f"{{{tag}}}:e".encode()
     _unit(w, [[b"LPUSH", k, b"1"], [b"INCR", k], [b"LPUSH", k, b"2"]], off + 3)
     w.flush()
@@ -128,7 +128,7 @@ def test_unit_script_lost_and_slot_moved(servers) -> None:
     slot = key_slot(b"n:k1")
     if cl.owner_of(slot) is not a:
         a, b = cl.owner_of(slot), next(m for m in cl.masters if m is not cl.owner_of(slot))
-    _move_slot(cl, slot, a, b)
+    move_slot(cl, slot, a, b)
     for _ in range(5):
         step()
     w.flush()

@@ -8,10 +8,18 @@ import threading
 import time
 
 from datagen import populate
+from harness import (
+    Shake,
+    digests,
+    fill_cluster,
+    slot_owners,
+    start_load,
+    stat,
+    wait_cluster_converged,
+    wait_converged,
+)
 from helpers import assert_same_data
 from redshake.commands.slots import key_slot
-from test_sync import Shake, start_load, stat, wait_converged, wait_for
-from test_sync_cluster import _converged, _digests, _fill, _owners
 
 EMPTY = {"empty_db_before_sync": True}
 
@@ -26,7 +34,7 @@ def test_empty_db_before_sync_only_before_a_snapshot(servers, tmp_path, shakes):
     stale.set(b"stale", b"from an earlier life")
     shake = Shake(tmp_path, src, dst, advanced=EMPTY).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     halt = start_load(src, 2)
     time.sleep(1.5)
     halt()
@@ -64,7 +72,7 @@ def test_empty_db_before_sync_only_before_a_snapshot(servers, tmp_path, shakes):
     stale.set(b"stale", b"again")
     shake3 = Shake(tmp_path, src, dst, advanced=EMPTY, name="shake3").start()
     shakes.append(shake3)
-    wait_for(lambda: "now following the stream" in shake3.log(), 60, "the new snapshot", shake3)
+    shake3.wait_streaming(60, "the new snapshot")
     wait_converged(src, shake3)
     assert "advanced.empty_db_before_sync" in shake3.log()
     assert stale.exists(b"stale") == 0
@@ -83,7 +91,7 @@ def test_empty_db_before_sync_cluster_source_once(servers, tmp_path, shakes):
     where every shard resumes keeps the target."""
     src = servers.cluster("redis-7.0", masters=3)
     dst = servers.start("redis-7.0")
-    _fill(src, 1500, "before")
+    fill_cluster(src, 1500, "before")
     dst.client().set(b"stale", b"x")
     dst.client(2).set(b"stale2", b"x")
     reader = {"cluster": True}
@@ -94,7 +102,7 @@ def test_empty_db_before_sync_cluster_source_once(servers, tmp_path, shakes):
     def writer() -> None:
         i = 0
         while not stop.is_set() and i < 10:
-            _fill(src, 100, f"during{i}")
+            fill_cluster(src, 100, f"during{i}")
             i += 1
 
     t = threading.Thread(target=writer)
@@ -102,20 +110,20 @@ def test_empty_db_before_sync_cluster_source_once(servers, tmp_path, shakes):
     time.sleep(1.0)
     stop.set()
     t.join()
-    _converged(src, shake)
-    assert _digests(src.masters) == _digests([dst])
+    wait_cluster_converged(src, shake)
+    assert digests(src.masters) == digests([dst])
     assert dst.client(2).dbsize() == 0
     assert shake.terminate() == 0, shake.log()[-3000:]
     log = shake.log()
     assert log.count("emptying the target once") == 1
     assert "emptying the target (FLUSHALL) before the copy" not in log  # not per shard
 
-    _fill(src, 300, "between")
+    fill_cluster(src, 300, "between")
     shake2 = Shake(tmp_path, _Addr(src.seed), dst, reader=reader, advanced=EMPTY, name="shake2").start()
     shakes.append(shake2)
-    _fill(src, 300, "after")
-    _converged(src, shake2)
-    assert _digests(src.masters) == _digests([dst])
+    fill_cluster(src, 300, "after")
+    wait_cluster_converged(src, shake2)
+    assert digests(src.masters) == digests([dst])
     log2 = shake2.log()
     assert "3 of 3 shards resume from their checkpoints: the target is kept" in log2
     assert "emptying the target" not in log2
@@ -126,18 +134,18 @@ def test_empty_db_before_sync_cluster_source_once(servers, tmp_path, shakes):
     first = src.masters[0]
     (cp,) = (shake.work / f"shard_127.0.0.1_{first.port}").glob("reader_*/checkpoint.json")
     cp.unlink()
-    owners = _owners(src)
+    owners = slot_owners(src)
     mine = next(f"stale:{i}" for i in range(1000) if owners[key_slot(f"stale:{i}".encode())] is first)
     theirs = next(f"stale:{i}" for i in range(1000) if owners[key_slot(f"stale:{i}".encode())] is not first)
     dst.client().mset({mine: b"1", theirs: b"1"})
-    _fill(src, 300, "third")
+    fill_cluster(src, 300, "third")
     shake3 = Shake(tmp_path, _Addr(src.seed), dst, reader=reader, advanced=EMPTY, name="shake3").start()
     shakes.append(shake3)
-    _converged(src, shake3)
+    wait_cluster_converged(src, shake3)
     log3 = shake3.log()
     assert "2 of 3 shards resume from their checkpoints: the target is kept" in log3
     assert dst.client().exists(mine) == 0
     assert dst.client().exists(theirs) == 1  # not a FLUSHALL
     dst.client().delete(theirs)
-    assert _digests(src.masters) == _digests([dst])
+    assert digests(src.masters) == digests([dst])
     assert shake3.terminate() == 0, log3[-3000:]

@@ -14,11 +14,11 @@ import urllib.request
 
 import pytest
 
+from harness import Shake, wait_converged, wait_for
 from helpers import OWN_PREFIXES, run_redshake, write_config
 from redshake.entry import Entry
 from redshake.transform.field_ttl import FieldTtlCommands
 from servers import free_port
-from test_sync import Shake, wait_converged, wait_for
 
 TARGETS = ("valkey-8.1", "redis-7.0", "redis-6.2")
 
@@ -167,7 +167,7 @@ def test_live_field_ttl_commands(dst_name, mode, servers, tmp_path, shakes):
     port = free_port()
     shake = Shake(tmp_path, src, dst, status_port=port, advanced={"unsupported_field_ttl": mode})
     shakes.append(shake.start())
-    wait_for(lambda: "now following the stream" in shake.log(), 120, "the snapshot", shake)
+    shake.wait_streaming(120, "the snapshot")
     dbs = (0, 1, 3)
     model = workload(src, dbs, seed=len(dst_name) * 7 + len(mode))
     wait_converged(src, shake, timeout=120)
@@ -196,7 +196,7 @@ def test_live_field_ttl_commands_into_cluster(mode, servers, tmp_path, shakes):
     shake = Shake(tmp_path, src, _Addr(), advanced={"unsupported_field_ttl": mode})
     shake.cfg.write_text(shake.cfg.read_text().replace("[redis_writer]\n", "[redis_writer]\ncluster = true\n"))
     shakes.append(shake.start())
-    wait_for(lambda: "now following the stream" in shake.log(), 120, "the snapshot", shake)
+    shake.wait_streaming(120, "the snapshot")
     model = workload(src, (0,), seed=11 + len(mode))
     wait_converged(src, shake, timeout=120)
     dst_content = content({0: [m.client() for m in dst.masters]})
@@ -212,7 +212,7 @@ def test_live_field_ttl_panic(servers, tmp_path, shakes):
     src.client().hset(b"h", mapping={b"a": b"1", b"b": b"2"})
     shake = Shake(tmp_path, src, dst)
     shakes.append(shake.start())
-    wait_for(lambda: "now following the stream" in shake.log(), 120, "the snapshot", shake)
+    shake.wait_streaming(120, "the snapshot")
     src.client().execute_command("HGETDEL", b"h", "FIELDS", 1, b"b")
     wait_for(lambda: dst.client().hgetall(b"h") == {b"a": b"1"}, 120, "the HDEL", shake)
     src.client().execute_command("HPEXPIRE", b"h", 100_000, "FIELDS", 1, b"a")
@@ -297,7 +297,7 @@ def test_live_field_ttl_commands_after_lua(servers, tmp_path, shakes):
     text = shake.cfg.read_text() + f"\n[filter]\nfunction = {toml_value(LUA_SEES_SOURCE)}\n"
     shake.cfg.write_text(text)
     shakes.append(shake.start())
-    wait_for(lambda: "now following the stream" in shake.log(), 120, "the snapshot", shake)
+    shake.wait_streaming(120, "the snapshot")
     model = workload(src, (0,), seed=5)
     wait_converged(src, shake, timeout=120)
     want = {(db, b"lua:" + k): v for (db, k), v in content({0: [src.client()]}).items()}

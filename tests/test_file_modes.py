@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from datagen import populate
+from harness import Shake, start_load, wait_converged
 from helpers import run_redshake, write_config
 from redshake.repl.checkpoint import Checkpoint, save_checkpoint
 from redshake.status.logging import SizeRotatingFileHandler, setup_logging
-from test_sync import Shake, start_load, wait_converged, wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +65,7 @@ def test_sync_run_work_files_are_private(servers, tmp_path, shakes):
     shakes.append(shake)
     halt = start_load(src, n=1)
     try:
-        wait_for(lambda: "now following the stream" in shake.log(), 60, "the stream", shake)
+        shake.wait_streaming(60, "the stream")
     finally:
         halt()
     wait_converged(src, shake)

@@ -7,24 +7,24 @@ import logging
 
 import pytest
 
-import servers as _servers
 from redshake.commands import command_info
 from redshake.config.schema import FilterConfig
 from redshake.entry import Entry
 from redshake.transform.filter import EntryFilter, FilterError, build_filter
-from transform_data import LAYOUT, LIB, functions, key_sets, make_rdb, restore, same_values
+from transform_data import (
+    LAYOUT,
+    LIB,
+    functions,
+    key_sets,
+    restore,
+    same_values,
+    transform_env,
+)
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    src = _servers.start_server("redis-7.0")
-    dst = _servers.start_server("redis-7.0")
-    try:
-        rdb = make_rdb(src)
-        yield src, dst, rdb, tmp_path_factory.mktemp("filter")
-    finally:
-        src.cleanup()
-        dst.cleanup()
+    yield from transform_env(tmp_path_factory, "filter")
 
 
 def _expect(pred) -> dict[int, set[bytes]]:

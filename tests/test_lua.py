@@ -7,12 +7,11 @@ import logging
 
 import pytest
 
-import servers as _servers
 from redshake.commands.slots import key_slot
 from redshake.entry import KEYLESS_ALL_MASTERS, Entry
 from redshake.pipeline import FatalError
 from redshake.transform.lua import LuaFunction, LuaSyntaxError
-from transform_data import LAYOUT, functions, key_sets, make_rdb, restore
+from transform_data import LAYOUT, functions, key_sets, restore, transform_env
 
 DROP_DB0 = """
 shake.log(DB)
@@ -161,14 +160,7 @@ def test_errors():
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    src = _servers.start_server("redis-7.0")
-    dst = _servers.start_server("redis-7.0")
-    try:
-        rdb = make_rdb(src)
-        yield src, dst, rdb, tmp_path_factory.mktemp("lua")
-    finally:
-        src.cleanup()
-        dst.cleanup()
+    yield from transform_env(tmp_path_factory, "lua")
 
 
 def _out(r) -> str:

@@ -6,6 +6,7 @@ import struct
 
 import pytest
 
+from rdbgen import lp_elem, make_listpack, make_ziplist
 from redshake.rdb.encodings import (
     intset_members,
     listpack_entries,
@@ -29,64 +30,7 @@ from redshake.rdb.values import (
 )
 
 # ---------------------------------------------------------------------------------------
-# a tiny listpack writer for fixtures (protocols.md §1.8.2)
-
-
-def _backlen(n: int) -> bytes:
-    if n <= 127:
-        return bytes([n])
-    groups = []
-    while n:
-        groups.append(n & 127)
-        n >>= 7
-    groups.reverse()  # most significant group first; the others carry the 0x80 flag
-    return bytes([groups[0]] + [g | 128 for g in groups[1:]])
-
-
-def lp_elem(x: int | bytes, force: str | None = None) -> bytes:
-    if isinstance(x, int):
-        kind = force
-        if kind is None:
-            if 0 <= x <= 127:
-                kind = "u7"
-            elif -4096 <= x <= 4095:
-                kind = "i13"
-            elif -(2**15) <= x < 2**15:
-                kind = "i16"
-            elif -(2**23) <= x < 2**23:
-                kind = "i24"
-            elif -(2**31) <= x < 2**31:
-                kind = "i32"
-            else:
-                kind = "i64"
-        if kind == "u7":
-            enc = bytes([x])
-        elif kind == "i13":
-            u = x & 0x1FFF
-            enc = bytes([0xC0 | (u >> 8), u & 0xFF])
-        elif kind == "i16":
-            enc = b"\xf1" + struct.pack("<h", x)
-        elif kind == "i24":
-            enc = b"\xf2" + (x & 0xFFFFFF).to_bytes(3, "little")
-        elif kind == "i32":
-            enc = b"\xf3" + struct.pack("<i", x)
-        else:
-            enc = b"\xf4" + struct.pack("<q", x)
-    else:
-        n = len(x)
-        if n < 64 and force is None:
-            enc = bytes([0x80 | n]) + x
-        elif n < 4096 and force != "s32":
-            enc = bytes([0xE0 | (n >> 8), n & 0xFF]) + x
-        else:
-            enc = b"\xf0" + struct.pack("<I", n) + x
-    return enc + _backlen(len(enc))
-
-
-def make_listpack(elems: list[bytes], count: int | None = None) -> bytes:
-    body = b"".join(elems)
-    total = 6 + len(body) + 1
-    return struct.pack("<IH", total, len(elems) if count is None else count) + body + b"\xff"
+# listpacks (the writer for fixtures is rdbgen.lp_elem / make_listpack)
 
 
 def test_listpack_every_encoding() -> None:
@@ -122,12 +66,6 @@ def test_listpack_every_encoding() -> None:
 def test_listpack_corruption(blob: bytes) -> None:
     with pytest.raises(RdbError):
         listpack_entries(blob)
-
-
-def make_ziplist(entries: list[bytes]) -> bytes:
-    body = b"".join(entries)
-    total = 10 + len(body) + 1
-    return struct.pack("<IIH", total, 0, len(entries)) + body + b"\xff"
 
 
 def test_ziplist_worked_example_and_all_encodings() -> None:

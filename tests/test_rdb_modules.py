@@ -12,6 +12,7 @@ import struct
 
 import pytest
 
+from rdbgen import corpus_keys
 from redshake.rdb.modules import (
     bloom_chain,
     bloom_header,
@@ -174,9 +175,7 @@ def test_unknown_module_is_refused() -> None:
     "path", ["redis-rdb-tools/redis_40_with_module.rdb", "redis-replicator/dump-module-2.rdb"]
 )
 def test_corpus_module_values_walk(path: str) -> None:
-    from test_rdb_values_corpus import load
-
     found = [
-        decode_value(t, raw, valkey=vk) for _, _, t, raw, _, vk in load("rdb/" + path) if t == 7
+        decode_value(t, raw, valkey=vk) for _, _, t, raw, _, vk in corpus_keys("rdb/" + path) if t == 7
     ]
     assert found and all(isinstance(v, ModuleValue) and v.module_name for v in found)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import struct
@@ -11,6 +10,7 @@ from collections import Counter
 import pytest
 
 from helpers import TESTDATA, feed_in_chunks
+from rdbgen import ALL_EMPTY, RDB_FILES, expect_error, make_rdb, stream_from_items
 from redshake.rdb.parser import RdbParser
 from redshake.rdb.primitives import RdbError, crc64, read_string
 from redshake.rdb.records import (
@@ -31,17 +31,8 @@ from redshake.rdb.records import (
     SlotInfo,
 )
 from redshake.rdb.values import (
-    STREAM_CLAIMS_CHUNK,
-    StreamConsumer,
-    StreamConsumerPart,
-    StreamGroup,
-    StreamGroupHead,
-    StreamValue,
     decode_value,
 )
-
-MANIFEST = json.loads((TESTDATA / "manifest.json").read_text())
-RDB_FILES = [f for f in MANIFEST["files"] if f["kind"] == "rdb"]
 
 TYPE_IDS = {
     "STRING": 0, "LIST": 1, "SET": 2, "ZSET": 3, "HASH": 4, "ZSET_2": 5, "MODULE_PRE_GA": 6,
@@ -51,17 +42,6 @@ TYPE_IDS = {
     "STREAM_LISTPACKS_3": 21, "HASH_METADATA_PRE_GA": 22, "HASH_2": 22,
     "HASH_LISTPACK_EX_PRE_GA": 23, "HASH_METADATA": 24, "HASH_LISTPACK_EX": 25,
 }  # fmt: skip
-
-# Intentionally corrupt files whose damage lies inside a value blob only: the streaming
-# parser walks blobs by length and never decodes them, so it parses these files fine; the
-# damage surfaces when the value is decoded (or RESTOREd) later.
-BLOB_ONLY_CORRUPT = {
-    "rdb/redis/corrupt_ziplist.rdb",  # invalid hash ziplist (CRC disabled)
-    "rdb/hdt3213-rdb/zipmap_big_len.rdb",  # zipmap count byte 0xFF
-}
-# Benign "corrupt": every key is an empty aggregate, flagged empty=True.
-ALL_EMPTY = {"rdb/redis/corrupt_empty_keys.rdb"}
-
 
 def parse_all(data: bytes, chunk_seed: int | None = None, **kw) -> tuple[RdbParser, list]:
     p = RdbParser(**kw)
@@ -93,17 +73,11 @@ def key_records(recs: list) -> list:
     return [r for r in recs if isinstance(r, KeyValue | BigKeyStart)]
 
 
-def _expect_error(f: dict) -> bool:
-    if f["path"] in BLOB_ONLY_CORRUPT or f["path"] in ALL_EMPTY:
-        return False
-    return f["intentionally_corrupt"].startswith("YES") or bool(f["rdb"]["scanner_stopped"])
-
-
 @pytest.mark.parametrize("f", RDB_FILES, ids=[f["path"] for f in RDB_FILES])
 def test_corpus_file(f: dict) -> None:
     data = (TESTDATA / f["path"]).read_bytes()
     info = f["rdb"]
-    if _expect_error(f):
+    if expect_error(f):
         whole, err = parse_until_error(data)
         chunked, err2 = parse_until_error(data, chunk_seed=7)
         assert err.offset is not None and 0 <= err.offset <= len(data)
@@ -266,11 +240,6 @@ def test_module_aux_and_slot_info() -> None:
     assert len(slots) == 4 and all(0 <= s.slot < 16384 and s.size >= 1 for s in slots)
 
 
-def _rdb(head: bytes, body: bytes) -> bytes:
-    data = head + body + b"\xff"
-    return data + struct.pack("<Q", crc64(data))
-
-
 def test_unknown_bytes_fail_cleanly() -> None:
     cases = [
         (b"REDIS0011", b"\xfe\x00\x16\x01k", "unknown value type 22 in REDIS0011", 11),
@@ -287,7 +256,7 @@ def test_unknown_bytes_fail_cleanly() -> None:
     ]
     for head, body, msg, off in cases:
         for seed in (None, 1):
-            _, err = parse_until_error(_rdb(head, body), seed)
+            _, err = parse_until_error(make_rdb(head, body), seed)
             assert msg in err.message and err.offset == off, (head, body, err)
     _, err = parse_until_error(b"REDIS0016" + b"\xff" + b"\0" * 8)
     assert "version 16" in err.message and err.offset == 0
@@ -301,7 +270,7 @@ def test_expiry_kept_across_non_key_opcode() -> None:
     exp = struct.pack("<q", 1_700_000_000_000)
     body = b"\xfe\x00\xfc" + exp + b"\xf9\x05\xfa\x01a\x01b\x00\x01k\x01v" + b"\x00\x02k2\x01w"
     for seed in (None, 2):
-        _, recs = parse_all(_rdb(b"REDIS0011", body), seed)
+        _, recs = parse_all(make_rdb(b"REDIS0011", body), seed)
         keys = key_records(recs)
         assert keys[0] == KeyValue(0, b"k", 0, b"\x01v", 1_700_000_000_000, -1, 5, 11, False)
         assert keys[1].expire_ms == -1 and keys[1].freq == -1
@@ -311,7 +280,7 @@ def test_expiry_kept_across_non_key_opcode() -> None:
         + struct.pack("<i", 1_600_000_000)
         + b"\xf8\x81\x00\x00\x00\x00\x00\x00\x01\x00\x00\x01k\x01v"
     )
-    _, recs = parse_all(_rdb(b"REDIS0009", body))
+    _, recs = parse_all(make_rdb(b"REDIS0009", body))
     (kv,) = key_records(recs)
     assert kv.expire_ms == 1_600_000_000_000 and kv.idle == 256 and kv.offset == 9
 
@@ -487,42 +456,10 @@ def test_big_hash_with_field_ttl_valkey91(servers) -> None:
 STREAMABLE = {0, 1, 2, 3, 4, 5, 14, 15, 18, 19, 21, 22, 24}  # 0: long raw / LZF strings
 
 
-def stream_from_items(items: list) -> StreamValue:
-    """The StreamValue a streamed stream's items describe: entries, metadata, groups. A
-    group arrives as a StreamGroupHead and its consumers' StreamConsumerParts: its PEL is
-    rebuilt from their pending entries (in id order)."""
-    (meta,) = [it for it in items if isinstance(it, StreamValue)]
-    i = items.index(meta)
-    assert all(type(it) is tuple for it in items[:i])
-    meta.entries = items[:i]
-    heads: list[StreamGroupHead] = []
-    for it in items[i + 1 :]:
-        if type(it) is StreamGroupHead:
-            heads.append(it)
-            g = StreamGroup(it.name, it.last_id, it.entries_read, [], [])
-            meta.groups.append(g)
-            continue
-        assert type(it) is StreamConsumerPart and it.group == g.name
-        assert len(it.pending) <= STREAM_CLAIMS_CHUNK
-        last = g.consumers[-1] if g.consumers else None
-        if (last is not None and last.name == it.name and last.pel_ids
-                and len(last.pel_ids) % STREAM_CLAIMS_CHUNK == 0):  # fmt: skip
-            assert it.pending  # the next chunk of the same consumer
-        else:
-            last = StreamConsumer(it.name, it.seen_time, it.active_time, [])
-            g.consumers.append(last)
-        last.pel_ids += [pid for pid, _, _ in it.pending]
-        g.pel += it.pending
-    for g, h in zip(meta.groups, heads, strict=True):
-        g.pel.sort(key=lambda e: tuple(map(int, e[0].split(b"-"))))
-        assert len(g.pel) <= h.pending
-    return meta
-
-
 @pytest.mark.parametrize(
     "f",
-    [f for f in RDB_FILES if not _expect_error(f)],
-    ids=[f["path"] for f in RDB_FILES if not _expect_error(f)],
+    [f for f in RDB_FILES if not expect_error(f)],
+    ids=[f["path"] for f in RDB_FILES if not expect_error(f)],
 )
 def test_corpus_streamed_with_tiny_threshold(f: dict) -> None:
     """With a 1-byte threshold and small chunks every element-wise aggregate that spans a
@@ -593,7 +530,7 @@ def _lzf_rdb(comp: bytes, ulen: int) -> bytes:
     from redshake.rdb.dump import encode_length
 
     value = b"\xc3" + encode_length(len(comp)) + encode_length(ulen) + comp
-    return _rdb(b"REDIS0009", b"\xfe\x00\x00\x01z" + value + b"\x00\x01k\x01v")
+    return make_rdb(b"REDIS0009", b"\xfe\x00\x00\x01z" + value + b"\x00\x01k\x01v")
 
 
 def _mixed_data(size: int, seed: int) -> bytes:

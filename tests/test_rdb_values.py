@@ -16,6 +16,7 @@ import pytest
 import redis
 
 import servers as srv
+from rdbgen import corpus_keys, pairs_to_dict, stream_state
 from redshake.rdb.rewrite import RewriteError, value_to_commands
 from redshake.rdb.values import (
     HashValue,
@@ -207,54 +208,6 @@ def populate(c: redis.Redis, ver: tuple[int, int, int], valkey: bool) -> dict[by
 # --------------------------------------------------------------------------------------
 
 
-def pairs_to_dict(flat: list) -> dict:
-    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
-
-
-def stream_state(c: redis.Redis, key: bytes, ver: tuple[int, int, int]) -> dict:
-    """Logical stream state that commands can reproduce (no seen/active times, no node layout)."""
-    out: dict = {"entries": c.execute_command("XRANGE", key, "-", "+")}
-    if ver >= (6, 0, 0):
-        full = pairs_to_dict(c.execute_command("XINFO", "STREAM", key, "FULL"))
-        top = [b"length", b"last-generated-id"]
-        if ver >= (7, 0, 0):
-            top += [b"max-deleted-entry-id", b"entries-added", b"recorded-first-entry-id"]
-        for k in top:
-            out[k] = full[k]
-        groups = []
-        for g in full[b"groups"]:
-            g = pairs_to_dict(g)
-            consumers = []
-            for cons in g[b"consumers"]:
-                cons = pairs_to_dict(cons)
-                consumers.append((cons[b"name"], cons[b"pel-count"], cons[b"pending"]))
-            skip = {b"consumers"} if ver >= (7, 0, 0) else {b"consumers", b"entries-read", b"lag"}
-            gs = {k: v for k, v in g.items() if k not in skip}
-            gs[b"consumers"] = consumers
-            groups.append(gs)
-        out["groups"] = groups
-    else:
-        info = pairs_to_dict(c.execute_command("XINFO", "STREAM", key))
-        out["length"] = info[b"length"]
-        out["last"] = info[b"last-generated-id"]
-        groups = []
-        for g in c.execute_command("XINFO", "GROUPS", key):
-            g = pairs_to_dict(g)
-            cons = [
-                pairs_to_dict(x) for x in c.execute_command("XINFO", "CONSUMERS", key, g[b"name"])
-            ]
-            pend = c.execute_command("XPENDING", key, g[b"name"], "-", "+", 1000)
-            groups.append(
-                (
-                    g[b"name"], g[b"last-delivered-id"], g[b"pending"],
-                    sorted((x[b"name"], x[b"pending"]) for x in cons),
-                    [(p[0], p[1], p[3]) for p in pend],
-                )
-            )  # fmt: skip
-        out["groups"] = groups
-    return out
-
-
 def check_decoded(c: redis.Redis, key: bytes, v, ver, valkey: bool) -> None:
     t = c.type(key)
     if t == b"string":
@@ -434,14 +387,13 @@ def test_redis_hfe_corpus_into_valkey9(fleet: Fleet) -> None:
     """Redis 7.4 hashes with field TTLs (types 24 and 25, real files) rebuilt on Valkey 9
     with HSET + HPEXPIREAT; the field TTLs must arrive exactly."""
 
-    from test_rdb_values_corpus import load
 
     dst = fleet.get("valkey-9.1")
     files = ["rdb/hdt3213-rdb/hash_with_hfe.rdb", "rdb/hdt3213-rdb/hash_as_listpack_with_hfe.rdb"]
     with client(dst, 2) as dc:
         dc.flushdb()
         for f in files:
-            for _, key, t, raw, expire, vk in load(f):
+            for _, key, t, raw, expire, vk in corpus_keys(f):
                 assert t in (24, 25)
                 v = decode_value(t, raw, valkey=vk)
                 assert isinstance(v, HashValue) and v.field_expire

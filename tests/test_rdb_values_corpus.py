@@ -9,9 +9,8 @@ import json
 import pytest
 
 from helpers import TESTDATA
-from redshake.rdb.parser import RdbParser
+from rdbgen import corpus_keys
 from redshake.rdb.primitives import RdbError
-from redshake.rdb.records import KeyValue
 from redshake.rdb.values import (
     HashValue,
     ListValue,
@@ -26,19 +25,6 @@ from redshake.rdb.values import (
 DATA = TESTDATA
 MANIFEST = json.loads((DATA / "manifest.json").read_text())
 RDB_FILES = [f for f in MANIFEST["files"] if f["path"].endswith(".rdb") and f.get("rdb")]
-
-
-def load(path: str) -> list[tuple[int, bytes, int, bytes, int, bool]]:
-    """(db, key, type, raw value bytes, expire_ms, valkey) for every key of the file."""
-    p = RdbParser()
-    p.feed((DATA / path).read_bytes())
-    out = [
-        (r.db, r.key, r.type, r.raw, r.expire_ms, p.is_valkey)
-        for r in p.records()
-        if type(r) is KeyValue
-    ]
-    p.finish()
-    return out
 
 
 TYPE_NAME = {
@@ -68,21 +54,21 @@ def test_corpus_file_decodes(f: dict) -> None:
     types = meta.get("types") or {}
     if "MODULE_PRE_GA" in types:
         with pytest.raises(RdbError, match="pre-GA"):
-            load(f["path"])
+            corpus_keys(f["path"])
         return
     if corrupt.startswith("YES") and "empty" not in corrupt and "zipmap" not in corrupt:
         if "version 99" in corrupt or "bad CRC" in corrupt:
             with pytest.raises(RdbError):  # the parser refuses the header / trailer
-                load(f["path"])
+                corpus_keys(f["path"])
             return
         else:
             with pytest.raises(RdbError):
-                for _, _, t, raw, _, valkey in load(f["path"]):
+                for _, _, t, raw, _, valkey in corpus_keys(f["path"]):
                     decode_value(t, raw, valkey=valkey)
             return
     counts: dict[str, int] = {}
     empties = 0
-    for _, _, t, raw, _, valkey in load(f["path"]):
+    for _, _, t, raw, _, valkey in corpus_keys(f["path"]):
         v = decode_value(t, raw, valkey=valkey)
         name = type_name(t, valkey)
         counts[name] = counts.get(name, 0) + 1
@@ -126,7 +112,7 @@ def test_matches_hdt3213_json(rdb: str, expected: str) -> None:
     # aux fields and function libraries are listed too; memory_regex.json is a filtered subset
     want = [o for o in json.loads((DATA / expected).read_text()) if o["type"] in _KEY_TYPES]
     got = {}
-    for db, key, t, raw, expire, valkey in load(rdb):
+    for db, key, t, raw, expire, valkey in corpus_keys(rdb):
         got[(db, _s(key))] = (decode_value(t, raw, valkey=valkey), expire)
     if "regex" not in expected:
         assert len(got) == len(want)

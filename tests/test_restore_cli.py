@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from datagen import populate
+from harness import slot_owners
 from helpers import assert_same_data, restore_file, run_redshake, write_config
 from redshake.commands.slots import key_slot
 from servers import free_port
@@ -159,19 +160,9 @@ def test_empty_db_before_sync(servers, tmp_path):
     assert_same_data(src, dst)
 
 
-def _slot_owners(cluster) -> list:
-    """slot -> Server, from one CLUSTER SLOTS call."""
-    owners = [None] * 16384
-    by_port = {s.port: s for s in cluster.servers}
-    for row in cluster.masters[0].client().execute_command("CLUSTER SLOTS"):
-        for slot in range(row[0], row[1] + 1):
-            owners[slot] = by_port[int(row[2][1])]
-    return owners
-
-
 def _cluster_assert_same(src, cluster, keys) -> None:
     """Per-key DEBUG DIGEST-VALUE and PEXPIRETIME on the master that owns each key."""
-    owners = _slot_owners(cluster)
+    owners = slot_owners(cluster)
     by_node: dict = {}
     for k in keys:
         by_node.setdefault(owners[key_slot(k)], []).append(k)
@@ -214,7 +205,7 @@ def test_restore_into_cluster_with_resharding_during_restore(servers, tmp_path):
         """Move slots from master a to master b while the restore is running."""
         ac, bc = a.client(), b.client()
         aid, bid = cluster.node_id(a), cluster.node_id(b)
-        slots = [s for s, o in enumerate(_slot_owners(cluster)) if o is a][:400]
+        slots = [s for s, o in enumerate(slot_owners(cluster)) if o is a][:400]
         while not stop.is_set() and ac.dbsize() < 1000:  # wait until the restore is writing
             time.sleep(0.01)
         for s in slots:

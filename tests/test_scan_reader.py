@@ -4,9 +4,6 @@ sources, skip_unknown_type, prefer_replica - against real servers, compared by D
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -15,14 +12,15 @@ import pytest
 import redis
 
 from datagen import populate
-from helpers import _same_zset, digest_map, expire_map, keys_of, run_redshake, write_config
+from harness import Shake, diff_data
+from helpers import digest_map, keys_of, run_redshake, write_config
 from servers import free_port
 
 NOTIFY = ["--notify-keyspace-events", "AE"]
 
 
 def _cfg(tmp: Path, reader: dict, target, **adv) -> Path:
-    a = {"dir": str(tmp / "work"), "log_interval": 1}
+    a = {"dir": str(tmp / "work"), "log_interval": 1, "status_port": free_port(), "status_bind": "127.0.0.1"}
     a.update(adv)
     reader = dict(reader)
     sentinel = reader.pop("sentinel", None)
@@ -30,37 +28,6 @@ def _cfg(tmp: Path, reader: dict, target, **adv) -> Path:
     if sentinel:
         sections["scan_reader.sentinel"] = sentinel
     return write_config(tmp / "shake.toml", sections)
-
-
-def diff_data(src_clients, dst, dbs: list[int], tol_ms: int = 2000, valkey_mix: bool = False) -> str:
-    """'' when every key of these dbs is the same on both sides (digest + expiry within
-    tol_ms: the scan reader writes now + PTTL), else a description of the first difference.
-    ``src_clients(db)`` returns the source clients holding that db (several for a cluster)."""
-    for db in dbs:
-        srcs = src_clients(db)
-        b = dst.client(db)
-        owner = {}
-        for c in srcs:
-            for k in keys_of(c):
-                owner[k] = c
-        kb = keys_of(b)
-        missing, extra = set(owner) - kb, kb - set(owner)
-        if missing or extra:
-            return f"db {db}: missing on target {sorted(missing)[:5]}, extra {sorted(extra)[:5]}"
-        keys = sorted(owner)
-        db_digest = digest_map(b, keys)
-        db_exp = expire_map(b, keys, False)
-        for c in srcs:
-            mine = [k for k in keys if owner[k] is c]
-            da = digest_map(c, mine)
-            ea = expire_map(c, mine, False)
-            for k in mine:
-                if da[k] != db_digest[k] and not (valkey_mix and _same_zset(c, b, k)):
-                    return f"db {db}: key {k!r} differs"
-                x, y = ea[k], db_exp[k]
-                if (x < 0 or y < 0) and x != y or abs(x - y) > tol_ms:
-                    return f"db {db}: key {k!r} ttl {x} vs {y}"
-    return ""
 
 
 def wait_same(src_clients, dst, dbs, timeout: float = 20.0, **kw) -> None:
@@ -142,51 +109,16 @@ def test_ksn_missing_notify_config(servers, tmp_path):
     assert dst.client().dbsize() == 0
 
 
-class Shake:
-    """redshake running in the background."""
-
-    def __init__(self, cfg: Path) -> None:
-        self.log = open(cfg.parent / "redshake.out", "w+")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "redshake.cli", str(cfg)], cwd=str(cfg.parent),
-                                     stdout=self.log, stderr=subprocess.STDOUT)  # fmt: skip
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def wait_log(self, text: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.output():
-                return
-            assert self.proc.poll() is None, self.output()[-4000:]
-            time.sleep(0.1)
-        raise AssertionError(f"{text!r} not logged:\n{self.output()[-4000:]}")
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        finally:
-            self.log.close()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
 def test_ksn_follows_changes(servers, tmp_path):
     src = servers.start("redis-7.0", args=NOTIFY)
     dst = servers.start("redis-7.0")
     populate(src.client(), src.version, src.is_valkey, functions=False, big=False)
     cfg = _cfg(tmp_path, {"address": src.address, "ksn": True, "count": 100}, dst,
                rdb_restore_command_behavior="panic")  # fmt: skip
-    shake = Shake(cfg)
+    shake = Shake.on_config(cfg).start()
     try:
         clients = lambda db: [src.client(db)]  # noqa: E731
-        shake.wait_log("scan finished")
+        shake.wait_readers(lambda r: r.get("scan_finished"), 20, "the scan")
         wait_same(clients, dst, [0, 3])
         c0, c3 = src.client(0), src.client(3)
         c0.set(b"new", b"1")
@@ -220,9 +152,10 @@ def test_ksn_follows_changes(servers, tmp_path):
         c0.client_kill_filter(_type="pubsub")
         c0.set(b"after-kill", b"1")
         c3.set(b"db3-after-kill", b"1")
-        shake.wait_log("Events were LOST")
+        shake.wait_readers(lambda r: r["subscription_lost"] >= 1, 20, "the lost subscription")
         wait_same(clients, dst, [0, 3])
-        code = shake.stop()
+        assert "Events were LOST" in shake.log()
+        code = shake.terminate()
     finally:
         shake.kill()
     out = (tmp_path / "redshake.out").read_text()
@@ -238,9 +171,9 @@ def test_ksn_auto_enable_and_restore(servers, tmp_path):
     port = free_port()
     cfg = _cfg(tmp_path, {"address": src.address, "ksn": True, "ksn_auto_enable": True}, dst,
                status_port=port)  # fmt: skip
-    shake = Shake(cfg)
+    shake = Shake.on_config(cfg).start()
     try:
-        shake.wait_log("scan finished")
+        shake.wait_readers(lambda r: r.get("scan_finished"), 20, "the scan")
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -262,7 +195,7 @@ def test_ksn_auto_enable_and_restore(servers, tmp_path):
         src.client().set(b"z", b"1")
         wait_same(lambda db: [src.client(db)], dst, [0])
         assert keys_of(dst.client()) == {b"z"}
-        code = shake.stop()
+        code = shake.terminate()
     finally:
         shake.kill()
     assert code == 0
@@ -286,7 +219,7 @@ def test_cluster_source_with_ksn(servers, tmp_path):
         rc.set(b"ttl", b"v", px=600_000)
         cfg = _cfg(tmp_path, {"address": cl.masters[0].address, "cluster": True, "ksn": True,
                               "count": 100}, dst)  # fmt: skip
-        shake = Shake(cfg)
+        shake = Shake.on_config(cfg).start()
         try:
             clients = lambda db: [m.client() for m in cl.masters]  # noqa: E731
             wait_same(clients, dst, [0], timeout=30)
@@ -299,7 +232,7 @@ def test_cluster_source_with_ksn(servers, tmp_path):
             for i in range(30):
                 rc.set(f"after{i}".encode(), b"1")
             wait_same(clients, dst, [0])
-            code = shake.stop()
+            code = shake.terminate()
         finally:
             shake.kill()
     finally:
@@ -352,15 +285,15 @@ def test_ksn_evicted_keys_are_deleted(servers, tmp_path):
     src = servers.start("valkey-9.1", args=NOTIFY + ["--maxmemory", "4mb", "--maxmemory-policy", "allkeys-lru"])
     dst = servers.start("valkey-9.1")
     cfg = _cfg(tmp_path, {"address": src.address, "ksn": True, "count": 100}, dst)
-    shake = Shake(cfg)
+    shake = Shake.on_config(cfg).start()
     try:
-        shake.wait_log("scan finished")
+        shake.wait_readers(lambda r: r.get("scan_finished"), 20, "the scan")
         c = src.client()
         for i in range(60):  # ~6 MB into a 4 MB server: many keys get evicted
             c.set(b"big%d" % i, b"x" * 100_000)
         assert int(c.info("stats")["evicted_keys"]) > 0
         wait_same(lambda db: [src.client(db)], dst, [0])
-        code = shake.stop()
+        code = shake.terminate()
     finally:
         shake.kill()
     assert code == 0
@@ -404,16 +337,16 @@ def test_ksn_writes_during_scan(servers, tmp_path):
             p.execute(raise_on_error=False)
             time.sleep(0.01)
 
-    shake = Shake(cfg)
+    shake = Shake.on_config(cfg).start()
     t = threading.Thread(target=writer)
     t.start()
     try:
-        shake.wait_log("scan finished", timeout=40)
+        shake.wait_readers(lambda r: r.get("scan_finished"), 40, "the scan")
         halt.set()
         t.join()
         time.sleep(0.5)  # let the short TTLs run out on the source
         wait_same(lambda db: [src.client(db)], dst, [0], timeout=30)
-        code = shake.stop()
+        code = shake.terminate()
     finally:
         halt.set()
         t.join()
@@ -431,9 +364,9 @@ def test_commands_path_with_existing_keys(servers, tmp_path):
     dst.client(0).rpush(b"d0:list:small", b"pre-existing")
     cfg = _cfg(tmp_path, {"address": src.address, "ksn": True, "count": 100}, dst,
                target_redis_proto_max_bulk_len=0, rdb_restore_command_behavior="skip")  # fmt: skip
-    shake = Shake(cfg)
+    shake = Shake.on_config(cfg).start()
     try:
-        shake.wait_log("scan finished")
+        shake.wait_readers(lambda r: r.get("scan_finished"), 20, "the scan")
         c = src.client(0)
         deadline = time.monotonic() + 20
         while dst.client(0).dbsize() < c.dbsize() and time.monotonic() < deadline:
@@ -442,7 +375,7 @@ def test_commands_path_with_existing_keys(servers, tmp_path):
         c.rpush(b"d0:list:small", b"more")
         c.sadd(b"d0:set:str", b"zz")
         wait_same(lambda db: [src.client(db)], dst, [0, 3])
-        code = shake.stop()
+        code = shake.terminate()
     finally:
         shake.kill()
     assert code == 0
@@ -476,21 +409,18 @@ def test_ksn_survives_killed_connections(servers, tmp_path):
     dst = servers.start("redis-7.0")
     populate(src.client(), src.version, src.is_valkey, functions=False, big=False)
     cfg = _cfg(tmp_path, {"address": src.address, "ksn": True, "count": 100}, dst)
-    shake = Shake(cfg)
+    shake = Shake.on_config(cfg).start()
     try:
-        shake.wait_log("scan finished")
+        shake.wait_readers(lambda r: r.get("scan_finished"), 20, "the scan")
         c = src.client()
         c.client_kill_filter(_type="pubsub")
         c.client_kill_filter(_type="normal", skipme=True)
         c.set(b"after", b"1")  # written while redshake is not subscribed: the re-scan finds it
-        shake.wait_log("reconnected to the source")
-        deadline = time.monotonic() + 20
-        while shake.output().count("subscribed to keyspace events") < 2:
-            assert time.monotonic() < deadline, shake.output()[-3000:]
-            time.sleep(0.1)
+        shake.wait_logged("reconnected to the source")
+        shake.wait_logged("subscribed to keyspace events", 20, count=2)
         c.delete(b"d0:str")
         wait_same(lambda db: [src.client(db)], dst, [0, 3])
-        code = shake.stop()
+        code = shake.terminate()
     finally:
         shake.kill()
     assert code == 0
@@ -501,15 +431,15 @@ def test_ksn_only_without_scan(servers, tmp_path):
     dst = servers.start("redis-7.0")
     src.client().set(b"old", b"1")
     cfg = _cfg(tmp_path, {"address": src.address, "ksn": True, "scan": False}, dst)
-    shake = Shake(cfg)
+    shake = Shake.on_config(cfg).start()
     try:
-        shake.wait_log("subscribed to keyspace events")
+        shake.wait_logged("subscribed to keyspace events")
         src.client(2).set(b"new", b"2")
         deadline = time.monotonic() + 20
         while not dst.client(2).exists(b"new"):
-            assert time.monotonic() < deadline, shake.output()[-3000:]
+            assert time.monotonic() < deadline, shake.log()[-3000:]
             time.sleep(0.05)
-        code = shake.stop()
+        code = shake.terminate()
     finally:
         shake.kill()
     assert code == 0

@@ -22,10 +22,9 @@ import hiredis
 import pytest
 
 from datagen import populate
+from harness import Shake, digests, fill_cluster, start_load, wait_converged, wait_for
 from helpers import assert_same_data, make_certs, run_redshake, write_config
 from servers import free_port
-from test_sync import Shake, start_load, wait_converged, wait_for
-from test_sync_cluster import _digests, _fill
 
 
 def _run(tmp: Path, sections: dict, name: str = "shake") -> tuple[int, str]:
@@ -203,7 +202,7 @@ def test_unreachable_scan_source_gives_up_or_waits(servers, tmp_path):
 
 def test_cluster_node_without_cluster_flag(servers, tmp_path):
     src = servers.cluster("redis-7.0", masters=3)
-    _fill(src, 600, "k")
+    fill_cluster(src, 600, "k")
     dst = servers.start("redis-7.0")
     node = src.masters[1].address
     for section in ("sync_reader", "scan_reader"):
@@ -229,7 +228,7 @@ def test_cluster_node_without_cluster_flag(servers, tmp_path):
 
 def test_v3_sync_from_one_cluster_node_copies_every_shard(servers, tmp_path, shakes):
     src = servers.cluster("redis-7.0", masters=3)
-    _fill(src, 900, "k")
+    fill_cluster(src, 900, "k")
     dst = servers.start("redis-7.0")
     port = free_port()
     cfg = tmp_path / "sync.toml"
@@ -252,7 +251,7 @@ def test_v3_sync_from_one_cluster_node_copies_every_shard(servers, tmp_path, sha
         return bool(doc.get("consistent")) and sum(not k.startswith(b"redshake:") for k in dst.client().keys("*")) == 900
 
     wait_for(converged, 90, "every shard copied", shake)
-    assert _digests(src.masters) == _digests([dst])
+    assert digests(src.masters) == digests([dst])
     assert "is a node of a cluster: copying every shard" in shake.log()
     assert shake.terminate() == 0, shake.log()[-3000:]
     # the same for a v3 scan
@@ -264,7 +263,7 @@ def test_v3_sync_from_one_cluster_node_copies_every_shard(servers, tmp_path, sha
     )
     r = run_redshake(scan, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert _digests(src.masters) == _digests([dst2])
+    assert digests(src.masters) == digests([dst2])
 
 
 # -- item: the live link: what cannot heal stops, what can is retried ---------------------------
@@ -417,7 +416,7 @@ def test_source_restart_is_retried_past_connect_timeout(servers, tmp_path, shake
         tmp_path, src, dst, reader={"connect_timeout": 1}, status_port=port
     ).start()  # fmt: skip
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     src.stop()
     time.sleep(3)  # longer than connect_timeout
     assert shake.proc.poll() is None, shake.log()[-3000:]

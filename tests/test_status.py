@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness import Shake, start_load
 from redshake.status.logging import (
     ConsoleFormatter,
     JsonFormatter,
@@ -423,7 +424,6 @@ def test_status_endpoint_under_live_sync_load(servers, tmp_path: Path) -> None:
     import threading
 
     from servers import free_port
-    from test_sync import Shake, start_load, wait_for
 
     src = servers.start("redis-7.0")
     dst = servers.start("redis-7.0")
@@ -436,7 +436,7 @@ def test_status_endpoint_under_live_sync_load(servers, tmp_path: Path) -> None:
     failures: list[str] = []
     answers = {"json": 0, "metrics": 0}
     try:
-        wait_for(lambda: "now following the stream" in shake.log(), 60, "the stream", shake)
+        shake.wait_streaming(60, "the stream")
         halt = start_load(src, n=4)
         stop = threading.Event()
 

@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
-import redis
 
 from datagen import populate
+from harness import (
+    Shake,
+    kill_replica_links,
+    replica_offset,
+    start_load,
+    stat,
+    wait_converged,
+    wait_for,
+)
 from helpers import assert_same_data, make_certs, write_config
 from redshake.repl.protocol import (
     CommandStream,
@@ -35,174 +40,6 @@ from redshake.repl.spool import Spool
 from redshake.resp.encode import encode
 from servers import free_port
 
-MIXED_WRITERS = 3
-
-
-class Shake:
-    """redshake running as a subprocess on a sync_reader config."""
-
-    def __init__(
-        self, tmp: Path, src, dst, *, reader: dict | None = None, sentinel: dict | None = None,
-        name: str = "shake", status_port: int = 0, advanced: dict | None = None,
-    ) -> None:  # fmt: skip
-        self.tmp = tmp
-        self.work = tmp / "work"
-        self.out = tmp / f"{name}.out"
-        rd = {"address": src.address}
-        rd.update(reader or {})
-        sections = {"sync_reader": rd}
-        if sentinel:
-            sections["sync_reader.sentinel"] = sentinel
-        sections["redis_writer"] = {"address": dst.address}
-        sections["advanced"] = {"dir": str(self.work), "log_interval": 1}
-        if status_port:
-            sections["advanced"].update(status_port=status_port, status_bind="127.0.0.1")
-        sections["advanced"].update(advanced or {})
-        self.cfg = write_config(tmp / f"{name}.toml", sections)
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Shake:
-        self._fh = open(self.out, "a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "redshake.cli", str(self.cfg)],
-            cwd=str(self.tmp),
-            stdout=self._fh,
-            stderr=subprocess.STDOUT,
-        )
-        return self
-
-    def log(self) -> str:
-        return self.out.read_text(errors="replace")
-
-    def wait(self, timeout: float = 60) -> int:
-        assert self.proc is not None
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError("redshake did not exit:\n" + self.log()[-3000:]) from None
-
-    def terminate(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.wait(30)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def checkpoint(self) -> dict:
-        (d,) = [p for p in self.work.iterdir() if p.name.startswith("reader_")]
-        return json.loads((d / "checkpoint.json").read_text())
-
-
-def replica_offset(src) -> tuple[int, int, int]:
-    """(master_repl_offset, offset ACKed by the first replica (-1: none), replicas)."""
-    info = src.info("replication")
-    master = int(info.get("master_repl_offset", 0))
-    n = int(info.get("connected_slaves", 0))
-    off = -1
-    for k, v in info.items():
-        if k.startswith("slave") and isinstance(v, dict):
-            off = max(off, int(v.get("offset", -1)))
-    return master, off, n
-
-
-def wait_converged(src, shake: Shake, timeout: float = 60) -> None:
-    """Until the replica (redshake) has ACKed the master's offset: everything is applied."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        if shake.proc is not None and shake.proc.poll() is not None:
-            raise AssertionError("redshake exited:\n" + shake.log()[-3000:])
-        master, off, _n = last = replica_offset(src)
-        if master > 0 and off == master:
-            time.sleep(0.2)
-            if replica_offset(src)[:2] == (master, master):
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"not converged (master/acked/replicas {last}):\n" + shake.log()[-3000:])
-
-
-def wait_for(cond, timeout: float, what: str, shake: Shake | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}" + ("\n" + shake.log()[-3000:] if shake else ""))
-
-
-def stat(src, field: str) -> int:
-    return int(src.info("stats")[field])
-
-
-def mixed_load(src, stop: threading.Event, seed: int, idempotent: bool = False,
-               dbs: tuple[int, ...] = (0, 0, 1)) -> None:  # fmt: skip
-    """Mixed writes over several dbs, types, TTLs and transactions until ``stop``."""
-    rnd = random.Random(seed)
-    clients = {db: src.client(db) for db in set(dbs)}
-    while not stop.is_set():
-        db = rnd.choice(dbs)
-        c = clients[db]
-        p = c.pipeline(transaction=rnd.random() < 0.2)
-        for _ in range(20):
-            k = f"k:{rnd.randrange(300)}"
-            r = rnd.random()
-            if r < 0.25:
-                p.set(k, rnd.randbytes(rnd.randrange(1, 200)))
-            elif r < 0.35:
-                p.delete(k)
-            elif r < 0.45:
-                p.hset(f"h:{rnd.randrange(50)}", f"f{rnd.randrange(30)}", rnd.randrange(1000))
-            elif r < 0.55:
-                p.sadd(f"s:{rnd.randrange(50)}", rnd.randrange(100))
-            elif r < 0.65:
-                p.zadd(f"z:{rnd.randrange(50)}", {f"m{rnd.randrange(40)}": rnd.random()})
-            elif r < 0.7:
-                p.pexpireat(k, int(time.time() * 1000) + 600_000)
-            elif r < 0.75:
-                p.srem(f"s:{rnd.randrange(50)}", rnd.randrange(100))
-            elif idempotent:
-                p.set(f"n:{rnd.randrange(50)}", rnd.randrange(10**6))
-            elif r < 0.85:
-                p.incr(f"n:{rnd.randrange(50)}")
-            elif r < 0.95:
-                p.rpush(f"l:{rnd.randrange(20)}", rnd.randbytes(8))
-            else:
-                p.append(k + ":a", b"xy")
-        try:
-            p.execute()
-        except redis.ResponseError:
-            pass  # e.g. APPEND on a key of another type
-        except redis.ConnectionError:
-            return
-        time.sleep(0.002)
-
-
-def start_load(src, n: int = MIXED_WRITERS, idempotent: bool = False, dbs: tuple[int, ...] = (0, 0, 1)):
-    stop = threading.Event()
-    threads = [
-        threading.Thread(target=mixed_load, args=(src, stop, 100 + i, idempotent, dbs), daemon=True)
-        for i in range(n)
-    ]
-    for t in threads:
-        t.start()
-
-    def halt() -> None:
-        stop.set()
-        for t in threads:
-            t.join(30)
-
-    return halt
-
-
-def kill_replica_links(src) -> int:
-    with src.client() as c:
-        kind = "replica" if src.version >= (5, 0, 0) else "slave"
-        return int(c.execute_command("CLIENT", "KILL", "TYPE", kind))
-
 
 @pytest.mark.parametrize("name", ["redis-5.0", "redis-6.2", "redis-7.0", "valkey-8.1", "valkey-9.1"])
 def test_sync_versions(servers, tmp_path, shakes, name):
@@ -212,7 +49,7 @@ def test_sync_versions(servers, tmp_path, shakes, name):
     halt = start_load(src, 1)  # writes during the snapshot
     shake = Shake(tmp_path, src, dst).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     time.sleep(0.5)  # ... and after it
     halt()
     c = src.client(2)
@@ -239,7 +76,7 @@ def test_sync_sentinel_source(servers, tmp_path, shakes):
         reader={"address": ""}, sentinel={"master_name": "mymaster", "address": sentinel.address},
     ).start()  # fmt: skip
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     src.client().set("after", "1")
     wait_converged(src, shake)
     assert_same_data(src, dst)
@@ -270,7 +107,7 @@ def test_sync_survives_killed_links(servers, tmp_path, shakes, name, args):
     populate(src.client(), src.version, src.is_valkey, big=False)
     shake = Shake(tmp_path, src, dst).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     partial0, full0 = stat(src, "sync_partial_ok"), stat(src, "sync_full")
     halt = start_load(src)
     try:
@@ -300,7 +137,7 @@ def test_sync_restart_after_kill9(servers, tmp_path, shakes):
     populate(src.client(), src.version, False, big=False)
     shake = Shake(tmp_path, src, dst).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     halt = start_load(src, idempotent=True)
     try:
         time.sleep(2)
@@ -346,7 +183,7 @@ def test_sync_without_rdb(servers, tmp_path, shakes):
     src.client().set("before", "1")
     shake = Shake(tmp_path, src, dst, reader={"sync_rdb": False}).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     src.client().set("after", "2")
     wait_converged(src, shake)
     d = dst.client()
@@ -371,7 +208,7 @@ def test_sync_survives_target_reconnects(servers, tmp_path, shakes, exactly_once
         shake.cfg.write_text(shake.cfg.read_text() + '\n[filter]\nfunction = "shake.call(DB, ARGV)"\n')
     shake.start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     halt = start_load(src, idempotent=not exactly_once)
     try:
         for _ in range(3):
@@ -404,7 +241,7 @@ def test_sync_follows_sentinel_failover(servers, tmp_path, shakes):
         reader={"address": ""}, sentinel={"master_name": "mymaster", "address": sentinel.address},
     ).start()  # fmt: skip
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     src.client().set("before", "failover")
 
     def rep_caught_up() -> bool:
@@ -421,7 +258,8 @@ def test_sync_follows_sentinel_failover(servers, tmp_path, shakes):
 
     wait_for(promoted, 60, "the failover", shake)
     kill_replica_links(src)  # the old master's replicas (redshake) must move on
-    wait_for(lambda: f"source master is at {rep.address}" in shake.log(), 30, "the new master", shake)
+    shake.wait_readers(lambda r: r["address"] == rep.address, 30, "the new master")
+    assert f"source master is at {rep.address}" in shake.log()
     rep.client().set("after", "failover")
     wait_converged(rep, shake)
     # Usually a partial resync (PSYNC2). If the old master streamed a few bytes the
@@ -444,9 +282,10 @@ def test_sync_retries_nomasterlink(servers, tmp_path, shakes):
     up.stop()
     shake = Shake(tmp_path, src, dst).start()
     shakes.append(shake)
-    wait_for(lambda: "NOMASTERLINK" in shake.log(), 30, "the retry", shake)
+    shake.wait_readers(lambda r: "NOMASTERLINK" in r["last_link_error"], 30, "the retry")
+    assert "NOMASTERLINK" in shake.log()
     src.client().execute_command("REPLICAOF", "NO", "ONE")
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     src.client().set("k2", "v2")
     wait_converged(src, shake)
     assert_same_data(src, dst)
@@ -462,7 +301,7 @@ def test_sync_adopts_new_replid(servers, tmp_path, shakes):
     populate(src.client(), src.version, False, big=False)
     shake = Shake(tmp_path, src, dst).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     src.client().set("before", "1")
     wait_converged(src, shake)
     old_id = src.info("replication")["master_replid"]
@@ -474,8 +313,9 @@ def test_sync_adopts_new_replid(servers, tmp_path, shakes):
     wait_for(lambda: src.client().get("after") == b"2", 30, "the chain")
     new_id = rep.info("replication")["master_replid"]
     assert new_id != old_id
-    wait_for(lambda: f"replication id changed to {new_id}" in shake.log(), 30, "the new replid", shake)
+    shake.wait_readers(lambda r: r["replid"] == new_id, 30, "the new replid")
     wait_converged(src, shake)
+    assert f"replication id changed to {new_id}" in shake.log()
     assert "full resynchronisation" not in shake.log().split("now following the stream", 1)[1]
     assert_same_data(rep, dst)
     assert shake.terminate() == 0
@@ -493,7 +333,7 @@ def test_sync_waits_for_source_bgsave(servers, tmp_path, shakes):
     c.config_set("rdb-key-save-delay", 0)  # (the running child keeps the slow setting)
     shake = Shake(tmp_path, src, dst).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     log = shake.log()
     assert "rdb_bgsave_in_progress" in log and "finished its bgsave" in log
     c.set("after", "1")
@@ -511,7 +351,7 @@ def test_sync_renamed_psync(servers, tmp_path, shakes):
     aws = f"{src.address}@xpsync-4711"
     shake = Shake(tmp_path, src, dst, advanced={"aws_psync": aws}).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     src.client().set("k2", "v2")
     wait_for(lambda: dst.client().get("k2") == b"v2", 30, "the stream", shake)
     assert_same_data(src, dst)
@@ -625,7 +465,7 @@ def test_sync_prefer_replica(servers, tmp_path, shakes):
     wait_for(lambda: replica_offset(src)[1] == replica_offset(src)[0] > 0, 30, "the replica")
     shake = Shake(tmp_path, src, dst, reader={"prefer_replica": True}).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     assert f"reading from replica {rep.address}" in shake.log()
     src.client().set("later", "x")
     wait_for(lambda: rep.client().get("later") == b"x", 30, "the replica")
@@ -643,7 +483,7 @@ def test_sync_restart_after_backlog_lost(servers, tmp_path, shakes):
     populate(c, src.version, False, big=False)
     shake = Shake(tmp_path, src, dst).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     c.set("after", "1")
     wait_converged(src, shake)
     assert shake.terminate() == 0
@@ -653,8 +493,9 @@ def test_sync_restart_after_backlog_lost(servers, tmp_path, shakes):
     full0 = stat(src, "sync_full")
     shake2 = Shake(tmp_path, src, dst).start()
     shakes.append(shake2)
-    wait_for(lambda: "emptying the target first" in shake2.log(), 60, "the flush", shake2)
+    shake2.wait_readers(lambda r: r["full_syncs"] >= 1, 60, "the full sync")
     wait_converged(src, shake2)
+    assert "emptying the target first" in shake2.log()
     assert stat(src, "sync_full") == full0 + 1
     assert dst.client().exists(b"d0:str", b"d0:list:small") == 0
     assert_same_data(src, dst)
@@ -669,7 +510,7 @@ def test_sync_stream_runs(servers, tmp_path, shakes):
     dst = servers.start("redis-7.0")
     shake = Shake(tmp_path, src, dst).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     c3 = src.client(3)
     with c3.pipeline(transaction=False) as p:
         for i in range(300):
@@ -724,7 +565,7 @@ def test_sync_from_tls_source(servers, tmp_path, shakes):
     }
     shake = Shake(tmp_path, src, dst, reader=reader).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     halt = start_load(src, 2)
     time.sleep(1)
     assert kill_replica_links(src) >= 1
@@ -748,7 +589,7 @@ def test_sync_exactly_once_after_kill9(servers, tmp_path, shakes, named):
     populate(src.client(), src.version, False, big=False)
     shake = Shake(tmp_path, src, dst, advanced=adv).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     full0, partial0 = stat(src, "sync_full"), stat(src, "sync_partial_ok")
     halt = start_load(src)
     try:
@@ -786,7 +627,7 @@ def test_exactly_once_falls_back_with_a_warning(servers, tmp_path, shakes):
     src.client().set("a", "1")
     shake = Shake(tmp_path, src, dst, advanced={"exactly_once_db": 99}).start()
     shakes.append(shake)
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     src.client(1).incr("n")
     wait_converged(src, shake)
     assert assert_same_data(src, dst) == 2

@@ -10,73 +10,27 @@ import urllib.request
 
 import pytest
 
-from helpers import MARKER_PREFIX, OWN_PREFIXES
+from harness import (
+    Shake,
+    digests,
+    fill_cluster,
+    move_slot,
+    replica_offset,
+    slot_owners,
+    start_load,
+    stat,
+    wait_cluster_converged,
+    wait_converged,
+)
+from helpers import MARKER_PREFIX
 from redshake.commands.slots import key_slot
 from servers import free_port
-from test_sync import Shake, replica_offset
-
-
-def _fill(cluster, n: int, prefix: str) -> None:
-    """n keys of several types spread over every slot, written through the owning masters."""
-    owners = _owners(cluster)
-    pipes = {}
-    for i in range(n):
-        k = f"{prefix}:{i}".encode()
-        node = owners[key_slot(k)]
-        p = pipes.setdefault(node.port, node.client().pipeline(transaction=False))
-        kind = i % 4
-        if kind == 0:
-            p.set(k, b"v%d" % i)
-        elif kind == 1:
-            p.rpush(k, b"a", b"b", b"%d" % i)
-        elif kind == 2:
-            p.hset(k, mapping={b"f": b"%d" % i})
-        else:
-            p.zadd(k, {b"m": i})
-    for p in pipes.values():
-        p.execute()
-
-
-def _owners(cluster) -> list:
-    owners = [None] * 16384
-    by_port = {s.port: s for s in cluster.servers}
-    for row in cluster.masters[0].client().execute_command("CLUSTER SLOTS"):
-        for slot in range(row[0], row[1] + 1):
-            owners[slot] = by_port[int(row[2][1])]
-    return owners
-
-
-def _digests(server_list) -> dict[bytes, bytes]:
-    out = {}
-    for s in server_list:
-        c = s.client()
-        # (leaving out the live sync's exactly-once position and live markers: the target's own keys)
-        keys = [k for k in c.scan_iter(count=1000) if not k.startswith(OWN_PREFIXES)]
-        p = c.pipeline(transaction=False)
-        for k in keys:
-            p.execute_command("DEBUG", "DIGEST-VALUE", k)
-        out.update(zip(keys, p.execute(), strict=True))
-    return out
-
-
-def _converged(cluster, shake: Shake, timeout: float = 90) -> None:
-    """Every source master's replication offset is ACKed by its redshake shard process."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert shake.proc.poll() is None, shake.log()[-3000:]
-        states = [replica_offset(m) for m in cluster.masters]
-        if all(master > 0 and off == master for master, off, _n in states):
-            time.sleep(0.3)
-            if all(replica_offset(m)[:2] == s[:2] for m, s in zip(cluster.masters, states, strict=True)):
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"not converged: {states}\n" + shake.log()[-3000:])
 
 
 @pytest.mark.parametrize("target_kind", ["standalone", "cluster"])
 def test_cluster_source(target_kind, servers, tmp_path, shakes):
     src = servers.cluster("redis-7.0", masters=3)
-    _fill(src, 3000, "before")
+    fill_cluster(src, 3000, "before")
     if target_kind == "cluster":
         dst_cluster = servers.cluster("redis-7.0", masters=3)
         dst_nodes = dst_cluster.masters
@@ -103,7 +57,7 @@ def test_cluster_source(target_kind, servers, tmp_path, shakes):
     def writer() -> None:  # writes during the snapshot and after it
         i = 0
         while not stop.is_set() and i < 20:
-            _fill(src, 200, f"during{i}")
+            fill_cluster(src, 200, f"during{i}")
             i += 1
             time.sleep(0.05)
 
@@ -114,9 +68,9 @@ def test_cluster_source(target_kind, servers, tmp_path, shakes):
     finally:
         stop.set()
         t.join()
-    _fill(src, 500, "after")
-    _converged(src, shake)
-    assert _digests(src.masters) == _digests(dst_nodes)
+    fill_cluster(src, 500, "after")
+    wait_cluster_converged(src, shake)
+    assert digests(src.masters) == digests(dst_nodes)
     doc = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read())
     assert isinstance(doc["reader"], list) and len(doc["reader"]) == 3
     assert {r["status"] for r in doc["reader"]} == {"syncing aof"}
@@ -138,7 +92,7 @@ def test_flush_slots_deletes_only_the_shards_keys(servers):
     keys = [f"k:{i}".encode() for i in range(2000)]
     for node in [dst]:
         node.client().mset({k: b"1" for k in keys})
-    _owners_c = _owners(cluster)
+    _owners_c = slot_owners(cluster)
     for k in keys:
         _owners_c[key_slot(k)].client().set(k, b"1")
     ranges = [(0, 5000), (9000, 9100)]
@@ -153,14 +107,13 @@ def test_flush_slots_deletes_only_the_shards_keys(servers):
     w.close()
     cw = ClusterWriter(cluster.seed)
     flush_slots(cw, ranges)
-    assert set(_digests(cluster.masters)) == expected
+    assert set(digests(cluster.masters)) == expected
     cw.close()
 
 
 def test_standalone_source_into_cluster_target(servers, tmp_path, shakes):
     """A standalone source synced into a 3-master cluster: snapshot, then the stream with
     transactions whose keys share a slot (kept atomic) and span slots (split)."""
-    from test_sync import wait_converged
 
     src = servers.start("redis-7.0")
     c = src.client()
@@ -195,7 +148,7 @@ def test_standalone_source_into_cluster_target(servers, tmp_path, shakes):
         p.execute()
     c.delete(b"s:1", b"s:2")
     wait_converged(src, shake)
-    assert _digests([src]) == _digests(dst.masters)
+    assert digests([src]) == digests(dst.masters)
     for m in dst.masters:
         assert m.client().execute_command("FUNCTION", "LIST")[0][1] == b"lib"
     assert shake.terminate() == 0, shake.log()[-3000:]
@@ -208,7 +161,6 @@ def test_sync_into_cluster_survives_target_reconnects(servers, tmp_path, shakes)
     is NOT idempotent (INCR, RPUSH), inside and outside transactions."""
     import random
 
-    from test_sync import wait_converged, wait_for
 
     src = servers.start("redis-7.0")
     dst = servers.cluster("redis-7.0", masters=3)
@@ -220,7 +172,7 @@ def test_sync_into_cluster_survives_target_reconnects(servers, tmp_path, shakes)
     shake = Shake(tmp_path, src, _Addr(dst.seed))
     shake.cfg.write_text(shake.cfg.read_text().replace("[redis_writer]\n", "[redis_writer]\ncluster = true\n"))
     shakes.append(shake.start())
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     stop = threading.Event()
 
     def load() -> None:
@@ -257,7 +209,7 @@ def test_sync_into_cluster_survives_target_reconnects(servers, tmp_path, shakes)
         stop.set()
         t.join(30)
     wait_converged(src, shake)
-    assert _digests([src]) == _digests(dst.masters)
+    assert digests([src]) == digests(dst.masters)
     assert "target reconnected" in shake.log()
     assert "one MULTI/EXEC per slot" in shake.log()
     assert shake.terminate() == 0
@@ -271,7 +223,6 @@ def test_sync_into_cluster_exactly_once_after_kill9(servers, tmp_path, shakes, t
     full sync, nothing applied twice. Redis >= 7.0 / Valkey: one script call per master and
     batch, one marker per master (in one of its slots); Redis 6.2: one MULTI/EXEC and
     marker per slot."""
-    from test_sync import start_load, stat, wait_converged, wait_for
 
     # (source of the target's kind: DEBUG DIGEST-VALUE of a non-integer zset score differs
     # between Redis 7.0 and Valkey 9.1)
@@ -283,7 +234,7 @@ def test_sync_into_cluster_exactly_once_after_kill9(servers, tmp_path, shakes, t
         return _start_into_cluster(tmp_path, src, dst, shakes)
 
     shake = start()
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     full0 = stat(src, "sync_full")
     halt = start_load(src, dbs=(0,))
     try:
@@ -291,13 +242,14 @@ def test_sync_into_cluster_exactly_once_after_kill9(servers, tmp_path, shakes, t
             time.sleep(1.5)
             shake.kill()
             shake = start()
-            wait_for(lambda s=shake: "partial resynchronisation accepted" in s.log(), 60, "the restart", shake)
+            shake.wait_readers(lambda r: r["partial_resyncs"] >= 1, 60, "the restart")
         time.sleep(1)
     finally:
         halt()
     wait_converged(src, shake, timeout=90)
+    assert "partial resynchronisation accepted" in shake.log()
     assert stat(src, "sync_full") == full0, shake.log()[-3000:]
-    assert len(_digests([src])) > 100 and _digests([src]) == _digests(dst.masters)
+    assert len(digests([src])) > 100 and digests([src]) == digests(dst.masters)
     assert "slots are ahead of offset" in "".join(s.log() for s in shakes)
     for m in dst.masters:  # each master holds the markers of its own slots only
         markers = list(m.client().scan_iter(match=MARKER_PREFIX + b"*", count=1000))
@@ -323,7 +275,7 @@ def _start_into_cluster(tmp_path, src, dst, shakes) -> Shake:
 
 
 def _owner_port(cluster, key: bytes) -> int:
-    return _owners(cluster)[key_slot(key)].port
+    return slot_owners(cluster)[key_slot(key)].port
 
 
 def test_v3_sync_toml_into_cluster(servers, tmp_path):
@@ -377,10 +329,10 @@ target_redis_proto_max_bulk_len = 512_000_000
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             master, off, _n = replica_offset(src)
-            if master > 0 and off == master and _digests([src]) == _digests(dst.masters):
+            if master > 0 and off == master and digests([src]) == digests(dst.masters):
                 break
             time.sleep(0.2)
-        assert _digests([src]) == _digests(dst.masters), (tmp_path / "out.txt").read_text()[-3000:]
+        assert digests([src]) == digests(dst.masters), (tmp_path / "out.txt").read_text()[-3000:]
         p.send_signal(15)
         assert p.wait(30) == 0, (tmp_path / "out.txt").read_text()[-3000:]
     finally:
@@ -392,7 +344,7 @@ target_redis_proto_max_bulk_len = 512_000_000
 def test_cluster_source_prefer_replica(servers, tmp_path, shakes):
     """prefer_replica: each shard is read from a replica; the masters get no extra replica."""
     src = servers.cluster("redis-7.0", masters=2, replicas=1)
-    _fill(src, 500, "k")
+    fill_cluster(src, 500, "k")
     dst = servers.start("redis-7.0")
 
     class _Addr:
@@ -410,9 +362,9 @@ def test_cluster_source_prefer_replica(servers, tmp_path, shakes):
     assert all(counts[r.port] == 1 for r in src.replicas), counts
     assert all(counts[m.port] == 1 for m in src.masters), counts  # only their own replica
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and _digests(src.masters) != _digests([dst]):
+    while time.monotonic() < deadline and digests(src.masters) != digests([dst]):
         time.sleep(0.2)
-    assert _digests(src.masters) == _digests([dst])
+    assert digests(src.masters) == digests([dst])
     assert shake.terminate() == 0, shake.log()[-3000:]
 
 
@@ -422,8 +374,6 @@ def test_sync_into_cluster_slots_moved_then_kill9(servers, tmp_path, shakes):
     changed do nothing and their part goes per slot after a topology refresh; then a
     kill -9 and a resume with master markers written under the old and the new slot
     lists: equal data, no full sync."""
-    from test_sync import start_load, stat, wait_converged, wait_for
-    from test_writer_transactions import _move_slot
 
     src = servers.start("redis-7.0", args=["--repl-backlog-size", "64mb"])
     dst = servers.cluster("redis-7.0", masters=3)
@@ -432,26 +382,26 @@ def test_sync_into_cluster_slots_moved_then_kill9(servers, tmp_path, shakes):
         return _start_into_cluster(tmp_path, src, dst, shakes)
 
     shake = start()
-    wait_for(lambda: "now following the stream" in shake.log(), 60, "the snapshot", shake)
+    shake.wait_streaming(60, "the snapshot")
     full0 = stat(src, "sync_full")
     halt = start_load(src, dbs=(0,))
     try:
         time.sleep(1)
         for i, key in enumerate((b"n:1", b"l:1", b"k:1")):
             slot = key_slot(key)
-            owner = _owners(dst)[slot]
+            owner = slot_owners(dst)[slot]
             dest = dst.masters[(dst.masters.index(owner) + 1 + i % 2) % 3]
-            _move_slot(dst, slot, owner, dest)
+            move_slot(dst, slot, owner, dest)
             time.sleep(0.5)
         time.sleep(1)
         shake.kill()
         shake = start()
-        wait_for(lambda s=shake: "partial resynchronisation accepted" in s.log(), 60, "the restart", shake)
+        shake.wait_readers(lambda r: r["partial_resyncs"] >= 1, 60, "the restart")
         time.sleep(1)
     finally:
         halt()
     wait_converged(src, shake, timeout=90)
     assert stat(src, "sync_full") == full0, shake.log()[-3000:]
-    assert len(_digests([src])) > 100 and _digests([src]) == _digests(dst.masters)
+    assert len(digests([src])) > 100 and digests([src]) == digests(dst.masters)
     assert "exactly-once unit scripts" in "".join(s.log() for s in shakes)
     assert shake.terminate() == 0

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
+from harness import Shake, replica_offset, wait_converged, wait_for
 from helpers import write_config
-from test_sync import Shake, replica_offset, wait_converged, wait_for
 
 # Splits MSET into SETs one db higher; everything else passes unchanged.
 SPLIT_MSET = """

@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import json
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import redis
 
 from datagen import populate
+from harness import Shake
 from helpers import assert_same_data, write_config
 from redshake.repl.protocol import (
     EV_ENDOFF,
@@ -38,58 +35,20 @@ from servers import free_port
 DUAL_SOURCE = ["--dual-channel-replication-enabled", "yes", "--repl-diskless-sync", "yes"]
 
 
-class DualRun:
+def dual_run(tmp: Path, src, dst, **reader) -> Shake:
     """One redshake process (sync_reader -> redis_writer) with its status page."""
-
-    def __init__(self, tmp: Path, src, dst, **reader) -> None:
-        self.port = free_port()
-        self.log_path = tmp / "redshake.out"
-        self.cfg = write_config(
-            tmp / "dual.toml",
-            {
-                "sync_reader": {"address": src.address, **reader},
-                "redis_writer": {"address": dst.address},
-                "advanced": {
-                    "dir": str(tmp / "work"), "log_interval": 1,
-                    "status_port": self.port, "status_bind": "127.0.0.1",
-                },  # fmt: skip
-            },
-        )
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> DualRun:
-        out = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "redshake.cli", str(self.cfg)],
-            cwd=str(self.cfg.parent), stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        out.close()
-        return self
-
-    def tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def reader(self) -> dict:
-        """The reader's part of the status JSON ({} until the page answers)."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=5) as r:
-                return json.loads(r.read())["reader"]
-        except (OSError, ValueError, KeyError):
-            return {}
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError("redshake ignored SIGTERM:\n" + self.tail()) from None
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+    cfg = write_config(
+        tmp / "dual.toml",
+        {
+            "sync_reader": {"address": src.address, **reader},
+            "redis_writer": {"address": dst.address},
+            "advanced": {
+                "dir": str(tmp / "work"), "log_interval": 1,
+                "status_port": free_port(), "status_bind": "127.0.0.1",
+            },  # fmt: skip
+        },
+    )
+    return Shake.on_config(cfg)
 
 
 class Writers:
@@ -167,15 +126,15 @@ def replica_clients(src) -> dict[str, int]:
     return out
 
 
-def until(cond, timeout: float, what: str, run: DualRun) -> None:
+def until(cond, timeout: float, what: str, run: Shake) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if run.proc is not None and run.proc.poll() is not None:
-            raise AssertionError(f"redshake exited while waiting for {what}:\n" + run.tail())
+            raise AssertionError(f"redshake exited while waiting for {what}:\n" + run.log()[-4000:])
         if cond():
             return
         time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}:\n" + run.tail())
+    raise AssertionError(f"timed out waiting for {what}:\n" + run.log()[-4000:])
 
 
 def acked_offsets(src) -> list[int]:
@@ -183,7 +142,7 @@ def acked_offsets(src) -> list[int]:
     return [int(v.get("offset", 0)) for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
 
 
-def converge(src, run: DualRun, timeout: float = 90) -> None:
+def converge(src, run: Shake, timeout: float = 90) -> None:
     """Until the source lists redshake's ACK at its own offset (ACK = applied offset)."""
 
     def caught_up() -> bool:
@@ -200,7 +159,7 @@ def test_dual_channel_sync_under_writes(servers, tmp_path, shakes, name):
     seed_data(src)
     src.client().config_set("rdb-key-save-delay", 1500)  # µs per key: a snapshot of ~2 s
     writers = Writers(src)
-    run = DualRun(tmp_path, src, dst).start()
+    run = dual_run(tmp_path, src, dst).start()
     shakes.append(run)
     both, replicas, streamed = False, 0, 0
     try:
@@ -223,22 +182,22 @@ def test_dual_channel_sync_under_writes(servers, tmp_path, shakes, name):
         writers.stop()
     src.client().config_set("rdb-key-save-delay", 0)
     # proof that two connections were used: both channel kinds listed at the same moment
-    assert both and replicas >= 2, run.tail()
+    assert both and replicas >= 2, run.log()[-4000:]
     # ... and the stream arrived (spooled) while the snapshot was still being received/applied
-    assert streamed > 0, run.tail()
+    assert streamed > 0, run.log()[-4000:]
     converge(src, run)
     assert assert_same_data(src, dst) > 900
     rd = run.reader()
     assert (rd["dual_channel_syncs"], rd["full_syncs"], rd["failed_snapshots"]) == (1, 1, 0)
     assert rd["aof_applied_offset"] == src.info("replication")["master_repl_offset"]
-    assert run.stop() == 0
-    assert "dual-channel sync: snapshot at offset" in run.tail()
+    assert run.terminate(60) == 0
+    assert "dual-channel sync: snapshot at offset" in run.log()[-4000:]
     # the checkpoint written after a dual-channel sync resumes with a partial resync
     (cp,) = (tmp_path / "work").glob("reader_*/checkpoint.json")
     saved = json.loads(cp.read_text())
     assert (saved["phase"], saved["offset"]) == ("aof", src.info("replication")["master_repl_offset"])
     partial0 = int(src.info("stats")["sync_partial_ok"])
-    run2 = DualRun(tmp_path, src, dst).start()
+    run2 = dual_run(tmp_path, src, dst).start()
     shakes.append(run2)
     src.client(4).set("after-restart", "1")
     converge(src, run2)
@@ -247,7 +206,7 @@ def test_dual_channel_sync_under_writes(servers, tmp_path, shakes, name):
     assert (rd["full_syncs"], rd["dual_channel_syncs"], rd["partial_resyncs"]) == (0, 0, 1)
     assert dst.client(4).get("after-restart") == b"1"
     assert_same_data(src, dst)
-    assert run2.stop() == 0
+    assert run2.terminate(60) == 0
 
 
 def test_dual_channel_recovers_from_killed_links(servers, tmp_path, shakes):
@@ -260,7 +219,7 @@ def test_dual_channel_recovers_from_killed_links(servers, tmp_path, shakes):
     c.config_set("rdb-key-save-delay", 4000)  # µs per key: each attempt takes several seconds
     full0 = int(src.info("stats")["sync_full"])
     writers = Writers(src)
-    run = DualRun(tmp_path, src, dst).start()
+    run = dual_run(tmp_path, src, dst).start()
     shakes.append(run)
     try:
         for attempt, victim in ((1, "sync"), (2, "main")):
@@ -285,7 +244,7 @@ def test_dual_channel_recovers_from_killed_links(servers, tmp_path, shakes):
     rd = run.reader()
     assert rd["failed_snapshots"] >= 2 and rd["dual_channel_syncs"] >= 3, rd
     assert int(src.info("stats")["sync_full"]) - full0 >= 3
-    assert run.stop() == 0
+    assert run.terminate(60) == 0
 
 
 def test_dual_channel_empty_source(servers, tmp_path, shakes):
@@ -293,7 +252,7 @@ def test_dual_channel_empty_source(servers, tmp_path, shakes):
     rdb channel is kept until the primary took its id, then the stream follows."""
     src = servers.start("valkey-9.1", args=DUAL_SOURCE)
     dst = servers.start("valkey-9.1")
-    run = DualRun(tmp_path, src, dst).start()
+    run = dual_run(tmp_path, src, dst).start()
     shakes.append(run)
     until(lambda: run.reader().get("status") == "syncing aof", 60, "the empty snapshot", run)
     src.client(0).set("a", "1")
@@ -302,7 +261,7 @@ def test_dual_channel_empty_source(servers, tmp_path, shakes):
     assert assert_same_data(src, dst) == 2
     rd = run.reader()
     assert (rd["dual_channel_syncs"], rd["full_syncs"], rd["reconnects"]) == (1, 1, 0), rd
-    assert run.stop() == 0
+    assert run.terminate(60) == 0
 
 
 SHAKE_USER = {"username": "shake", "password": "pw"}
@@ -328,7 +287,7 @@ def test_dual_channel_falls_back_to_one_channel(servers, tmp_path, shakes, sourc
     seed_data(src)
     src.client().config_set("rdb-key-save-delay", 500)
     writers = Writers(src, 1)
-    run = DualRun(tmp_path, src, dst, **reader).start()
+    run = dual_run(tmp_path, src, dst, **reader).start()
     shakes.append(run)
     kinds: set[str] = set()
     try:
@@ -346,8 +305,8 @@ def test_dual_channel_falls_back_to_one_channel(servers, tmp_path, shakes, sourc
     rd = run.reader()
     # refused: the +DUALCHANNELSYNC attempt counts as a full sync that never got its snapshot
     assert (rd["dual_channel_syncs"], rd["full_syncs"]) == (0, 2 if refused else 1), rd
-    assert run.stop() == 0
-    assert ("single-channel sync from now on" in run.tail()) == refused
+    assert run.terminate(60) == 0
+    assert ("single-channel sync from now on" in run.log()[-4000:]) == refused
 
 
 def test_rdb_channel_framing():

@@ -15,10 +15,10 @@ import threading
 import time
 
 from datagen import populate
+from harness import Shake, mixed_load, wait_converged
 from helpers import restore_file, wait_with_peak_rss, write_config
 from redshake.commands.slots import key_slot
 from servers import free_port
-from test_sync import Shake, mixed_load, wait_converged
 
 NO_DEBUG_7 = ["--enable-debug-command", "no"]
 NO_DEBUG_6 = ["--rename-command", "DEBUG", ""]

@@ -9,6 +9,7 @@ import time
 import pytest
 
 import servers as srv
+from harness import Errors, cmdstat, move_slot, tag_on
 from redshake.commands.slots import key_slot
 from redshake.entry import Entry, Run
 from redshake.resp.conn import Connection
@@ -25,11 +26,6 @@ def E(*args: bytes | str, db: int = 0, offset: int = -1, key: object = None) -> 
 def block(*cmds: tuple, offset: int = -1, db: int = 0) -> list[Entry]:
     """MULTI, cmds, EXEC; like the live reader, only EXEC carries the offset."""
     return [E("MULTI", db=db), *(E(*c, db=db) for c in cmds), E("EXEC", db=db, offset=offset)]
-
-
-class Errors(list):
-    def __call__(self, entry: Entry, message: str) -> None:
-        self.append((entry, message))
 
 
 # -- standalone ------------------------------------------------------------------------------
@@ -210,19 +206,6 @@ def test_try_marker(servers) -> None:
 # -- cluster ---------------------------------------------------------------------------------
 
 
-def _tag_on(cl: srv.Cluster, master: srv.Server, prefix: str = "t") -> str:
-    return next(
-        f"{prefix}{i}" for i in range(10000)
-        if cl.owner_of(key_slot(f"{prefix}{i}".encode())) is master
-    )  # fmt: skip
-
-
-def _cmdstat(server: srv.Server, cmd: str) -> int:
-    with server.client() as c:
-        st = c.info("commandstats").get(f"cmdstat_{cmd}")
-    return int(st["calls"]) if st else 0
-
-
 def _owner(cl: srv.Cluster, key: bytes) -> srv.Server:
     return cl.owner_of(key_slot(key))
 
@@ -232,15 +215,15 @@ def test_cluster_transactions(servers) -> None:
     errs = Errors()
     w = ClusterWriter(cl.seed, on_error=errs)
     a = cl.masters[0]
-    tag = _tag_on(cl, a)
+    tag = tag_on(cl, a)
     k1, k2 = f"{{{tag}}}:1".encode(), f"{{{tag}}}:2".encode()
     # same slot (+ a keyless PING along): atomic on the owner
     for e in block(("SET", k1, "1"), ("PING",), ("INCR", k2), offset=10):
         w.write(e)
     w.flush()
     assert errs == []
-    assert _cmdstat(a, "multi") == 1 and _cmdstat(a, "exec") == 1
-    assert all(_cmdstat(m, "exec") == 0 for m in cl.masters[1:])
+    assert cmdstat(a, "multi") == 1 and cmdstat(a, "exec") == 1
+    assert all(cmdstat(m, "exec") == 0 for m in cl.masters[1:])
     with a.client() as c:
         assert c.get(k1) == b"1" and c.get(k2) == b"1"
     # an error inside: reported with its own entry, the rest applied
@@ -277,36 +260,18 @@ def test_cluster_transactions(servers) -> None:
     w.close()
 
 
-def _move_slot(cl: srv.Cluster, slot: int, src: srv.Server, dst: srv.Server, finish: bool = True) -> None:
-    sid, did = cl.node_id(src), cl.node_id(dst)
-    with src.client() as sc, dst.client() as dc:
-        dc.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", sid)
-        sc.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", did)
-        while keys := sc.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
-            sc.execute_command("MIGRATE", dst.host, dst.port, "", 0, 5000, "KEYS", *keys)
-    if finish:
-        _finish_move(cl, slot, dst)
-
-
-def _finish_move(cl: srv.Cluster, slot: int, dst: srv.Server) -> None:
-    did = cl.node_id(dst)
-    for node in (dst, *[m for m in cl.masters if m is not dst]):
-        with node.client() as c:
-            c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", did)
-
-
 def test_cluster_transaction_moved_applied_once(servers) -> None:
     cl = servers.cluster("redis-7.0", 3)
     errs = Errors()
     w = ClusterWriter(cl.seed, on_error=errs)
     a, b = cl.masters[0], cl.masters[1]
-    tag = _tag_on(cl, a)
+    tag = tag_on(cl, a)
     slot = key_slot(tag.encode())
     n, lst = f"{{{tag}}}:n".encode(), f"{{{tag}}}:l".encode()
     for e in block(("INCR", n), ("RPUSH", lst, "1"), offset=1):
         w.write(e)
     w.flush()
-    _move_slot(cl, slot, a, b)  # the writer's slot map still says a
+    move_slot(cl, slot, a, b)  # the writer's slot map still says a
     for i in range(2, 5):
         for e in block(("INCR", n), ("RPUSH", lst, str(i)), offset=i):
             w.write(e)
@@ -317,7 +282,7 @@ def test_cluster_transaction_moved_applied_once(servers) -> None:
     with b.client() as c:
         assert c.get(n) == b"4" and c.lrange(lst, 0, -1) == [b"1", b"2", b"3", b"4"]
         assert c.exists(*[f"{{{tag}}}:s{i}" for i in range(2, 5)]) == 3
-    assert _cmdstat(b, "exec") == 3
+    assert cmdstat(b, "exec") == 3
     w.close()
 
 
@@ -326,7 +291,7 @@ def test_cluster_transaction_ask_during_migration(servers) -> None:
     errs = Errors()
     w = ClusterWriter(cl.seed, on_error=errs)
     a, b = cl.masters[0], cl.masters[1]
-    tag = _tag_on(cl, a)
+    tag = tag_on(cl, a)
     slot = key_slot(tag.encode())
     moved, stays = f"{{{tag}}}:moved".encode(), f"{{{tag}}}:stays".encode()
     with a.client() as c:
@@ -347,7 +312,7 @@ def test_cluster_transaction_ask_during_migration(servers) -> None:
     # two keys, one on each side: TRYAGAIN until the migration ends, then MOVED to b
     for e in block(("INCR", moved), ("APPEND", stays, "y"), offset=2):
         w.write(e)
-    finisher = threading.Timer(0.3, _move_slot, args=(cl, slot, a, b))
+    finisher = threading.Timer(0.3, move_slot, args=(cl, slot, a, b))
     finisher.start()
     try:
         w.flush()
@@ -364,7 +329,7 @@ def test_cluster_acked_offset_waits_for_slow_master(servers) -> None:
     cl = servers.cluster("redis-7.0", 3)
     w = ClusterWriter(cl.seed, on_error=Errors())
     m0, m1, m2 = cl.masters
-    k0, k1, k2 = (f"{{{_tag_on(cl, m, 'k')}}}:x".encode() for m in (m0, m1, m2))
+    k0, k1, k2 = (f"{{{tag_on(cl, m, 'k')}}}:x".encode() for m in (m0, m1, m2))
     # m1 holds writes: its entries stay unanswered while m0 and m2 answer
     with m1.client() as c:
         c.execute_command("CLIENT", "PAUSE", 20000, "WRITE")

@@ -4,10 +4,12 @@ a function library; saved to an RDB that the tests restore through the CLI."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
 
+import servers as _servers
 from helpers import run_redshake, write_config
 
 LIB = "#!lua name=tlib\nredis.register_function('tfn', function(keys, args) return 1 end)"
@@ -99,3 +101,16 @@ def same_values(src, dst, db: int, keys) -> None:
     a, b = src.client(db), dst.client(db)
     for k in keys:
         assert a.execute_command("DEBUG", "DIGEST-VALUE", k) == b.execute_command("DEBUG", "DIGEST-VALUE", k), k
+
+
+def transform_env(tmp_path_factory, name: str) -> Iterator[tuple]:
+    """(source, target, the source's RDB, a work dir) for a module-scoped ``env`` fixture:
+    two redis-7.0 servers, the source filled and saved; both killed afterwards."""
+    src = _servers.start_server("redis-7.0")
+    dst = _servers.start_server("redis-7.0")
+    try:
+        rdb = make_rdb(src)
+        yield src, dst, rdb, tmp_path_factory.mktemp(name)
+    finally:
+        src.cleanup()
+        dst.cleanup()
