@@ -18,7 +18,7 @@ from typing import Any
 from ..config.schema import Config
 from ..repl.checkpoint import PHASE_AOF, load_checkpoint
 from ..resp.conn import ConnError, ReplyError, connect, connection_options
-from ..writers.base import parse_info
+from ..resp.server import read_info
 from .compare import Options
 from .run import Plan, verify
 from .side import VerifyError
@@ -32,7 +32,7 @@ def _source_offset(plan: Plan, address: str) -> tuple[str, int]:
     opts = connection_options(username=ep.username, password=ep.password, tls=ep.tls,
                               tls_verify=ep.tls_verify, tls_config=ep.tls_config, timeout=5.0)  # fmt: skip
     with connect(address, **opts) as c:
-        info = parse_info(c.call("INFO", "replication"))
+        info = read_info(c, "replication")
     return info.get("master_replid", ""), int(info.get("master_repl_offset", "0"))
 
 
