@@ -40,6 +40,11 @@ class Endpoint:
     db: int | None = None  # only this db (from the URL path)
     dbs: list[int] = field(default_factory=list)  # only these dbs (scan_reader.dbs)
 
+    def connect_options(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Keyword arguments for :class:`Connection` (and ``connect``)."""
+        return connection_options(username=self.username, password=self.password, tls=self.tls,
+                                  tls_verify=self.tls_verify, tls_config=self.tls_config, timeout=timeout)  # fmt: skip
+
     def describe(self) -> str:
         kind = "cluster" if self.cluster else "standalone"
         return f"{self.address} ({kind}{', tls' if self.tls else ''})"
@@ -86,14 +91,7 @@ class Side:
     def __init__(self, ep: Endpoint, name: str) -> None:
         self.ep = ep
         self.name = name
-        self._opts: dict[str, Any] = connection_options(
-            username=ep.username,
-            password=ep.password,
-            tls=ep.tls,
-            tls_verify=ep.tls_verify,
-            tls_config=ep.tls_config,
-            timeout=10.0,
-        )
+        self._opts: dict[str, Any] = ep.connect_options(10.0)
         self._opts["io_timeout"] = 120.0
         seed = self._connect(ep.address)
         self.nodes: list[Connection] = []
