@@ -10,6 +10,7 @@ import pytest
 import servers as srv
 from redshake.config.schema import RedisWriterConfig, SyncReaderConfig, TlsConfig
 from redshake.entry import Entry
+from redshake.guard import _masters
 from redshake.resp.conn import Connection, connect
 from redshake.resp.server import (
     ClusterShard,
@@ -129,6 +130,8 @@ def test_cluster_topology_replies_agree(servers, engine: str) -> None:
     # every caller sees the same topology
     assert sorted(a for a, _r, _i in source_shards(seed.address)) == masters
     assert sorted(a for a, _r, _i in source_shards(seed.address, prefer_replica=True)) == sorted(replicas)
+    # (the reverse-sync guard unpacked source_shards' triples as pairs before)
+    assert sorted(_masters(RedisWriterConfig(cluster=True), seed.address, {})) == masters
     w = ClusterWriter(seed.address)
     try:
         assert sorted(m.address for m in w.masters) == masters
