@@ -211,7 +211,7 @@ class SyncReader:
         certificate or a node of a cluster read alone is refused at once (exit 2); a source
         that cannot be reached is tried again until ``connect_timeout`` (then exit 1)."""
         from ..readers.rdb_entries import ConversionError
-        from ..resp.conn import AuthError, Connection, TLSVerifyError, connection_options
+        from ..resp.conn import AuthError, Connection, TLSVerifyError
 
         o = self.opts
         where = [self.address]
@@ -219,11 +219,7 @@ class SyncReader:
         def attempt() -> dict[str, str]:
             where[0] = o.resolve() if o.resolve is not None else self.address
             host, port = parse_address(where[0])
-            opts = connection_options(
-                username=o.username, password=o.password, tls=o.tls,
-                tls_verify=o.tls_verify, tls_config=o.tls_config,
-            )  # fmt: skip
-            with Connection(host, port, io_timeout=30.0, **opts) as conn:
+            with Connection(host, port, io_timeout=30.0, **o.connect_options()) as conn:
                 return _source_info(conn)
 
         try:

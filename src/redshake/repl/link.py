@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..resp.conn import (
     AuthError,
@@ -99,6 +100,11 @@ class LinkOptions:
     # dual_channel: announce "capa dual-channel" (Valkey 8+ primaries with
     # dual-channel-replication-enabled yes then send the snapshot on a second connection)
     dual_channel: bool = True
+
+    def connect_options(self) -> dict[str, Any]:
+        """Keyword arguments for a :class:`Connection` to the source."""
+        return connection_options(username=self.username, password=self.password, tls=self.tls,
+                                  tls_verify=self.tls_verify, tls_config=self.tls_config)  # fmt: skip
 
 
 @dataclass
@@ -262,16 +268,8 @@ class SourceLink(threading.Thread):
         return self._open()
 
     def _open(self) -> Connection:
-        o = self.opts
         host, port = parse_address(self.address)
-        opts = connection_options(
-            username=o.username,
-            password=o.password,
-            tls=o.tls,
-            tls_verify=o.tls_verify,
-            tls_config=o.tls_config,
-        )
-        return Connection(host, port, io_timeout=30.0, **opts)
+        return Connection(host, port, io_timeout=30.0, **self.opts.connect_options())
 
     def _handshake(self, conn: Connection) -> None:
         o = self.opts
