@@ -26,7 +26,6 @@ from redshake.resp.encode import encode, encode_many
 from redshake.writers.base import TargetInfo, WriterError, rdb_version_for
 from redshake.writers.cluster import ClusterWriter, basic_command_keys
 from redshake.writers.redis import RedisWriter
-from redshake.writers.sentinel import SentinelError, resolve_master
 
 
 def E(db: int, *args: bytes | str, key: object = None, offset: int = -1) -> Entry:
@@ -500,26 +499,6 @@ def test_cluster_resharding_during_writes(servers) -> None:
         with _owner_client(cl, k) as c:
             assert c.lrange(k, 0, -1) == lists[k]
     w.close()
-
-
-# -- sentinel ------------------------------------------------------------------------------
-
-
-def test_sentinel_resolution(servers) -> None:
-    master = servers.start("redis-7.0")
-    sentinel = servers.sentinel(master, "mymaster")
-    assert resolve_master(sentinel.address, "mymaster") == master.address
-    bad = f"127.0.0.1:{srv.free_port()}"
-    assert resolve_master(f"{bad},{sentinel.address}", "mymaster") == master.address
-    with pytest.raises(SentinelError, match="nosuchmaster"):
-        resolve_master(sentinel.address, "nosuchmaster")
-    with pytest.raises(SentinelError, match="no sentinel"):
-        resolve_master(bad, "mymaster")
-    w = RedisWriter(resolve_master(sentinel.address, "mymaster"))
-    w.write(E(0, "SET", "via", "sentinel"))
-    w.flush()
-    w.close()
-    assert master.client().get("via") == b"sentinel"
 
 
 def test_connection_plain(servers) -> None:

@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .resp.conn import ConnError, ReplyError, connect, connection_options
+from .resp.conn import ConnError, ReplyError, connect
+from .resp.server import read_info
 
 __all__ = ["LIVE_PREFIX", "LiveMarker", "ReverseSyncRefused", "check_reverse", "live_key"]
 
@@ -54,25 +55,20 @@ def live_key(replid: str) -> bytes:
 
 
 def _opts(ep, timeout: float = 5.0) -> dict[str, Any]:
-    return connection_options(
-        username=ep.username, password=ep.password, tls=ep.tls, tls_verify=not ep.tls_skip_verify,
-        tls_config=ep.tls_config.as_dict(), timeout=timeout,
-    )  # fmt: skip
+    return ep.connect_options(timeout)
 
 
 def _address(ep, role: str) -> str:
     sentinel = getattr(ep, "sentinel", None)
     if sentinel is not None and sentinel.address:
-        from .writers.sentinel import resolve_from_config
+        from .resp.server import resolve_from_config
 
         return resolve_from_config(sentinel, role)
     return ep.address
 
 
 def _info(conn, section: str) -> dict[str, str]:
-    from .writers.base import parse_info
-
-    return parse_info(conn.call("INFO", section))
+    return read_info(conn, section)
 
 
 def _routed(address: str, opts: dict[str, Any], db: int, *args: Any) -> Any:
@@ -97,7 +93,7 @@ def _masters(ep, address: str, opts: dict[str, Any]) -> list[str]:
         return [address]
     from .shards import source_shards
 
-    return [a for a, _ in source_shards(address, **opts)]
+    return [a for a, _ranges, _ids in source_shards(address, **opts)]
 
 
 def check_reverse(cfg) -> None:

@@ -28,21 +28,14 @@ from pathlib import Path
 
 from .config.schema import Config
 from .readers.topology import LANES
-from .resp.conn import Connection, ConnError, ReplyError, connection_options, parse_address
-from .writers.base import parse_info
+from .resp.conn import Connection, ConnError, ReplyError, parse_address
+from .resp.server import cluster_shards, keyspace_counts, read_info
 
 __all__ = ["source_shards", "run_sharded"]
 
 log = logging.getLogger("redshake")
 
 STATUS_EVERY = 1.0
-
-
-def _kv(items) -> dict:
-    if isinstance(items, dict):
-        return {(k.decode() if isinstance(k, bytes) else k): v for k, v in items.items()}
-    it = iter(items)
-    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in zip(it, it, strict=False)}
 
 
 def _s(v) -> str:
@@ -55,59 +48,11 @@ Shard = tuple[str, list[tuple[int, int]], set[str]]
 def source_shards(address: str, *, prefer_replica: bool = False, **conn_kw) -> list[Shard]:
     """(address to read from, slot ranges, node ids of the shard's master and replicas) for
     each master owning slots; the address is the master's, or one healthy replica's with
-    ``prefer_replica``."""
+    ``prefer_replica`` (see :func:`redshake.resp.server.cluster_shards` for which address)."""
     host, port = parse_address(address)
     with Connection(host, port, **conn_kw) as c:
-        try:
-            shards = c.call("CLUSTER", "SHARDS")
-            out = []
-            for sh in shards:
-                sh = _kv(sh)
-                if not sh.get("slots"):
-                    continue
-                nodes = [_kv(n) for n in sh.get("nodes", [])]
-                masters = [n for n in nodes if _s(n.get("role")) == "master"]
-                replicas = [n for n in nodes if _s(n.get("role")) == "replica" and _s(n.get("health")) == "online"]
-                pick = (replicas or masters)[0] if prefer_replica else (masters or [None])[0]
-                if pick is None:
-                    continue
-                ip = _s(pick.get("ip") or pick.get("endpoint") or host)
-                p = int(pick.get("port") or pick.get("tls-port"))
-                sl = [int(x) for x in sh["slots"]]
-                ids = {_s(n["id"]) for n in nodes if n.get("id")}
-                out.append((f"{ip}:{p}", list(zip(sl[0::2], sl[1::2], strict=True)), ids))
-            if out:
-                return out
-        except ReplyError:
-            pass  # before 7.0: CLUSTER NODES
-        text = _s(c.call("CLUSTER", "NODES"))
-    masters: dict[str, str] = {}
-    slots: dict[str, list[tuple[int, int]]] = {}
-    replicas: dict[str, list[str]] = {}
-    replica_ids: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        f = line.split()
-        if len(f) < 8:
-            continue
-        node_id, addr, flags, master_id = f[0], f[1].split("@")[0].split(",")[0], f[2], f[3]
-        if "fail" in flags or "noaddr" in flags or "handshake" in flags:
-            continue
-        if "master" in flags and len(f) > 8:
-            masters[node_id] = addr
-            ranges = []
-            for tok in f[8:]:
-                if tok.startswith("["):
-                    break  # migration markers
-                lo, _, hi = tok.partition("-")
-                ranges.append((int(lo), int(hi or lo)))
-            slots[node_id] = ranges
-        elif "slave" in flags:
-            replicas.setdefault(master_id, []).append(addr)
-            replica_ids.setdefault(master_id, []).append(node_id)
-    ids = {mid: {mid} | set(replica_ids.get(mid, ())) for mid in masters}
-    if prefer_replica:
-        return [(replicas.get(mid, [addr])[0], slots[mid], ids[mid]) for mid, addr in masters.items()]
-    return [(addr, slots[mid], ids[mid]) for mid, addr in masters.items()]
+        shards = cluster_shards(c, bool(conn_kw.get("tls")))
+    return [(sh.read_address(prefer_replica), sh.ranges, sh.ids) for sh in shards]
 
 
 def select_shards(shards: list[tuple[str, list[tuple[int, int]]]], index: int, count: int):
@@ -160,7 +105,7 @@ def shard_dbs(rc, address: str, writer) -> range:
     n = 1
     try:
         host, port = parse_address(address)
-        with Connection(host, port, **_conn_opts(rc)) as c:
+        with Connection(host, port, **rc.connect_options()) as c:
             try:
                 r = c.call("CONFIG", "GET", "cluster-databases")
                 if isinstance(r, dict):
@@ -168,8 +113,7 @@ def shard_dbs(rc, address: str, writer) -> range:
                 if isinstance(r, list) and len(r) >= 2 and _s(r[1]).isdigit():
                     n = max(1, int(_s(r[1])))
             except ReplyError:  # (CONFIG forbidden: the dbs holding keys now)
-                info = parse_info(c.call("INFO", "keyspace"))
-                n = 1 + max((int(k[2:]) for k in info if k[2:].isdigit()), default=0)
+                n = 1 + max(keyspace_counts(read_info(c, "keyspace")), default=0)
     except (OSError, ReplyError) as e:
         log.warning("%s: cannot read its databases (%s): the resync clears db 0 only", address, e)
     target = getattr(writer, "databases", 0) or getattr(getattr(writer, "info", None), "databases", 1)
@@ -256,7 +200,7 @@ def _shard_main(cfg: Config, address: str, identity: str, ranges, members, seeds
     shard_cfg = replace(cfg, advanced=adv, reader=reader)
     pipeline.SHARD = {"address": address, "ranges": ranges, "queue": status_q, "identity": identity,
                       "late": late}  # fmt: skip
-    opts = _conn_opts(cfg.reader)
+    opts = cfg.reader.connect_options()
     if not cfg.reader.prefer_replica:  # (a replica is read where it is)
         resolver = ShardResolver(address, members, seeds, opts, label=f"shard {address}")
         pipeline.SHARD["resolver"] = resolver
@@ -378,7 +322,7 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
     codes: dict[str, int] = {}
     forwarded = False
     last_line = time.monotonic()
-    watch = _TopologyWatch(seeds, members, _conn_opts(rc), others) if not rc.prefer_replica else None
+    watch = _TopologyWatch(seeds, members, rc.connect_options(), others) if not rc.prefer_replica else None
     retiring: dict[str, float] = {}
     reported: set[str] = set()
     try:
@@ -544,7 +488,7 @@ def _discover(cfg: Config, stop) -> list[Shard]:
     from .resp.conn import AuthError, TLSVerifyError
 
     rc = cfg.reader
-    opts = _conn_opts(rc)
+    opts = rc.connect_options()
     try:
         return reach_source(
             lambda: source_shards(rc.address, prefer_replica=rc.prefer_replica, **opts),
@@ -617,17 +561,6 @@ def _empty_target_once(cfg: Config, shards) -> Config:
     return replace(cfg, advanced=replace(cfg.advanced, empty_db_before_sync=False))
 
 
-def _conn_opts(rc) -> dict:
-    """Connection keyword arguments for the source of reader config ``rc``."""
-    return connection_options(
-        username=rc.username,
-        password=rc.password,
-        tls=rc.tls,
-        tls_verify=not rc.tls_skip_verify,
-        tls_config=rc.tls_config.as_dict(),
-    )
-
-
 def _shard_home(base: Path, address: str, members: set[str]) -> tuple[Path, str]:
     """(work directory, identity) of the shard whose master is ``address``. The identity is
     the master's address when the directory was made: the shard's checkpoint and position
@@ -681,11 +614,11 @@ def is_cluster_node(rc) -> bool:
 
     host, port = parse_address(rc.address)
     try:
-        with Connection(host, port, io_timeout=30.0, **_conn_opts(rc)) as c:
-            raw = c.call("INFO", "cluster")
+        with Connection(host, port, io_timeout=30.0, **rc.connect_options()) as c:
+            info = read_info(c, "cluster")
     except (ConnError, OSError, ReplyError):
         return False
-    return parse_info(raw if isinstance(raw, bytes) else str(raw)).get("cluster_enabled") == "1"
+    return info.get("cluster_enabled") == "1"
 
 
 class _ShardBoard:

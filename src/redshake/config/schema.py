@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+from redshake.resp.conn import connection_options
 
 __all__ = [
     "TlsConfig",
@@ -63,8 +65,30 @@ class TlsConfig:
         return d if any(d.values()) else None
 
 
+class _Login:
+    """What a section with ``username``, ``password``, ``tls``, ``tls_config`` and
+    ``tls_skip_verify`` gives the connection layer."""
+
+    username: str
+    password: str
+    tls: bool
+    tls_config: TlsConfig
+    tls_skip_verify: bool
+
+    def connect_options(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Keyword arguments for :class:`redshake.resp.conn.Connection` (and ``connect``)."""
+        return connection_options(
+            username=self.username,
+            password=self.password,
+            tls=self.tls,
+            tls_verify=not self.tls_skip_verify,
+            tls_config=self.tls_config.as_dict(),
+            timeout=timeout,
+        )
+
+
 @dataclass
-class SentinelConfig:
+class SentinelConfig(_Login):
     """``[*.sentinel]``: discover the master address through Sentinel."""
 
     master_name: str = ""
@@ -82,7 +106,7 @@ class SentinelConfig:
 
 
 @dataclass
-class EndpointConfig:
+class EndpointConfig(_Login):
     """The connection keys every server section shares (sync/scan readers, redis writer)."""
 
     cluster: bool = False

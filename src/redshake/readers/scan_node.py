@@ -33,6 +33,7 @@ from ..rdb.parser import read_key_meta
 from ..rdb.primitives import RdbError, crc64
 from ..rdb.walk import SHORT
 from ..resp.conn import Connection, ConnError, ReplyError
+from ..resp.server import keyspace_counts, parse_info
 
 log = logging.getLogger("redshake")
 
@@ -87,27 +88,6 @@ class SeenFilter:
 
 class ScanError(Exception):
     """A condition that stops the scan reader (logged by the pipeline, exit code 1)."""
-
-
-def parse_info(text: bytes | str) -> dict[str, str]:
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        if ":" in line and not line.startswith("#"):
-            k, _, v = line.partition(":")
-            out[k.strip()] = v.strip()
-    return out
-
-
-def keyspace_counts(info: dict[str, str]) -> dict[int, int]:
-    """{db: keys} from INFO keyspace (``db0:keys=1,expires=0,...``)."""
-    out: dict[int, int] = {}
-    for k, v in info.items():
-        if k.startswith("db") and k[2:].isdigit():
-            fields = dict(p.split("=", 1) for p in v.split(",") if "=" in p)
-            out[int(k[2:])] = int(fields.get("keys", "0"))
-    return out
 
 
 def command_calls(info: dict[str, str]) -> dict[str, int]:

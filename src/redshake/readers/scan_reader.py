@@ -28,16 +28,10 @@ from collections import Counter
 from collections.abc import Iterator
 
 from ..entry import KEYLESS_ALL_MASTERS, Entry
-from ..resp.conn import (
-    Connection,
-    ConnError,
-    ReplyError,
-    connection_options,
-    format_address,
-    parse_address,
-)
+from ..resp.conn import Connection, ConnError, ReplyError, parse_address
+from ..resp.server import ServerInfo, best_replica, cluster_shards, keyspace_counts, read_info
 from .rdb_entries import ConversionError, RdbToEntries
-from .scan_node import NodeScanner, ScanError, keyspace_counts, parse_info
+from .scan_node import NodeScanner, ScanError
 
 log = logging.getLogger("redshake")
 
@@ -88,22 +82,6 @@ def merged_notify_flags(value: str) -> str:
     return "AE" + "".join(c for c in dict.fromkeys(value) if c in "Kmn")
 
 
-def _version_of(info: dict[str, str]) -> tuple[tuple[int, int, int], bool]:
-    valkey = info.get("server_name", "") == "valkey" or "valkey_version" in info
-    raw = info.get("valkey_version") if valkey else info.get("redis_version", "0.0.0")
-    parts = [int(p) if p.isdigit() else 0 for p in (raw or "0.0.0").split(".")[:3]]
-    while len(parts) < 3:
-        parts.append(0)
-    return (parts[0], parts[1], parts[2]), valkey
-
-
-def _cluster_enabled(conn: Connection) -> bool:
-    try:
-        return parse_info(conn.call("INFO", "cluster")).get("cluster_enabled") == "1"
-    except ReplyError:  # INFO forbidden by ACL: nothing to tell
-        return False
-
-
 class ScanReader:
     """The ``[scan_reader]`` (see the module doc)."""
 
@@ -128,19 +106,7 @@ class ScanReader:
     def _connect(self, address: str, readonly: bool = False) -> Connection:
         rc = self.rc
         host, port = parse_address(address)
-        opts = connection_options(
-            username=rc.username,
-            password=rc.password,
-            tls=rc.tls,
-            tls_verify=not rc.tls_skip_verify,
-            tls_config=rc.tls_config.as_dict(),
-        )
-        conn = Connection(
-            host,
-            port,
-            io_timeout=None,
-            **opts,
-        )
+        conn = Connection(host, port, io_timeout=None, **rc.connect_options())
         if readonly:
             conn.call("READONLY")
         return conn
@@ -149,64 +115,22 @@ class ScanReader:
         rc = self.rc
         s = rc.sentinel
         if s.enabled:
-            from ..writers.sentinel import resolve_from_config
+            from ..resp.server import resolve_from_config
 
             return resolve_from_config(s, "source master")
         if not rc.address:
             raise ScanSourceError("scan_reader.address is empty")
         return rc.address
 
-    def _pick_replica(self, master: Connection) -> str | None:
-        """The online replica with the highest replication offset, from INFO replication."""
-        info = parse_info(master.call("INFO", "replication"))
-        best: tuple[int, str] | None = None
-        for k, v in info.items():
-            if not (k.startswith("slave") and k[5:].isdigit()):
-                continue
-            f = dict(p.split("=", 1) for p in v.split(",") if "=" in p)
-            if f.get("state") != "online":
-                continue
-            try:
-                off = int(f.get("offset", "0"))
-                addr = format_address(f["ip"], int(f["port"]))
-            except (KeyError, ValueError):
-                continue
-            if best is None or off > best[0]:
-                best = (off, addr)
-        return best[1] if best else None
-
     def _cluster_nodes(self, seed: Connection) -> list[tuple[str, str]]:
         """[(master address, address to read from)] for every master holding slots."""
-        from ..writers.cluster import fetch_topology
-
-        masters = sorted({addr for _lo, _hi, addr in fetch_topology(seed, self.rc.tls)})
-        if not self.rc.prefer_replica:
-            return [(m, m) for m in masters]
-        text = seed.call("CLUSTER", "NODES")
-        text = text.decode() if isinstance(text, bytes) else text
-        ids: dict[str, str] = {}
-        replicas: dict[str, list[str]] = {}
-        for line in text.splitlines():
-            p = line.split()
-            if len(p) < 8:
-                continue
-            flags = p[2].split(",")
-            host, _, port = p[1].split(",")[0].split("@")[0].rpartition(":")
-            addr = format_address(host.strip("[]") or seed.host, int(port))
-            if "master" in flags:
-                ids[addr] = p[0]
-            elif "slave" in flags and p[7] == "connected" and not (
-                {"fail", "fail?", "noaddr", "handshake"} & set(flags)
-            ):
-                replicas.setdefault(p[3], []).append(addr)
         out = []
-        for m in masters:
-            reps = replicas.get(ids.get(m, ""), [])
-            if reps:
-                out.append((m, sorted(reps)[0]))
-            else:
+        for sh in sorted(cluster_shards(seed, self.rc.tls), key=lambda sh: sh.master.address):
+            m = sh.master.address
+            read = sh.read_address(self.rc.prefer_replica)
+            if self.rc.prefer_replica and read == m:
                 log.warning("prefer_replica: master %s has no healthy replica, reading from it", m)
-                out.append((m, m))
+            out.append((m, read))
         return out
 
     # -- prepare ----------------------------------------------------------------------------
@@ -247,7 +171,7 @@ class ScanReader:
                 seed.close()
                 raise ScanSourceError(f"{address}: the cluster has no master holding slots")
         else:
-            if _cluster_enabled(seed):
+            if read_info(seed, "cluster", tolerate=True).get("cluster_enabled") == "1":
                 seed.close()
                 raise ScanSourceError(
                     f"the source {address} is a node of a cluster: alone it holds only its own "
@@ -255,7 +179,7 @@ class ScanReader:
                 )
             read = address
             if rc.prefer_replica:
-                rep = self._pick_replica(seed)
+                rep = best_replica(read_info(seed, "replication"))
                 if rep:
                     read = rep
                     log.info("prefer_replica: reading from replica %s of %s", rep, address)
@@ -267,9 +191,9 @@ class ScanReader:
         for i, (master, read) in enumerate(targets):
             replica = read != master
             conn = self._connect(read, readonly=replica and rc.cluster)
-            info = parse_info(conn.call("INFO", "server"))
-            version, valkey = _version_of(info)
-            counts = keyspace_counts(parse_info(conn.call("INFO", "keyspace")))
+            server = ServerInfo.from_fields(read_info(conn, "server"))
+            version, valkey = server.version, server.is_valkey
+            counts = keyspace_counts(read_info(conn, "keyspace"))
             dbs = explicit or sorted(counts)
             _check_target_dbs(dbs, counts, self.ctx.options.get("target_databases", 0), read)
             if rc.ksn:

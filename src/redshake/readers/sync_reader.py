@@ -211,7 +211,7 @@ class SyncReader:
         certificate or a node of a cluster read alone is refused at once (exit 2); a source
         that cannot be reached is tried again until ``connect_timeout`` (then exit 1)."""
         from ..readers.rdb_entries import ConversionError
-        from ..resp.conn import AuthError, Connection, TLSVerifyError, connection_options
+        from ..resp.conn import AuthError, Connection, TLSVerifyError
 
         o = self.opts
         where = [self.address]
@@ -219,11 +219,7 @@ class SyncReader:
         def attempt() -> dict[str, str]:
             where[0] = o.resolve() if o.resolve is not None else self.address
             host, port = parse_address(where[0])
-            opts = connection_options(
-                username=o.username, password=o.password, tls=o.tls,
-                tls_verify=o.tls_verify, tls_config=o.tls_config,
-            )  # fmt: skip
-            with Connection(host, port, io_timeout=30.0, **opts) as conn:
+            with Connection(host, port, io_timeout=30.0, **o.connect_options()) as conn:
                 return _source_info(conn)
 
         try:
@@ -242,7 +238,7 @@ class SyncReader:
             )
         # a db the target lacks (a cluster without cluster-databases): refused before the
         # snapshot writes the keys of the dbs before it
-        from .scan_node import keyspace_counts
+        from ..resp.server import keyspace_counts
         from .scan_reader import _check_target_dbs
 
         counts = keyspace_counts(info)
@@ -1233,7 +1229,7 @@ def _source_info(conn) -> dict[str, str]:
     """INFO cluster and keyspace of a source (``refused``: PING was refused for lack of
     rights; LOADING and the like are fine: the server is there)."""
     from ..resp.conn import ReplyError
-    from ..writers.base import parse_info
+    from ..resp.server import read_info
 
     try:
         conn.call("PING")
@@ -1241,14 +1237,7 @@ def _source_info(conn) -> dict[str, str]:
         if e.code in ("NOAUTH", "WRONGPASS", "NOPERM"):
             return {"refused": e.message}
         return {}
-    out: dict[str, str] = {}
-    for section in ("cluster", "keyspace"):
-        try:
-            raw = conn.call("INFO", section)
-        except ReplyError:  # INFO forbidden: nothing to tell
-            return out
-        out.update(parse_info(raw if isinstance(raw, bytes) else str(raw)))
-    return out
+    return read_info(conn, "cluster", "keyspace", tolerate=True)
 
 
 def _fatal(e: BaseException) -> BaseException:
@@ -1260,36 +1249,13 @@ def _fatal(e: BaseException) -> BaseException:
 
 
 def _pick_replica(address: str, rc) -> str:
-    """prefer_replica: the online replica of ``address`` with the highest offset (compared
-    as numbers), or ``address`` itself when it has none."""
-    from ..resp.conn import connect, connection_options
+    """prefer_replica: the online replica of ``address`` with the highest offset, or
+    ``address`` itself when it has none."""
+    from ..resp.conn import connect
+    from ..resp.server import best_replica, read_info
 
-    opts = connection_options(
-        username=rc.username,
-        password=rc.password,
-        tls=rc.tls,
-        tls_verify=not rc.tls_skip_verify,
-        tls_config=rc.tls_config.as_dict(),
-    )
-    with connect(address, **opts) as conn:
-        raw = conn.call("INFO", "replication")
-    best, best_off = address, -1
-    for line in raw.decode("utf-8", "replace").splitlines():
-        if not line.startswith("slave") or ":" not in line or "=" not in line:
-            continue
-        fields = dict(kv.split("=", 1) for kv in line.split(":", 1)[1].split(",") if "=" in kv)
-        if fields.get("state") != "online":
-            continue
-        try:
-            off = int(fields.get("offset", "-1"))
-            port = int(fields["port"])
-        except (KeyError, ValueError):
-            continue
-        if off > best_off and port > 0:
-            from ..resp.conn import format_address
-
-            best, best_off = format_address(fields.get("ip", ""), port), off
-    return best
+    with connect(address, **rc.connect_options()) as conn:
+        return best_replica(read_info(conn, "replication")) or address
 
 
 def build(cfg, ctx, address: str | None = None) -> SyncReader:
@@ -1314,7 +1280,7 @@ def _build(cfg, ctx, address: str | None) -> SyncReader:
     if ctx.options.get("shard_resolve") is not None:  # a cluster shard: follows its failovers
         resolve = ctx.options["shard_resolve"]
     elif address is None and sentinel is not None and sentinel.address:
-        from ..writers.sentinel import resolve_from_config
+        from ..resp.server import resolve_from_config
 
         def resolve() -> str:  # asked again before every reconnect (follows a failover)
             return resolve_from_config(sentinel, "source master")

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..resp.conn import (
     AuthError,
@@ -34,6 +35,7 @@ from ..resp.conn import (
     parse_address,
 )
 from ..resp.encode import encode
+from ..resp.server import ServerInfo, read_info
 from .protocol import (
     EV_ENDOFF,
     EV_ERROR,
@@ -98,6 +100,11 @@ class LinkOptions:
     # dual_channel: announce "capa dual-channel" (Valkey 8+ primaries with
     # dual-channel-replication-enabled yes then send the snapshot on a second connection)
     dual_channel: bool = True
+
+    def connect_options(self) -> dict[str, Any]:
+        """Keyword arguments for a :class:`Connection` to the source."""
+        return connection_options(username=self.username, password=self.password, tls=self.tls,
+                                  tls_verify=self.tls_verify, tls_config=self.tls_config)  # fmt: skip
 
 
 @dataclass
@@ -261,16 +268,8 @@ class SourceLink(threading.Thread):
         return self._open()
 
     def _open(self) -> Connection:
-        o = self.opts
         host, port = parse_address(self.address)
-        opts = connection_options(
-            username=o.username,
-            password=o.password,
-            tls=o.tls,
-            tls_verify=o.tls_verify,
-            tls_config=o.tls_config,
-        )
-        return Connection(host, port, io_timeout=30.0, **opts)
+        return Connection(host, port, io_timeout=30.0, **self.opts.connect_options())
 
     def _handshake(self, conn: Connection) -> None:
         o = self.opts
@@ -282,10 +281,10 @@ class SourceLink(threading.Thread):
             if e.code not in ("LOADING", "MASTERDOWN"):
                 raise
             raise _Retry(f"source not ready: {e.message}") from None
-        info = _parse_info(conn.call("INFO", "server"))
-        ver = info.get("valkey_version") or info.get("redis_version") or "0.0.0"
-        self.source_valkey = "valkey_version" in info or info.get("server_name") == "valkey"
-        self.source_version = _version_tuple(ver)
+        server = ServerInfo.from_fields(read_info(conn, "server"))
+        ver = server.version_text
+        self.source_valkey = server.is_valkey
+        self.source_version = server.version
         if self.source_version < (2, 8, 0) and self.source_version != (0, 0, 0):
             self._use_sync = True
         if not self._use_sync:
@@ -319,7 +318,7 @@ class SourceLink(threading.Thread):
         (the master makes us wait until it can fork for us)."""
         while not self._halt.is_set():
             try:
-                info = _parse_info(conn.call("INFO", "persistence"))
+                info = read_info(conn, "persistence")
             except ReplyError as e:  # e.g. an ACL user without INFO: just ask for the sync
                 log.debug("[%s] INFO persistence: %s", self.label, e)
                 return
@@ -746,23 +745,3 @@ def _check_room(directory, size: int) -> None:
             f"the source announced a snapshot of {size} bytes but the work directory {directory} "
             f"has only {free} bytes free"
         )
-
-
-def _parse_info(raw) -> dict[str, str]:
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        if ":" in line and not line.startswith("#"):
-            k, _, v = line.partition(":")
-            out[k.strip()] = v.strip()
-    return out
-
-
-def _version_tuple(s: str) -> tuple[int, int, int]:
-    parts = []
-    for p in s.split(".")[:3]:
-        digits = "".join(ch for ch in p if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    while len(parts) < 3:
-        parts.append(0)
-    return parts[0], parts[1], parts[2]

@@ -32,7 +32,7 @@ class Plan:
 def _endpoint(sec: Any, what: str) -> Endpoint:
     address = sec.address
     if sec.sentinel.enabled:
-        from ..writers.sentinel import SentinelError, resolve_from_config
+        from ..resp.server import SentinelError, resolve_from_config
 
         try:
             address = resolve_from_config(sec.sentinel, what)

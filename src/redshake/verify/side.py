@@ -15,8 +15,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from ..commands.slots import SLOTS, key_slot
 from ..resp.conn import Connection, ReplyError, connection_options, parse_address
 from ..resp.encode import encode_many
-from ..writers.base import parse_info
-from ..writers.cluster import fetch_topology
+from ..resp.server import ServerInfo, cluster_shards, keyspace_counts, read_info
 
 __all__ = ["Endpoint", "Side", "VerifyError", "parse_url"]
 
@@ -40,6 +39,11 @@ class Endpoint:
     tls_config: dict[str, str] | None = None
     db: int | None = None  # only this db (from the URL path)
     dbs: list[int] = field(default_factory=list)  # only these dbs (scan_reader.dbs)
+
+    def connect_options(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Keyword arguments for :class:`Connection` (and ``connect``)."""
+        return connection_options(username=self.username, password=self.password, tls=self.tls,
+                                  tls_verify=self.tls_verify, tls_config=self.tls_config, timeout=timeout)  # fmt: skip
 
     def describe(self) -> str:
         kind = "cluster" if self.cluster else "standalone"
@@ -81,58 +85,37 @@ def parse_url(url: str, cluster: bool = False) -> Endpoint:
     )
 
 
-def _keyspace(raw: bytes) -> dict[int, int]:
-    """INFO keyspace text -> {db: keys}."""
-    out: dict[int, int] = {}
-    for name, rest in parse_info(raw).items():
-        if name.startswith("db"):
-            fields = dict(kv.split("=", 1) for kv in rest.split(",") if "=" in kv)
-            try:
-                out[int(name[2:])] = int(fields.get("keys", "0"))
-            except ValueError:
-                continue
-    return out
-
-
 class Side:
     """Connections to every master of one deployment (one for a standalone server)."""
 
     def __init__(self, ep: Endpoint, name: str) -> None:
         self.ep = ep
         self.name = name
-        self._opts: dict[str, Any] = connection_options(
-            username=ep.username,
-            password=ep.password,
-            tls=ep.tls,
-            tls_verify=ep.tls_verify,
-            tls_config=ep.tls_config,
-            timeout=10.0,
-        )
+        self._opts: dict[str, Any] = ep.connect_options(10.0)
         self._opts["io_timeout"] = 120.0
         seed = self._connect(ep.address)
         self.nodes: list[Connection] = []
         self.slot_node: list[int] = []
         if ep.cluster:
             try:
-                ranges = fetch_topology(seed, tls=ep.tls)
+                shards = cluster_shards(seed, tls=ep.tls)
             except ReplyError as e:
                 seed.close()
                 raise VerifyError(f"{name} {ep.address}: cannot read the cluster topology: {e.message}") from None
             seed.close()
-            addrs = sorted({a for _, _, a in ranges})
-            self.nodes = [self._connect(a) for a in addrs]
+            shards.sort(key=lambda sh: sh.master.address)
+            self.nodes = [self._connect(sh.master.address) for sh in shards]
             self.slot_node = [-1] * SLOTS
-            for lo, hi, a in ranges:
-                i = addrs.index(a)
-                for s in range(lo, hi + 1):
-                    self.slot_node[s] = i
+            for i, sh in enumerate(shards):
+                for lo, hi in sh.ranges:
+                    for s in range(lo, hi + 1):
+                        self.slot_node[s] = i
             if -1 in self.slot_node:
                 raise VerifyError(f"{name} cluster {ep.address}: not every slot is served")
         else:
             self.nodes = [seed]
         self._selected = [0] * len(self.nodes)
-        fields = parse_info(self.nodes[0].call("INFO", "server"))
-        self.server_id = f"{fields.get('server_name', 'redis')} {fields.get('valkey_version') or fields.get('redis_version', '')}"
+        self.server_id = ServerInfo.from_fields(read_info(self.nodes[0], "server")).describe()
         self.debug = [self._probe_debug(c) for c in self.nodes]
 
     def _connect(self, address: str) -> Connection:
@@ -160,7 +143,7 @@ class Side:
 
     def dbsizes(self) -> list[dict[int, int]]:
         """Per node: {db: keys} from INFO keyspace."""
-        return [_keyspace(c.call("INFO", "keyspace")) for c in self.nodes]
+        return [keyspace_counts(read_info(c, "keyspace")) for c in self.nodes]
 
     def dbs(self) -> list[int]:
         found: set[int] = set()

@@ -32,7 +32,7 @@ def build_writer(cfg: Config, on_error):
     sentinel = getattr(wc, "sentinel", None)
     resolve = None
     if sentinel is not None and getattr(sentinel, "address", ""):
-        from .sentinel import resolve_from_config
+        from redshake.resp.server import resolve_from_config
 
         def resolve() -> str:  # asked again on every reconnect: follows a failover
             return resolve_from_config(sentinel, "target master")

@@ -7,6 +7,7 @@ from typing import Protocol
 
 from redshake.entry import Entry
 from redshake.resp.conn import AuthError, Connection, ReplyError
+from redshake.resp.server import ServerInfo, read_info
 
 __all__ = [
     "TargetInfo",
@@ -85,31 +86,13 @@ class TargetInfo:
 
     @classmethod
     def from_info(cls, info: dict[str, str]) -> TargetInfo:
-        is_valkey = "valkey_version" in info or info.get("server_name") == "valkey"
-        vs = info.get("valkey_version") if is_valkey else None
-        vs = vs or info.get("redis_version", "0.0.0")
-        parts = [int(p) if p.isdigit() else 0 for p in vs.split(".")[:3]]
-        while len(parts) < 3:
-            parts.append(0)
-        version = (parts[0], parts[1], parts[2])
+        si = ServerInfo.from_fields(info)
         return cls(
-            version=version,
-            is_valkey=is_valkey,
-            rdb_version=rdb_version_for(version, is_valkey),
-            cluster=info.get("cluster_enabled") == "1" or info.get("redis_mode") == "cluster",
+            version=si.version,
+            is_valkey=si.is_valkey,
+            rdb_version=rdb_version_for(si.version, si.is_valkey),
+            cluster=si.cluster,
         )
-
-
-def parse_info(text: bytes | str) -> dict[str, str]:
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#") or ":" not in line:
-            continue
-        k, v = line.split(":", 1)
-        out[k.strip()] = v.strip()
-    return out
 
 
 def _config_get(conn: Connection, name: str) -> str | None:
@@ -131,13 +114,7 @@ def probe_target(conn: Connection) -> TargetInfo:
         if e.code in ("NOAUTH", "WRONGPASS", "NOPERM"):
             raise AuthError(f"{conn.address} refused PING: {e.message}") from None
         raise
-    info: dict[str, str] = {}
-    for section in ("server", "cluster"):
-        try:
-            info.update(parse_info(conn.call("INFO", section)))
-        except ReplyError:
-            pass
-    ti = TargetInfo.from_info(info)
+    ti = TargetInfo.from_info(read_info(conn, "server", "cluster", tolerate=True))
     v = _config_get(conn, "proto-max-bulk-len")
     if v and v.isdigit():
         ti.proto_max_bulk_len = int(v)

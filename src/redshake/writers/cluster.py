@@ -75,10 +75,11 @@ from redshake.resp.conn import (
     parse_address,
 )
 from redshake.resp.encode import encode
+from redshake.resp.server import ClusterShard, cluster_shards
 from redshake.writers.base import TargetInfo, WriterError
 from redshake.writers.redis import UNLIMITED_QPS, OnError, RedisWriter, ScriptCall
 
-__all__ = ["ClusterWriter", "basic_command_keys", "fetch_topology", "KeyFinder", "marker_key"]
+__all__ = ["ClusterWriter", "basic_command_keys", "KeyFinder", "marker_key"]
 
 log = logging.getLogger("redshake")
 
@@ -243,76 +244,6 @@ def basic_command_keys(argv: Sequence[bytes]) -> list[bytes] | None:
     return None
 
 
-def _kv(items: list[Any]) -> dict[bytes, Any]:
-    """RESP2 flat [k, v, k, v, ...] -> dict (RESP3 maps are already dicts)."""
-    if isinstance(items, dict):
-        return items
-    return {items[i]: items[i + 1] for i in range(0, len(items) - 1, 2)}
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else ("" if v is None else str(v))
-
-
-def fetch_topology(conn: Connection, tls: bool = False) -> list[tuple[int, int, str]]:
-    """[(first_slot, last_slot, "host:port" of the master)] from SHARDS, SLOTS or NODES."""
-    seed_host = conn.host
-    ranges: list[tuple[int, int, str]] = []
-    try:
-        shards = conn.call("CLUSTER", "SHARDS")
-        for shard in shards:
-            sh = _kv(shard)
-            slots = sh.get(b"slots") or []
-            master = None
-            for node in sh.get(b"nodes") or []:
-                nd = _kv(node)
-                if _s(nd.get(b"role")) == "master" and _s(nd.get(b"health")) != "fail":
-                    master = nd
-            if master is None or not slots:
-                continue
-            port = master.get(b"tls-port") if tls else None
-            port = port or master.get(b"port") or master.get(b"tls-port")
-            host = _s(master.get(b"endpoint"))
-            if host in ("", "?"):
-                host = _s(master.get(b"ip")) or seed_host
-            addr = format_address(host, int(port))
-            for i in range(0, len(slots) - 1, 2):
-                ranges.append((int(slots[i]), int(slots[i + 1]), addr))
-        if ranges:
-            return ranges
-    except ReplyError:
-        pass
-    try:
-        for row in conn.call("CLUSTER", "SLOTS"):
-            node = row[2]
-            host = _s(node[0]) if node[0] is not None else ""
-            if host in ("", "?"):
-                host = seed_host
-            ranges.append((int(row[0]), int(row[1]), format_address(host, int(node[1]))))
-        if ranges:
-            return ranges
-    except ReplyError:
-        pass
-    text = _s(conn.call("CLUSTER", "NODES"))
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) < 8:
-            continue
-        flags = parts[2].split(",")
-        if "master" not in flags or "fail" in flags or "noaddr" in flags:
-            continue
-        addr_part = parts[1].split(",")[0].split("@")[0]
-        host, port = addr_part.rsplit(":", 1)
-        host = host.strip("[]") or seed_host
-        addr = format_address(host, int(port))
-        for tok in parts[8:]:
-            if tok.startswith("["):
-                continue
-            a, _, b = tok.partition("-")
-            ranges.append((int(a), int(b or a), addr))
-    return ranges
-
-
 class _Retried(Entry):
     """A resent copy of an entry: counts its redirections, remembers the original."""
 
@@ -475,25 +406,25 @@ class ClusterWriter:
     def refresh_topology(self, require_full: bool = False) -> None:
         candidates = [self.address, *self._writers]
         last: Exception | None = None
-        ranges: list[tuple[int, int, str]] = []
+        shards: list[ClusterShard] = []
         for addr in candidates:
             try:
                 host, port = parse_address(addr)
                 with Connection(host, port, **self._conn_opts) as conn:
-                    ranges = fetch_topology(conn, bool(self._opts["tls"]))
-                if ranges:
+                    shards = cluster_shards(conn, bool(self._opts["tls"]))
+                if shards:
                     break
             except (OSError, ReplyError) as e:
                 last = e
-        if not ranges:
+        if not shards:
             raise WriterError(f"cannot read the cluster topology from {candidates}: {last}")
         slots: list[RedisWriter | None] = [None] * SLOTS
         masters: dict[str, RedisWriter] = {}
-        for lo, hi, addr in ranges:
-            w = self._writer(addr)
-            masters[addr] = w
-            for s in range(lo, hi + 1):
-                slots[s] = w
+        for sh in shards:
+            w = masters[sh.master.address] = self._writer(sh.master.address)
+            for lo, hi in sh.ranges:
+                for s in range(lo, hi + 1):
+                    slots[s] = w
         missing = sum(1 for w in slots if w is None)
         if missing and require_full:
             raise WriterError(f"cluster at {self.address}: {missing} of 16384 slots are not served")
