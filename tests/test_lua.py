@@ -10,7 +10,7 @@ import pytest
 import servers as _servers
 from redshake.commands.slots import key_slot
 from redshake.entry import KEYLESS_ALL_MASTERS, Entry
-from redshake.pipeline import FatalError
+from redshake.errors import FatalError
 from redshake.transform.lua import LuaFunction, LuaSyntaxError
 from transform_data import LAYOUT, functions, key_sets, make_rdb, restore
 

@@ -13,22 +13,26 @@ from pathlib import Path
 
 from .config.schema import Config
 from .entry import Entry, RestoreSet, Run
-from .rdb.primitives import RdbError
-from .readers.rdb_entries import ConversionError, TargetCaps
+from .errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_OK,
+    BadInput,
+    BusyKey,
+    FatalError,
+    Redirect,
+    classify,
+)
+from .readers.rdb_entries import TargetCaps
 from .transform.field_ttl import NAMES as FIELD_TTL_NAMES
+from .writers.base import not_cluster_writer
 
-__all__ = ["run", "FatalError", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT"]
-
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+__all__ = ["run"]
 
 log = logging.getLogger("redshake")
 
 # Set in a shard process of a cluster source (see shards.py): {"address", "ranges", "queue"}.
 SHARD: dict | None = None
-
-
-class FatalError(Exception):
-    """Stops the run with exit code 1 after in-flight work is flushed where possible."""
 
 
 class _Stop:
@@ -79,7 +83,8 @@ class ErrorPolicy:
     def __call__(self, entry: Entry, message: str) -> None:
         key = entry.argv[1] if len(entry.argv) > 1 else b""
         cmd = entry.argv[0].decode("ascii", "replace").upper() if entry.argv else "?"
-        if message.startswith("BUSYKEY") and (cmd == "RESTORE" or entry.__class__ is RestoreSet):
+        err = classify(message, cmd, key, entry.db)  # (the one place a reply gets its type)
+        if err.__class__ is BusyKey and (cmd == "RESTORE" or entry.__class__ is RestoreSet):
             self.existing_key(entry.db, key, cmd)
             self.busy_restore += 1  # a RESTORE that was sent but did not write
             return
@@ -87,12 +92,12 @@ class ErrorPolicy:
         self.stats.fail(cmd=cmd)  # visible in the status JSON (failed_count) right away
         log.error("target replied error to %s on key %r (db %d): %s", cmd, key, entry.db, message)
         if cmd in FIELD_TTL_NAMES and "unknown command" in message.lower():
-            message += (
+            err.message += (
                 " (the target has no hash field expiration: see [advanced] unsupported_field_ttl)"
             )
-        if self.standalone_target and message.startswith(("MOVED ", "ASK ")):
+        if self.standalone_target and isinstance(err, Redirect):
             raise FatalError(f"{not_cluster_writer(self.standalone_target)} ({cmd} got {message})")
-        raise FatalError(f"target error for {cmd} key {key!r} in db {entry.db}: {message}")
+        raise err
 
     def existing_key(self, db: int, key: bytes, cmd: str = "RESTORE") -> None:
         if self.behavior == "skip":
@@ -183,10 +188,17 @@ def run(cfg: Config) -> int:
             if cfg.reader_type == "sync" and cfg.reader.cluster:
                 from .shards import run_sharded
 
-                return _final(run_sharded(cfg, stop))
+                return _final(run_sharded(cfg, stop, _run_shard))
             return _final(_drive(cfg, stats, stop, format_progress))
         finally:
             stop.restore()
+
+
+def _run_shard(cfg: Config, shard: dict) -> int:
+    """The pipeline of one shard of a cluster source (in its own process)."""
+    global SHARD
+    SHARD = shard
+    return run(cfg)
 
 
 def _v3_cluster_source(cfg: Config) -> Config:
@@ -269,7 +281,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     from .status.progress import Progress
     from .transform import TransformError, build_transform
     from .transform.field_ttl import COMMANDS as FIELD_TTL_COMMANDS
-    from .transform.field_ttl import FieldTtlCommands, FieldTtlError
+    from .transform.field_ttl import FieldTtlCommands
     from .writers import build_writer
 
     adv = cfg.advanced
@@ -332,7 +344,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         },
     )
     if transform is None:  # (a filter may drop the dbs the target lacks)
-        ctx.options["target_databases"] = getattr(info, "databases", 0)
+        ctx.options["target_databases"] = info.databases
     if eonce and cfg.writer.cluster:  # one marker per slot
         ctx.options["read_slot_markers"] = writer.read_markers
         ctx.options["skip_applied"] = writer.set_skip
@@ -351,16 +363,16 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         ctx.options["shard_late"] = bool(SHARD.get("late"))
     try:
         reader = build_reader(cfg, ctx)
-        if hasattr(reader, "marker_key"):
+        if reader.caps.exactly_once:
             eonce = eonce and _marker_writable(cfg, writer, reader.marker_key)
             if not eonce:
                 reader.marker_key = b""  # at-least-once: no marker is read or written
                 ctx.options.pop("skip_applied", None)
-            elif hasattr(writer, "marker_value"):  # cluster: blocks sent early mark themselves
+            elif writer.caps.slot_markers:  # cluster: blocks sent early mark themselves
                 writer.marker_prefix = reader.marker_key
                 writer.marker_value = reader.marker_value
         reader.prepare()
-    except (RdbError, FileNotFoundError, ConversionError) as e:
+    except (BadInput, FileNotFoundError) as e:
         log.error("invalid input: %s. Nothing was written to the target.", e)
         writer.close()
         return EXIT_BAD_INPUT
@@ -374,9 +386,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         return EXIT_FAILURE
     log.info("%s ready in %.2fs", reader.name, time.monotonic() - t0)
     log.info("mode: %s", _describe_mode(cfg))
-    wrap_writer = getattr(reader, "wrap_writer", None)  # live readers survive target reconnects
-    if wrap_writer is not None:
-        writer = wrap_writer(writer)
+    writer = reader.wrap_writer(writer)  # live readers survive target reconnects
 
     try:
         status_server = _start_status(cfg, stats, reader, writer)
@@ -398,7 +408,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
 
     # entries count as written once the target acknowledged them (see RedisWriter.acked)
     stats.acked = lambda: writer.acked
-    if hasattr(writer, "acked_names"):  # ... and per command name, as their replies come
+    if writer.acked_names is not None:  # ... and per command name, as their replies come
         stats.acked_by_cmd = lambda: writer.acked_names
     ticker = _Ticker(stats, adv.log_interval, line)
     if SHARD is not None:
@@ -418,33 +428,28 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     if cfg.reader_type == "sync" and cfg.writer_type == "redis" and adv.reverse_guard:
         from .guard import LiveMarker
 
-        live = LiveMarker(cfg, reader.address, lambda: getattr(reader._ep, "replid", ""))
+        live = LiveMarker(cfg, reader.address, reader.source_replid)
         live.start()
-    progress_of = getattr(reader, "progress", None)
-    unit = getattr(reader, "progress_unit", "bytes")
-    progress = Progress(progress_of()[1] if progress_of else None, reader.name, unit=unit)
+    progress_of = reader.progress if reader.caps.progress else None
+    progress = Progress(progress_of()[1] if progress_of else None, reader.name, unit=reader.progress_unit)
     code = EXIT_OK
     t1 = time.monotonic()
     log.info("start syncing...")
     # Runs of plain commands go to the writer whole when nothing needs single entries.
-    write_run = getattr(writer, "write_run", None)
-    inner = getattr(writer, "inner", writer)
+    write_run = writer.write_run if writer.caps.runs and transform is None else None
     # Exactly-once mode: every stream batch is one MULTI/EXEC unit with its position marker
     # (runs of plain commands still go whole, inside the unit).
-    units = eonce and hasattr(reader, "unit_marker")
+    units = eonce and reader.caps.exactly_once
     # (a cluster writer gives the commands of a source transaction the offset of its EXEC)
-    unit_offset = getattr(inner, "unit_offset", None)
-    if transform is not None or not hasattr(inner, "write_run"):
-        write_run = None
-    if write_run is not None and hasattr(reader, "runs"):
+    unit_offset = writer.unit_offset if writer.caps.slot_markers else None
+    if write_run is not None and reader.caps.runs:
         reader.runs = True
         if fttl is not None:  # runs go as received: these commands must come one by one
             reader.entry_only = FIELD_TTL_COMMANDS
     guard = SHARD.get("guard") if SHARD is not None else None
     handover = SHARD.get("handover") if SHARD is not None else None
-    if guard is not None and hasattr(reader, "entry_only"):  # (checked one by one: see shards.py)
+    if guard is not None:  # (checked one by one: see shards.py)
         reader.entry_only = reader.entry_only | {b"del", b"unlink", b"restore-asking"}
-    if guard is not None and hasattr(reader, "keep_slot_sync"):
         reader.keep_slot_sync = True
     # after the filter / Lua function: those see the source's commands (as in RedisShake)
     convert = transform if fttl is None else fttl.after(transform)
@@ -455,7 +460,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         if guard is not None:  # a cluster source's shard: deletions of keys moved away
             from .shards import guarded, guarded_runs
 
-            write = guarded(write, guard, reader, stats)
+            write = guarded(write, guard, reader, stats, handover)
             if write_run is not None:
                 write_run = guarded_runs(write_run, write, guard)
         # Counters are updated inline (this loop is their only writer): a method call per
@@ -473,7 +478,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
                 writer.poll()
                 reader.acked(writer.acked_offset)
                 continue
-            unit = units and reader.phase == "aof"
+            unit = units and reader.in_stream()
             if unit:
                 writer.begin_unit()
             for e in batch:
@@ -528,10 +533,10 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
                 stop.signame or "request",
             )
             code = EXIT_FAILURE
-    except (FatalError, FieldTtlError) as e:
+    except FatalError as e:
         log.error("%s", e)
         code = EXIT_FAILURE
-    except (RdbError, ConversionError) as e:
+    except BadInput as e:
         log.error("cannot continue: %s", e)
         code = EXIT_FAILURE
     except KeyboardInterrupt:
@@ -547,11 +552,10 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         if live is not None:
             live.stop()
         progress.close()
-        drain = getattr(writer, "drain", None)
-        if code != EXIT_OK and drain is not None and not interrupted:  # (a 2nd SIGINT: exit now)
+        if code != EXIT_OK and writer.caps.drain and not interrupted:  # (a 2nd SIGINT: exit now)
             # count what the target applied of what was in flight when the run failed
             try:
-                n = drain()
+                n = writer.drain()
                 if n:
                     policy.failed += n
                     stats.fail(n)
@@ -564,7 +568,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
                 log.debug("close failed", exc_info=True)
         if status_server is not None:
             status_server.close()
-    if transform is not None and hasattr(transform, "dropped"):
+    if transform is not None and hasattr(transform, "dropped"):  # (a transform, not a reader/writer)
         for reason, count in transform.dropped().items():
             stats.skipped[reason] = stats.skipped.get(reason, 0) + count
         for extra in transform.summary():
@@ -575,19 +579,11 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     return code
 
 
-def not_cluster_writer(address: str) -> str:
-    """What to tell a user whose standalone writer meets a cluster target."""
-    return (
-        f"the target {address} is a cluster: set cluster = true in [redis_writer] "
-        '(v3 sync.toml: [target] type = "cluster")'
-    )
-
-
 def _empty_target(reader, flush) -> str:
     """advanced.empty_db_before_sync: empty the target before a snapshot is applied, never
     before a resume from a checkpoint (that would keep only what was written since the stop).
     Returns why the target refused, or "" when done / not needed now."""
-    if getattr(reader, "will_resume", False):
+    if reader.will_resume:
         log.info(
             "empty_db_before_sync: resuming from the checkpoint, the target is kept (it is "
             "emptied should the source answer with a full resynchronisation instead)"
@@ -599,9 +595,7 @@ def _empty_target(reader, flush) -> str:
         flush()
     except Exception as e:  # READONLY replica, ACL, renamed FLUSHALL, lost connection
         return f"empty_db_before_sync: the target refused to be emptied: {e}"
-    emptied = getattr(reader, "target_emptied", None)
-    if emptied is not None:
-        emptied()
+    reader.target_emptied()
     return ""
 
 
@@ -695,7 +689,7 @@ def _describe_mode(cfg: Config) -> str:
 def _summary(reader, writer, policy, stats, elapsed, code, transformed: bool = False) -> None:
     """The summary line. Only what the target acknowledged counts as written: a key when the
     reply to its (last) command arrived and was not an error, an entry when its reply did."""
-    counters = getattr(reader, "counters", None)
+    counters = reader.counters if reader.caps.counters else None
     head = "summary" if code == EXIT_OK else "summary (the copy is incomplete)"
     if counters is not None and transformed:
         # With filters / a Lua function the per-key write methods no longer say what reached
@@ -713,7 +707,7 @@ def _summary(reader, writer, policy, stats, elapsed, code, transformed: bool = F
             skipped["busykey"] += policy.busy_skipped
         written = writer.keys_acked
         rate = keys_read / elapsed if elapsed > 0 else 0.0
-        by_bytes = hasattr(reader, "progress") and getattr(reader, "progress_unit", "bytes") == "bytes"
+        by_bytes = reader.caps.progress and reader.progress_unit == "bytes"
         mbs = ""
         if by_bytes and elapsed > 0:
             mbs = f", {reader.progress()[0] / elapsed / 1e6:.1f} MB/s"
@@ -731,7 +725,7 @@ def _summary(reader, writer, policy, stats, elapsed, code, transformed: bool = F
             head, stats.read_count, stats.write_count, sum(stats.skipped.values()), policy.failed,
             elapsed,
         )  # fmt: skip
-    for extra in reader.summary() if hasattr(reader, "summary") else ():
+    for extra in reader.summary():
         log.info("%s", extra)
 
 

@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 from ..entry import KEYLESS_ALL_MASTERS, Entry
+from ..errors import SourceError
 from ..resp.conn import (
     Connection,
     ConnError,
@@ -36,7 +37,8 @@ from ..resp.conn import (
     format_address,
     parse_address,
 )
-from .rdb_entries import ConversionError, RdbToEntries
+from .base import Capabilities, Reader
+from .rdb_entries import RdbToEntries
 from .scan_node import NodeScanner, ScanError, keyspace_counts, parse_info
 
 log = logging.getLogger("redshake")
@@ -64,7 +66,7 @@ def _check_target_dbs(dbs: list[int], counts: dict[int, int], limit: int, addres
     )
 
 
-class ScanSourceError(ConversionError):
+class ScanSourceError(SourceError):
     """The source cannot be used as configured (checked before anything is written; exit 2)."""
 
 
@@ -104,7 +106,8 @@ def _cluster_enabled(conn: Connection) -> bool:
         return False
 
 
-class ScanReader:
+class ScanReader(Reader):
+    caps = Capabilities(progress=True, counters=True)
     """The ``[scan_reader]`` (see the module doc)."""
 
     def __init__(self, rc, ctx) -> None:

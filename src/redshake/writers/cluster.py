@@ -57,7 +57,7 @@ from redshake.resp.conn import (
     format_address,
     parse_address,
 )
-from redshake.writers.base import TargetInfo, WriterError
+from redshake.writers.base import Capabilities, TargetInfo, Writer, WriterError
 from redshake.writers.redis import UNLIMITED_QPS, OnError, RedisWriter
 
 __all__ = ["ClusterWriter", "basic_command_keys", "fetch_topology", "KeyFinder", "marker_key"]
@@ -275,7 +275,9 @@ _SPLIT_WARNINGS = 10
 _OFF, _OBJ, _HELD, _PARTS = 0, 1, 2, 3
 
 
-class ClusterWriter:
+class ClusterWriter(Writer):
+    caps = Capabilities(units=True, slot_markers=True, drain=True, reconnect=True)
+
     def __init__(
         self,
         address: str,
