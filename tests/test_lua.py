@@ -9,7 +9,7 @@ import pytest
 
 from redshake.commands.slots import key_slot
 from redshake.entry import KEYLESS_ALL_MASTERS, Entry
-from redshake.pipeline import FatalError
+from redshake.errors import FatalError
 from redshake.transform.lua import LuaFunction, LuaSyntaxError
 from transform_data import LAYOUT, functions, key_sets, restore, transform_env
 

@@ -435,7 +435,8 @@ def test_source_restart_is_retried_past_connect_timeout(servers, tmp_path, shake
 def test_moved_reply_names_the_fix():
     """A MOVED met after start (the upfront check passed) names cluster = true too."""
     from redshake.entry import Entry
-    from redshake.pipeline import ErrorPolicy, FatalError
+    from redshake.errors import FatalError
+    from redshake.pipeline import ErrorPolicy
     from redshake.status.stats import Stats
 
     policy = ErrorPolicy("panic", Stats())

@@ -8,6 +8,7 @@ import platform
 import sys
 
 from . import __version__
+from .errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, exit_code
 
 USAGE = """\
 usage: redshake CONFIG.toml
@@ -38,13 +39,13 @@ def main(argv: list[str] | None = None) -> int:
         return _run_env(mode)
     if not args:
         sys.stderr.write("config file not found: give the path of a config file\n\n" + USAGE)
-        return 2
+        return EXIT_BAD_INPUT
     if args[0] in ("-h", "--help", "help"):
         sys.stdout.write(USAGE)
-        return 0
+        return EXIT_OK
     if args[0] in ("-v", "--version", "version"):
         print(version_line())
-        return 0
+        return EXIT_OK
     if args[0] in ("verify", "wait"):
         from .verify import cli as verify_cli
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ns, extra = p.parse_known_args(args)
     if extra:
         sys.stderr.write(f"unexpected arguments: {' '.join(extra)}\n\n" + USAGE)
-        return 2
+        return EXIT_BAD_INPUT
 
     from pathlib import Path
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"config error: {mode.upper()}=true (env-only mode) and the config file "
                 f"{ns.config} both given: unset {mode.upper()} or remove the file\n"
             )
-            return 2
+            return EXIT_BAD_INPUT
         return _run_env(mode)
 
     from .config.loader import ConfigError, load_config
@@ -73,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(ns.config)
     except ConfigError as e:
         sys.stderr.write(f"config error: {e}\n")
-        return 2
+        return exit_code(e)
     except FileNotFoundError:
         sys.stderr.write(f"config file not found: {ns.config}\n")
-        return 2
+        return EXIT_BAD_INPUT
     return _run(cfg)
 
 
@@ -88,11 +89,13 @@ def _run_env(mode: str) -> int:
         cfg = load_config_text(env_config_text(mode, os.environ))
     except ConfigError as e:
         sys.stderr.write(f"config error ({mode.upper()}=true env-only mode): {e}\n")
-        return 2
+        return exit_code(e)
     return _run(cfg)
 
 
 def _run(cfg) -> int:
+    """Run a config; the one place where what escapes the run becomes an exit code (the
+    errors of the house carry theirs: see errors.py)."""
     from .pipeline import run
     from .workdir import WorkDirLocked
 
@@ -100,15 +103,15 @@ def _run(cfg) -> int:
         return run(cfg)
     except WorkDirLocked as e:
         sys.stderr.write(f"{e}\n")
-        return 1
+        return exit_code(e)
     except KeyboardInterrupt:
-        return 1
+        return EXIT_FAILURE
     except Exception as e:  # a defect: one line for the user, the traceback in the debug log
         import logging
 
         logging.getLogger("redshake").debug("unexpected error", exc_info=True)
         sys.stderr.write(f"redshake failed: {type(e).__name__}: {e} (log_level = \"debug\" logs where)\n")
-        return 1
+        return exit_code(e)
 
 
 if __name__ == "__main__":  # pragma: no cover

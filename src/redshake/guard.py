@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .errors import BadInput, Redirect, reply_class
 from .resp.conn import ConnError, ReplyError, connect
 from .resp.server import read_info
 
@@ -46,7 +47,7 @@ BEAT = 2.0  # seconds between heartbeats
 TTL_MS = 15_000  # a marker not refreshed for this long has expired: its sync is gone
 
 
-class ReverseSyncRefused(Exception):
+class ReverseSyncRefused(BadInput):
     """This sync would write into the source of a live sync that writes into our source."""
 
 
@@ -82,7 +83,7 @@ def _routed(address: str, opts: dict[str, Any], db: int, *args: Any) -> Any:
                 return c.call(*args)
             except ReplyError as e:
                 word, _, rest = e.message.partition(" ")
-                if word not in ("MOVED", "ASK"):
+                if not issubclass(reply_class(word), Redirect):
                     raise
                 address = rest.split(" ", 1)[1] if " " in rest else rest
     raise ConnError(f"too many cluster redirections for {args[0]!r}")

@@ -8,28 +8,30 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from .config.schema import Config
 from .entry import Entry, RestoreSet, Run
-from .rdb.primitives import RdbError
-from .readers.rdb_entries import ConversionError, TargetCaps
+from .errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_OK,
+    BadInput,
+    BusyKey,
+    FatalError,
+    Redirect,
+    classify,
+)
+from .readers.rdb_entries import TargetCaps
 from .transform.field_ttl import NAMES as FIELD_TTL_NAMES
+from .writers.base import not_cluster_writer
 
-__all__ = ["run", "FatalError", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT"]
-
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+__all__ = ["run", "build", "drive", "report", "Plan", "Outcome", "ErrorPolicy"]
 
 log = logging.getLogger("redshake")
-
-# Set in a shard process of a cluster source (see shards.py): {"address", "ranges", "queue"}.
-SHARD: dict | None = None
-
-
-class FatalError(Exception):
-    """Stops the run with exit code 1 after in-flight work is flushed where possible."""
-
 
 class _Stop:
     """SIGINT/SIGTERM: the first asks the pipeline to stop cleanly, a second SIGINT exits now."""
@@ -79,7 +81,8 @@ class ErrorPolicy:
     def __call__(self, entry: Entry, message: str) -> None:
         key = entry.argv[1] if len(entry.argv) > 1 else b""
         cmd = entry.argv[0].decode("ascii", "replace").upper() if entry.argv else "?"
-        if message.startswith("BUSYKEY") and (cmd == "RESTORE" or entry.__class__ is RestoreSet):
+        err = classify(message, cmd, key, entry.db)  # (the one place a reply gets its type)
+        if err.__class__ is BusyKey and (cmd == "RESTORE" or entry.__class__ is RestoreSet):
             self.existing_key(entry.db, key, cmd)
             self.busy_restore += 1  # a RESTORE that was sent but did not write
             return
@@ -87,12 +90,12 @@ class ErrorPolicy:
         self.stats.fail(cmd=cmd)  # visible in the status JSON (failed_count) right away
         log.error("target replied error to %s on key %r (db %d): %s", cmd, key, entry.db, message)
         if cmd in FIELD_TTL_NAMES and "unknown command" in message.lower():
-            message += (
+            err.message += (
                 " (the target has no hash field expiration: see [advanced] unsupported_field_ttl)"
             )
-        if self.standalone_target and message.startswith(("MOVED ", "ASK ")):
+        if self.standalone_target and isinstance(err, Redirect):
             raise FatalError(f"{not_cluster_writer(self.standalone_target)} ({cmd} got {message})")
-        raise FatalError(f"target error for {cmd} key {key!r} in db {entry.db}: {message}")
+        raise err
 
     def existing_key(self, db: int, key: bytes, cmd: str = "RESTORE") -> None:
         if self.behavior == "skip":
@@ -118,8 +121,9 @@ def _fmt_version(v) -> str:
     return ".".join(map(str, v))
 
 
-def run(cfg: Config) -> int:
-    """Run a loaded config. Returns the process exit code."""
+def run(cfg: Config, shard: dict | None = None) -> int:
+    """Run a loaded config. Returns the process exit code. ``shard``: this process runs one
+    shard of a cluster source (see shards.py: its address, slots, status queue...)."""
     from .status.logging import format_progress, setup_logging
     from .status.stats import Stats
     from .workdir import WorkDir, WorkDirLocked
@@ -171,8 +175,8 @@ def run(cfg: Config) -> int:
         stop = _Stop()
         stop.install()
         try:
-            cfg = _v3_cluster_source(cfg)
-            if SHARD is None:
+            if shard is None:
+                cfg = _v3_cluster_source(cfg)
                 from .guard import ReverseSyncRefused, check_reverse
 
                 try:
@@ -183,8 +187,12 @@ def run(cfg: Config) -> int:
             if cfg.reader_type == "sync" and cfg.reader.cluster:
                 from .shards import run_sharded
 
-                return _final(run_sharded(cfg, stop))
-            return _final(_drive(cfg, stats, stop, format_progress))
+                return _final(run_sharded(cfg, stop, run))
+            try:
+                plan = build(cfg, stats, stop, shard)
+            except _Refused as e:
+                return _final(e.exit_code)
+            return _final(_run_plan(cfg, plan, stop, format_progress))
         finally:
             stop.restore()
 
@@ -192,8 +200,8 @@ def run(cfg: Config) -> int:
 def _v3_cluster_source(cfg: Config) -> Config:
     """A v3 sync.toml has no way to say that the source is a cluster: when its address is a
     node of one, follow every shard (reading that node alone would copy its slots only)."""
-    if SHARD is not None or cfg.source_format != "v3" or cfg.reader_type not in ("sync", "scan"):
-        return cfg  # (a shard process reads its own node)
+    if cfg.source_format != "v3" or cfg.reader_type not in ("sync", "scan"):
+        return cfg
     if cfg.reader.cluster:
         return cfg
     from .shards import is_cluster_node
@@ -260,16 +268,54 @@ class _Ticker(threading.Thread):
                     log.debug("progress line failed", exc_info=True)
 
 
-def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
-    """Validate the input, then move entries from the reader through the transform to the
-    writer until the reader is done or a stop is requested."""
+class _Refused(BadInput):
+    """build() refused the run (already logged, nothing written); ``exit_code`` says how."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.exit_code = code
+
+
+@dataclass
+class Plan:
+    """What build() put together for drive(): the reader, the writer, the transform and the
+    error policy, and how entries go from one to the other."""
+
+    reader: Any
+    writer: Any
+    transform: Callable[[Entry], Iterable[Entry]] | None
+    policy: ErrorPolicy
+    shard: dict | None = None  # one shard of a cluster source (see shards.py)
+    stats: Any = None
+    # the transform, then the field TTL conversion (None: entries go as read)
+    convert: Callable[[Entry], Iterable[Entry]] | None = None
+    convert_names: frozenset[str] = frozenset()  # converted even without a transform
+    write: Callable[[Entry], None] | None = None  # (default writer.write)
+    write_run: Callable[[Run], None] | None = None  # None: Runs are refused
+    units: bool = False  # exactly-once: every stream batch is one unit with its marker
+    unit_offset: Callable[[int], None] | None = None
+    marker_db: int = 0
+    fttl: Any = None  # FieldTtlCommands, for the summary
+    progress: Callable[[], None] = lambda: None  # refresh the progress bar
+    options: dict[str, Any] = field(default_factory=dict)  # the ReaderContext's
+    t0: float = 0.0
+
+
+@dataclass
+class Outcome:
+    code: int
+    interrupted: bool = False  # a second SIGINT: exit at once (no drain)
+
+
+def build(cfg: Config, stats, stop: Callable[[], bool], shard: dict | None = None) -> Plan:
+    """Build the writer, the transform and the reader, and validate the input before
+    anything is written (raises _Refused with the exit code, after logging why)."""
     from .rdb.rewrite import supports_field_ttl
     from .readers import build_reader
     from .readers.base import ReaderContext
-    from .status.progress import Progress
     from .transform import TransformError, build_transform
     from .transform.field_ttl import COMMANDS as FIELD_TTL_COMMANDS
-    from .transform.field_ttl import FieldTtlCommands, FieldTtlError
+    from .transform.field_ttl import FieldTtlCommands
     from .writers import build_writer
 
     adv = cfg.advanced
@@ -277,7 +323,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         transform = build_transform(cfg)
     except TransformError as e:
         log.error("config error: %s. Nothing was written.", e)
-        return EXIT_BAD_INPUT
+        raise _Refused(EXIT_BAD_INPUT) from None
     policy = ErrorPolicy(adv.rdb_restore_command_behavior, stats)
     if cfg.writer_type == "redis" and not cfg.writer.cluster:
         policy.standalone_target = cfg.writer.address or "(from sentinel)"
@@ -288,12 +334,12 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         writer = build_writer(cfg, policy)
     except Exception as e:
         log.error("cannot use the target: %s: %s", type(e).__name__, e)
-        return EXIT_FAILURE
+        raise _Refused(EXIT_FAILURE) from None
     info = writer.info
     if cfg.writer_type == "redis" and info.cluster and not cfg.writer.cluster:
         log.error("config error: %s. Nothing was written.", not_cluster_writer(cfg.writer.address))
         writer.close()
-        return EXIT_BAD_INPUT
+        raise _Refused(EXIT_BAD_INPUT)
     if cfg.writer_type == "file":
         log.info("target: file %s (type %s)", cfg.writer.filepath, cfg.writer.type)
     else:
@@ -332,52 +378,82 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         },
     )
     if transform is None:  # (a filter may drop the dbs the target lacks)
-        ctx.options["target_databases"] = getattr(info, "databases", 0)
+        ctx.options["target_databases"] = info.databases
     if eonce and cfg.writer.cluster:  # one marker per slot
         ctx.options["read_slot_markers"] = writer.read_markers
         ctx.options["skip_applied"] = writer.set_skip
     elif eonce:
         ctx.options["read_marker"] = lambda key: writer.get(adv.exactly_once_db, key)
-    if SHARD is not None:  # one shard of a cluster source: only this shard's slots
+    if shard is not None:  # one shard of a cluster source: only this shard's slots
         from .shards import current_ranges, flush_slots, shard_dbs
 
-        # (the shard's slots of the moment: slots move between shards while we run)
+        # (the shard's slots of the moment: slots move between shards while we run; the
+        # target's own writer, not the one wrap_writer() gives: flush_slots uses its connection)
+        target = writer
         ctx.options["flush_target"] = lambda: flush_slots(
-            writer, current_ranges(SHARD), shard_dbs(cfg.reader, SHARD["address"], writer)
+            target, current_ranges(shard), shard_dbs(cfg.reader, shard["address"], target)
         )
         ctx.options["shard"] = True
-        ctx.options["shard_resolve"] = SHARD.get("resolver")
-        ctx.options["shard_identity"] = SHARD.get("identity")
-        ctx.options["shard_late"] = bool(SHARD.get("late"))
+        ctx.options["shard_resolve"] = shard.get("resolver")
+        ctx.options["shard_identity"] = shard.get("identity")
+        ctx.options["shard_late"] = bool(shard.get("late"))
     try:
         reader = build_reader(cfg, ctx)
-        if hasattr(reader, "marker_key"):
+        if reader.caps.exactly_once:
             eonce = eonce and _marker_writable(cfg, writer, reader.marker_key)
             if not eonce:
                 reader.marker_key = b""  # at-least-once: no marker is read or written
                 ctx.options.pop("skip_applied", None)
-            elif hasattr(writer, "marker_value"):  # cluster: blocks sent early mark themselves
+            elif writer.caps.slot_markers:  # cluster: blocks sent early mark themselves
                 writer.marker_prefix = reader.marker_key
                 writer.marker_value = reader.marker_value
         reader.prepare()
-    except (RdbError, FileNotFoundError, ConversionError) as e:
+    except (BadInput, FileNotFoundError) as e:
         log.error("invalid input: %s. Nothing was written to the target.", e)
         writer.close()
-        return EXIT_BAD_INPUT
+        raise _Refused(EXIT_BAD_INPUT) from None
     except FatalError as e:
         log.error("%s. Nothing was written to the target.", e)
         writer.close()
-        return EXIT_FAILURE
+        raise _Refused(EXIT_FAILURE) from None
     except KeyboardInterrupt:
         log.warning("interrupted before anything was written")
         writer.close()
-        return EXIT_FAILURE
+        raise _Refused(EXIT_FAILURE) from None
     log.info("%s ready in %.2fs", reader.name, time.monotonic() - t0)
     log.info("mode: %s", _describe_mode(cfg))
-    wrap_writer = getattr(reader, "wrap_writer", None)  # live readers survive target reconnects
-    if wrap_writer is not None:
-        writer = wrap_writer(writer)
+    writer = reader.wrap_writer(writer)  # live readers survive target reconnects
+    plan = Plan(reader, writer, transform, policy, shard, stats, options=ctx.options, t0=t0)
+    plan.fttl = fttl
+    plan.marker_db = adv.exactly_once_db
+    # Runs of plain commands go to the writer whole when nothing needs single entries.
+    plan.write_run = writer.write_run if writer.caps.runs and transform is None else None
+    # Exactly-once mode: every stream batch is one MULTI/EXEC unit with its position marker
+    # (runs of plain commands still go whole, inside the unit).
+    plan.units = eonce and reader.caps.exactly_once
+    # (a cluster writer gives the commands of a source transaction the offset of its EXEC)
+    plan.unit_offset = writer.unit_offset if writer.caps.slot_markers else None
+    if plan.write_run is not None and reader.caps.runs:
+        reader.runs = True
+        if fttl is not None:  # runs go as received: these commands must come one by one
+            reader.entry_only = FIELD_TTL_COMMANDS
+    # after the filter / Lua function: those see the source's commands (as in RedisShake)
+    plan.convert = transform if fttl is None else fttl.after(transform)
+    plan.convert_names = FIELD_TTL_NAMES if fttl is not None else frozenset()
+    guard = shard.get("guard") if shard is not None else None
+    if guard is not None:  # (checked one by one: see shards.py)
+        reader.entry_only = reader.entry_only | {b"del", b"unlink", b"restore-asking"}
+        reader.keep_slot_sync = True
+    return plan
 
+
+def _run_plan(cfg: Config, plan: Plan, stop: _Stop, format_progress) -> int:
+    """Start the status server, the ticker and the progress bar, empty the target when
+    asked, drive, then clean up and report."""
+    from .status.progress import Progress
+
+    adv = cfg.advanced
+    reader, writer, stats, shard = plan.reader, plan.writer, plan.stats, plan.shard
     try:
         status_server = _start_status(cfg, stats, reader, writer)
     except OSError as e:
@@ -385,7 +461,7 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
         _close_quietly(reader, writer)
         return EXIT_BAD_INPUT
     if adv.empty_db_before_sync:
-        refused = _empty_target(reader, ctx.options["flush_target"])
+        refused = _empty_target(reader, plan.options["flush_target"])
         if refused:
             log.error("%s. Nothing was written.", refused)
             _close_quietly(reader, writer, status_server)
@@ -398,13 +474,13 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
 
     # entries count as written once the target acknowledged them (see RedisWriter.acked)
     stats.acked = lambda: writer.acked
-    if hasattr(writer, "acked_names"):  # ... and per command name, as their replies come
+    if writer.acked_names is not None:  # ... and per command name, as their replies come
         stats.acked_by_cmd = lambda: writer.acked_names
     ticker = _Ticker(stats, adv.log_interval, line)
-    if SHARD is not None:
-        ticker.publish = lambda: SHARD["queue"].put(
+    if shard is not None:
+        ticker.publish = lambda: shard["queue"].put(
             (
-                SHARD["address"],
+                shard["address"],
                 {
                     "stats": stats.snapshot(),
                     "reader": reader.status(),
@@ -418,142 +494,35 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
     if cfg.reader_type == "sync" and cfg.writer_type == "redis" and adv.reverse_guard:
         from .guard import LiveMarker
 
-        live = LiveMarker(cfg, reader.address, lambda: getattr(reader._ep, "replid", ""))
+        live = LiveMarker(cfg, reader.address, reader.source_replid)
         live.start()
-    progress_of = getattr(reader, "progress", None)
-    unit = getattr(reader, "progress_unit", "bytes")
-    progress = Progress(progress_of()[1] if progress_of else None, reader.name, unit=unit)
-    code = EXIT_OK
+    progress_of = reader.progress if reader.caps.progress else None
+    progress = Progress(progress_of()[1] if progress_of else None, reader.name, unit=reader.progress_unit)
+    if progress_of is not None:
+        plan.progress = lambda: progress.update(progress_of()[0], stats.read_count)
     t1 = time.monotonic()
     log.info("start syncing...")
-    # Runs of plain commands go to the writer whole when nothing needs single entries.
-    write_run = getattr(writer, "write_run", None)
-    inner = getattr(writer, "inner", writer)
-    # Exactly-once mode: every stream batch is one MULTI/EXEC unit with its position marker
-    # (runs of plain commands still go whole, inside the unit).
-    units = eonce and hasattr(reader, "unit_marker")
-    # (a cluster writer gives the commands of a source transaction the offset of its EXEC)
-    unit_offset = getattr(inner, "unit_offset", None)
-    if transform is not None or not hasattr(inner, "write_run"):
-        write_run = None
-    if write_run is not None and hasattr(reader, "runs"):
-        reader.runs = True
-        if fttl is not None:  # runs go as received: these commands must come one by one
-            reader.entry_only = FIELD_TTL_COMMANDS
-    guard = SHARD.get("guard") if SHARD is not None else None
-    handover = SHARD.get("handover") if SHARD is not None else None
-    if guard is not None and hasattr(reader, "entry_only"):  # (checked one by one: see shards.py)
-        reader.entry_only = reader.entry_only | {b"del", b"unlink", b"restore-asking"}
-    if guard is not None and hasattr(reader, "keep_slot_sync"):
-        reader.keep_slot_sync = True
-    # after the filter / Lua function: those see the source's commands (as in RedisShake)
-    convert = transform if fttl is None else fttl.after(transform)
-    fnames = FIELD_TTL_NAMES if fttl is not None else frozenset()  # (one lookup per entry)
-    interrupted = False
-    try:
-        write = writer.write
-        if guard is not None:  # a cluster source's shard: deletions of keys moved away
-            from .shards import guarded, guarded_runs
+    guard = shard.get("guard") if shard is not None else None
+    if guard is not None:  # a cluster source's shard: deletions of keys moved away
+        from .shards import guarded, guarded_runs
 
-            write = guarded(write, guard, reader, stats)
-            if write_run is not None:
-                write_run = guarded_runs(write_run, write, guard)
-        # Counters are updated inline (this loop is their only writer): a method call per
-        # entry would cost as much as the rest of the bookkeeping. Writes are counted by the
-        # writer as the target acknowledges them (stats.acked_by_cmd).
-        read_by_cmd = stats.read_by_cmd
-        names: dict[bytes, str] = {}
-        last_progress = 0.0
-        n = 0
-        batches = reader.batches()
-        if handover is not None:  # slots moved between shards: their order across shards
-            batches = handover.batches(batches, reader, writer)
-        for batch in batches:
-            if not batch:  # the reader is idle: push out what is buffered, report progress
-                writer.poll()
-                reader.acked(writer.acked_offset)
-                continue
-            unit = units and reader.phase == "aof"
-            if unit:
-                writer.begin_unit()
-            for e in batch:
-                if e.__class__ is Run:
-                    if write_run is not None:
-                        write_run(e)
-                        for raw_name, c in e.names().items():
-                            name = names.get(raw_name)
-                            if name is None:
-                                name = names[raw_name] = raw_name.decode("ascii", "replace").upper()
-                            read_by_cmd[name] = read_by_cmd.get(name, 0) + c
-                        continue
-                    raise AssertionError("a reader produced a Run the writer cannot take")
-                raw_name = e.argv[0]
-                name = names.get(raw_name)
-                if name is None:
-                    name = names[raw_name] = raw_name.decode("ascii", "replace").upper()
-                read_by_cmd[name] = read_by_cmd.get(name, 0) + 1
-                if unit and (name == "MULTI" or name == "EXEC"):
-                    if name == "EXEC" and unit_offset is not None:
-                        unit_offset(e.offset)
-                    continue  # the unit around the batch is the transaction
-                if convert is None or (transform is None and name not in fnames):
-                    write(e)
-                else:
-                    for e2 in convert(e):
-                        if unit:
-                            wn = e2.argv[0].upper()
-                            if wn == b"MULTI" or wn == b"EXEC":
-                                if wn == b"EXEC" and unit_offset is not None:
-                                    unit_offset(e.offset)
-                                continue
-                        write(e2)
-            if unit:
-                mkey, mvalue, moff = reader.unit_marker()
-                writer.end_unit(adv.exactly_once_db, mkey, mvalue, moff)
-            n += 1
-            if not n & 1023:
-                now = time.monotonic()
-                if now - last_progress > 0.2:
-                    last_progress = now
-                    if progress_of:
-                        progress.update(progress_of()[0], stats.read_count)
-                    reader.acked(writer.acked_offset)
-        writer.flush()
-        reader.acked(writer.acked_offset)
-        if progress_of:
-            progress.update(progress_of()[0], stats.read_count)
-        if not reader.complete:
-            log.warning(
-                "stopped by %s before the source was fully read: the copy is incomplete",
-                stop.signame or "request",
-            )
-            code = EXIT_FAILURE
-    except (FatalError, FieldTtlError) as e:
-        log.error("%s", e)
-        code = EXIT_FAILURE
-    except (RdbError, ConversionError) as e:
-        log.error("cannot continue: %s", e)
-        code = EXIT_FAILURE
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        code = EXIT_FAILURE
-        interrupted = True
-    except Exception as e:  # connection loss and the like
-        log.error("failed: %s: %s", type(e).__name__, e)
-        log.debug("traceback", exc_info=True)
-        code = EXIT_FAILURE
+        plan.write = guarded(writer.write, guard, reader, stats, shard.get("handover"))
+        if plan.write_run is not None:
+            plan.write_run = guarded_runs(plan.write_run, plan.write, guard)
+    outcome = Outcome(EXIT_FAILURE, interrupted=True)  # (a second SIGINT inside drive)
+    try:
+        outcome = drive(plan, stop)
     finally:
         ticker.halt.set()
         if live is not None:
             live.stop()
         progress.close()
-        drain = getattr(writer, "drain", None)
-        if code != EXIT_OK and drain is not None and not interrupted:  # (a 2nd SIGINT: exit now)
+        if outcome.code != EXIT_OK and writer.caps.drain and not outcome.interrupted:
             # count what the target applied of what was in flight when the run failed
             try:
-                n = drain()
+                n = writer.drain()
                 if n:
-                    policy.failed += n
+                    plan.policy.failed += n
                     stats.fail(n)
             except Exception:
                 log.debug("drain failed", exc_info=True)
@@ -564,30 +533,126 @@ def _drive(cfg: Config, stats, stop: _Stop, format_progress) -> int:
                 log.debug("close failed", exc_info=True)
         if status_server is not None:
             status_server.close()
-    if transform is not None and hasattr(transform, "dropped"):
+    report(plan, outcome, time.monotonic() - t1)
+    return outcome.code
+
+
+def drive(plan: Plan, stop: _Stop | None = None) -> Outcome:
+    """Move entries from the reader through the transform to the writer until the reader
+    is done or a stop is requested; every failure is logged and ends with exit code 1."""
+    reader, writer = plan.reader, plan.writer
+    try:
+        _pump(plan)
+        writer.flush()
+        reader.acked(writer.acked_offset)
+        plan.progress()
+        if not reader.complete:
+            signame = stop.signame if stop is not None else ""
+            log.warning(
+                "stopped by %s before the source was fully read: the copy is incomplete",
+                signame or "request",
+            )
+            return Outcome(EXIT_FAILURE)
+        return Outcome(EXIT_OK)
+    except FatalError as e:
+        log.error("%s", e)
+    except BadInput as e:
+        log.error("cannot continue: %s", e)
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return Outcome(EXIT_FAILURE, interrupted=True)
+    except Exception as e:  # connection loss and the like
+        log.error("failed: %s: %s", type(e).__name__, e)
+        log.debug("traceback", exc_info=True)
+    return Outcome(EXIT_FAILURE)
+
+
+def _pump(plan: Plan) -> None:
+    """The hot loop: every batch of the reader to the writer. Counters are updated inline
+    (this loop is their only writer): a method call per entry would cost as much as the
+    rest of the bookkeeping. Writes are counted by the writer as the target acknowledges
+    them (stats.acked_by_cmd)."""
+    reader, writer = plan.reader, plan.writer
+    write = plan.write or writer.write
+    write_run, convert, fnames = plan.write_run, plan.convert, plan.convert_names
+    transform, units, unit_offset, progress = plan.transform, plan.units, plan.unit_offset, plan.progress
+    read_by_cmd = plan.stats.read_by_cmd
+    names: dict[bytes, str] = {}
+    last_progress = 0.0
+    n = 0
+    batches = reader.batches()
+    handover = plan.shard.get("handover") if plan.shard is not None else None
+    if handover is not None:  # slots moved between shards: their order across shards
+        batches = handover.batches(batches, reader, writer)
+    for batch in batches:
+        if not batch:  # the reader is idle: push out what is buffered, report progress
+            writer.poll()
+            reader.acked(writer.acked_offset)
+            continue
+        unit = units and reader.in_stream()
+        if unit:
+            writer.begin_unit()
+        for e in batch:
+            if e.__class__ is Run:
+                if write_run is None:
+                    raise AssertionError("a reader produced a Run the writer cannot take")
+                write_run(e)
+                for raw_name, c in e.names().items():
+                    name = names.get(raw_name)
+                    if name is None:
+                        name = names[raw_name] = raw_name.decode("ascii", "replace").upper()
+                    read_by_cmd[name] = read_by_cmd.get(name, 0) + c
+                continue
+            raw_name = e.argv[0]
+            name = names.get(raw_name)
+            if name is None:
+                name = names[raw_name] = raw_name.decode("ascii", "replace").upper()
+            read_by_cmd[name] = read_by_cmd.get(name, 0) + 1
+            if unit and (name == "MULTI" or name == "EXEC"):
+                if name == "EXEC" and unit_offset is not None:
+                    unit_offset(e.offset)
+                continue  # the unit around the batch is the transaction
+            if convert is None or (transform is None and name not in fnames):
+                write(e)
+            else:
+                for e2 in convert(e):
+                    if unit:
+                        wn = e2.argv[0].upper()
+                        if wn == b"MULTI" or wn == b"EXEC":
+                            if wn == b"EXEC" and unit_offset is not None:
+                                unit_offset(e.offset)
+                            continue
+                    write(e2)
+        if unit:
+            mkey, mvalue, moff = reader.unit_marker()
+            writer.end_unit(plan.marker_db, mkey, mvalue, moff)
+        n += 1
+        if not n & 1023:
+            now = time.monotonic()
+            if now - last_progress > 0.2:
+                last_progress = now
+                progress()
+                reader.acked(writer.acked_offset)
+
+
+def report(plan: Plan, outcome: Outcome, elapsed: float) -> None:
+    """The end of the run in the log: the transform's drops, the summary line."""
+    transform, stats, fttl = plan.transform, plan.stats, plan.fttl
+    if transform is not None and hasattr(transform, "dropped"):  # (a transform, not a reader/writer)
         for reason, count in transform.dropped().items():
             stats.skipped[reason] = stats.skipped.get(reason, 0) + count
         for extra in transform.summary():
             log.info("%s", extra)
-    _summary(reader, writer, policy, stats, time.monotonic() - t1, code, transform is not None)
+    _summary(plan.reader, plan.writer, plan.policy, stats, elapsed, outcome.code, transform is not None)
     if fttl is not None and (fttl.dropped or fttl.converted):
         log.info("%s", fttl.summary())
-    return code
-
-
-def not_cluster_writer(address: str) -> str:
-    """What to tell a user whose standalone writer meets a cluster target."""
-    return (
-        f"the target {address} is a cluster: set cluster = true in [redis_writer] "
-        '(v3 sync.toml: [target] type = "cluster")'
-    )
 
 
 def _empty_target(reader, flush) -> str:
     """advanced.empty_db_before_sync: empty the target before a snapshot is applied, never
     before a resume from a checkpoint (that would keep only what was written since the stop).
     Returns why the target refused, or "" when done / not needed now."""
-    if getattr(reader, "will_resume", False):
+    if reader.will_resume:
         log.info(
             "empty_db_before_sync: resuming from the checkpoint, the target is kept (it is "
             "emptied should the source answer with a full resynchronisation instead)"
@@ -599,9 +664,7 @@ def _empty_target(reader, flush) -> str:
         flush()
     except Exception as e:  # READONLY replica, ACL, renamed FLUSHALL, lost connection
         return f"empty_db_before_sync: the target refused to be emptied: {e}"
-    emptied = getattr(reader, "target_emptied", None)
-    if emptied is not None:
-        emptied()
+    reader.target_emptied()
     return ""
 
 
@@ -695,7 +758,7 @@ def _describe_mode(cfg: Config) -> str:
 def _summary(reader, writer, policy, stats, elapsed, code, transformed: bool = False) -> None:
     """The summary line. Only what the target acknowledged counts as written: a key when the
     reply to its (last) command arrived and was not an error, an entry when its reply did."""
-    counters = getattr(reader, "counters", None)
+    counters = reader.counters if reader.caps.counters else None
     head = "summary" if code == EXIT_OK else "summary (the copy is incomplete)"
     if counters is not None and transformed:
         # With filters / a Lua function the per-key write methods no longer say what reached
@@ -713,7 +776,7 @@ def _summary(reader, writer, policy, stats, elapsed, code, transformed: bool = F
             skipped["busykey"] += policy.busy_skipped
         written = writer.keys_acked
         rate = keys_read / elapsed if elapsed > 0 else 0.0
-        by_bytes = hasattr(reader, "progress") and getattr(reader, "progress_unit", "bytes") == "bytes"
+        by_bytes = reader.caps.progress and reader.progress_unit == "bytes"
         mbs = ""
         if by_bytes and elapsed > 0:
             mbs = f", {reader.progress()[0] / elapsed / 1e6:.1f} MB/s"
@@ -731,7 +794,7 @@ def _summary(reader, writer, policy, stats, elapsed, code, transformed: bool = F
             head, stats.read_count, stats.write_count, sum(stats.skipped.values()), policy.failed,
             elapsed,
         )  # fmt: skip
-    for extra in reader.summary() if hasattr(reader, "summary") else ():
+    for extra in reader.summary():
         log.info("%s", extra)
 
 

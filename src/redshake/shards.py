@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config.schema import Config
+from .errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, FatalError
 from .readers.topology import LANES
 from .resp.conn import Connection, ConnError, ReplyError, parse_address
 from .resp.server import cluster_shards, keyspace_counts, read_info
@@ -133,16 +134,13 @@ def current_ranges(shard: dict) -> list[tuple[int, int]]:
     return shard["ranges"]
 
 
-def guarded(write, guard, reader, stats):
+def guarded(write, guard, reader, stats, handover=None):
     """``write`` for a shard process: its DEL / UNLINK of keys that moved to another shard
     are checked first (see readers.topology.MigrationGuard). Starts publishing the shard's
     watermark for the other shards (readers.topology.Handover)."""
     import threading
 
-    from . import pipeline
-
     guard.on_skip = lambda n: stats.skip("moved_to_other_shard", n)
-    handover = (pipeline.SHARD or {}).get("handover")
     if handover is not None:
 
         def publish() -> None:
@@ -189,29 +187,29 @@ def guarded_runs(write_run, write_checked, guard):
     return write_run_checked
 
 
-def _shard_main(cfg: Config, address: str, identity: str, ranges, members, seeds, workdir: str,
-                status_q, code_q, marks, counts, addrs, offsets, index: int, late: bool) -> None:  # fmt: skip
-    """Child process: run the ordinary pipeline for one shard."""
-    from . import pipeline
+def _shard_main(run_shard, cfg: Config, address: str, identity: str, ranges, members, seeds,
+                workdir: str, status_q, code_q, marks, counts, addrs, offsets, index: int,
+                late: bool) -> None:  # fmt: skip
+    """Child process: run the ordinary pipeline for one shard (``run_shard(cfg, shard)``)."""
     from .readers.topology import Handover, MigrationGuard, ShardResolver
 
     adv = replace(cfg.advanced, dir=workdir, status_port=0, metrics_port=0)
     reader = replace(cfg.reader, cluster=False, address=address, prefer_replica=False)
     shard_cfg = replace(cfg, advanced=adv, reader=reader)
-    pipeline.SHARD = {"address": address, "ranges": ranges, "queue": status_q, "identity": identity,
-                      "late": late}  # fmt: skip
+    shard = {"address": address, "ranges": ranges, "queue": status_q, "identity": identity,
+             "late": late}  # fmt: skip
     opts = cfg.reader.connect_options()
     if not cfg.reader.prefer_replica:  # (a replica is read where it is)
         resolver = ShardResolver(address, members, seeds, opts, label=f"shard {address}")
-        pipeline.SHARD["resolver"] = resolver
-        guard = pipeline.SHARD["guard"] = MigrationGuard(resolver, opts, lambda n: None)
+        shard["resolver"] = resolver
+        guard = shard["guard"] = MigrationGuard(resolver, opts, lambda n: None)
         if index >= 0:
-            pipeline.SHARD["handover"] = Handover(guard, marks, counts, addrs, index, ranges, offsets)
+            shard["handover"] = Handover(guard, marks, counts, addrs, index, ranges, offsets)
     try:
-        code = pipeline.run(shard_cfg)
+        code = run_shard(shard_cfg, shard)
     except BaseException as e:  # noqa: BLE001 - reported to the parent
         log.error("shard %s failed: %s: %s", address, type(e).__name__, e)
-        code = pipeline.EXIT_FAILURE
+        code = EXIT_FAILURE
     code_q.put((address, code))
 
 
@@ -221,11 +219,11 @@ TOPOLOGY_EVERY = 2.0  # seconds between two looks at the source cluster's master
 RETIRE_WAIT = 30.0  # a removed shard's process gets this long to apply what it received
 
 
-def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
+def run_sharded(cfg: Config, stop, run_shard, stats_totals_cb=None) -> int:
     """Parent: discover shards, start one process each, aggregate status, wait; start a
     process for every master that joins the source cluster later, and stop (after it applied
-    what it received) the process of a shard that left it."""
-    from .pipeline import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK
+    what it received) the process of a shard that left it. Each process runs
+    ``run_shard(cfg, shard)`` (the pipeline of one shard; ``shard`` describes it)."""
     from .status.stats import combine
 
     rc = cfg.reader
@@ -307,7 +305,7 @@ def run_sharded(cfg: Config, stop, stats_totals_cb=None) -> int:
             log.warning("more than %d shards: %s is not ordered with the others when slots move", MAX_SHARDS, addr)
         p = ctx.Process(
             target=_shard_main,
-            args=(late_cfg if late else cfg, addr, identity, ranges, ids, seeds, wd, status_q,
+            args=(run_shard, late_cfg if late else cfg, addr, identity, ranges, ids, seeds, wd, status_q,
                   code_q, marks, counts, addrs, offsets, i, late),
             name=f"shard-{addr}",
         )  # fmt: skip
@@ -483,7 +481,6 @@ class _StartError(Exception):
 def _discover(cfg: Config, stop) -> list[Shard]:
     """The shards of the source cluster; a source never reached is tried again until
     sync_reader.connect_timeout (then exit 1); refusals are bad configuration (exit 2)."""
-    from .pipeline import EXIT_BAD_INPUT, EXIT_FAILURE, FatalError
     from .readers.sync_reader import reach_source
     from .resp.conn import AuthError, TLSVerifyError
 
@@ -517,9 +514,9 @@ def _empty_target_once(cfg: Config, shards) -> Config:
     when every shard starts with a full sync; when some shard resumes from its checkpoint the
     target is kept and each shard that needs a snapshot empties only its own slots (a
     FLUSHALL would erase what the resuming shards copied). Returns the shards' config."""
-    from .pipeline import EXIT_BAD_INPUT, not_cluster_writer
     from .readers.sync_reader import planned_resume
     from .writers import build_writer
+    from .writers.base import not_cluster_writer
 
     base = Path(cfg.advanced.dir)
     if cfg.reader.shards:

@@ -41,11 +41,12 @@ from redshake.config.schema import (
     SentinelConfig,
     SyncReaderConfig,
 )
+from redshake.errors import BadInput
 
 __all__ = ["ConfigError", "load_config", "load_config_text"]
 
 
-class ConfigError(Exception):
+class ConfigError(BadInput):
     """A configuration problem; the message is meant for the user as is."""
 
 

@@ -14,6 +14,8 @@ import struct
 import lzf
 from anycrc import Model
 
+from ..errors import BadInput
+
 __all__ = [
     "Truncated",
     "RdbError",
@@ -37,7 +39,7 @@ class Truncated(Exception):
     """The buffer ended inside an item."""
 
 
-class RdbError(Exception):
+class RdbError(BadInput):
     """Corrupt, truncated or unsupported RDB input.
 
     ``offset`` is the absolute byte offset in the file/stream where the problem was found,

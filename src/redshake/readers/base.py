@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from ..entry import Entry
 
-__all__ = ["Reader", "ReaderContext", "FileReaderBase"]
+__all__ = ["Capabilities", "Reader", "ReaderContext", "FileReaderBase"]
 
 
 @dataclass
@@ -47,46 +49,115 @@ class ReaderContext:
         )
 
 
-class Reader(Protocol):
+@dataclass(frozen=True)
+class Capabilities:
+    """What a reader can do beyond the methods every reader has. The driver asks these,
+    never ``hasattr``; a method whose ability is ``False`` raises NotImplementedError."""
+
+    progress: bool = False  # progress() -> (done, total) in ``progress_unit``
+    counters: bool = False  # counters() -> (keys read, write methods, skipped): per-key summary
+    runs: bool = False  # hands over Runs of plain commands when ``runs`` is set
+    exactly_once: bool = False  # marker_key / marker_value() / unit_marker(): stream units
+    live: bool = False  # follows a live source: wrap_writer(), source_replid(), resumes
+
+
+class Reader(ABC):
     """A source of entries.
 
-    The pipeline calls :meth:`prepare` before anything is written to the target (validate
+    The driver calls :meth:`prepare` before anything is written to the target (validate
     input: a reader that raises there exits with code 2 and writes nothing), then iterates
     :meth:`batches`: each item is a sequence of entries in source order; an *empty* batch is
-    a heartbeat saying "nothing to read right now", on which the pipeline flushes the writer
+    a heartbeat saying "nothing to read right now", on which the driver flushes the writer
     and reports the acknowledged offset back through :meth:`acked`. Iteration ends when the
     source is exhausted (rdb/aof files, scan without ksn) or ``ctx.stop()`` became true.
+
+    The attributes below the methods are set by the driver before :meth:`prepare` /
+    :meth:`batches`; a reader without the matching ability ignores them.
     """
 
-    name: str
+    caps: Capabilities = Capabilities()
+    name: str = "reader"
+    address: str = ""
+    # What progress() counts: "bytes" (default: files, RDB transfers) or "keys" (scan).
+    progress_unit: str = "bytes"
+    # caps.runs: the writer takes whole Runs; the lower-case names in entry_only come one by one
+    runs: bool = False
+    entry_only: frozenset[bytes] = frozenset()
+    # a cluster source's shard: slot-sync commands are handed over (see shards.py)
+    keep_slot_sync: bool = False
+    # caps.exactly_once: the target key of the position marker (b"": at-least-once)
+    marker_key: bytes = b""
+    # caps.live: prepare() found a checkpoint to resume from; empty the target should the
+    # source answer with a full resynchronisation instead
+    will_resume: bool = False
+    empty_on_full_sync: bool = False
 
+    @abstractmethod
     def prepare(self) -> None: ...
 
+    @abstractmethod
     def batches(self) -> Iterator[Sequence[Entry]]: ...
 
+    @abstractmethod
     def acked(self, offset: int) -> None:
         """Every entry with ``offset`` <= this has been applied by the target."""
 
+    @abstractmethod
     def status(self) -> dict | list[dict]: ...
 
+    @abstractmethod
     def status_line(self) -> str: ...
 
+    @abstractmethod
     def consistent(self) -> bool: ...
 
-    # What progress() counts: "bytes" (default: files, RDB transfers) or "keys" (scan).
-    progress_unit: str
-
-    def summary(self) -> list[str]:
-        """Lines logged at the end of the run."""
-
     @property
+    @abstractmethod
     def complete(self) -> bool:
         """True when the reader ended because its source was fully read (not stopped)."""
 
+    @abstractmethod
     def close(self) -> None: ...
 
+    def summary(self) -> list[str]:
+        """Lines logged at the end of the run."""
+        return []
 
-class FileReaderBase:
+    def progress(self) -> tuple[int, int]:
+        """(done, total) in ``progress_unit`` (``caps.progress``)."""
+        raise NotImplementedError
+
+    def counters(self) -> tuple[int, Counter, Counter]:
+        """(keys read, write methods, skipped by reason) (``caps.counters``)."""
+        raise NotImplementedError
+
+    def in_stream(self) -> bool:
+        """True while the batches are the source's command stream (not a snapshot): in
+        exactly-once mode each such batch is one unit."""
+        return False
+
+    def marker_value(self, offset: int) -> bytes:
+        """The marker value for a stream offset (``caps.exactly_once``)."""
+        raise NotImplementedError
+
+    def unit_marker(self) -> tuple[bytes, bytes, int]:
+        """(key, value, offset) of the marker closing the current unit (``caps.exactly_once``)."""
+        raise NotImplementedError
+
+    def wrap_writer(self, writer: Any) -> Any:
+        """The writer the driver uses: a live reader makes it survive target reconnects."""
+        return writer
+
+    def target_emptied(self) -> None:
+        """The driver emptied the target before the first snapshot (empty_db_before_sync)."""
+        return None
+
+    def source_replid(self) -> str:
+        """The replication id of the source being followed ("" when none)."""
+        return ""
+
+
+class FileReaderBase(Reader):
     """Progress bookkeeping shared by readers of files (rdb, aof): ``sent`` of ``total``
     bytes handed on, ``done`` once the whole input was read. Files have no offsets to
     acknowledge."""
@@ -94,6 +165,7 @@ class FileReaderBase:
     sent: int = 0
     total: int = 0
     done: bool = False
+    caps = Capabilities(progress=True)
     progress_unit = "bytes"
 
     def acked(self, offset: int) -> None:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ..commands.slots import key_slot
 from ..entry import KEYLESS_ALL_MASTERS, Entry, KeyEnd, RestoreSet
+from ..errors import BadInput
 from ..rdb import records as R
 from ..rdb.dump import (
     make_payload,
@@ -134,7 +135,7 @@ def temp_key_tag(slot: int) -> bytes:
     return tag
 
 
-class ConversionError(Exception):
+class ConversionError(BadInput):
     """A value that cannot be written to this target at all (e.g. field TTLs on an old target)."""
 
 

@@ -29,7 +29,7 @@ from ..rdb.parser import RdbParser
 from ..rdb.primitives import Crc64, RdbError, read_length
 from ..rdb.walk import module_name
 from ..util import human_bytes
-from .base import FileReaderBase
+from .base import Capabilities, FileReaderBase
 from .rdb_entries import field_ttl_summary, module_refusal
 
 __all__ = ["RdbFileReader", "check_rdb_file"]
@@ -199,6 +199,7 @@ def check_rdb_file(
 
 
 class RdbFileReader(FileReaderBase):
+    caps = Capabilities(progress=True, counters=True)
     """``[rdb_reader]``: feeds a file through the parser and turns records into entries."""
 
     name = "rdb_reader"

@@ -28,9 +28,11 @@ from collections import Counter
 from collections.abc import Iterator
 
 from ..entry import KEYLESS_ALL_MASTERS, Entry
+from ..errors import SourceError
 from ..resp.conn import Connection, ConnError, ReplyError, parse_address
 from ..resp.server import ServerInfo, best_replica, cluster_shards, keyspace_counts, read_info
-from .rdb_entries import ConversionError, RdbToEntries
+from .base import Capabilities, Reader
+from .rdb_entries import RdbToEntries
 from .scan_node import NodeScanner, ScanError
 
 log = logging.getLogger("redshake")
@@ -58,7 +60,7 @@ def _check_target_dbs(dbs: list[int], counts: dict[int, int], limit: int, addres
     )
 
 
-class ScanSourceError(ConversionError):
+class ScanSourceError(SourceError):
     """The source cannot be used as configured (checked before anything is written; exit 2)."""
 
 
@@ -82,7 +84,8 @@ def merged_notify_flags(value: str) -> str:
     return "AE" + "".join(c for c in dict.fromkeys(value) if c in "Kmn")
 
 
-class ScanReader:
+class ScanReader(Reader):
+    caps = Capabilities(progress=True, counters=True)
     """The ``[scan_reader]`` (see the module doc)."""
 
     def __init__(self, rc, ctx) -> None:

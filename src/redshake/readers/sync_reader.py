@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..entry import Entry, Run
+from ..errors import AuthRefused, FatalError, LinkError, SourceError, reply_class
 from ..rdb import records as R
 from ..rdb.parser import RdbParser
 from ..rdb.primitives import RdbError
@@ -38,6 +39,8 @@ from ..repl.spool import Spool
 from ..resp.conn import parse_address
 from ..resp.encode import ARRAY_SIZES, BULK_SIZES, encode, encoded_len
 from ..util import human_bytes
+from ..writers.reconnecting import ReconnectingWriter
+from .base import Capabilities, Reader
 
 __all__ = ["SyncReader", "build", "EPOCH_SPAN", "tag"]
 
@@ -65,7 +68,8 @@ def tag(epoch: int, offset: int) -> int:
     return epoch * EPOCH_SPAN + offset
 
 
-class SyncReader:
+class SyncReader(Reader):
+    caps = Capabilities(counters=True, runs=True, exactly_once=True, live=True)
     def __init__(
         self,
         ctx,
@@ -210,7 +214,6 @@ class SyncReader:
         """Reach the source once before anything is written: a wrong password, a rejected
         certificate or a node of a cluster read alone is refused at once (exit 2); a source
         that cannot be reached is tried again until ``connect_timeout`` (then exit 1)."""
-        from ..readers.rdb_entries import ConversionError
         from ..resp.conn import AuthError, Connection, TLSVerifyError
 
         o = self.opts
@@ -225,14 +228,14 @@ class SyncReader:
         try:
             info = reach_source(attempt, self.address, self.connect_timeout, self.ctx.stop, self.name)
         except AuthError as e:
-            raise ConversionError(f"the source {where[0]} refused the credentials: {e}") from None
+            raise SourceError(f"the source {where[0]} refused the credentials: {e}") from None
         except TLSVerifyError as e:
-            raise ConversionError(str(e)) from None
+            raise SourceError(str(e)) from None
         address = where[0]
         if info.get("refused"):
-            raise ConversionError(f"the source {address} refused PING: {info['refused']}")
+            raise SourceError(f"the source {address} refused PING: {info['refused']}")
         if info.get("cluster_enabled") == "1" and not self.cluster_node_ok:
-            raise ConversionError(
+            raise SourceError(
                 f"the source {address} is a node of a cluster: alone it holds only its own "
                 "slots. Set cluster = true in [sync_reader] to copy every shard"
             )
@@ -424,7 +427,7 @@ class SyncReader:
         w = self._writer
         if w is not None and w.discard:
             return
-        if self._last_entry_off is None or (w is not None and getattr(w.inner, "idle", False)):
+        if self._last_entry_off is None or (w is not None and w.idle):
             # nothing in flight: everything handed over is applied (this also covers
             # entries a transform dropped, whose offsets never come back from the writer)
             applied = self._yielded_upto
@@ -472,8 +475,14 @@ class SyncReader:
 
     def wrap_writer(self, writer):
         """The pipeline's writer, made to survive a lost target connection."""
-        self._writer = ReconnectingWriter(writer, self)
+        self._writer = ReconnectingWriter(writer, self.name, self.acked, self.request_rewind, self.ctx.stop)
         return self._writer
+
+    def in_stream(self) -> bool:
+        return self.phase == PHASE_AOF
+
+    def source_replid(self) -> str:
+        return getattr(self._ep, "replid", "")
 
     def request_rewind(self) -> None:
         self._rewind = True
@@ -1035,99 +1044,6 @@ class SyncReader:
         return self.keys_read, self.conv.methods, Counter(self.conv.skipped)
 
 
-class ReconnectingWriter:
-    """Wraps the target writer for a live reader: when the connection to the target is lost,
-    reconnect (with back-off, until stopped) and make the reader produce again everything
-    after the last acknowledged offset. Entries the driver still writes from the batch that
-    was being written when the connection broke are discarded (the reader re-sends them)."""
-
-    def __init__(self, inner, reader: SyncReader) -> None:
-        self.inner = inner
-        self.reader = reader
-        self.discard = False
-        self.reconnects = 0
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
-
-    @property
-    def acked_offset(self) -> int:
-        return self.inner.acked_offset
-
-    def write(self, entry: Entry) -> None:
-        if self.discard:
-            return
-        try:
-            self.inner.write(entry)
-        except (OSError, Exception) as e:
-            self._recover(e)
-
-    def write_run(self, run: Run) -> None:
-        if self.discard:
-            return
-        try:
-            self.inner.write_run(run)
-        except (OSError, Exception) as e:
-            self._recover(e)
-
-    def begin_unit(self) -> None:
-        if self.discard:
-            return
-        try:
-            self.inner.begin_unit()
-        except (OSError, Exception) as e:
-            self._recover(e)
-
-    def end_unit(self, db: int, key: bytes, value: bytes, offset: int) -> None:
-        if self.discard:
-            return
-        try:
-            self.inner.end_unit(db, key, value, offset)
-        except (OSError, Exception) as e:
-            self._recover(e)
-
-    def poll(self) -> None:
-        if self.discard:
-            return
-        try:
-            self.inner.poll()
-        except (OSError, Exception) as e:
-            self._recover(e)
-
-    def flush(self) -> None:
-        try:
-            self.inner.flush()
-        except (OSError, Exception) as e:
-            self._recover(e)
-
-    def _recover(self, e: BaseException) -> None:
-        inner = self.inner
-        if not getattr(inner, "conn_lost", False) or not hasattr(inner, "reconnect"):
-            raise e
-        reader = self.reader
-        # what was acknowledged before the failure still counts
-        reader.acked(inner.acked_offset)
-        delay = 0.1
-        while True:
-            self.reconnects += 1
-            log.warning(
-                "[%s] lost the target connection (%s); reconnecting in %.1fs (reconnect #%d)",
-                reader.name, e, delay, self.reconnects,
-            )  # fmt: skip
-            time.sleep(delay)
-            try:
-                inner.reconnect()
-                break
-            except OSError as e2:
-                e = e2
-                if reader.ctx.stop():
-                    raise
-                delay = min(delay * 2, 5.0)
-        log.info("[%s] target reconnected: re-sending from the last acknowledged position", reader.name)
-        self.discard = True
-        reader.request_rewind()
-
-
 _K_SPECIAL, _K_INTERNAL, _K_ENTRY = 1, 2, 3
 
 
@@ -1194,7 +1110,6 @@ def reach_source(
     with back-off for ``limit`` seconds (0: forever), then FatalError naming ``setting``; a
     refused password or certificate is raised at once (retrying cannot fix it); a stop
     request raises KeyboardInterrupt. Used by the sync and scan readers."""
-    from ..pipeline import FatalError
     from ..resp.conn import AuthError, ConnError, TLSVerifyError
 
     t0 = time.monotonic()
@@ -1209,7 +1124,7 @@ def reach_source(
             attempts += 1
             waited = time.monotonic() - t0
             if limit > 0 and waited + delay > limit:
-                raise FatalError(
+                raise LinkError(
                     f"cannot reach the source {address} ({e}); gave up after {waited:.0f}s and "
                     f"{attempts} attempts ({setting} = {limit:g}; 0 waits forever)"
                 ) from None
@@ -1234,18 +1149,16 @@ def _source_info(conn) -> dict[str, str]:
     try:
         conn.call("PING")
     except ReplyError as e:
-        if e.code in ("NOAUTH", "WRONGPASS", "NOPERM"):
+        if issubclass(reply_class(e.message), AuthRefused):
             return {"refused": e.message}
         return {}
     return read_info(conn, "cluster", "keyspace", tolerate=True)
 
 
 def _fatal(e: BaseException) -> BaseException:
-    from ..pipeline import FatalError
-
     if isinstance(e, FatalError):
         return e
-    return FatalError(f"source link failed: {type(e).__name__}: {e}")
+    return LinkError(f"source link failed: {type(e).__name__}: {e}")
 
 
 def _pick_replica(address: str, rc) -> str:
@@ -1260,13 +1173,12 @@ def _pick_replica(address: str, rc) -> str:
 
 def build(cfg, ctx, address: str | None = None) -> SyncReader:
     """The reader for ``cfg``; ``address`` overrides the configured source (one shard)."""
-    from ..readers.rdb_entries import ConversionError
     from ..resp.conn import ConnError
 
     try:
         return _build(cfg, ctx, address)
     except (ConnError, ValueError) as e:
-        raise ConversionError(f"sync_reader: {e}") from None
+        raise SourceError(f"sync_reader: {e}") from None
 
 
 def _build(cfg, ctx, address: str | None) -> SyncReader:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 
 from ..entry import Entry
+from ..errors import FatalError
 
 __all__ = ["FieldTtlCommands", "FieldTtlError", "COMMANDS", "NAMES"]
 
@@ -53,7 +54,7 @@ end
 return redis.call('PEXPIREAT', KEYS[1], string.format('%.0f', t))"""
 
 
-class FieldTtlError(Exception):
+class FieldTtlError(FatalError):
     """A field TTL command the target cannot run and the setting does not convert."""
 
 

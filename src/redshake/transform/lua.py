@@ -34,11 +34,12 @@ import re
 
 import lupa.lua51 as lua
 
+from .. import errors
 from ..commands.lookup import CommandInfo, command_info
 from ..commands.slots import key_slot
 from ..entry import Entry
 
-__all__ = ["LuaFunction", "LuaSyntaxError", "LuaRuntimeFailure"]
+__all__ = ["LuaFunction", "LuaSyntaxError"]
 
 log = logging.getLogger("redshake")
 
@@ -219,20 +220,9 @@ class LuaSyntaxError(ValueError):
     """The function does not compile."""
 
 
-class LuaRuntimeFailure(Exception):
-    """The function raised an error on an entry (the run must stop)."""
-
-
 def _fatal(message: str) -> Exception:
-    try:
-        from ..pipeline import FatalError
-    except ImportError:  # pragma: no cover
-        return LuaRuntimeFailure(message)
-
-    class LuaError(FatalError, LuaRuntimeFailure):
-        pass
-
-    return LuaError(message)
+    """The function raised an error on an entry (the run must stop)."""
+    return errors.LuaError(message)
 
 
 class LuaFunction:

@@ -1,15 +1,20 @@
-"""What writers share: target facts (TargetInfo), error types."""
+"""What every writer provides to the driver (the :class:`Writer` contract and its
+:class:`Capabilities`), target facts (TargetInfo), error types."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
-from redshake.entry import Entry
+from redshake.entry import Entry, Run
+from redshake.errors import AuthRefused, reply_class
 from redshake.resp.conn import AuthError, Connection, ReplyError
 from redshake.resp.server import ServerInfo, read_info
 
 __all__ = [
+    "Capabilities",
     "TargetInfo",
     "ReplyError",
     "WriterError",
@@ -17,6 +22,7 @@ __all__ = [
     "rdb_version_for",
     "probe_target",
     "DEFAULT_PROTO_MAX_BULK_LEN",
+    "not_cluster_writer",
 ]
 
 DEFAULT_PROTO_MAX_BULK_LEN = 512 * 1024 * 1024
@@ -26,11 +32,115 @@ class WriterError(Exception):
     """The writer cannot continue (unhandled error reply, lost connection, ...)."""
 
 
-class Writer(Protocol):
+@dataclass(frozen=True)
+class Capabilities:
+    """What a writer can do beyond the methods every writer has. The driver asks these,
+    never ``hasattr``; a method whose ability is ``False`` raises NotImplementedError."""
+
+    runs: bool = False  # write_run(): a Run of plain commands goes whole
+    units: bool = False  # begin_unit() / end_unit() / try_marker(): exactly-once units
+    marker_get: bool = False  # get(): the position marker is one key (a standalone target)
+    slot_markers: bool = False  # one marker per slot: read_markers(), set_skip(), unit_offset()
+    drain: bool = False  # drain(): what was in flight is counted after a failure
+    reconnect: bool = False  # reconnect() after conn_lost
+
+
+class Writer(ABC):
+    """A target of entries.
+
+    The driver calls :meth:`write` (and :meth:`write_run` when ``caps.runs``) in source
+    order, :meth:`poll` when the reader is idle, :meth:`flush` at the end, then
+    :meth:`close`. Progress is read from ``acked`` (entries the target acknowledged),
+    ``keys_acked`` (of those, entries ending a snapshot key), ``acked_names`` (per raw
+    command name, None when not counted) and ``acked_offset`` (every entry with an offset
+    up to it is applied). Error replies go to the ``on_error`` handler given at build time.
+    """
+
+    caps: Capabilities = Capabilities()
+    info: TargetInfo
+    acked: int = 0
+    keys_acked: int = 0
+    acked_names: Counter[bytes] | None = None
+    acked_offset: int = -1
+    conn_lost: bool = False  # the last failure was a lost connection (caps.reconnect)
+    # slot markers (caps.slot_markers): blocks sent early set their slot's marker themselves
+    marker_prefix: bytes | None = None
+    marker_value: Callable[[int], bytes] | None = None
+
+    @abstractmethod
     def write(self, entry: Entry) -> None: ...
-    def flush(self) -> None: ...
-    def close(self) -> None: ...
+
+    def write_run(self, run: Run) -> None:
+        """Write a Run of plain commands whole (``caps.runs``)."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def poll(self) -> None:
+        """Send what is buffered, take the replies that arrived; never waits."""
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Send everything and wait for every reply."""
+
+    @abstractmethod
+    def exists(self, db: int, key: bytes) -> bool:
+        """Synchronously: does ``key`` exist in ``db`` (after everything written)?"""
+
+    @abstractmethod
+    def flushall(self) -> None:
+        """Empty the target."""
+
+    @abstractmethod
     def status(self) -> dict | list[dict]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def drain(self, timeout: float = 10.0) -> int:
+        """After a failure (``caps.drain``): wait for the replies to what was sent; returns
+        how many were errors."""
+        return 0
+
+    def reconnect(self) -> None:
+        """Connect again after ``conn_lost`` (``caps.reconnect``)."""
+        raise NotImplementedError
+
+    def begin_unit(self) -> None:
+        """Open an atomic unit (``caps.units``)."""
+        raise NotImplementedError
+
+    def end_unit(self, db: int, key: bytes, value: bytes, offset: int) -> None:
+        """Close the unit, setting the position marker ``key`` in ``db`` (``caps.units``)."""
+        raise NotImplementedError
+
+    def unit_offset(self, offset: int) -> None:
+        """The offset of a source transaction's EXEC inside a unit (``caps.slot_markers``)."""
+        raise NotImplementedError
+
+    def try_marker(self, db: int, key: bytes) -> str:
+        """Can a unit set the marker ``key`` in ``db``? "" or the refusal (``caps.units``)."""
+        return "this target cannot hold a position marker"
+
+    def get(self, db: int, key: bytes) -> bytes | None:
+        """Synchronously read a string key (``caps.marker_get``)."""
+        raise NotImplementedError
+
+    def read_markers(self, key: bytes) -> dict[int, bytes]:
+        """Every slot's marker value (``caps.slot_markers``)."""
+        raise NotImplementedError
+
+    def set_skip(self, skip: dict[int, int]) -> None:
+        """Per slot, the offset up to which the target already applied the stream
+        (``caps.slot_markers``)."""
+        raise NotImplementedError
+
+
+def not_cluster_writer(address: str) -> str:
+    """What to tell a user whose standalone writer meets a cluster target."""
+    return (
+        f"the target {address} is a cluster: set cluster = true in [redis_writer] "
+        '(v3 sync.toml: [target] type = "cluster")'
+    )
 
 
 def rdb_version_for(version: tuple[int, int, int], is_valkey: bool) -> int:
@@ -111,7 +221,7 @@ def probe_target(conn: Connection) -> TargetInfo:
     try:
         conn.call("PING")
     except ReplyError as e:
-        if e.code in ("NOAUTH", "WRONGPASS", "NOPERM"):
+        if issubclass(reply_class(e.message), AuthRefused):
             raise AuthError(f"{conn.address} refused PING: {e.message}") from None
         raise
     ti = TargetInfo.from_info(read_info(conn, "server", "cluster", tolerate=True))

@@ -76,7 +76,7 @@ from redshake.resp.conn import (
 )
 from redshake.resp.encode import encode
 from redshake.resp.server import ClusterShard, cluster_shards
-from redshake.writers.base import TargetInfo, WriterError
+from redshake.writers.base import Capabilities, TargetInfo, Writer, WriterError
 from redshake.writers.redis import UNLIMITED_QPS, OnError, RedisWriter, ScriptCall
 
 __all__ = ["ClusterWriter", "basic_command_keys", "KeyFinder", "marker_key"]
@@ -297,7 +297,9 @@ _SPLIT_WARNINGS = 10
 _OFF, _OBJ, _HELD, _PARTS = 0, 1, 2, 3
 
 
-class ClusterWriter:
+class ClusterWriter(Writer):
+    caps = Capabilities(units=True, slot_markers=True, drain=True, reconnect=True)
+
     def __init__(
         self,
         address: str,

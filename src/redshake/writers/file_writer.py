@@ -37,7 +37,7 @@ from pathlib import Path
 
 from ..entry import Entry
 from ..resp.encode import encode
-from .base import DEFAULT_PROTO_MAX_BULK_LEN, TargetInfo
+from .base import DEFAULT_PROTO_MAX_BULK_LEN, TargetInfo, Writer
 
 __all__ = ["FileWriter", "build", "quote_arg", "format_cmd"]
 
@@ -111,7 +111,7 @@ def _text(b: bytes) -> tuple[str, bool]:
         return b.decode("utf-8", "replace"), False
 
 
-class FileWriter:
+class FileWriter(Writer):
     """Writes entries to ``filepath`` in ``cmd``, ``aof`` or ``json`` format."""
 
     name = "file_writer"

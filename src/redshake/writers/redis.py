@@ -38,9 +38,10 @@ from collections.abc import Callable
 from operator import itemgetter
 
 from redshake.entry import Entry, RestoreSet, Run, UnitEntry
+from redshake.errors import BusyKey, ReadOnly, reply_class
 from redshake.resp.conn import Connection, ConnError, ReplyError, connection_options, parse_address
 from redshake.resp.encode import encode
-from redshake.writers.base import TargetInfo, WriterError, probe_target
+from redshake.writers.base import Capabilities, TargetInfo, Writer, WriterError, probe_target
 
 _first = itemgetter(0)  # a command's name
 log = logging.getLogger("redshake")
@@ -63,7 +64,7 @@ _MULTI = b"MULTI"
 _EXEC = b"EXEC"
 
 
-_BUSYKEY = ReplyError("BUSYKEY Target key name already exists.")
+_BUSYKEY = ReplyError(f"{BusyKey.code} Target key name already exists.")
 _OKS = b"+OK\r\n" * 4096  # a run never has more commands than that (sync reader: 1024)
 _QUEUEDS = b"+QUEUED\r\n" * 4096  # what the commands of a run inside a MULTI answer
 
@@ -147,7 +148,9 @@ def _ignore_error(_entry: Entry, _message: str) -> None:
     """on_error while draining: the error is counted (``errors``), nothing else."""
 
 
-class RedisWriter:
+class RedisWriter(Writer):
+    caps = Capabilities(runs=True, units=True, marker_get=True, drain=True, reconnect=True)
+
     def __init__(
         self,
         address: str,
@@ -457,7 +460,8 @@ class RedisWriter:
         the new master and what was not acknowledged is sent again."""
 
         def check(entry: Entry, message: str) -> None:
-            if message.startswith("READONLY") or "-READONLY" in message or "READONLY You" in message:
+            # (READONLY, or a transaction discarded because a command got READONLY)
+            if reply_class(message) is ReadOnly or "-READONLY" in message or "READONLY You" in message:
                 if self._exc is None:
                     self._exc = WriterError(f"{self.name}: {self.address} is no longer the master: {message}")
                     self.conn_lost = True
