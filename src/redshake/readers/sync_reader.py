@@ -38,6 +38,7 @@ from ..repl.spool import Spool
 from ..resp.conn import parse_address
 from ..resp.encode import ARRAY_SIZES, BULK_SIZES, encode, encoded_len
 from ..util import human_bytes
+from .cmdstream import Framer
 
 __all__ = ["SyncReader", "build", "EPOCH_SPAN", "tag"]
 
@@ -708,16 +709,15 @@ class SyncReader:
         num = ep.num
         span_base = num * EPOCH_SPAN
         parser = CommandStream(self.sent_offset)
-        db = self.db
-        db_changes = self._db_changes
-        txn: list[Entry] | None = None
-        batch: list[Entry] = []
+        fr = Framer(self.db)
+        db = fr.db
+        txn: list[Entry] | None = None  # fr.txn (read by the hot loop)
+        batch: list[Entry] = fr.batch
         safe = self.sent_offset  # offset up to which every command is in `batch` or handled
         last_entry = self._last_entry_off
         last_beat = time.monotonic()
         samples = self._rx_samples
         kinds: dict[bytes, int] = {}
-        keep_slot_sync = self.keep_slot_sync
         while True:
             if stop() or link.epoch is not ep:
                 break
@@ -731,10 +731,10 @@ class SyncReader:
                 if batch:
                     self._last_entry_off = last_entry
                     self._yielded_upto = safe
-                    yield batch
+                    yield fr.take()
+                    batch = fr.batch
                     if self._rewind:
                         return
-                    batch = []
                     last_beat = now
                     continue
                 self._yielded_upto = safe
@@ -802,48 +802,16 @@ class SyncReader:
                             txn.append(Entry(db, argv, None, -1, raw))
                         continue
                     parser.advance(start, end, raw)
-                    if kind == _K_INTERNAL:
-                        if not _internal(argv[0].lower(), argv) or (
-                            keep_slot_sync and argv[0].lower() == b"cluster"
-                        ):
-                            entries += 1
-                            if txn is None:
-                                batch.append(Entry(db, argv, None, span_base + end, raw))
-                                last_entry = safe = end
-                            else:
-                                txn.append(Entry(db, argv, None, -1, raw))
-                            continue
-                        self.dropped += 1
-                        if txn is None:
-                            safe = end
-                        continue
-                    name = argv[0].lower()
-                    if name == b"select":
-                        try:
-                            db = int(argv[1])
-                        except (IndexError, ValueError):
-                            log.warning("[%s] bad SELECT in the stream: %r", self.name, argv)
-                        db_changes.append((end, db))
-                    elif name == b"multi":
-                        txn = [Entry(db, argv, None, -1, raw)]
-                        continue
-                    elif name == b"exec":
-                        if txn is None:
-                            log.warning("[%s] EXEC without MULTI in the stream (dropped)", self.name)
-                        else:
-                            txn.append(Entry(db, argv, None, span_base + end, raw))
-                            batch.extend(txn)
-                            txn = None
-                            last_entry = safe = end
-                            entries += 1
-                        continue
-                    elif name == b"replconf":
-                        if len(argv) > 1 and argv[1].lower() == b"getack":
-                            self.getacks += 1
-                            link.send_ack()
-                    self.dropped += 1
-                    if txn is None:
+                    got = self._control(fr, argv, kind, raw, end, span_base)
+                    if got == _FORWARDED:
+                        entries += 1
+                        last_entry = safe = end
+                    elif got == _GATHERED:
+                        entries += 1
+                    elif got == _DROPPED and txn is None:
                         safe = end
+                    txn = fr.txn
+                    db = fr.db
                 if run is not None:
                     batch.append(_make_run(db, run, chunk, cs, run_start, end, span_base))
                     last_entry = safe = end
@@ -858,10 +826,10 @@ class SyncReader:
                 if batch:
                     self._last_entry_off = last_entry
                     self._yielded_upto = safe
-                    yield batch
+                    yield fr.take()
+                    batch = fr.batch
                     if self._rewind:
                         return
-                    batch = []
                 if argv is False:
                     break  # the chunk is parsed
                 entries = 0  # a full batch was handed over mid-chunk: go on parsing the chunk
@@ -889,7 +857,39 @@ class SyncReader:
                     return
         # leaving: stop or new epoch; a partial transaction is simply not applied
         self.sent_offset = safe
-        self.db = db
+        self.db = fr.db
+
+    def _control(self, fr: Framer, argv: list[bytes], kind: int, raw: bytes, end: int,
+                 span_base: int) -> int:  # fmt: skip
+        """A command of the stream that is not plain data (PING, SELECT, REPLCONF, MULTI,
+        EXEC, or one that may be replication-internal), ending at offset ``end``: handled
+        through the framer. Returns _FORWARDED (in the batch with the offset ``end``),
+        _GATHERED (into the open MULTI block), _DROPPED (not forwarded) or _HELD (MULTI, or
+        an EXEC without MULTI: nothing to account)."""
+        name = argv[0].lower()
+        if kind == _K_INTERNAL:
+            if not _internal(name, argv) or (self.keep_slot_sync and name == b"cluster"):
+                in_batch = fr.txn is None
+                fr.add(Entry(fr.db, argv, None, span_base + end if in_batch else -1, raw))
+                return _FORWARDED if in_batch else _GATHERED
+        elif name == b"select":
+            if not fr.select(argv):
+                log.warning("[%s] bad SELECT in the stream: %r", self.name, argv)
+            self._db_changes.append((end, fr.db))
+        elif name == b"multi":
+            fr.multi(Entry(fr.db, argv, None, -1, raw), restart=True)
+            return _HELD
+        elif name == b"exec":
+            if fr.exec(Entry(fr.db, argv, None, span_base + end, raw)) is None:
+                log.warning("[%s] EXEC without MULTI in the stream (dropped)", self.name)
+                return _HELD
+            return _FORWARDED
+        elif name == b"replconf":
+            if len(argv) > 1 and argv[1].lower() == b"getack":
+                self.getacks += 1
+                self.link.send_ack()  # type: ignore[union-attr]
+        self.dropped += 1
+        return _DROPPED
 
     # -- checkpoint ---------------------------------------------------------------------
 
@@ -1133,6 +1133,8 @@ class ReconnectingWriter:
 
 
 _K_SPECIAL, _K_INTERNAL, _K_ENTRY = 1, 2, 3
+# what SyncReader._control did with a command
+_FORWARDED, _GATHERED, _DROPPED, _HELD = 0, 1, 2, 3
 
 
 def _make_run(db: int, argvs: list, chunk: bytes, cs: int, start: int, end: int,
