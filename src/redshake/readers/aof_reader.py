@@ -41,12 +41,12 @@ from ..aof.manifest import ManifestError, read_manifest
 from ..aof.parser import Annotation, AofError, AofParser, BigArg
 from ..entry import Entry
 from ..rdb import records as R
-from ..rdb.parser import RdbParser
 from ..rdb.primitives import RdbError
 from ..repl.bigbulk import MAX_BULK, PIECE, PIECE_DONE, BigCommand, limits
 from ..util import human_bytes
 from .base import FileReaderBase
 from .cmdstream import Framer
+from .snapshot import SnapshotFeed, check_value
 
 __all__ = ["AofFileReader", "build", "plan_files"]
 
@@ -183,6 +183,7 @@ class AofFileReader(FileReaderBase):
         self.state = "init"
         self.done = False
         self.conv = None
+        self._feed: SnapshotFeed | None = None  # of the RDB part being read
         # results of the validation pass
         self.cut: tuple[int, int, int] | None = None  # (part index, file offset, ts) of the cut-off
         self.dropped_tail: list[str] = []
@@ -204,7 +205,7 @@ class AofFileReader(FileReaderBase):
         """("rdb", record, file offset) / ("cmd", argv, end) / ("ann", Annotation, end)
         for one file; errors carry the file name. A truncated tail raises AofError(truncated)."""
         fname = str(part.path)
-        rdb: RdbParser | None = None
+        rdb: SnapshotFeed | None = None
         aof: AofParser | None = None
         stop = self.ctx.stop
         try:
@@ -215,7 +216,8 @@ class AofFileReader(FileReaderBase):
                 head = f.read(min(READ_SIZE, remaining))
                 remaining -= len(head)
                 if head[:5] == b"REDIS" or head[:6] == b"VALKEY":
-                    rdb = RdbParser()
+                    # the RDB parts of the AOF share one converter (see _rdb_record)
+                    rdb = self._feed = SnapshotFeed(self.ctx, self.conv)
                 else:
                     aof = AofParser(0, PIECE, self._max_bulk)
                 chunk = head
@@ -223,12 +225,11 @@ class AofFileReader(FileReaderBase):
                     if stop():
                         raise KeyboardInterrupt
                     if rdb is not None:
-                        rdb.feed(chunk)
-                        for rec in rdb.records():
+                        for rec in rdb.feed(chunk):
                             yield "rdb", rec, rdb.offset
                         if rdb.done:
                             aof = AofParser(rdb.offset, PIECE, self._max_bulk)
-                            rest = rdb.trailing
+                            rest = rdb.parser.trailing
                             rdb = None
                             aof.feed(rest)
                             for item, end in aof.items():
@@ -386,7 +387,11 @@ class AofFileReader(FileReaderBase):
             if shifted:
                 rec.expire_ms = shifted
                 self._note(rec.db, rec.key)
-        yield from self._converter(part).convert_chunks(rec, BATCH)
+        feed = self._feed
+        assert feed is not None
+        out = feed.convert(rec, BATCH)
+        self.conv = feed.conv
+        yield from out
 
     def _truncated(self, e: AofError, part: _Part, last: bool, dry: bool) -> None:
         """A truncated command: dropped at the end of the last file with ignore_truncated,
@@ -555,29 +560,18 @@ class AofFileReader(FileReaderBase):
             yield batch
         self.deferred.clear()
 
-    def _converter(self, part: _Part):
-        if self.conv is None:
-            with open(part.path, "rb") as f:
-                head = f.read(9)
-            valkey = head.startswith(b"VALKEY")
-            self.conv = self.ctx.rdb_converter(int(head[6:9] if valkey else head[5:9]), valkey)
-        return self.conv
-
     def _decode_pass(self, part: _Part) -> None:
         """An RDB part without checksum: decode every value once so corruption shows now."""
-        from ..rdb.values import decode_value
-
-        p = RdbParser()
+        feed = SnapshotFeed(self.ctx)
         with open(part.path, "rb") as f:
-            while not p.done:
+            while not feed.done:
                 chunk = f.read(READ_SIZE)
                 if not chunk:
                     break
-                p.feed(chunk)
-                for rec in p.records():
+                for rec in feed.feed(chunk):
                     if type(rec) is R.KeyValue and not rec.empty:
                         try:
-                            decode_value(rec.type, rec.raw, valkey=p.is_valkey)
+                            check_value(rec, feed.parser.is_valkey)
                         except RdbError as e:
                             raise AofError(
                                 f"RDB value of key {rec.key!r}: {e.message}",

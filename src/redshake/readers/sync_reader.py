@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..entry import Entry, Run
-from ..rdb import records as R
-from ..rdb.parser import RdbParser
 from ..rdb.primitives import RdbError
 from ..repl.bigbulk import PIECE, live_command
 from ..repl.checkpoint import PHASE_AOF, PHASE_RDB, Checkpoint, load_checkpoint, save_checkpoint
@@ -39,6 +37,7 @@ from ..resp.conn import parse_address
 from ..resp.encode import ARRAY_SIZES, BULK_SIZES, encode, encoded_len
 from ..util import human_bytes
 from .cmdstream import Framer
+from .snapshot import SnapshotFeed
 
 __all__ = ["SyncReader", "build", "EPOCH_SPAN", "tag"]
 
@@ -604,11 +603,10 @@ class SyncReader:
                     return
             self._rdb_finished(ep, self._stream_db(ep, None))
             return
-        parser = RdbParser()
-        conv = self.conv = None
+        feed = SnapshotFeed(self.ctx)
+        self.conv = None
         pos = 0
         out: list[Entry] = []
-        key_records = (R.KeyValue, R.BigKeyStart)
         last_beat = time.monotonic()
         while True:
             if stop() or link.epoch is not ep:
@@ -620,7 +618,7 @@ class SyncReader:
             if not chunk:
                 if done:
                     try:
-                        parser.finish()
+                        feed.finish()
                     except RdbError as e:
                         raise RdbError(f"snapshot from {self.address}: {e.message}", e.offset) from None
                 if len(out) > 1:
@@ -639,21 +637,18 @@ class SyncReader:
                         return
                 continue
             pos += len(chunk)
-            parser.feed(chunk)
-            for rec in parser.records():
-                if conv is None:
-                    conv = self.conv = self.ctx.rdb_converter(parser.version, parser.is_valkey)
-                if type(rec) in key_records:
-                    self.keys_read += 1
-                for batch in conv.convert_chunks(rec):
+            for rec in feed.feed(chunk):
+                for batch in feed.convert(rec):
                     out.extend(batch)
                     if len(out) > BATCH_MAX:
+                        self.conv, self.keys_read = feed.conv, feed.keys
                         yield out[:-1]
                         if self._rewind:
                             return
                         out = out[-1:]
-            self.rdb_sent = parser.offset
-            if parser.done:
+            self.conv, self.keys_read = feed.conv, feed.keys
+            self.rdb_sent = feed.offset
+            if feed.done:
                 if out:
                     # the last entry of the snapshot carries the snapshot's offset: once the
                     # target acknowledges it, the whole snapshot is applied
@@ -662,9 +657,9 @@ class SyncReader:
                     yield out
                     if self._rewind:
                         return
-                    self._rdb_finished(ep, self._stream_db(ep, conv), last_entry=True)
+                    self._rdb_finished(ep, self._stream_db(ep, feed.conv), last_entry=True)
                 else:
-                    self._rdb_finished(ep, self._stream_db(ep, conv))
+                    self._rdb_finished(ep, self._stream_db(ep, feed.conv))
                 return
             if time.monotonic() - last_beat > HEARTBEAT:
                 last_beat = time.monotonic()
