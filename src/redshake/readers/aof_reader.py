@@ -284,9 +284,11 @@ class AofFileReader(FileReaderBase):
         fname = str(part.path)
         base = part.start
         big: BigCommand | None = None  # a command whose long arguments come in pieces
+        batch = fr.batch  # (the hot loop's alias: renewed whenever the batch is taken)
         for kind, item, end in self._items(part):
-            if len(fr.batch) >= BATCH:
+            if len(batch) >= BATCH:
                 yield fr.take()
+                batch = fr.batch
             if kind == "cmd":
                 argv: list[bytes] = item  # type: ignore[assignment]
                 name = argv[0]
@@ -311,29 +313,32 @@ class AofFileReader(FileReaderBase):
                         self.sent = base + end
                     continue
                 db = fr.db
+                txn = fr.txn
                 if not dry:
                     if up in _EXPIRY_CMDS:
-                        argv = self._expiry(db, argv, up, fr.txn is None)
+                        argv = self._expiry(db, argv, up, txn is None)
                     elif self.deferred and (up in _CARRY_CMDS or up in _CLEAR_CMDS):
-                        self._carry(db, argv, up, fr.txn is None)
+                        self._carry(db, argv, up, txn is None)
                 if big is None:
                     e = Entry(db, argv, None, base + end)
                 else:  # its long arguments went ahead in pieces (or were kept)
                     e = big.finish(argv, base + end)
                     big = None
-                if fr.txn is None:
-                    self.commands += 1
-                    if dry:
-                        continue
+                if txn is not None:
+                    txn.append(e)
+                    continue
+                self.commands += 1
+                if not dry:
+                    batch.append(e)
                     self.sent = base + end
-                fr.add(e)
             elif kind == "piece":
                 if not dry:
                     pe = big.piece(item)  # type: ignore[union-attr, arg-type]
                     if pe is not None:  # handed over now, ahead of a MULTI block
-                        fr.batch.append(pe)
+                        batch.append(pe)
                         self.sent = base + end
                         yield fr.take()
+                        batch = fr.batch
                         yield PIECE_DONE
             elif kind == "big":
                 if big is None:
@@ -360,9 +365,10 @@ class AofFileReader(FileReaderBase):
                     )
             else:  # an RDB record (base file or preamble)
                 for out in self._rdb_record(part, item, dry):
-                    if len(fr.batch) >= BATCH:
+                    if len(batch) >= BATCH:
                         yield fr.take()
-                    fr.batch.extend(out)
+                        batch = fr.batch
+                    batch.extend(out)
                     self.sent = base + end
 
     def _rdb_record(self, part: _Part, rec, dry: bool) -> Iterator[list[Entry]]:
