@@ -637,15 +637,14 @@ class SyncReader:
                         return
                 continue
             pos += len(chunk)
-            for rec in feed.feed(chunk):
-                for batch in feed.convert(rec):
-                    out.extend(batch)
-                    if len(out) > BATCH_MAX:
-                        self.conv, self.keys_read = feed.conv, feed.keys
-                        yield out[:-1]
-                        if self._rewind:
-                            return
-                        out = out[-1:]
+            for batch in feed.entries(chunk):
+                out.extend(batch)
+                if len(out) > BATCH_MAX:
+                    self.conv, self.keys_read = feed.conv, feed.keys
+                    yield out[:-1]
+                    if self._rewind:
+                        return
+                    out = out[-1:]
             self.conv, self.keys_read = feed.conv, feed.keys
             self.rdb_sent = feed.offset
             if feed.done:
