@@ -41,11 +41,12 @@ from ..aof.manifest import ManifestError, read_manifest
 from ..aof.parser import Annotation, AofError, AofParser, BigArg
 from ..entry import Entry
 from ..rdb import records as R
-from ..rdb.parser import RdbParser
 from ..rdb.primitives import RdbError
 from ..repl.bigbulk import MAX_BULK, PIECE, PIECE_DONE, BigCommand, limits
 from ..util import human_bytes
 from .base import FileReaderBase
+from .cmdstream import Framer
+from .snapshot import SnapshotFeed, check_value
 
 __all__ = ["AofFileReader", "build", "plan_files"]
 
@@ -182,6 +183,7 @@ class AofFileReader(FileReaderBase):
         self.state = "init"
         self.done = False
         self.conv = None
+        self._feed: SnapshotFeed | None = None  # of the RDB part being read
         # results of the validation pass
         self.cut: tuple[int, int, int] | None = None  # (part index, file offset, ts) of the cut-off
         self.dropped_tail: list[str] = []
@@ -203,7 +205,7 @@ class AofFileReader(FileReaderBase):
         """("rdb", record, file offset) / ("cmd", argv, end) / ("ann", Annotation, end)
         for one file; errors carry the file name. A truncated tail raises AofError(truncated)."""
         fname = str(part.path)
-        rdb: RdbParser | None = None
+        rdb: SnapshotFeed | None = None
         aof: AofParser | None = None
         stop = self.ctx.stop
         try:
@@ -214,7 +216,8 @@ class AofFileReader(FileReaderBase):
                 head = f.read(min(READ_SIZE, remaining))
                 remaining -= len(head)
                 if head[:5] == b"REDIS" or head[:6] == b"VALKEY":
-                    rdb = RdbParser()
+                    # the RDB parts of the AOF share one converter (see _rdb_record)
+                    rdb = self._feed = SnapshotFeed(self.ctx, self.conv)
                 else:
                     aof = AofParser(0, PIECE, self._max_bulk)
                 chunk = head
@@ -222,12 +225,11 @@ class AofFileReader(FileReaderBase):
                     if stop():
                         raise KeyboardInterrupt
                     if rdb is not None:
-                        rdb.feed(chunk)
-                        for rec in rdb.records():
+                        for rec in rdb.feed(chunk):
                             yield "rdb", rec, rdb.offset
                         if rdb.done:
                             aof = AofParser(rdb.offset, PIECE, self._max_bulk)
-                            rest = rdb.trailing
+                            rest = rdb.parser.trailing
                             rdb = None
                             aof.feed(rest)
                             for item, end in aof.items():
@@ -251,187 +253,198 @@ class AofFileReader(FileReaderBase):
 
     def _walk(self, *, dry: bool) -> Iterator[list[Entry]]:
         """The replay state machine shared by validation (dry) and the real pass."""
-        T = self.timestamp
         nparts = len(self.parts)
-        batch: list[Entry] = []
+        fr = Framer()  # (the batch runs on from one file into the next)
         for idx, part in enumerate(self.parts):
             self.current = idx
             self.state = f"loading {part.role} file {part.path.name}"
             last = idx == nparts - 1
-            timed = T > 0 and part.role != "base"
-            fname = str(part.path)
-            base = part.start
-            db = 0
-            block: list[Entry] | None = None
-            block_at = 0
-            conv = None
-            big: BigCommand | None = None  # a command whose long arguments come in pieces
+            fr.restart()
             try:
-                for kind, item, end in self._items(part):
-                    if len(batch) >= BATCH:
-                        yield batch
-                        batch = []
-                    if kind == "cmd":
-                        argv: list[bytes] = item  # type: ignore[assignment]
-                        name = argv[0]
-                        # (the names looked up below are at most 9 bytes long)
-                        up = name.upper() if len(name) <= 9 else name
-                        if up == _SELECT:
-                            if len(argv) != 2 or not argv[1].isdigit():
-                                raise AofError(f"bad SELECT command {argv!r}", end, file=fname)
-                            db = int(argv[1])
-                            continue
-                        if up == _MULTI:
-                            if block is not None:
-                                self.skipped["nested_multi"] += 1
-                                continue
-                            block = [Entry(db, argv, None, base + end)]
-                            block_at = end
-                            continue
-                        if up == _EXEC:
-                            if block is None:
-                                self.skipped["exec_without_multi"] += 1
-                                continue
-                            block.append(Entry(db, argv, None, base + end))
-                            self.transactions += 1
-                            self.commands += len(block) - 2
-                            if not dry:
-                                batch.extend(block)
-                                self.sent = base + end
-                            block = None
-                            continue
-                        if not dry:
-                            if up in _EXPIRY_CMDS:
-                                argv = self._expiry(db, argv, up, block is None)
-                            elif self.deferred and (up in _CARRY_CMDS or up in _CLEAR_CMDS):
-                                self._carry(db, argv, up, block is None)
-                        if big is None:
-                            e = Entry(db, argv, None, base + end)
-                        else:  # its long arguments went ahead in pieces (or were kept)
-                            e = big.finish(argv, base + end)
-                            big = None
-                        if block is not None:
-                            block.append(e)
-                        else:
-                            self.commands += 1
-                            if not dry:
-                                batch.append(e)
-                                self.sent = base + end
-                    elif kind == "piece":
-                        if not dry:
-                            pe = big.piece(item)  # type: ignore[union-attr, arg-type]
-                            if pe is not None:  # handed over now, ahead of a MULTI block
-                                batch.append(pe)
-                                self.sent = base + end
-                                yield batch
-                                yield PIECE_DONE
-                                batch = []
-                    elif kind == "big":
-                        if big is None:
-                            big = BigCommand(db, b"a%d" % (base + end), limit=self._limit,
-                                             temp_keys=self._temp_keys, max_bulk=self._max_bulk,
-                                             where=f"{fname} at byte offset {end}")  # fmt: skip
-                        big.arg(item)  # type: ignore[arg-type]
-                    elif kind == "ann":
-                        ann: Annotation = item  # type: ignore[assignment]
-                        if ann.ts is not None:
-                            self.last_ts = ann.ts
-                            if part.role == "base" and not self.base_ts:
-                                self.base_ts = ann.ts
-                            if timed and ann.ts > T:
-                                self.cut = (idx, ann.start, ann.ts)
-                                if block is not None:
-                                    self.skipped["multi_block_at_cutoff"] += 1
-                                    block = None
-                                raise _Cut
-                        elif ann.malformed_ts and timed:
-                            raise AofError(
-                                f"malformed timestamp annotation {ann.text!r}",
-                                ann.start,
-                                file=fname,
-                            )
-                    else:  # an RDB record (base file or preamble)
-                        t = type(item)
-                        if t is R.KeyValue or t is R.BigKeyStart:
-                            self.rdb_keys += 1
-                        elif t is R.Eof:
-                            if dry:
-                                if not item.verified:  # type: ignore[attr-defined]
-                                    self._decode_pass(part)
-                                self._check_point_in_time(fname)
-                            continue
-                        elif t is R.Aux and item.key == b"ctime":  # type: ignore[attr-defined]
-                            v = item.value  # type: ignore[attr-defined]
-                            if isinstance(v, bytes) and v.isdigit():
-                                self.base_ts = int(v)
-                        if dry:
-                            continue
-                        if (t is R.KeyValue or t is R.BigKeyStart) and item.expire_ms != -1:  # type: ignore[attr-defined]
-                            shifted = self._shift(item.expire_ms)  # type: ignore[attr-defined]
-                            if shifted:
-                                item.expire_ms = shifted  # type: ignore[attr-defined]
-                                self._note(item.db, item.key)  # type: ignore[attr-defined]
-                        if conv is None:
-                            conv = self._converter(part)
-                        for out in conv.convert_chunks(item, BATCH):
-                            if len(batch) >= BATCH:
-                                yield batch
-                                batch = []
-                            batch.extend(out)
-                            self.sent = base + end
+                yield from self._replay(idx, part, fr, dry)
             except _Cut:
-                if batch:
-                    yield batch
+                if fr.batch:
+                    yield fr.take()
                 return
             except AofError as e:
-                if not e.truncated:
-                    raise
-                if not (last and self.ignore_truncated):
-                    if last:
-                        e.message += " (set aof_reader.ignore_truncated = true to drop it)"
-                    else:
-                        e.message += " (only the last file may be truncated)"
-                    raise AofError(e.message, e.offset, file=fname, truncated=True) from None
-                if dry:
-                    self.dropped_tail.append(
-                        f"{part.path.name}: {e.message} at byte offset {e.offset}"
-                    )
-                    log.warning(
-                        "%s: %s at byte offset %s: dropped (ignore_truncated)",
-                        fname,
-                        e.message,
-                        e.offset,
-                    )
-            if block is not None:  # a MULTI without EXEC at the end of the file
-                if not (last and self.ignore_truncated):
-                    hint = (
-                        "set aof_reader.ignore_truncated = true to drop it"
-                        if last
-                        else "only the last file may end inside a transaction"
-                    )
+                self._truncated(e, part, last, dry)
+            if fr.txn is not None:  # a MULTI without EXEC at the end of the file
+                self._unterminated(fr, part, last, dry)
+            if not dry:
+                self.sent = part.start + part.size
+            elif part.role == "base":
+                self._check_point_in_time(str(part.path))
+        if fr.batch:
+            yield fr.take()
+
+    def _replay(self, idx: int, part: _Part, fr: Framer, dry: bool) -> Iterator[list[Entry]]:
+        """One file through the framer: full batches are handed over as they fill."""
+        T = self.timestamp
+        timed = T > 0 and part.role != "base"
+        fname = str(part.path)
+        base = part.start
+        big: BigCommand | None = None  # a command whose long arguments come in pieces
+        batch = fr.batch  # (the hot loop's alias: renewed whenever the batch is taken)
+        for kind, item, end in self._items(part):
+            if len(batch) >= BATCH:
+                yield fr.take()
+                batch = fr.batch
+            if kind == "cmd":
+                argv: list[bytes] = item  # type: ignore[assignment]
+                name = argv[0]
+                # (the names looked up below are at most 9 bytes long)
+                up = name.upper() if len(name) <= 9 else name
+                if up == _SELECT:
+                    if not fr.select(argv):
+                        raise AofError(f"bad SELECT command {argv!r}", end, file=fname)
+                    continue
+                if up == _MULTI:
+                    if not fr.multi(Entry(fr.db, argv, None, base + end), end):
+                        self.skipped["nested_multi"] += 1
+                    continue
+                if up == _EXEC:
+                    block = fr.exec(Entry(fr.db, argv, None, base + end), keep=not dry)
+                    if block is None:
+                        self.skipped["exec_without_multi"] += 1
+                        continue
+                    self.transactions += 1
+                    self.commands += len(block) - 2
+                    if not dry:
+                        self.sent = base + end
+                    continue
+                db = fr.db
+                txn = fr.txn
+                if not dry:
+                    if up in _EXPIRY_CMDS:
+                        argv = self._expiry(db, argv, up, txn is None)
+                    elif self.deferred and (up in _CARRY_CMDS or up in _CLEAR_CMDS):
+                        self._carry(db, argv, up, txn is None)
+                if big is None:
+                    e = Entry(db, argv, None, base + end)
+                else:  # its long arguments went ahead in pieces (or were kept)
+                    e = big.finish(argv, base + end)
+                    big = None
+                if txn is not None:
+                    txn.append(e)
+                    continue
+                self.commands += 1
+                if not dry:
+                    batch.append(e)
+                    self.sent = base + end
+            elif kind == "piece":
+                if not dry:
+                    pe = big.piece(item)  # type: ignore[union-attr, arg-type]
+                    if pe is not None:  # handed over now, ahead of a MULTI block
+                        batch.append(pe)
+                        self.sent = base + end
+                        yield fr.take()
+                        batch = fr.batch
+                        yield PIECE_DONE
+            elif kind == "big":
+                if big is None:
+                    big = BigCommand(fr.db, b"a%d" % (base + end), limit=self._limit,
+                                     temp_keys=self._temp_keys, max_bulk=self._max_bulk,
+                                     where=f"{fname} at byte offset {end}")  # fmt: skip
+                big.arg(item)  # type: ignore[arg-type]
+            elif kind == "ann":
+                ann: Annotation = item  # type: ignore[assignment]
+                if ann.ts is not None:
+                    self.last_ts = ann.ts
+                    if part.role == "base" and not self.base_ts:
+                        self.base_ts = ann.ts
+                    if timed and ann.ts > T:
+                        self.cut = (idx, ann.start, ann.ts)
+                        if fr.drop_txn() >= 0:
+                            self.skipped["multi_block_at_cutoff"] += 1
+                        raise _Cut
+                elif ann.malformed_ts and timed:
                     raise AofError(
-                        f"file ends inside a MULTI block (MULTI ends at byte offset {block_at}, "
-                        f"{len(block) - 1} commands, no EXEC); {hint}",
-                        part.size,
+                        f"malformed timestamp annotation {ann.text!r}",
+                        ann.start,
                         file=fname,
                     )
-                self.skipped["unterminated_multi"] += 1
-                if dry:
-                    self.dropped_tail.append(
-                        f"{part.path.name}: MULTI at byte offset {block_at} without EXEC "
-                        f"({len(block) - 1} commands)"
-                    )
-                    log.warning(
-                        "%s: the MULTI ending at byte offset %d has no EXEC: its %d commands are "
-                        "dropped (ignore_truncated)",
-                        fname, block_at, len(block) - 1,
-                    )  # fmt: skip
-            if not dry:
-                self.sent = base + part.size
-            elif part.role == "base":
-                self._check_point_in_time(fname)
-        if batch:
-            yield batch
+            else:  # an RDB record (base file or preamble)
+                for out in self._rdb_record(part, item, dry):
+                    if len(batch) >= BATCH:
+                        yield fr.take()
+                        batch = fr.batch
+                    batch.extend(out)
+                    self.sent = base + end
+
+    def _rdb_record(self, part: _Part, rec, dry: bool) -> Iterator[list[Entry]]:
+        """The entries of an RDB record of ``part`` (none in the dry pass, which checks)."""
+        t = type(rec)
+        if t is R.KeyValue or t is R.BigKeyStart:
+            self.rdb_keys += 1
+        elif t is R.Eof:
+            if dry:
+                if not rec.verified:
+                    self._decode_pass(part)
+                self._check_point_in_time(str(part.path))
+            return
+        elif t is R.Aux and rec.key == b"ctime":
+            v = rec.value
+            if isinstance(v, bytes) and v.isdigit():
+                self.base_ts = int(v)
+        if dry:
+            return
+        if (t is R.KeyValue or t is R.BigKeyStart) and rec.expire_ms != -1:
+            shifted = self._shift(rec.expire_ms)
+            if shifted:
+                rec.expire_ms = shifted
+                self._note(rec.db, rec.key)
+        feed = self._feed
+        assert feed is not None
+        out = feed.convert(rec, BATCH)
+        self.conv = feed.conv
+        yield from out
+
+    def _truncated(self, e: AofError, part: _Part, last: bool, dry: bool) -> None:
+        """A truncated command: dropped at the end of the last file with ignore_truncated,
+        else refused."""
+        if not e.truncated:
+            raise e
+        fname = str(part.path)
+        if not (last and self.ignore_truncated):
+            if last:
+                e.message += " (set aof_reader.ignore_truncated = true to drop it)"
+            else:
+                e.message += " (only the last file may be truncated)"
+            raise AofError(e.message, e.offset, file=fname, truncated=True) from None
+        if dry:
+            self.dropped_tail.append(f"{part.path.name}: {e.message} at byte offset {e.offset}")
+            log.warning(
+                "%s: %s at byte offset %s: dropped (ignore_truncated)", fname, e.message, e.offset
+            )
+
+    def _unterminated(self, fr: Framer, part: _Part, last: bool, dry: bool) -> None:
+        """A MULTI without EXEC at the end of a file: dropped at the end of the last file
+        with ignore_truncated, else refused."""
+        fname = str(part.path)
+        block_at = fr.txn_at
+        n = fr.drop_txn()
+        if not (last and self.ignore_truncated):
+            hint = (
+                "set aof_reader.ignore_truncated = true to drop it"
+                if last
+                else "only the last file may end inside a transaction"
+            )
+            raise AofError(
+                f"file ends inside a MULTI block (MULTI ends at byte offset {block_at}, "
+                f"{n} commands, no EXEC); {hint}",
+                part.size,
+                file=fname,
+            )
+        self.skipped["unterminated_multi"] += 1
+        if dry:
+            self.dropped_tail.append(
+                f"{part.path.name}: MULTI at byte offset {block_at} without EXEC ({n} commands)"
+            )
+            log.warning(
+                "%s: the MULTI ending at byte offset %d has no EXEC: its %d commands are "
+                "dropped (ignore_truncated)",
+                fname, block_at, n,
+            )  # fmt: skip
 
     def _check_point_in_time(self, fname: str) -> None:
         """A point in time older than the snapshot the AOF starts from cannot be replayed."""
@@ -553,29 +566,18 @@ class AofFileReader(FileReaderBase):
             yield batch
         self.deferred.clear()
 
-    def _converter(self, part: _Part):
-        if self.conv is None:
-            with open(part.path, "rb") as f:
-                head = f.read(9)
-            valkey = head.startswith(b"VALKEY")
-            self.conv = self.ctx.rdb_converter(int(head[6:9] if valkey else head[5:9]), valkey)
-        return self.conv
-
     def _decode_pass(self, part: _Part) -> None:
         """An RDB part without checksum: decode every value once so corruption shows now."""
-        from ..rdb.values import decode_value
-
-        p = RdbParser()
+        feed = SnapshotFeed(self.ctx)
         with open(part.path, "rb") as f:
-            while not p.done:
+            while not feed.done:
                 chunk = f.read(READ_SIZE)
                 if not chunk:
                     break
-                p.feed(chunk)
-                for rec in p.records():
+                for rec in feed.feed(chunk):
                     if type(rec) is R.KeyValue and not rec.empty:
                         try:
-                            decode_value(rec.type, rec.raw, valkey=p.is_valkey)
+                            check_value(rec, feed.parser.is_valkey)
                         except RdbError as e:
                             raise AofError(
                                 f"RDB value of key {rec.key!r}: {e.message}",

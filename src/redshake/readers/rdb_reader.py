@@ -31,6 +31,7 @@ from ..rdb.walk import module_name
 from ..util import human_bytes
 from .base import Capabilities, FileReaderBase
 from .rdb_entries import field_ttl_summary, module_refusal
+from .snapshot import SnapshotFeed, check_value
 
 __all__ = ["RdbFileReader", "check_rdb_file"]
 
@@ -146,8 +147,7 @@ def check_rdb_file(
     # the stored checksum is still verified at the end of the parse (a mismatch is refused)
     strict = full or not checked
     # Walk every record; without a valid checksum, decode every value without writing.
-    from ..rdb.validate import check_blob_headers, check_blobs
-    from ..rdb.values import decode_value
+    from ..rdb.validate import check_blob_headers
 
     parser = RdbParser()
     valkey = None
@@ -185,15 +185,7 @@ def check_rdb_file(
                 if strict and type(rec) is R.KeyValue and not rec.empty:
                     if valkey is None:
                         valkey = parser.is_valkey
-                    try:
-                        raw = bytes(rec.raw)
-                        check_blobs(rec.type, raw, decode_value(rec.type, raw, valkey=valkey))
-                    except RdbError as e:
-                        if e.offset is None:
-                            e.offset = rec.offset
-                        if e.key is None:
-                            e.key = rec.key
-                        raise RdbError(e.message, e.offset, e.key) from None
+                    check_value(rec, valkey, blobs=True)
     parser.finish()
     return "full parse" if strict else "checksum"
 
@@ -212,9 +204,7 @@ class RdbFileReader(FileReaderBase):
             raise FileNotFoundError(f"rdb_reader.filepath: file not found: {self.path}")
         self.total = self.path.stat().st_size
         self.sent = 0  # bytes whose records have been handed on
-        self.parser = RdbParser()
-        self.conv = None
-        self.keys_read = 0
+        self.feed = SnapshotFeed(ctx)
         self.done = False
         self.checked_by = ""
 
@@ -240,9 +230,8 @@ class RdbFileReader(FileReaderBase):
             raise RdbError(f"the file has keys in db {max(dbs)}, which cannot be written: {where}")
 
     def batches(self) -> Iterator[list]:
-        parser = self.parser
+        feed = self.feed
         stop = self.ctx.stop
-        key_records = (R.KeyValue, R.BigKeyStart)
         with open(self.path, "rb") as f:
             while True:
                 if stop():
@@ -250,16 +239,9 @@ class RdbFileReader(FileReaderBase):
                 chunk = f.read(READ_SIZE)
                 if not chunk:
                     break
-                parser.feed(chunk)
-                conv = self.conv
-                for rec in parser.records():
-                    if conv is None:
-                        conv = self.conv = self.ctx.rdb_converter(parser.version, parser.is_valkey)
-                    if type(rec) in key_records:
-                        self.keys_read += 1
-                    yield from conv.convert_chunks(rec)
-                self.sent = parser.offset
-        parser.finish()
+                yield from feed.entries(chunk)
+                self.sent = feed.offset
+        feed.finish()
         self.sent = self.total
         self.done = True
 
@@ -279,13 +261,11 @@ class RdbFileReader(FileReaderBase):
         }
 
     def summary(self) -> list[str]:
-        return field_ttl_summary(self.conv)
+        return field_ttl_summary(self.feed.conv)
 
     def counters(self) -> tuple[int, Counter, Counter]:
         """(keys read, how keys were written, skipped keys by reason)."""
-        if self.conv is None:
-            return self.keys_read, Counter(), Counter()
-        return self.keys_read, self.conv.methods, Counter(self.conv.skipped)
+        return self.feed.counters()
 
 
 

@@ -28,8 +28,6 @@ from typing import TypeVar
 
 from ..entry import Entry, Run
 from ..errors import AuthRefused, FatalError, LinkError, SourceError, reply_class
-from ..rdb import records as R
-from ..rdb.parser import RdbParser
 from ..rdb.primitives import RdbError
 from ..repl.bigbulk import PIECE, live_command
 from ..repl.checkpoint import PHASE_AOF, PHASE_RDB, Checkpoint, load_checkpoint, save_checkpoint
@@ -41,6 +39,8 @@ from ..resp.encode import ARRAY_SIZES, BULK_SIZES, encode, encoded_len
 from ..util import human_bytes
 from ..writers.reconnecting import ReconnectingWriter
 from .base import Capabilities, Reader
+from .cmdstream import Framer
+from .snapshot import SnapshotFeed
 
 __all__ = ["SyncReader", "build", "EPOCH_SPAN", "tag"]
 
@@ -608,11 +608,10 @@ class SyncReader(Reader):
                     return
             self._rdb_finished(ep, self._stream_db(ep, None))
             return
-        parser = RdbParser()
-        conv = self.conv = None
+        feed = SnapshotFeed(self.ctx)
+        self.conv = None
         pos = 0
         out: list[Entry] = []
-        key_records = (R.KeyValue, R.BigKeyStart)
         last_beat = time.monotonic()
         while True:
             if stop() or link.epoch is not ep:
@@ -624,7 +623,7 @@ class SyncReader(Reader):
             if not chunk:
                 if done:
                     try:
-                        parser.finish()
+                        feed.finish()
                     except RdbError as e:
                         raise RdbError(f"snapshot from {self.address}: {e.message}", e.offset) from None
                 if len(out) > 1:
@@ -643,21 +642,17 @@ class SyncReader(Reader):
                         return
                 continue
             pos += len(chunk)
-            parser.feed(chunk)
-            for rec in parser.records():
-                if conv is None:
-                    conv = self.conv = self.ctx.rdb_converter(parser.version, parser.is_valkey)
-                if type(rec) in key_records:
-                    self.keys_read += 1
-                for batch in conv.convert_chunks(rec):
-                    out.extend(batch)
-                    if len(out) > BATCH_MAX:
-                        yield out[:-1]
-                        if self._rewind:
-                            return
-                        out = out[-1:]
-            self.rdb_sent = parser.offset
-            if parser.done:
+            for batch in feed.entries(chunk):
+                out.extend(batch)
+                if len(out) > BATCH_MAX:
+                    self.conv, self.keys_read = feed.conv, feed.keys
+                    yield out[:-1]
+                    if self._rewind:
+                        return
+                    out = out[-1:]
+            self.conv, self.keys_read = feed.conv, feed.keys
+            self.rdb_sent = feed.offset
+            if feed.done:
                 if out:
                     # the last entry of the snapshot carries the snapshot's offset: once the
                     # target acknowledges it, the whole snapshot is applied
@@ -666,9 +661,9 @@ class SyncReader(Reader):
                     yield out
                     if self._rewind:
                         return
-                    self._rdb_finished(ep, self._stream_db(ep, conv), last_entry=True)
+                    self._rdb_finished(ep, self._stream_db(ep, feed.conv), last_entry=True)
                 else:
-                    self._rdb_finished(ep, self._stream_db(ep, conv))
+                    self._rdb_finished(ep, self._stream_db(ep, feed.conv))
                 return
             if time.monotonic() - last_beat > HEARTBEAT:
                 last_beat = time.monotonic()
@@ -713,16 +708,15 @@ class SyncReader(Reader):
         num = ep.num
         span_base = num * EPOCH_SPAN
         parser = CommandStream(self.sent_offset)
-        db = self.db
-        db_changes = self._db_changes
-        txn: list[Entry] | None = None
-        batch: list[Entry] = []
+        fr = Framer(self.db)
+        db = fr.db
+        txn: list[Entry] | None = None  # fr.txn (read by the hot loop)
+        batch: list[Entry] = fr.batch
         safe = self.sent_offset  # offset up to which every command is in `batch` or handled
         last_entry = self._last_entry_off
         last_beat = time.monotonic()
         samples = self._rx_samples
         kinds: dict[bytes, int] = {}
-        keep_slot_sync = self.keep_slot_sync
         while True:
             if stop() or link.epoch is not ep:
                 break
@@ -736,10 +730,10 @@ class SyncReader(Reader):
                 if batch:
                     self._last_entry_off = last_entry
                     self._yielded_upto = safe
-                    yield batch
+                    yield fr.take()
+                    batch = fr.batch
                     if self._rewind:
                         return
-                    batch = []
                     last_beat = now
                     continue
                 self._yielded_upto = safe
@@ -807,48 +801,16 @@ class SyncReader(Reader):
                             txn.append(Entry(db, argv, None, -1, raw))
                         continue
                     parser.advance(start, end, raw)
-                    if kind == _K_INTERNAL:
-                        if not _internal(argv[0].lower(), argv) or (
-                            keep_slot_sync and argv[0].lower() == b"cluster"
-                        ):
-                            entries += 1
-                            if txn is None:
-                                batch.append(Entry(db, argv, None, span_base + end, raw))
-                                last_entry = safe = end
-                            else:
-                                txn.append(Entry(db, argv, None, -1, raw))
-                            continue
-                        self.dropped += 1
-                        if txn is None:
-                            safe = end
-                        continue
-                    name = argv[0].lower()
-                    if name == b"select":
-                        try:
-                            db = int(argv[1])
-                        except (IndexError, ValueError):
-                            log.warning("[%s] bad SELECT in the stream: %r", self.name, argv)
-                        db_changes.append((end, db))
-                    elif name == b"multi":
-                        txn = [Entry(db, argv, None, -1, raw)]
-                        continue
-                    elif name == b"exec":
-                        if txn is None:
-                            log.warning("[%s] EXEC without MULTI in the stream (dropped)", self.name)
-                        else:
-                            txn.append(Entry(db, argv, None, span_base + end, raw))
-                            batch.extend(txn)
-                            txn = None
-                            last_entry = safe = end
-                            entries += 1
-                        continue
-                    elif name == b"replconf":
-                        if len(argv) > 1 and argv[1].lower() == b"getack":
-                            self.getacks += 1
-                            link.send_ack()
-                    self.dropped += 1
-                    if txn is None:
+                    got = self._control(fr, argv, kind, raw, end, span_base)
+                    if got == _FORWARDED:
+                        entries += 1
+                        last_entry = safe = end
+                    elif got == _GATHERED:
+                        entries += 1
+                    elif got == _DROPPED and txn is None:
                         safe = end
+                    txn = fr.txn
+                    db = fr.db
                 if run is not None:
                     batch.append(_make_run(db, run, chunk, cs, run_start, end, span_base))
                     last_entry = safe = end
@@ -863,10 +825,10 @@ class SyncReader(Reader):
                 if batch:
                     self._last_entry_off = last_entry
                     self._yielded_upto = safe
-                    yield batch
+                    yield fr.take()
+                    batch = fr.batch
                     if self._rewind:
                         return
-                    batch = []
                 if argv is False:
                     break  # the chunk is parsed
                 entries = 0  # a full batch was handed over mid-chunk: go on parsing the chunk
@@ -894,7 +856,39 @@ class SyncReader(Reader):
                     return
         # leaving: stop or new epoch; a partial transaction is simply not applied
         self.sent_offset = safe
-        self.db = db
+        self.db = fr.db
+
+    def _control(self, fr: Framer, argv: list[bytes], kind: int, raw: bytes, end: int,
+                 span_base: int) -> int:  # fmt: skip
+        """A command of the stream that is not plain data (PING, SELECT, REPLCONF, MULTI,
+        EXEC, or one that may be replication-internal), ending at offset ``end``: handled
+        through the framer. Returns _FORWARDED (in the batch with the offset ``end``),
+        _GATHERED (into the open MULTI block), _DROPPED (not forwarded) or _HELD (MULTI, or
+        an EXEC without MULTI: nothing to account)."""
+        name = argv[0].lower()
+        if kind == _K_INTERNAL:
+            if not _internal(name, argv) or (self.keep_slot_sync and name == b"cluster"):
+                in_batch = fr.txn is None
+                fr.add(Entry(fr.db, argv, None, span_base + end if in_batch else -1, raw))
+                return _FORWARDED if in_batch else _GATHERED
+        elif name == b"select":
+            if not fr.select(argv):
+                log.warning("[%s] bad SELECT in the stream: %r", self.name, argv)
+            self._db_changes.append((end, fr.db))
+        elif name == b"multi":
+            fr.multi(Entry(fr.db, argv, None, -1, raw), restart=True)
+            return _HELD
+        elif name == b"exec":
+            if fr.exec(Entry(fr.db, argv, None, span_base + end, raw)) is None:
+                log.warning("[%s] EXEC without MULTI in the stream (dropped)", self.name)
+                return _HELD
+            return _FORWARDED
+        elif name == b"replconf":
+            if len(argv) > 1 and argv[1].lower() == b"getack":
+                self.getacks += 1
+                self.link.send_ack()  # type: ignore[union-attr]
+        self.dropped += 1
+        return _DROPPED
 
     # -- checkpoint ---------------------------------------------------------------------
 
@@ -1045,6 +1039,8 @@ class SyncReader(Reader):
 
 
 _K_SPECIAL, _K_INTERNAL, _K_ENTRY = 1, 2, 3
+# what SyncReader._control did with a command
+_FORWARDED, _GATHERED, _DROPPED, _HELD = 0, 1, 2, 3
 
 
 def _make_run(db: int, argvs: list, chunk: bytes, cs: int, start: int, end: int,
