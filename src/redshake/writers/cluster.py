@@ -163,7 +163,11 @@ _IN_SCRIPT: dict[bytes, bool] = {}  # raw command name -> may a script run it
 _BULK_LEN = [b"$%d\r\n" % i for i in range(12)]  # bulk header of an i-digit count
 _SCRIPT_MAX_ARGS = 7000  # per command: Lua's unpack() stops near 8000 values
 _SCRIPT_MAX_CMDS = 8192  # per call (a unit is at most ~1024 source commands)
-_SCRIPT_MAX_BYTES = 64 << 20  # per call: one argument list in the target's query buffer
+# per call: its bytes are held twice (the entries, kept for a resend, and the call) until
+# answered; a bigger batch (pieces of a huge command) goes as per-slot MULTI/EXEC blocks
+_SCRIPT_MAX_BYTES = 8 << 20
+# per command: the 1 MiB pieces of a huge command (and any command this big) go per slot
+_SCRIPT_MAX_CMD_BYTES = 512 << 10
 # Script-call errors that do not mean the target refuses the script (resent per slot).
 _SCRIPT_TRANSIENT = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "TOPOLOGY", "OOM", "BUSY",
                      "LOADING", "MASTERDOWN", "READONLY")  # fmt: skip
@@ -1056,14 +1060,18 @@ class ClusterWriter(Writer):
                 return False
             data = e.resp
             if data is None or data[:1] != b"*":
+                if sum(map(len, argv)) > _SCRIPT_MAX_CMD_BYTES:
+                    return False
                 data = encode(argv)
+            elif len(data) > _SCRIPT_MAX_CMD_BYTES:
+                return False
             # "*N\r\n<args>" -> "$len(N)\r\nN\r\n<args>": the count is the first argument
             append(_BULK_LEN[data.index(b"\r\n", 1, 12) - 1])
-            append(data[1:])
             size += len(data)
-            nargs += n + 1
             if size > _SCRIPT_MAX_BYTES:
                 return False
+            append(memoryview(data)[1:])  # (no copy: the join below makes the one copy)
+            nargs += n + 1
         mk = marker_key(prefix, self._mslot[w])
         ranges = self._ranges[w]
         args = encode([b"1", mk, value + b" " + ranges, ranges])
