@@ -796,8 +796,8 @@ def _node_piece(buf, p: int, items: list, st: _Node) -> int:
 
 _ELEM_READERS = (_rd_elem, _rd_pair_elem, _rd_zset_elem, _rd_hash_ttl_first, _rd_hash_ttl_last,
                  _rd_ql1_node, _rd_ql2_node)  # fmt: skip
-_ELEM_ROLE = {1: "element", 2: "member", 3: "member", 4: "field", 5: "member", 22: "field",
-              24: "field", 14: "element", 18: "element"}  # fmt: skip
+# role of a streamed element (BigElementStart) by value family
+_ELEM_ROLE = {"list": "element", "set": "member", "zset": "member", "hash": "field"}
 
 
 def _stream_tail(buf, p: int, big: _Big) -> int:
@@ -1556,7 +1556,7 @@ class RdbParser:
         extra = 0
         then = None
         if vt.reader in _ELEM_READERS:
-            extra = _Elems(self._threshold, _ELEM_ROLE[t], t == 5)
+            extra = _Elems(self._threshold, _ELEM_ROLE[vt.big_kind], t == 5)
             if vt.pre8:  # type 24: TTLs relative to the hash's min-expire
                 extra.base = _I64LE(self._buf, vs)[0] - 1
         elif vt.tail == _T_STREAM:
