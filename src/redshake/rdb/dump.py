@@ -238,27 +238,26 @@ def stream_downgrade(t: int, raw, to: int, dropped: list[int] | None = None) -> 
                 out.append(el(len(kept)))
                 out += kept
             out += group
-        idmp = [0, 0]
+        producers = iids = 0  # of an IDMP section left out
         if t >= 26:
             s = p
             for _ in range(2):  # duration, max entries
                 _, p = read_length(buf, p)
-            nprod, p = read_length(buf, p)
-            idmp[0] = nprod
-            for _ in range(nprod):
+            producers, p = read_length(buf, p)
+            for _ in range(producers):
                 p, n = skip_idmp_producer(buf, p)
-                idmp[1] += n
+                iids += n
             for _ in range(2):  # iids added, iids duplicates
                 _, p = read_length(buf, p)
             if to >= 26:
                 out.append(buf[s:p])
-                idmp = [0, 0]
+                producers = iids = 0
     except SHORT:
         raise RdbError("stream value is truncated") from None
     if p != len(buf):
         raise RdbError("stream value does not end where its last consumer group does")
     if dropped is not None:
         dropped[0] += nacked_total
-        dropped[1] += idmp[0]
-        dropped[2] += idmp[1]
+        dropped[1] += producers
+        dropped[2] += iids
     return b"".join(out)
