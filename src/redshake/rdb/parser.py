@@ -110,7 +110,7 @@ from .records import (
     SlotImport,
     SlotInfo,
 )
-from .types import TypeSpec, value_types
+from .types import TypeSpec, opcodes, value_types
 from .values import (
     STREAM_CLAIMS_CHUNK,
     StreamConsumerPart,
@@ -1119,6 +1119,7 @@ class RdbParser:
         self._pend: _Pend | None = None  # incomplete aggregate (absolute offsets)
         self._big: _Big | None = None
         self._vtab: list[_Vt | None] = []
+        self._ops: tuple[str | None, ...] = ()  # opcode names of the magic and version
         self._threshold = BIG_VALUE_THRESHOLD if big_value_threshold is None else big_value_threshold
         self._part = max(1, part_items)
         self.magic = b""
@@ -1208,6 +1209,7 @@ class RdbParser:
         self.magic, self.version, self.is_valkey = magic, version, valkey
         self._name = head.decode("ascii")
         self._vtab = _value_table(valkey, version)
+        self._ops = opcodes(valkey, version)
         self._pos = p + 9
         self._state = _BODY
 
@@ -1234,7 +1236,7 @@ class RdbParser:
         p = self._pos
         vtab = self._vtab
         valkey = self.is_valkey
-        meta_op = _OP_KEY_META if not valkey and self.version >= 13 else -1
+        meta_op = _OP_KEY_META if self._ops[_OP_KEY_META] == "KEY_META" else -1
         KV = KeyValue
         _read_str, _skip_str, _read_len = read_string, skip_string, read_length
         I64, I32 = _I64LE, _I32LE
@@ -1481,13 +1483,14 @@ class RdbParser:
             self._pos = q
             return Function(code)
         # SLOT_INFO: Redis 7.4+ (RDB 12+); Valkey 9 loads it under VALKEY magic too
-        if t == 0xF4 and (self.is_valkey or self.version >= 12):
+        op = self._ops[t]
+        if op == "SLOT_INFO":
             slot, q = read_length(buf, p + 1)
             size, q = read_length(buf, q)
             exp, q = read_length(buf, q)
             self._pos = q
             return SlotInfo(slot, size, exp)
-        if t == 0xF3 and self.is_valkey:
+        if op == "SLOT_IMPORT":
             # Valkey 9 SLOT_IMPORT (cluster_migrateslots.c): job name (CLUSTER_NAMELEN = 40
             # bytes), len-enc number of slot ranges, then per range len-enc first and last slot
             job, q = read_string(buf, p + 1)

@@ -21,6 +21,7 @@ __all__ = [
     "value_types",
     "type_spec",
     "STREAM_TYPES",
+    "opcodes",
 ]
 
 # layouts
@@ -151,3 +152,37 @@ def value_types(valkey: bool, version: int = NEWEST) -> tuple[TypeSpec | None, .
 def type_spec(valkey: bool, version: int, t: int) -> TypeSpec | None:
     """The value type ``t`` of (magic, version), or None."""
     return value_types(valkey, version)[t]
+
+
+# Opcodes (type bytes >= 242 that are not keys; protocols.md §1.4): (byte, name, magic
+# (None: both), first RDB version). 243 is Redis KEY_META or Valkey SLOT_IMPORT.
+_OPCODES = (
+    (0xFF, "EOF", None, 1),
+    (0xFE, "SELECTDB", None, 1),
+    (0xFD, "EXPIRETIME", None, 1),
+    (0xFC, "EXPIRETIME_MS", None, 3),
+    (0xFB, "RESIZEDB", None, 7),
+    (0xFA, "AUX", None, 7),
+    (0xF9, "FREQ", None, 9),
+    (0xF8, "IDLE", None, 9),
+    (0xF7, "MODULE_AUX", None, 9),
+    (0xF6, "FUNCTION_PRE_GA", None, 10),
+    (0xF5, "FUNCTION2", None, 10),
+    (0xF4, "SLOT_INFO", "REDIS", 12),
+    (0xF4, "SLOT_INFO", "VALKEY", 80),
+    (0xF3, "KEY_META", "REDIS", 13),
+    (0xF3, "SLOT_IMPORT", "VALKEY", 80),
+    (0xF2, "UPDATE", "VALKEY", 81),  # not parsed: an unknown opcode to the parser
+)
+
+
+@cache
+def opcodes(valkey: bool, version: int = NEWEST) -> tuple[str | None, ...]:
+    """Opcode names of (magic, version), indexed by byte (256 entries; None: no opcode).
+    Opcodes common to both magics are accepted at any version, as the parser always did."""
+    magic = "VALKEY" if valkey else "REDIS"
+    tab: list[str | None] = [None] * 256
+    for b, name, m, since in _OPCODES:
+        if m is None or (m == magic and since <= version):
+            tab[b] = name
+    return tuple(tab)
