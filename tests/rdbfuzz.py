@@ -20,8 +20,7 @@ import redis
 from helpers import TESTDATA, manifest, run_redshake, write_config
 from redshake.rdb import records as R
 from redshake.rdb.parser import RdbParser
-from redshake.rdb.primitives import RdbError, crc64
-from redshake.rdb.walk import read_len
+from redshake.rdb.primitives import RdbError, crc64, read_length
 
 # Type bytes no Redis or Valkey version uses for a value or an opcode.
 UNKNOWN_TYPES = bytes(range(26, 0xF0))
@@ -57,7 +56,7 @@ def record_offsets(data: bytes) -> list[int]:
                 q = rec.offset
                 while data[q] in (0xFC, 0xFD, 0xF8, 0xF9):  # expire ms / s, idle, freq
                     if data[q] == 0xF8:
-                        q = read_len(data, q + 1)[1]
+                        q = read_length(data, q + 1)[1]
                     else:
                         q += {0xFC: 9, 0xFD: 5, 0xF9: 2}[data[q]]
                 out.append(q)

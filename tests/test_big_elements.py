@@ -672,7 +672,7 @@ def test_restore_list_with_huge_elements_with_bounded_memory(servers, tmp_path):
     the CLI with its default 16 MiB threshold parses these nodes piecewise and streams the
     elements, the rebuilt list is the same, and memory stays far below an element's size."""
     from redshake.rdb.parser import _big_head
-    from redshake.rdb.walk import read_len, skip_str
+    from redshake.rdb.primitives import read_length, skip_string
 
     src = servers.start("redis-7.0")
     c = src.client()
@@ -703,14 +703,14 @@ def test_restore_list_with_huge_elements_with_bounded_memory(servers, tmp_path):
     def huge_nodes(data: bytes, name: bytes) -> list:
         i = offsets[name]
         assert data[i : i + 2 + len(name)] == b"\x12" + _raw(name)
-        n, i = read_len(data, i + 2 + len(name))
+        n, i = read_length(data, i + 2 + len(name))
         huge = []
         for _ in range(n):
-            cont, i = read_len(data, i)
+            cont, i = read_length(data, i)
             h = _big_head(data, i, 16 * MB)
             if h is not None:
                 huge.append((cont, h[1] if h[2] < 0 else h[2], h[2] >= 0))
-            i = skip_str(data, i)
+            i = skip_string(data, i)
         return sorted(huge)
 
     # the huge elements are nodes of their own: listpacks of one entry (6-byte header, 5-byte

@@ -10,10 +10,10 @@ from __future__ import annotations
 import struct
 
 from .primitives import _CRC as _CRC_MODEL
+from .types import STREAM_TYPES, value_types
 
 __all__ = [
     "make_payload",
-    "type_min_version",
     "restore_version",
     "encode_string",
     "encode_length",
@@ -28,22 +28,6 @@ _U64 = struct.Struct("<Q").pack
 _U32BE = struct.Struct(">I").pack
 _U64BE = struct.Struct(">Q").pack
 _DOUBLE = struct.Struct("<d").pack
-
-# First RDB version in which each object type byte exists with its current layout.
-# Types 0..21 mean the same thing in Redis and Valkey; 22+ differ (protocols.md §0).
-_TYPE_MIN_VERSION = {
-    0: 1, 1: 1, 2: 1, 3: 1, 4: 1,
-    5: 8, 7: 8,
-    9: 2, 10: 2, 11: 2, 12: 2, 13: 4, 14: 7,
-    15: 9, 16: 10, 17: 10, 18: 10, 19: 10, 20: 11, 21: 11,
-    26: 13, 27: 14,  # Redis only (Valkey has no such types; its plain version stays 11)
-}  # fmt: skip
-
-
-def type_min_version(type_byte: int) -> int | None:
-    """The oldest RDB version that can hold ``type_byte`` (None for engine-specific types)."""
-    return _TYPE_MIN_VERSION.get(type_byte)
-
 
 _TYPE_BYTE = [bytes((i,)) for i in range(256)]
 _VERSION_BYTES: dict[int, bytes] = {}
@@ -76,8 +60,8 @@ def restore_version(
     """
     if accepts(src_version, src_valkey):
         return src_version
-    need = _TYPE_MIN_VERSION.get(type_byte)
-    if need is not None and need <= target_plain_max:
+    spec = value_types(src_valkey)[type_byte]
+    if spec is not None and spec.portable and spec.since <= target_plain_max:
         return target_plain_max
     return None
 
@@ -150,8 +134,9 @@ def plain_encode(kind: str, items, target_version: int) -> tuple[int, bytes]:
 # groups' NACK zones (Redis 8.8), 26 the IDMP section (Redis 8.6), 21 the consumers' active
 # time (Redis 7.2), 19 the first / max-deleted ids, entries-added and the groups'
 # entries-read (Redis 7.0), 15 is the original layout (Redis 5.0).
-_STREAM_TYPES = ((27, 14), (26, 13), (21, 11), (19, 10), (15, 9))
-_STREAM_TYPE_SET = frozenset(t for t, _ in _STREAM_TYPES)
+_STREAM_TYPES = tuple(
+    (s.code, s.since) for s in reversed(value_types(False)) if s is not None and s.family == "stream"
+)
 
 
 def stream_type_for(target_plain_max: int) -> int | None:
@@ -175,69 +160,69 @@ def stream_downgrade(t: int, raw, to: int, dropped: list[int] | None = None) -> 
     (below 26), and (below 27) each group's NACK zone together with its entries in the
     group's PEL: an older server refuses or mishandles a PEL entry that no consumer owns.
     ``dropped`` (if given) gets ``[NACKed entries, IDMP producers, IDMP iids]`` added."""
-    from .primitives import RdbError
-    from .walk import SHORT, read_len, skip_idmp_producer, skip_str
+    from .primitives import RdbError, read_length, skip_string
+    from .walk import SHORT, skip_idmp_producer
 
-    if to > t or t not in _STREAM_TYPE_SET or to not in _STREAM_TYPE_SET:
+    if to > t or t not in STREAM_TYPES or to not in STREAM_TYPES:
         raise ValueError(f"cannot re-lay a stream of type {t} as type {to}")
     buf = bytes(raw)
     out: list[bytes] = []
     el = encode_length
     nacked_total = 0
     try:
-        nodes, p = read_len(buf, 0)
+        nodes, p = read_length(buf, 0)
         for _ in range(nodes):
-            p = skip_str(buf, skip_str(buf, p))
+            p = skip_string(buf, skip_string(buf, p))
         out.append(buf[:p])
         s = p
         for _ in range(3):  # length, last id (ms, seq)
-            _, p = read_len(buf, p)
+            _, p = read_length(buf, p)
         out.append(buf[s:p])
         if t >= 19:
             s = p
             for _ in range(5):  # first id, max deleted id, entries added
-                _, p = read_len(buf, p)
+                _, p = read_length(buf, p)
             if to >= 19:
                 out.append(buf[s:p])
-        ngroups, p = read_len(buf, p)
+        ngroups, p = read_length(buf, p)
         out.append(el(ngroups))
         for _ in range(ngroups):
             s = p
-            p = skip_str(buf, p)  # name
+            p = skip_string(buf, p)  # name
             for _ in range(2):  # last delivered id
-                _, p = read_len(buf, p)
+                _, p = read_length(buf, p)
             out.append(buf[s:p])
             if t >= 19:
                 s = p
-                _, p = read_len(buf, p)  # entries read
+                _, p = read_length(buf, p)  # entries read
                 if to >= 19:
                     out.append(buf[s:p])
-            npel, p = read_len(buf, p)
+            npel, p = read_length(buf, p)
             pel: list[tuple[int, int]] = []  # (start, end) of each PEL entry
             for _ in range(npel):  # id (16), delivery time (8), delivery count
                 s = p
-                _, p = read_len(buf, p + 24)
+                _, p = read_length(buf, p + 24)
                 pel.append((s, p))
             group: list[bytes] = []
             s = p
-            nconsumers, p = read_len(buf, p)
+            nconsumers, p = read_length(buf, p)
             group.append(buf[s:p])
             for _ in range(nconsumers):
                 s = p
-                p = skip_str(buf, p) + 8  # name, seen time
+                p = skip_string(buf, p) + 8  # name, seen time
                 group.append(buf[s:p])
                 if t >= 21:
                     p += 8  # active time
                     if to >= 21:
                         group.append(buf[p - 8 : p])
                 s = p
-                n, p = read_len(buf, p)
+                n, p = read_length(buf, p)
                 p += 16 * n
                 group.append(buf[s:p])
             nack: set[bytes] = set()
             if t >= 27:
                 s = p
-                n, p = read_len(buf, p)
+                n, p = read_length(buf, p)
                 p += 16 * n
                 if to >= 27:
                     group.append(buf[s:p])
@@ -253,27 +238,26 @@ def stream_downgrade(t: int, raw, to: int, dropped: list[int] | None = None) -> 
                 out.append(el(len(kept)))
                 out += kept
             out += group
-        idmp = [0, 0]
+        producers = iids = 0  # of an IDMP section left out
         if t >= 26:
             s = p
             for _ in range(2):  # duration, max entries
-                _, p = read_len(buf, p)
-            nprod, p = read_len(buf, p)
-            idmp[0] = nprod
-            for _ in range(nprod):
+                _, p = read_length(buf, p)
+            producers, p = read_length(buf, p)
+            for _ in range(producers):
                 p, n = skip_idmp_producer(buf, p)
-                idmp[1] += n
+                iids += n
             for _ in range(2):  # iids added, iids duplicates
-                _, p = read_len(buf, p)
+                _, p = read_length(buf, p)
             if to >= 26:
                 out.append(buf[s:p])
-                idmp = [0, 0]
+                producers = iids = 0
     except SHORT:
         raise RdbError("stream value is truncated") from None
     if p != len(buf):
         raise RdbError("stream value does not end where its last consumer group does")
     if dropped is not None:
         dropped[0] += nacked_total
-        dropped[1] += idmp[0]
-        dropped[2] += idmp[1]
+        dropped[1] += producers
+        dropped[2] += iids
     return b"".join(out)

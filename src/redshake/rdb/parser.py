@@ -78,9 +78,19 @@ import struct
 from array import array
 from collections.abc import Iterator
 
+from . import types as T
 from . import walk
 from .encodings import _backlen_size, listpack_entries, ziplist_entries
-from .primitives import Crc64, LzfStream, RdbError, Truncated, read_double_str
+from .primitives import (
+    Crc64,
+    LzfStream,
+    RdbError,
+    Truncated,
+    read_double_str,
+    read_length,
+    read_string,
+    skip_string,
+)
 from .records import (
     BIG_ELEMENT,
     Aux,
@@ -100,6 +110,7 @@ from .records import (
     SlotImport,
     SlotInfo,
 )
+from .types import TypeSpec, opcodes, value_types
 from .values import (
     STREAM_CLAIMS_CHUNK,
     StreamConsumerPart,
@@ -115,9 +126,6 @@ from .walk import (
     BLOB_ZIPLIST,
     BLOB_ZIPMAP,
     SHORT,
-    read_len,
-    read_str,
-    skip_str,
 )
 
 __all__ = ["RdbParser", "key_meta_class", "read_key_meta"]
@@ -142,8 +150,6 @@ _K_BLOB8 = 4  # 8-byte prefix + blob (Redis HASH_LISTPACK_EX)
 
 # aggregate tails
 _T_NONE, _T_STREAM, _T_QUICKLIST = 0, 1, 2
-
-_KIND = {1: "list", 2: "set", 3: "zset", 4: "hash", 5: "zset", 14: "list", 18: "list"}
 
 # vendor opcode: Redis Enterprise RAM_LRU, len-enc payload, applies to the next key
 _OP_ENT_RAM_LRU = 107
@@ -172,7 +178,7 @@ def read_key_meta(buf, p: int, where: str) -> tuple[list[tuple[str, int, int]], 
     version, flags) and the position after it. A class not marked ALLOW_IGNORE is an error
     (``where`` names the file or payload): it needs the module that defines it, as it does on
     a server, and key metadata cannot be copied to another server."""
-    n, q = read_len(buf, p + 1)
+    n, q = read_length(buf, p + 1)
     classes = []
     for _ in range(n):
         e = q + 4
@@ -208,60 +214,52 @@ class _Vt:
         self.msg = msg
 
 
-# (type byte, first Redis RDB version, what it is)
-_REDIS_UNSUPPORTED = (
-    (28, 14, "Redis array"),
-    (29, 15, "Redis hash template HASH_TMPL_LP"),
-    (30, 15, "Redis hash template HASH_TMPL_LP_REF"),
-    (31, 15, "Redis hash template HASH_TMPL_ARRAY"),
-    (32, 15, "Redis hash template HASH_TMPL_ARRAY_REF"),
-)
+def _walker(spec: TypeSpec) -> _Vt:
+    """How the parser walks (and streams, when big) a value of type ``spec``."""
+    lay = spec.layout
+    if lay in _BLOB_OF:
+        return _Vt(_K_STR, blob=_BLOB_OF[lay])
+    if lay == T.STRING:
+        return _Vt(_K_STR)
+    if lay == T.MODULE:
+        return _Vt(_K_MOD)
+    if lay == T.HASH_LISTPACK_TTL_MIN:
+        return _Vt(_K_BLOB8, blob=BLOB_LISTPACK)
+    if lay == T.UNSUPPORTED:
+        return _Vt(_K_ERR, msg=spec.error)
+    if lay == T.STREAM:
+        return _Vt(_K_AGG, walk.el_pair, _T_STREAM, reader=walk.rd_stream_node, big_kind="stream")
+    # (types 1 to 5 and the hashes with field TTLs: the element readers below, which also
+    # stream a single huge string)
+    elem, tail, reader = _AGG_OF[lay]
+    return _Vt(_K_AGG, elem, tail, pre8=lay == T.HASH_TTL_MIN, reader=reader, big_kind=spec.family)
 
 
 def _value_table(valkey: bool, version: int) -> list[_Vt | None]:
-    tab: list[_Vt | None] = [None] * 256
-    tab[0] = _Vt(_K_STR)
-    # (types 1 to 5: the element readers below, which also stream a single huge string)
-    tab[1] = _Vt(_K_AGG, walk.el_str, reader=_rd_elem, big_kind="list")
-    tab[2] = _Vt(_K_AGG, walk.el_str, reader=_rd_elem, big_kind="set")
-    tab[3] = _Vt(_K_AGG, walk.el_zset_str, reader=_rd_zset_elem, big_kind="zset")
-    tab[4] = _Vt(_K_AGG, walk.el_pair, reader=_rd_pair_elem, big_kind="hash")
-    tab[5] = _Vt(_K_AGG, walk.el_zset_bin, reader=_rd_zset_elem, big_kind="zset")
-    tab[6] = _Vt(_K_ERR, msg="module value of pre-GA type 6 cannot be parsed without the module")
-    tab[7] = _Vt(_K_MOD)
-    tab[9] = _Vt(_K_STR, blob=BLOB_ZIPMAP)
-    tab[10] = _Vt(_K_STR, blob=BLOB_ZIPLIST)
-    tab[11] = _Vt(_K_STR, blob=BLOB_INTSET)
-    tab[12] = _Vt(_K_STR, blob=BLOB_ZIPLIST)
-    tab[13] = _Vt(_K_STR, blob=BLOB_ZIPLIST)
-    tab[14] = _Vt(_K_AGG, walk.el_str, _T_QUICKLIST, reader=_rd_ql1_node, big_kind="list")
-    tab[15] = _Vt(_K_AGG, walk.el_pair, _T_STREAM, reader=walk.rd_stream_node, big_kind="stream")
-    tab[16] = _Vt(_K_STR, blob=BLOB_LISTPACK)
-    tab[17] = _Vt(_K_STR, blob=BLOB_LISTPACK)
-    tab[18] = _Vt(_K_AGG, walk.el_ql2, _T_QUICKLIST, reader=_rd_ql2_node, big_kind="list")
-    tab[19] = _Vt(_K_AGG, walk.el_pair, _T_STREAM, reader=walk.rd_stream_node, big_kind="stream")
-    tab[20] = _Vt(_K_STR, blob=BLOB_LISTPACK)
-    tab[21] = _Vt(_K_AGG, walk.el_pair, _T_STREAM, reader=walk.rd_stream_node, big_kind="stream")
-    if valkey:
-        tab[22] = _Vt(_K_AGG, walk.el_hash_ttl_last, reader=_rd_hash_ttl_last, big_kind="hash")
-        if version >= 81:
-            tab[23] = _Vt(_K_ERR, msg="value type 23 (Valkey 9.2 PATH_HASH, RDB 81) is not supported")
-    elif version >= 12:
-        tab[22] = _Vt(_K_AGG, walk.el_hash_ttl_first, reader=_rd_hash_ttl_first, big_kind="hash")
-        tab[23] = _Vt(_K_STR, blob=BLOB_LISTPACK)
-        tab[24] = _Vt(
-            _K_AGG, walk.el_hash_ttl_first, pre8=True, reader=_rd_hash_ttl_first, big_kind="hash"
-        )
-        tab[25] = _Vt(_K_BLOB8, blob=BLOB_LISTPACK)
-        if version >= 13:  # STREAM_LISTPACKS_4 (IDMP section), 5 (+ NACK zones, RDB 14)
-            for t in (26, 27) if version >= 14 else (26,):
-                tab[t] = _Vt(_K_AGG, walk.el_pair, _T_STREAM, reader=walk.rd_stream_node,
-                             big_kind="stream")  # fmt: skip
-        # newer Redis types whose layouts are not implemented: a clear stop at the key
-        for t, since, name in _REDIS_UNSUPPORTED:
-            if version >= since:
-                tab[t] = _Vt(_K_ERR, msg=f"value type {t} ({name}, RDB {since}+) is not supported")
-    return tab
+    return [None if s is None else _walker(s) for s in value_types(valkey, version)]
+
+
+class _Pend:
+    """An aggregate whose elements are not all buffered yet, resumed when more data comes:
+    its type, key, expiry/LRU/LFU state, record offset, and the absolute offsets of its value
+    (``vs``), of the next element to walk (``q``) and of its first element, with ``rem`` of
+    its ``cnt`` elements still to walk."""
+
+    __slots__ = ("t", "key", "expire", "idle", "freq", "off", "vs", "cnt", "q", "rem", "first")
+
+    def __init__(self, t: int, key: bytes, expire: int, idle: int, freq: int, off: int, vs: int,
+                 cnt: int, q: int, rem: int, first: int) -> None:  # fmt: skip
+        self.t = t
+        self.key = key
+        self.expire = expire
+        self.idle = idle
+        self.freq = freq
+        self.off = off
+        self.vs = vs
+        self.cnt = cnt
+        self.q = q
+        self.rem = rem
+        self.first = first
 
 
 class _Big:
@@ -294,14 +292,21 @@ _STR_PIECE = 1 << 20
 _STR_PART = 4
 
 
-def _str_piece(buf, p: int, items: list, left: list) -> int:
-    """Reader of one piece of a streamed string; ``left[0]`` = bytes still to read."""
-    n = _STR_PIECE if left[0] > _STR_PIECE else left[0]
+class _RawPieces:
+    __slots__ = ("left",)
+
+    def __init__(self, slen: int) -> None:
+        self.left = slen  # bytes still to read
+
+
+def _str_piece(buf, p: int, items: list, st: _RawPieces) -> int:
+    """Reader of one piece of a streamed string (``st.left`` bytes to go)."""
+    n = _STR_PIECE if st.left > _STR_PIECE else st.left
     e = p + n
     if e > len(buf):
         raise Truncated(e)
     items.append(bytes(buf[p:e]))
-    left[0] -= n
+    st.left -= n
     return e
 
 
@@ -393,13 +398,13 @@ def _big_head(buf, p: int, limit: int) -> tuple[int, int, int] | None:
     elif b == 0x81:
         n, q = _U64BE(buf, p + 1)[0], p + 9
     elif b == 0xC3:
-        n, q = read_len(buf, p + 1)
+        n, q = read_length(buf, p + 1)
         if n <= limit:
             return None
-        u, q = read_len(buf, q)
+        u, q = read_length(buf, q)
         return q, n, u
     else:
-        return None  # an integer (or an error read_str reports)
+        return None  # an integer (or an error read_string reports)
     return (q, n, -1) if n > limit else None
 
 
@@ -413,7 +418,7 @@ def _rd_elem(buf, p: int, items: list, ctx: _Elems) -> int:
         h = _big_head(buf, p, ctx.limit)
         if h is not None:
             raise _GoElem(h, ctx.role, 1, None)
-    s, p = read_str(buf, p)
+    s, p = read_string(buf, p)
     items.append(s)
     return p
 
@@ -428,14 +433,14 @@ def _field_value(buf, p: int, ctx: _Elems) -> tuple[bytes, bytes, int]:
             h = _big_head(buf, p, ctx.limit)
             if h is not None:
                 raise _GoElem(h, "field", 1, BIG_ELEMENT)
-        f, p = read_str(buf, p)
+        f, p = read_string(buf, p)
     else:
         f = ctx.held
     if buf[p] >= short:
         h = _big_head(buf, p, ctx.limit)
         if h is not None:
             raise _GoElem(h, "value", 2, f)
-    v, p = read_str(buf, p)
+    v, p = read_string(buf, p)
     return f, v, p
 
 
@@ -457,7 +462,7 @@ def _rd_zset_elem(buf, p: int, items: list, ctx: _Elems) -> int:
             h = _big_head(buf, p, ctx.limit)
             if h is not None:
                 raise _GoElem(h, "member", 1, None)
-        m, p = read_str(buf, p)
+        m, p = read_string(buf, p)
     if ctx.bin:
         s = repr(_F64LE(buf, p)[0]).encode()
         p += 8
@@ -478,19 +483,19 @@ def _rd_hash_ttl_first(buf, p: int, items: list, ctx: _Elems) -> int:
     else:
         short = ctx.short
         if stage == 0:
-            ttl, p = read_len(buf, p)
+            ttl, p = read_length(buf, p)
             if buf[p] >= short:
                 h = _big_head(buf, p, ctx.limit)
                 if h is not None:
                     raise _GoElem(h, "field", 1, ttl)
-            f, p = read_str(buf, p)
+            f, p = read_string(buf, p)
         else:
             f, ttl = BIG_ELEMENT, ctx.held
         if buf[p] >= short:
             h = _big_head(buf, p, ctx.limit)
             if h is not None:
                 raise _GoElem(h, "value", 2, (f, ttl))
-        v, p = read_str(buf, p)
+        v, p = read_string(buf, p)
     ctx.stage = 0
     ctx.held = None
     items.append((f, v, ttl + ctx.base if ttl else -1))
@@ -540,7 +545,7 @@ def _ql_node(buf, p: int, q: int, items: list, ctx: _Elems, c: int) -> int:
             if c == 1:
                 raise _GoElem(h, "element", 1, None)
             raise _GoNode(_Node(h, c == 2, ctx.limit))
-    blob, e = read_str(buf, q)
+    blob, e = read_string(buf, q)
     if c == 1:
         items.append(blob)
         return e
@@ -560,7 +565,7 @@ def _rd_ql2_node(buf, p: int, items: list, ctx: _Elems) -> int:
     """Quicklist (type 18) node: container (1 PLAIN, 2 PACKED), then an rdb-string."""
     if ctx.stage:
         return _ql_node(buf, p, p, items, ctx, 1)
-    c, q = read_len(buf, p)
+    c, q = read_length(buf, p)
     if c != 1 and c != 2:
         raise RdbError(f"invalid quicklist container {c} (expected 1 PLAIN or 2 PACKED)", p)
     return _ql_node(buf, p, q, items, ctx, c)
@@ -791,8 +796,8 @@ def _node_piece(buf, p: int, items: list, st: _Node) -> int:
 
 _ELEM_READERS = (_rd_elem, _rd_pair_elem, _rd_zset_elem, _rd_hash_ttl_first, _rd_hash_ttl_last,
                  _rd_ql1_node, _rd_ql2_node)  # fmt: skip
-_ELEM_ROLE = {1: "element", 2: "member", 3: "member", 4: "field", 5: "member", 22: "field",
-              24: "field", 14: "element", 18: "element"}  # fmt: skip
+# role of a streamed element (BigElementStart) by value family
+_ELEM_ROLE = {"list": "element", "set": "member", "zset": "member", "hash": "field"}
 
 
 def _stream_tail(buf, p: int, big: _Big) -> int:
@@ -820,7 +825,7 @@ _ID16 = struct.Struct(">QQ")
 
 class _StreamGroups:
     __slots__ = ("type", "groups", "name", "consumers", "consumer", "left", "ptr",
-                 "ids", "times", "counts", "last", "unsorted", "total")  # fmt: skip
+                 "ids", "times", "counts", "last", "unsorted", "dropped", "iids")  # fmt: skip
 
     def __init__(self, t: int, ngroups: int) -> None:
         self.type = t
@@ -830,7 +835,8 @@ class _StreamGroups:
         self.consumer: tuple[bytes, int, int] = (b"", 0, 0)  # name, seen time, active time
         self.left = 0  # PEL entries, then pending ids of the current consumer, to read
         self.ptr = 0  # the current consumer's next id is at or after this PEL entry
-        self.total = [0, 0]  # NACK zone size / IDMP producers, IDMP iids (StreamDropped)
+        self.dropped = 0  # NACK zone size / IDMP producers (StreamDropped)
+        self.iids = 0  # IDMP iids (StreamDropped)
         self.new_store()
 
     def new_store(self) -> None:
@@ -886,7 +892,7 @@ def _group_pel(buf, p: int, big: _Big) -> int:
     times = array("q")
     counts = array("Q")
     last, unsorted = st.last, st.unsorted
-    I64, rlen, tadd, cadd = _I64LE, read_len, times.append, counts.append
+    I64, rlen, tadd, cadd = _I64LE, read_length, times.append, counts.append
     end = len(buf)
     k = 0
     try:
@@ -924,7 +930,7 @@ def _group_pel(buf, p: int, big: _Big) -> int:
 def _group_consumers(buf, p: int, big: _Big) -> int:
     """After a group's PEL: the number of its consumers."""
     st = big.extra
-    st.consumers, p = read_len(buf, p)
+    st.consumers, p = read_length(buf, p)
     big.reader, big.rem = None, 0
     big.then = _consumer_head if st.consumers else _group_end
     return p
@@ -983,8 +989,8 @@ def _group_end(buf, p: int, big: _Big) -> int:
     then the next group or the end (the IDMP section for types 26 and 27)."""
     st = big.extra
     if st.type >= 27:
-        n, p = read_len(buf, p)
-        st.left, st.total = n, [n, 0]
+        n, p = read_length(buf, p)
+        st.left, st.dropped, st.iids = n, n, 0
         big.reader, big.rem = None, 0
         big.then = _group_nacked if n else _group_nacked_end
         return p
@@ -1007,7 +1013,7 @@ def _group_nacked(buf, p: int, big: _Big) -> int:
 
 def _group_nacked_end(buf, p: int, big: _Big) -> int:
     st = big.extra
-    big.items.append(StreamDropped(st.name, nacked=st.total[0]))
+    big.items.append(StreamDropped(st.name, nacked=st.dropped))
     return _group_done(buf, p, big)
 
 
@@ -1025,9 +1031,9 @@ def _stream_idmp(buf, p: int, big: _Big) -> int:
     duration, max entries, number of producers; the producers are read one per call."""
     st = big.extra
     for _ in range(2):
-        _, p = read_len(buf, p)
-    st.left, p = read_len(buf, p)
-    st.total = [st.left, 0]
+        _, p = read_length(buf, p)
+    st.left, p = read_length(buf, p)
+    st.dropped, st.iids = st.left, 0
     big.reader, big.rem = None, 0
     big.then = _idmp_producer if st.left else _idmp_end
     return p
@@ -1038,7 +1044,7 @@ def _idmp_producer(buf, p: int, big: _Big) -> int:
     producer tracks at most the stream's IDMP max entries (10000 at most) iids."""
     st = big.extra
     p, n = walk.skip_idmp_producer(buf, p)
-    st.total[1] += n
+    st.iids += n
     st.left -= 1
     if not st.left:
         big.then = _idmp_end
@@ -1049,9 +1055,8 @@ def _idmp_end(buf, p: int, big: _Big) -> int:
     """The IDMP counters (iids added, duplicates); the end of the stream."""
     st = big.extra
     for _ in range(2):
-        _, p = read_len(buf, p)
-    producers, iids = st.total
-    big.items.append(StreamDropped(None, producers=producers, iids=iids))
+        _, p = read_length(buf, p)
+    big.items.append(StreamDropped(None, producers=st.dropped, iids=st.iids))
     big.then = None
     return p
 
@@ -1063,6 +1068,33 @@ _EL_PAIR = walk.el_pair
 # Values whose record grows past this many buffered bytes are streamed (module docstring);
 # read when a parser is made, so a test can lower it for a whole run.
 BIG_VALUE_THRESHOLD = 16 << 20
+
+
+# layouts stored as one blob string (compact encodings) -> their blob format
+_BLOB_OF = {
+    T.HASH_ZIPMAP: BLOB_ZIPMAP,
+    T.LIST_ZIPLIST: BLOB_ZIPLIST,
+    T.SET_INTSET: BLOB_INTSET,
+    T.ZSET_ZIPLIST: BLOB_ZIPLIST,
+    T.HASH_ZIPLIST: BLOB_ZIPLIST,
+    T.HASH_LISTPACK: BLOB_LISTPACK,
+    T.ZSET_LISTPACK: BLOB_LISTPACK,
+    T.SET_LISTPACK: BLOB_LISTPACK,
+    T.HASH_LISTPACK_TTL: BLOB_LISTPACK,
+}
+# aggregate layouts -> (element skipper, tail, reader of streamed elements)
+_AGG_OF = {
+    T.LIST: (walk.el_str, _T_NONE, _rd_elem),
+    T.SET: (walk.el_str, _T_NONE, _rd_elem),
+    T.ZSET: (walk.el_zset_str, _T_NONE, _rd_zset_elem),
+    T.HASH: (walk.el_pair, _T_NONE, _rd_pair_elem),
+    T.ZSET_2: (walk.el_zset_bin, _T_NONE, _rd_zset_elem),
+    T.LIST_QUICKLIST: (walk.el_str, _T_QUICKLIST, _rd_ql1_node),
+    T.LIST_QUICKLIST_2: (walk.el_ql2, _T_QUICKLIST, _rd_ql2_node),
+    T.HASH_TTL: (walk.el_hash_ttl_first, _T_NONE, _rd_hash_ttl_first),
+    T.HASH_TTL_MIN: (walk.el_hash_ttl_first, _T_NONE, _rd_hash_ttl_first),
+    T.HASH_2: (walk.el_hash_ttl_last, _T_NONE, _rd_hash_ttl_last),
+}
 
 
 class RdbParser:
@@ -1084,9 +1116,10 @@ class RdbParser:
         self._state = _HEADER
         self._need = 0  # absolute offset that must be buffered before retrying
         self._carry: tuple[int, int, int, int] | None = None  # expire, idle, freq, abs offset
-        self._pend: list | None = None  # incomplete aggregate (absolute offsets)
+        self._pend: _Pend | None = None  # incomplete aggregate (absolute offsets)
         self._big: _Big | None = None
         self._vtab: list[_Vt | None] = []
+        self._ops: tuple[str | None, ...] = ()  # opcode names of the magic and version
         self._threshold = BIG_VALUE_THRESHOLD if big_value_threshold is None else big_value_threshold
         self._part = max(1, part_items)
         self.magic = b""
@@ -1128,7 +1161,7 @@ class RdbParser:
         elif self._big is not None:
             what = f"inside big value {self._big.key!r}"
         elif self._pend is not None:
-            what = f"inside the value of key {self._pend[1]!r}"
+            what = f"inside the value of key {self._pend.key!r}"
         elif self._pos < len(self._buf):
             what = "inside a record"
         else:
@@ -1176,6 +1209,7 @@ class RdbParser:
         self.magic, self.version, self.is_valkey = magic, version, valkey
         self._name = head.decode("ascii")
         self._vtab = _value_table(valkey, version)
+        self._ops = opcodes(valkey, version)
         self._pos = p + 9
         self._state = _BODY
 
@@ -1202,9 +1236,9 @@ class RdbParser:
         p = self._pos
         vtab = self._vtab
         valkey = self.is_valkey
-        meta_op = _OP_KEY_META if not valkey and self.version >= 13 else -1
+        meta_op = _OP_KEY_META if self._ops[_OP_KEY_META] == "KEY_META" else -1
         KV = KeyValue
-        _read_str, _skip_str, _read_len = read_str, skip_str, read_len
+        _read_str, _skip_str, _read_len = read_string, skip_string, read_length
         I64, I32 = _I64LE, _I32LE
         db = self.db
         key: bytes | None = None
@@ -1216,13 +1250,14 @@ class RdbParser:
             try:
                 pend = self._pend
                 if pend is not None:
-                    # resume an incomplete aggregate: [t, key, exp, idle, freq, off, vs, cnt,
-                    # q, rem, first] (offsets absolute)
-                    t, key, expire, idle, freq, off, vs, cnt, q, rem, first = pend
+                    # resume an incomplete aggregate (offsets absolute)
+                    t, key, expire, idle, freq, off = (pend.t, pend.key, pend.expire, pend.idle,
+                                                       pend.freq, pend.off)  # fmt: skip
+                    cnt, rem = pend.cnt, pend.rem
                     vt = vtab[t]
-                    vs -= base
-                    q -= base
-                    first -= base
+                    vs = pend.vs - base
+                    q = pend.q - base
+                    first = pend.first - base
                 else:
                     rs = p
                     c = self._carry
@@ -1357,8 +1392,8 @@ class RdbParser:
                     if tail == _T_STREAM:  # a big consumer-group tail can go big too
                         ve = walk.skip_stream_tail(buf, q, t)
                 except SHORT as e:
-                    self._pend = [t, key, expire, idle, freq, off, base + vs, cnt, base + q,
-                                  rem, base + first]  # fmt: skip
+                    self._pend = _Pend(t, key, expire, idle, freq, off, base + vs, cnt, base + q,
+                                       rem, base + first)  # fmt: skip
                     reader = vt.reader
                     if reader is not None and (
                         n - self._pos > self._threshold
@@ -1389,7 +1424,7 @@ class RdbParser:
             except SHORT as e:
                 need = e.args[0] if e.args and isinstance(e.args[0], int) else len(buf) + 1
                 pend = self._pend
-                if pend is not None and vtab[pend[0]].reader is not None:
+                if pend is not None and vtab[pend.t].reader is not None:
                     # retry no later than when it goes big (a stream's PEL end is far away)
                     need = min(need, self._pos + self._threshold + 1)
                 self._need = base + max(need, len(buf) + 1)
@@ -1401,35 +1436,35 @@ class RdbParser:
     def _opcode(self, buf, p: int, t: int) -> Record | None:
         """Parse the non-key opcode at ``p``; sets ``_pos`` after it."""
         if t == 0xFE:
-            db, q = read_len(buf, p + 1)
+            db, q = read_length(buf, p + 1)
             self.db = db
             self._pos = q
             return SelectDb(db)
         if t == 0xFB:
-            a, q = read_len(buf, p + 1)
-            b, q = read_len(buf, q)
+            a, q = read_length(buf, p + 1)
+            b, q = read_length(buf, q)
             self._pos = q
             return ResizeDb(a, b)
         if t == 0xFA:
-            k, q = read_str(buf, p + 1)
-            v, q = read_str(buf, q)
+            k, q = read_string(buf, p + 1)
+            v, q = read_string(buf, q)
             self.aux[k] = v
             self._pos = q
             return Aux(k, v)
         if t == 0xFF:
             return self._eof(buf, p)
         if t == 0xF7:
-            mid, q = read_len(buf, p + 1)
-            wop, q = read_len(buf, q)
+            mid, q = read_length(buf, p + 1)
+            wop, q = read_length(buf, q)
             if wop != 2:
                 raise RdbError(f"MODULE_AUX: bad when-opcode {wop} (expected 2)", p)
-            when, q = read_len(buf, q)
+            when, q = read_length(buf, q)
             end = walk.skip_module_values(buf, q)
             name, encver = walk.module_name(mid)
             self._pos = end
             return ModuleAux(mid, name, encver, when, bytes(buf[q:end]))
         if t == 0xF5:
-            code, q = read_str(buf, p + 1)
+            code, q = read_string(buf, p + 1)
             self._pos = q
             return Function(code)
         if t == 0xF6:
@@ -1437,35 +1472,36 @@ class RdbParser:
             # [description], code (the code has no shebang line). Redis 7.0 loads it as
             # "#!<engine as stored> name=<name>\n<code>" (FUNCTION LIST WITHCODE shows
             # e.g. "#!LUA name=lib1"); the description is dropped, as 7.0 GA has none.
-            name, q = read_str(buf, p + 1)
-            engine, q = read_str(buf, q)
-            has_desc, q = read_len(buf, q)
+            name, q = read_string(buf, p + 1)
+            engine, q = read_string(buf, q)
+            has_desc, q = read_length(buf, q)
             if has_desc:
-                q = skip_str(buf, q)
-            code, q = read_str(buf, q)
+                q = skip_string(buf, q)
+            code, q = read_string(buf, q)
             if not code.startswith(b"#!"):
                 code = b"#!" + engine + b" name=" + name + b"\n" + code
             self._pos = q
             return Function(code)
         # SLOT_INFO: Redis 7.4+ (RDB 12+); Valkey 9 loads it under VALKEY magic too
-        if t == 0xF4 and (self.is_valkey or self.version >= 12):
-            slot, q = read_len(buf, p + 1)
-            size, q = read_len(buf, q)
-            exp, q = read_len(buf, q)
+        op = self._ops[t]
+        if op == "SLOT_INFO":
+            slot, q = read_length(buf, p + 1)
+            size, q = read_length(buf, q)
+            exp, q = read_length(buf, q)
             self._pos = q
             return SlotInfo(slot, size, exp)
-        if t == 0xF3 and self.is_valkey:
+        if op == "SLOT_IMPORT":
             # Valkey 9 SLOT_IMPORT (cluster_migrateslots.c): job name (CLUSTER_NAMELEN = 40
             # bytes), len-enc number of slot ranges, then per range len-enc first and last slot
-            job, q = read_str(buf, p + 1)
+            job, q = read_string(buf, p + 1)
             if len(job) != 40:
                 raise RdbError(f"Valkey SLOT_IMPORT opcode 243 in {self._name}: job name of "
                                f"{len(job)} bytes (expected 40)", p)  # fmt: skip
-            n, q = read_len(buf, q)
+            n, q = read_length(buf, q)
             ranges = []
             for _ in range(n):
-                lo, q = read_len(buf, q)
-                hi, q = read_len(buf, q)
+                lo, q = read_length(buf, q)
+                hi, q = read_length(buf, q)
                 if not lo <= hi < 16384:
                     raise RdbError(f"Valkey SLOT_IMPORT opcode 243 in {self._name}: bad slot "
                                    f"range {lo}-{hi}", p)  # fmt: skip
@@ -1523,7 +1559,7 @@ class RdbParser:
         extra = 0
         then = None
         if vt.reader in _ELEM_READERS:
-            extra = _Elems(self._threshold, _ELEM_ROLE[t], t == 5)
+            extra = _Elems(self._threshold, _ELEM_ROLE[vt.big_kind], t == 5)
             if vt.pre8:  # type 24: TTLs relative to the hash's min-expire
                 extra.base = _I64LE(self._buf, vs)[0] - 1
         elif vt.tail == _T_STREAM:
@@ -1534,7 +1570,7 @@ class RdbParser:
         self._big = _Big(vt.reader, cnt, extra, key, 0, then)
         self._pos = first
         count = cnt if vt.tail == _T_NONE else -1
-        yield BigKeyStart(db, key, t, expire, idle, freq, off, vt.big_kind or _KIND[t], count)
+        yield BigKeyStart(db, key, t, expire, idle, freq, off, vt.big_kind, count)
         yield from self._big_run()
 
     def _go_big_string(self, key, expire, idle, freq, off, ds, slen, db, ulen=-1):
@@ -1543,7 +1579,7 @@ class RdbParser:
         self._pend = None
         self._carry = None
         if ulen < 0:
-            big = _Big(_str_piece, -(-slen // _STR_PIECE), [slen], key, _STR_PART)
+            big = _Big(_str_piece, -(-slen // _STR_PIECE), _RawPieces(slen), key, _STR_PART)
         else:
             big = _Big(_lzf_piece, -(-slen // _LZF_SLICE), _LzfPieces(slen, ulen), key, _STR_PART)
         self._big = big
@@ -1653,7 +1689,7 @@ class RdbParser:
         ctx.stage, ctx.held = g.stage, g.held
         ds, slen, ulen = g.head
         if ulen < 0:
-            big.reader, big.rem, big.extra = _str_piece, -(-slen // _STR_PIECE), [slen]
+            big.reader, big.rem, big.extra = _str_piece, -(-slen // _STR_PIECE), _RawPieces(slen)
         else:
             big.reader, big.rem = _lzf_piece, -(-slen // _LZF_SLICE)
             big.extra = _LzfPieces(slen, ulen)

@@ -20,7 +20,6 @@ __all__ = [
     "Truncated",
     "RdbError",
     "read_length",
-    "read_length_special",
     "read_string",
     "skip_string",
     "read_double_str",
@@ -68,41 +67,28 @@ _U64BE = struct.Struct(">Q").unpack_from
 _I16LE = struct.Struct("<h").unpack_from
 _I32LE = struct.Struct("<i").unpack_from
 
-
-def read_length_special(buf, pos: int) -> tuple[int, bool, int]:
-    """Read a len-enc value. Returns (value, is_special_encoding, new_pos)."""
-    try:
-        b = buf[pos]
-    except IndexError:
-        raise Truncated from None
-    t = b >> 6
-    if t == 0:
-        return b & 0x3F, False, pos + 1
-    if t == 1:
-        if pos + 2 > len(buf):
-            raise Truncated
-        return ((b & 0x3F) << 8) | buf[pos + 1], False, pos + 2
-    if t == 2:
-        if b == 0x80:
-            if pos + 5 > len(buf):
-                raise Truncated
-            return _U32BE(buf, pos + 1)[0], False, pos + 5
-        if b == 0x81:
-            if pos + 9 > len(buf):
-                raise Truncated
-            return _U64BE(buf, pos + 1)[0], False, pos + 9
-        raise RdbError(f"invalid length encoding byte 0x{b:02x}", pos)
-    return b & 0x3F, True, pos + 1
+# what running off the end of a buffer raises in the readers below (turned into Truncated)
+_SHORT = (IndexError, struct.error)
+_INT8 = [str(i - 256 if i > 127 else i).encode() for i in range(256)]
 
 
-def read_length(buf, pos: int) -> tuple[int, int]:
+def read_length(buf, p: int) -> tuple[int, int]:
     """Read a plain len-enc integer (special encodings are an error here)."""
-    v, special, npos = read_length_special(buf, pos)
-    if special:
-        raise RdbError(
-            f"unexpected string encoding byte 0x{buf[pos]:02x} where a length was expected", pos
-        )
-    return v, npos
+    try:
+        b = buf[p]
+        if b < 0x40:
+            return b, p + 1
+        if b < 0x80:
+            return ((b & 0x3F) << 8) | buf[p + 1], p + 2
+        if b == 0x80:
+            return _U32BE(buf, p + 1)[0], p + 5
+        if b == 0x81:
+            return _U64BE(buf, p + 1)[0], p + 9
+    except _SHORT:
+        raise Truncated from None
+    if b >= 0xC0:
+        raise RdbError(f"unexpected string encoding byte 0x{b:02x} where a length was expected", p)
+    raise RdbError(f"invalid length encoding byte 0x{b:02x}", p)
 
 
 def lzf_decompress(data, ulen: int, pos: int = 0) -> bytes:
@@ -207,57 +193,85 @@ class LzfStream:
         return out[len(hist) :]
 
 
-def read_string(buf, pos: int) -> tuple[bytes, int]:
+def _bad_string(b: int, p: int) -> RdbError:
+    """The error for an rdb-string starting with byte ``b`` that is no valid encoding."""
+    if b >= 0xC0:
+        return RdbError(f"unknown string encoding 0x{b:02x}", p)
+    return RdbError(f"invalid length encoding byte 0x{b:02x}", p)
+
+
+def read_string(buf, p: int) -> tuple[bytes, int]:
     """Read an rdb-string (raw, int-encoded or LZF). Returns bytes."""
-    v, special, p = read_length_special(buf, pos)
-    if not special:
-        end = p + v
-        if end > len(buf):
-            raise Truncated
-        return bytes(buf[p:end]), end
-    if v == ENC_INT8:
-        if p + 1 > len(buf):
-            raise Truncated
-        x = buf[p]
-        return str(x - 256 if x > 127 else x).encode(), p + 1
-    if v == ENC_INT16:
-        if p + 2 > len(buf):
-            raise Truncated
-        return str(_I16LE(buf, p)[0]).encode(), p + 2
-    if v == ENC_INT32:
-        if p + 4 > len(buf):
-            raise Truncated
-        return str(_I32LE(buf, p)[0]).encode(), p + 4
-    if v == ENC_LZF:
-        clen, p = read_length(buf, p)
-        ulen, p = read_length(buf, p)
-        end = p + clen
-        if end > len(buf):
-            raise Truncated
-        return lzf_decompress(buf[p:end], ulen, p), end
-    raise RdbError(f"unknown string encoding {v}", pos)
+    try:
+        b = buf[p]
+        if b < 0x40:
+            e = p + 1 + b
+            if e > len(buf):
+                raise Truncated(e)
+            return bytes(buf[p + 1 : e]), e
+        if b < 0x80:
+            s = p + 2
+            e = s + (((b & 0x3F) << 8) | buf[p + 1])
+        elif b == 0x80:
+            s = p + 5
+            e = s + _U32BE(buf, p + 1)[0]
+        elif b == 0x81:
+            s = p + 9
+            e = s + _U64BE(buf, p + 1)[0]
+        elif b == 0xC0:
+            return _INT8[buf[p + 1]], p + 2
+        elif b == 0xC1:
+            return str(_I16LE(buf, p + 1)[0]).encode(), p + 3
+        elif b == 0xC2:
+            return str(_I32LE(buf, p + 1)[0]).encode(), p + 5
+        elif b == 0xC3:
+            clen, q = read_length(buf, p + 1)
+            ulen, q = read_length(buf, q)
+            e = q + clen
+            if e > len(buf):
+                raise Truncated(e)
+            return lzf_decompress(buf[q:e], ulen, q), e
+        else:
+            raise _bad_string(b, p)
+    except _SHORT:
+        raise Truncated from None
+    if e > len(buf):
+        raise Truncated(e)
+    return bytes(buf[s:e]), e
 
 
-def skip_string(buf, pos: int) -> int:
-    """Skip an rdb-string without materialising or decompressing it."""
-    v, special, p = read_length_special(buf, pos)
-    if not special:
-        end = p + v
-    elif v == ENC_INT8:
-        end = p + 1
-    elif v == ENC_INT16:
-        end = p + 2
-    elif v == ENC_INT32:
-        end = p + 4
-    elif v == ENC_LZF:
-        clen, p = read_length(buf, p)
-        _, p = read_length(buf, p)
-        end = p + clen
-    else:
-        raise RdbError(f"unknown string encoding {v}", pos)
-    if end > len(buf):
-        raise Truncated
-    return end
+def skip_string(buf, p: int) -> int:
+    """End of the rdb-string at ``p``, by length arithmetic only (no copy, no LZF)."""
+    try:
+        b = buf[p]
+        if b < 0x40:
+            e = p + 1 + b
+        elif b < 0x80:
+            e = p + 2 + (((b & 0x3F) << 8) | buf[p + 1])
+        elif b >= 0xC0:
+            if b == 0xC0:
+                e = p + 2
+            elif b == 0xC1:
+                e = p + 3
+            elif b == 0xC2:
+                e = p + 5
+            elif b == 0xC3:
+                clen, q = read_length(buf, p + 1)
+                _, q = read_length(buf, q)
+                e = q + clen
+            else:
+                raise _bad_string(b, p)
+        elif b == 0x80:
+            e = p + 5 + _U32BE(buf, p + 1)[0]
+        elif b == 0x81:
+            e = p + 9 + _U64BE(buf, p + 1)[0]
+        else:
+            raise _bad_string(b, p)
+        if e > len(buf):
+            raise Truncated(e)
+    except _SHORT:
+        raise Truncated from None
+    return e
 
 
 def read_double_str(buf, pos: int) -> tuple[bytes, int]:

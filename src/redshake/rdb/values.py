@@ -13,6 +13,7 @@ import math
 import struct
 from collections.abc import Iterator
 
+from . import types as T
 from .encodings import (
     intset_members,
     listpack_entries,
@@ -584,146 +585,224 @@ def _check_hfe(ms: int) -> int:
     return ms
 
 
-def _decode(t: int, raw: bytes, start: int, valkey: bool) -> tuple[Value, int]:
-    if t == 0:
-        s, pos = read_string(raw, start)
-        return StringValue(s), pos
-    if t == 1:
-        items, pos = _read_list(raw, start)
-        return ListValue(items), pos
-    if t == 2:
-        items, pos = _read_list(raw, start)
-        return SetValue(items), pos
-    if t == 3:
-        n, pos = read_length(raw, start)
-        zitems = []
-        for _ in range(n):
-            m, pos = read_string(raw, pos)
-            sc, pos = read_double_str(raw, pos)
-            if sc == b"nan":
-                raise RdbError("NaN score in a sorted set")
-            zitems.append((m, sc))
-        return ZSetValue(zitems), pos
-    if t == 4:
-        pairs, pos = _read_pairs(raw, start)
-        return HashValue(pairs), pos
-    if t == 5:
-        n, pos = read_length(raw, start)
-        zitems = []
-        for _ in range(n):
-            m, pos = read_string(raw, pos)
-            if pos + 8 > len(raw):
-                raise Truncated
-            zitems.append((m, format_score(_DOUBLE(raw, pos)[0])))
-            pos += 8
-        return ZSetValue(zitems), pos
-    if t == 7:
-        from .modules import decode_module_value_at
+# ---- one decoder per value layout (types.py): (type, raw, start) -> (value, end) -------
 
-        return decode_module_value_at(raw, start)
-    if t == 6:
-        raise RdbError("pre-GA module value (type 6) cannot be decoded without the module")
-    if t in (9, 10, 11, 12, 13, 16, 17, 20):
+
+def _dec_string(t: int, raw: bytes, start: int) -> tuple[Value, int]:
+    s, pos = read_string(raw, start)
+    return StringValue(s), pos
+
+
+def _dec_list(t: int, raw: bytes, start: int) -> tuple[Value, int]:
+    items, pos = _read_list(raw, start)
+    return ListValue(items), pos
+
+
+def _dec_set(t: int, raw: bytes, start: int) -> tuple[Value, int]:
+    items, pos = _read_list(raw, start)
+    return SetValue(items), pos
+
+
+def _dec_zset(t: int, raw: bytes, start: int) -> tuple[Value, int]:
+    n, pos = read_length(raw, start)
+    zitems = []
+    for _ in range(n):
+        m, pos = read_string(raw, pos)
+        sc, pos = read_double_str(raw, pos)
+        if sc == b"nan":
+            raise RdbError("NaN score in a sorted set")
+        zitems.append((m, sc))
+    return ZSetValue(zitems), pos
+
+
+def _dec_hash(t: int, raw: bytes, start: int) -> tuple[Value, int]:
+    pairs, pos = _read_pairs(raw, start)
+    return HashValue(pairs), pos
+
+
+def _dec_zset_2(t: int, raw: bytes, start: int) -> tuple[Value, int]:
+    n, pos = read_length(raw, start)
+    zitems = []
+    for _ in range(n):
+        m, pos = read_string(raw, pos)
+        if pos + 8 > len(raw):
+            raise Truncated
+        zitems.append((m, format_score(_DOUBLE(raw, pos)[0])))
+        pos += 8
+    return ZSetValue(zitems), pos
+
+
+def _dec_module(t: int, raw: bytes, start: int) -> tuple[Value, int]:
+    from .modules import decode_module_value_at
+
+    return decode_module_value_at(raw, start)
+
+
+def _blob_decoder(make):
+    """Decoder of a layout stored as one blob string: ``make(blob) -> value``."""
+
+    def dec(t: int, raw: bytes, start: int) -> tuple[Value, int]:
         blob, pos = read_string(raw, start)
-        if t == 9:
-            return HashValue(zipmap_pairs(blob)), pos
-        if t == 10:
-            return ListValue(ziplist_entries(blob)), pos
-        if t == 11:
-            return SetValue(intset_members(blob)), pos
-        if t == 12:
-            return ZSetValue(_pairs(ziplist_entries(blob), "zset ziplist")), pos
-        if t == 13:
-            return HashValue(_pairs(ziplist_entries(blob), "hash ziplist")), pos
-        if t == 16:
-            return HashValue(_pairs(listpack_entries(blob), "hash listpack")), pos
-        if t == 17:
-            return ZSetValue(_pairs(listpack_entries(blob), "zset listpack")), pos
-        return SetValue(listpack_entries(blob)), pos
-    if t == 14:
-        n, pos = read_length(raw, start)
-        items: list[bytes] = []
-        for _ in range(n):
-            blob, pos = read_string(raw, pos)
-            items.extend(ziplist_entries(blob))
-        return ListValue(items), pos
-    if t == 18:
-        n, pos = read_length(raw, start)
-        items = []
-        for _ in range(n):
-            container, pos = read_length(raw, pos)
-            blob, pos = read_string(raw, pos)
-            if container == 2:
-                items.extend(listpack_entries(blob))
-            elif container == 1:
-                items.append(blob)
-            else:
-                raise RdbError(f"invalid quicklist container {container}")
-        return ListValue(items), pos
-    if t in (15, 19, 21) or (t in (26, 27) and not valkey):
-        return _decode_stream(t, raw, start)
-    if valkey:
-        if t == 22:  # HASH_2: field, value, 8-byte LE signed absolute ms (-1 = none)
-            n, pos = read_length(raw, start)
-            pairs = []
-            fexp: dict[bytes, int] = {}
-            for _ in range(n):
-                f, pos = read_string(raw, pos)
-                v, pos = read_string(raw, pos)
-                ms, pos = _ms8(raw, pos)
-                pairs.append((f, v))
-                if ms != -1:
-                    if ms < 0:
-                        raise RdbError(f"invalid hash field expire time {ms}")
-                    fexp[f] = ms
-            return HashValue(pairs, fexp or None), pos
-        raise RdbError(f"unsupported Valkey RDB value type {t}")
-    if t in (22, 24):
-        pos = start
-        min_expire = 0
-        if t == 24:
-            if len(raw) < start + 8:
-                raise Truncated
-            min_expire = _U64LE(raw, start)[0]
-            if min_expire > EB_EXPIRE_TIME_MAX + 1:
-                raise RdbError(f"hash minExpire {min_expire} is out of range")
-            pos = start + 8
-        n, pos = read_length(raw, pos)
-        pairs = []
-        fexp = {}
-        for _ in range(n):
-            ttl, pos = read_length(raw, pos)
-            f, pos = read_string(raw, pos)
-            v, pos = read_string(raw, pos)
-            pairs.append((f, v))
-            if ttl:
-                fexp[f] = _check_hfe(ttl + min_expire - 1 if t == 24 else ttl)
-        return HashValue(pairs, fexp or None), pos
-    if t in (23, 25):
-        pos = start
-        if t == 25:
-            if len(raw) < start + 8:
-                raise Truncated
-            pos = start + 8  # minExpire: informational
+        return make(blob), pos
+
+    return dec
+
+
+def _dec_quicklist(t: int, raw: bytes, start: int) -> tuple[Value, int]:
+    n, pos = read_length(raw, start)
+    items: list[bytes] = []
+    for _ in range(n):
         blob, pos = read_string(raw, pos)
-        vals = listpack_values(blob)
-        if len(vals) % 3:
-            raise RdbError("hash listpack with TTLs does not hold triples")
-        pairs = []
-        fexp = {}
-        for i in range(0, len(vals), 3):
-            f, v, ttl = vals[i], vals[i + 1], vals[i + 2]
-            if type(f) is not bytes:
-                f = b"%d" % f
-            if type(v) is not bytes:
-                v = b"%d" % v
-            pairs.append((f, v))
-            if type(ttl) is not int:
-                raise RdbError("hash listpack field TTL is not an integer")
-            if ttl:
-                fexp[f] = _check_hfe(ttl)
-        return HashValue(pairs, fexp or None), pos
-    raise RdbError(f"unknown RDB value type {t}")
+        items.extend(ziplist_entries(blob))
+    return ListValue(items), pos
+
+
+def _dec_quicklist_2(t: int, raw: bytes, start: int) -> tuple[Value, int]:
+    n, pos = read_length(raw, start)
+    items: list[bytes] = []
+    for _ in range(n):
+        container, pos = read_length(raw, pos)
+        blob, pos = read_string(raw, pos)
+        if container == 2:
+            items.extend(listpack_entries(blob))
+        elif container == 1:
+            items.append(blob)
+        else:
+            raise RdbError(f"invalid quicklist container {container}")
+    return ListValue(items), pos
+
+
+def _dec_hash_2(t: int, raw: bytes, start: int) -> tuple[Value, int]:
+    """Valkey HASH_2: field, value, 8-byte LE signed absolute ms (-1 = none)."""
+    n, pos = read_length(raw, start)
+    pairs = []
+    fexp: dict[bytes, int] = {}
+    for _ in range(n):
+        f, pos = read_string(raw, pos)
+        v, pos = read_string(raw, pos)
+        ms, pos = _ms8(raw, pos)
+        pairs.append((f, v))
+        if ms != -1:
+            if ms < 0:
+                raise RdbError(f"invalid hash field expire time {ms}")
+            fexp[f] = ms
+    return HashValue(pairs, fexp or None), pos
+
+
+def _dec_hash_ttl(t: int, raw: bytes, start: int) -> tuple[Value, int]:
+    """Redis 22 / 24: [8-byte min expire (24)], count, (len-enc ttl, field, value)."""
+    pos = start
+    min_expire = 0
+    if t == 24:
+        if len(raw) < start + 8:
+            raise Truncated
+        min_expire = _U64LE(raw, start)[0]
+        if min_expire > EB_EXPIRE_TIME_MAX + 1:
+            raise RdbError(f"hash minExpire {min_expire} is out of range")
+        pos = start + 8
+    n, pos = read_length(raw, pos)
+    pairs = []
+    fexp = {}
+    for _ in range(n):
+        ttl, pos = read_length(raw, pos)
+        f, pos = read_string(raw, pos)
+        v, pos = read_string(raw, pos)
+        pairs.append((f, v))
+        if ttl:
+            fexp[f] = _check_hfe(ttl + min_expire - 1 if t == 24 else ttl)
+    return HashValue(pairs, fexp or None), pos
+
+
+def _dec_hash_listpack_ttl(t: int, raw: bytes, start: int) -> tuple[Value, int]:
+    """Redis 23 / 25: [8-byte min expire (25, informational)], listpack of (field, value,
+    ttl) triples."""
+    pos = start
+    if t == 25:
+        if len(raw) < start + 8:
+            raise Truncated
+        pos = start + 8
+    blob, pos = read_string(raw, pos)
+    vals = listpack_values(blob)
+    if len(vals) % 3:
+        raise RdbError("hash listpack with TTLs does not hold triples")
+    pairs = []
+    fexp = {}
+    for i in range(0, len(vals), 3):
+        f, v, ttl = vals[i], vals[i + 1], vals[i + 2]
+        if type(f) is not bytes:
+            f = b"%d" % f
+        if type(v) is not bytes:
+            v = b"%d" % v
+        pairs.append((f, v))
+        if type(ttl) is not int:
+            raise RdbError("hash listpack field TTL is not an integer")
+        if ttl:
+            fexp[f] = _check_hfe(ttl)
+    return HashValue(pairs, fexp or None), pos
+
+
+def _dec_stream(t: int, raw: bytes, start: int) -> tuple[Value, int]:
+    return _decode_stream(t, raw, start)
+
+
+_DECODERS = {
+    T.STRING: _dec_string,
+    T.LIST: _dec_list,
+    T.SET: _dec_set,
+    T.ZSET: _dec_zset,
+    T.HASH: _dec_hash,
+    T.ZSET_2: _dec_zset_2,
+    T.MODULE: _dec_module,
+    T.HASH_ZIPMAP: _blob_decoder(lambda b: HashValue(zipmap_pairs(b))),
+    T.LIST_ZIPLIST: _blob_decoder(lambda b: ListValue(ziplist_entries(b))),
+    T.SET_INTSET: _blob_decoder(lambda b: SetValue(intset_members(b))),
+    T.ZSET_ZIPLIST: _blob_decoder(lambda b: ZSetValue(_pairs(ziplist_entries(b), "zset ziplist"))),
+    T.HASH_ZIPLIST: _blob_decoder(lambda b: HashValue(_pairs(ziplist_entries(b), "hash ziplist"))),
+    T.HASH_LISTPACK: _blob_decoder(
+        lambda b: HashValue(_pairs(listpack_entries(b), "hash listpack"))
+    ),
+    T.ZSET_LISTPACK: _blob_decoder(
+        lambda b: ZSetValue(_pairs(listpack_entries(b), "zset listpack"))
+    ),
+    T.SET_LISTPACK: _blob_decoder(lambda b: SetValue(listpack_entries(b))),
+    T.LIST_QUICKLIST: _dec_quicklist,
+    T.LIST_QUICKLIST_2: _dec_quicklist_2,
+    T.STREAM: _dec_stream,
+    T.HASH_2: _dec_hash_2,
+    T.HASH_TTL: _dec_hash_ttl,
+    T.HASH_TTL_MIN: _dec_hash_ttl,
+    T.HASH_LISTPACK_TTL: _dec_hash_listpack_ttl,
+    T.HASH_LISTPACK_TTL_MIN: _dec_hash_listpack_ttl,
+}
+
+
+def _unknown(valkey: bool):
+    def dec(t: int, raw: bytes, start: int) -> tuple[Value, int]:
+        if t == 6:
+            raise RdbError("pre-GA module value (type 6) cannot be decoded without the module")
+        if valkey:
+            raise RdbError(f"unsupported Valkey RDB value type {t}")
+        raise RdbError(f"unknown RDB value type {t}")
+
+    return dec
+
+
+def _decoder_table(valkey: bool) -> tuple:
+    """Decoder per type byte of a magic, any version (a DUMP payload or a decoded value
+    does not say which file version it came from)."""
+    unknown = _unknown(valkey)
+    return tuple(
+        unknown if s is None else _DECODERS.get(s.layout, unknown)
+        for s in T.value_types(valkey, T.NEWEST)
+    )
+
+
+_DECODE_REDIS = _decoder_table(False)
+_DECODE_VALKEY = _decoder_table(True)
+
+
+def _decode(t: int, raw: bytes, start: int, valkey: bool) -> tuple[Value, int]:
+    return (_DECODE_VALKEY if valkey else _DECODE_REDIS)[t](t, raw, start)
 
 
 def decode_value_at(type: int, buf: bytes, pos: int, *, valkey: bool) -> tuple[Value, int]:

@@ -1,6 +1,7 @@
 """Low-level walkers used by the streaming parser: find where RDB items end without
 decoding them (no LZF decompression, no blob decoding), and read the few items that are
-needed (keys, AUX strings, elements of big values).
+needed (keys, AUX strings, elements of big values). The string and length readers are
+those of :mod:`~redshake.rdb.primitives`.
 
 Conventions: every function takes ``(buf, pos)`` with ``buf`` a bytes-like buffer and
 returns the new position. Running off the end of ``buf`` raises :class:`Truncated` (with
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import struct
 
-from .primitives import RdbError, Truncated, lzf_decompress, read_double_str
+from .primitives import RdbError, Truncated, read_double_str, read_length, read_string, skip_string
 from .values import stream_node_entries
 
 _U16LE = struct.Struct("<H").unpack_from
@@ -27,94 +28,6 @@ _F64LE = struct.Struct("<d").unpack_from
 
 SHORT = (Truncated, IndexError, struct.error)
 
-_INT8 = [str(i - 256 if i > 127 else i).encode() for i in range(256)]
-
-
-def read_len(buf, p: int) -> tuple[int, int]:
-    """Plain len-enc integer."""
-    b = buf[p]
-    if b < 0x40:
-        return b, p + 1
-    if b < 0x80:
-        return ((b & 0x3F) << 8) | buf[p + 1], p + 2
-    if b == 0x80:
-        return _U32BE(buf, p + 1)[0], p + 5
-    if b == 0x81:
-        return _U64BE(buf, p + 1)[0], p + 9
-    if b >= 0xC0:
-        raise RdbError(f"unexpected string encoding byte 0x{b:02x} where a length was expected", p)
-    raise RdbError(f"invalid length encoding byte 0x{b:02x}", p)
-
-
-def skip_str(buf, p: int) -> int:
-    """End of the rdb-string at ``p`` (length arithmetic only)."""
-    b = buf[p]
-    if b < 0x40:
-        e = p + 1 + b
-    elif b < 0x80:
-        e = p + 2 + (((b & 0x3F) << 8) | buf[p + 1])
-    elif b >= 0xC0:
-        if b == 0xC0:
-            e = p + 2
-        elif b == 0xC1:
-            e = p + 3
-        elif b == 0xC2:
-            e = p + 5
-        elif b == 0xC3:
-            clen, q = read_len(buf, p + 1)
-            _, q = read_len(buf, q)
-            e = q + clen
-        else:
-            raise RdbError(f"unknown string encoding 0x{b:02x}", p)
-    elif b == 0x80:
-        e = p + 5 + _U32BE(buf, p + 1)[0]
-    elif b == 0x81:
-        e = p + 9 + _U64BE(buf, p + 1)[0]
-    else:
-        raise RdbError(f"invalid length encoding byte 0x{b:02x}", p)
-    if e > len(buf):
-        raise Truncated(e)
-    return e
-
-
-def read_str(buf, p: int) -> tuple[bytes, int]:
-    """Read an rdb-string (decompressing LZF, formatting integers)."""
-    b = buf[p]
-    if b < 0x40:
-        e = p + 1 + b
-        if e > len(buf):
-            raise Truncated(e)
-        return bytes(buf[p + 1 : e]), e
-    if b < 0x80:
-        s = p + 2
-        e = s + (((b & 0x3F) << 8) | buf[p + 1])
-    elif b == 0x80:
-        s = p + 5
-        e = s + _U32BE(buf, p + 1)[0]
-    elif b == 0x81:
-        s = p + 9
-        e = s + _U64BE(buf, p + 1)[0]
-    elif b == 0xC0:
-        return _INT8[buf[p + 1]], p + 2
-    elif b == 0xC1:
-        return str(_I16LE(buf, p + 1)[0]).encode(), p + 3
-    elif b == 0xC2:
-        return str(_I32LE(buf, p + 1)[0]).encode(), p + 5
-    elif b == 0xC3:
-        clen, q = read_len(buf, p + 1)
-        ulen, q = read_len(buf, q)
-        e = q + clen
-        if e > len(buf):
-            raise Truncated(e)
-        return lzf_decompress(buf[q:e], ulen, q), e
-    elif b >= 0xC0:
-        raise RdbError(f"unknown string encoding 0x{b:02x}", p)
-    else:
-        raise RdbError(f"invalid length encoding byte 0x{b:02x}", p)
-    if e > len(buf):
-        raise Truncated(e)
-    return bytes(buf[s:e]), e
-
 
 def _check(buf, e: int) -> int:
     if e > len(buf):
@@ -126,66 +39,66 @@ def _check(buf, e: int) -> int:
 
 
 def el_str(buf, p: int) -> int:
-    return skip_str(buf, p)
+    return skip_string(buf, p)
 
 
 def el_pair(buf, p: int) -> int:
-    return skip_str(buf, skip_str(buf, p))
+    return skip_string(buf, skip_string(buf, p))
 
 
 def el_zset_str(buf, p: int) -> int:
-    q = skip_str(buf, p)
+    q = skip_string(buf, p)
     n = buf[q]
     return _check(buf, q + 1 if n >= 253 else q + 1 + n)
 
 
 def el_zset_bin(buf, p: int) -> int:
-    return _check(buf, skip_str(buf, p) + 8)
+    return _check(buf, skip_string(buf, p) + 8)
 
 
 def el_ql2(buf, p: int) -> int:
-    c, q = read_len(buf, p)
+    c, q = read_length(buf, p)
     if c != 1 and c != 2:
         raise RdbError(f"invalid quicklist container {c} (expected 1 PLAIN or 2 PACKED)", p)
-    return skip_str(buf, q)
+    return skip_string(buf, q)
 
 
 def el_hash_ttl_first(buf, p: int) -> int:
     """Redis 7.4 HASH_METADATA(_PRE_GA) element: len-enc ttl, field, value."""
-    _, q = read_len(buf, p)
-    return skip_str(buf, skip_str(buf, q))
+    _, q = read_length(buf, p)
+    return skip_string(buf, skip_string(buf, q))
 
 
 def el_hash_ttl_last(buf, p: int) -> int:
     """Valkey HASH_2 element: field, value, 8-byte LE expiry."""
-    return _check(buf, skip_str(buf, skip_str(buf, p)) + 8)
+    return _check(buf, skip_string(buf, skip_string(buf, p)) + 8)
 
 
 # ---- element readers for big values: (buf, p, out, extra) -> end ----------------------
 
 
 def rd_str(buf, p: int, out: list, extra: int) -> int:
-    s, p = read_str(buf, p)
+    s, p = read_string(buf, p)
     out.append(s)
     return p
 
 
 def rd_pair(buf, p: int, out: list, extra: int) -> int:
-    f, p = read_str(buf, p)
-    v, p = read_str(buf, p)
+    f, p = read_string(buf, p)
+    v, p = read_string(buf, p)
     out.append((f, v))
     return p
 
 
 def rd_zset_str(buf, p: int, out: list, extra: int) -> int:
-    m, p = read_str(buf, p)
+    m, p = read_string(buf, p)
     s, p = read_double_str(buf, p)
     out.append((m, s))
     return p
 
 
 def rd_zset_bin(buf, p: int, out: list, extra: int) -> int:
-    m, p = read_str(buf, p)
+    m, p = read_string(buf, p)
     d = _F64LE(buf, p)[0]
     out.append((m, repr(d).encode()))
     return p + 8
@@ -204,8 +117,8 @@ class StreamWalk:
 
 def rd_stream_node(buf, p: int, out: list, st: StreamWalk) -> int:
     """One stream node (master id + listpack): its live entries ``(id, [field, value, ...])``."""
-    nodekey, p = read_str(buf, p)
-    lp, p = read_str(buf, p)
+    nodekey, p = read_string(buf, p)
+    lp, p = read_string(buf, p)
     entries = stream_node_entries(nodekey, lp)
     if entries and not st.first:
         st.first = entries[0][0]
@@ -219,8 +132,8 @@ def rd_stream_node(buf, p: int, out: list, st: StreamWalk) -> int:
 def skip_stream_tail(buf, p: int, t: int) -> int:
     """Walk a stream value after its nodes (§1.9): length, ids, groups, PELs, consumers."""
     for _ in range(3 if t == 15 else 8):  # length, last_id[, first_id, max_deleted, added]
-        _, p = read_len(buf, p)
-    groups, p = read_len(buf, p)
+        _, p = read_length(buf, p)
+    groups, p = read_length(buf, p)
     for _ in range(groups):
         p = skip_stream_group(buf, p, t)
     if t >= 26:
@@ -232,24 +145,24 @@ def skip_stream_idmp(buf, p: int) -> int:
     """Walk the IDMP section of a stream of type 26 / 27: duration, max entries, producers
     (id, count, then per entry an iid and a stream id as two lengths), iids added / dups."""
     for _ in range(2):
-        _, p = read_len(buf, p)
-    producers, p = read_len(buf, p)
+        _, p = read_length(buf, p)
+    producers, p = read_length(buf, p)
     for _ in range(producers):
         p, _ = skip_idmp_producer(buf, p)
     for _ in range(2):
-        _, p = read_len(buf, p)
+        _, p = read_length(buf, p)
     return p
 
 
 def skip_idmp_producer(buf, p: int) -> tuple[int, int]:
     """Walk one IDMP producer: its id, then its iids, each with a stream id as two lengths.
     Returns (end, number of iids)."""
-    p = skip_str(buf, p)
-    n, p = read_len(buf, p)
+    p = skip_string(buf, p)
+    n, p = read_length(buf, p)
     for _ in range(n):
-        p = skip_str(buf, p)
-        _, p = read_len(buf, p)
-        _, p = read_len(buf, p)
+        p = skip_string(buf, p)
+        _, p = read_length(buf, p)
+        _, p = read_length(buf, p)
     return p, n
 
 
@@ -257,20 +170,20 @@ def skip_stream_group(buf, p: int, t: int) -> int:
     """Walk one consumer group of a stream tail. A PEL that is not buffered yet raises
     Truncated with (a lower bound of) its end, so a caller fed small chunks does not walk
     a big PEL again for every chunk."""
-    p = skip_str(buf, p)
+    p = skip_string(buf, p)
     for _ in range(2 if t == 15 else 3):  # last_id[, entries_read]
-        _, p = read_len(buf, p)
-    pel, p = read_len(buf, p)
+        _, p = read_length(buf, p)
+    pel, p = read_length(buf, p)
     _check(buf, p + 25 * pel)  # id(16) + delivery time(8) + delivery count (>= 1 byte)
     for _ in range(pel):
-        _, p = read_len(buf, p + 24)
-    consumers, p = read_len(buf, p)
+        _, p = read_length(buf, p + 24)
+    consumers, p = read_length(buf, p)
     for _ in range(consumers):
-        p = skip_str(buf, p) + (16 if t >= 21 else 8)  # name, seen[, active] time
-        n, p = read_len(buf, p)
+        p = skip_string(buf, p) + (16 if t >= 21 else 8)  # name, seen[, active] time
+        n, p = read_length(buf, p)
         p = _check(buf, p + 16 * n)
     if t >= 27:  # NACK zone: unowned PEL ids
-        n, p = read_len(buf, p)
+        n, p = read_length(buf, p)
         p = _check(buf, p + 16 * n)
     return _check(buf, p)
 
@@ -279,17 +192,17 @@ def skip_module_values(buf, p: int) -> int:
     """Walk an annotated module value stream (§1.10) up to and including its EOF opcode."""
     while True:
         start = p
-        op, p = read_len(buf, p)
+        op, p = read_length(buf, p)
         if op == 0:
             return p
         if op == 1 or op == 2:
-            _, p = read_len(buf, p)
+            _, p = read_length(buf, p)
         elif op == 3:
             p = _check(buf, p + 4)
         elif op == 4:
             p = _check(buf, p + 8)
         elif op == 5:
-            p = skip_str(buf, p)
+            p = skip_string(buf, p)
         else:
             raise RdbError(f"unknown module value opcode {op}", start)
 
@@ -335,12 +248,12 @@ def quicklist_empty(buf, p: int, count: int, t: int) -> bool:
     """True when every node of the quicklist whose first node starts at ``p`` is empty."""
     for _ in range(count):
         if t == 18:
-            c, p = read_len(buf, p)
+            c, p = read_length(buf, p)
             if c == 1:
                 return False
             if not blob_empty(buf, p, BLOB_LISTPACK):
                 return False
         elif not blob_empty(buf, p, BLOB_ZIPLIST):
             return False
-        p = skip_str(buf, p)
+        p = skip_string(buf, p)
     return True

@@ -47,6 +47,7 @@ from ..rdb.dump import (
 from ..rdb.primitives import RdbError, read_length
 from ..rdb.rewrite import supports_field_ttl
 from ..rdb.stream_spill import StreamSpill
+from ..rdb.types import STREAM_TYPES, value_types
 from ..rdb.values import StreamDropped
 from ..rdb.walk import module_name
 
@@ -55,16 +56,13 @@ __all__ = ["TargetCaps", "RdbToEntries", "ConversionError", "temp_key_tag", "fie
 
 log = logging.getLogger("redshake")
 
-# Logical kinds of the value types that can be re-encoded with the plain encodings.
+# Logical kinds of the value types that can be re-encoded with the plain encodings: the
+# types every engine shares (0..21) but streams and modules.
 _PLAIN_KIND = {
-    0: "string",
-    1: "list", 10: "list", 14: "list", 18: "list",
-    2: "set", 11: "set", 20: "set",
-    3: "zset", 5: "zset", 12: "zset", 17: "zset",
-    4: "hash", 9: "hash", 13: "hash", 16: "hash",
-}  # fmt: skip
-
-_STREAM_TYPES = frozenset({15, 19, 21, 26, 27})
+    s.code: s.family
+    for s in value_types(False, 11)
+    if s is not None and s.family in ("string", "list", "set", "zset", "hash")
+}
 
 # Zipmaps (pre-2.6 hashes) are always decoded and re-encoded: the format allows a zipmap
 # whose count byte says "unknown, walk to the end", which current servers' payload checks
@@ -468,7 +466,7 @@ class RdbToEntries:
 
     def _key_slow(self, rec, key: bytes, db: int, limit: int) -> Iterator[Entry]:
         caps = self.caps
-        if limit and rec.type in _STREAM_TYPES:
+        if limit and rec.type in STREAM_TYPES:
             # A stream type the target does not know: the same bytes in its older layout
             # keep every pending entry (commands cannot claim one whose message is deleted).
             to = stream_type_for(caps.plain_max)
