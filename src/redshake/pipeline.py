@@ -711,8 +711,9 @@ def _marker_writable(cfg: Config, writer, key: bytes) -> bool:
     if not refusal:
         if cfg.writer.cluster:
             log.info(
-                "exactly-once: the commands of every stream batch go as one MULTI/EXEC per slot "
-                "that also sets that slot's position marker %r:{<tag of the slot>} "
+                "exactly-once: the commands of every stream batch go to each master as one "
+                "script call (Redis >= 7.0, Valkey; else one MULTI/EXEC per slot) that also sets "
+                "the position marker %r:{<tag of a slot>} of that master (or slot) "
                 "(advanced.exactly_once = false: no markers)", key.decode("utf-8", "replace"),
             )  # fmt: skip
             return True
