@@ -14,6 +14,7 @@ from redshake.guard import _masters
 from redshake.resp.conn import Connection, connect
 from redshake.resp.server import (
     ClusterShard,
+    NodeLine,
     SentinelError,
     ServerInfo,
     best_replica,
@@ -22,6 +23,7 @@ from redshake.resp.server import (
     parse_cluster_nodes,
     parse_cluster_shards,
     parse_cluster_slots,
+    parse_node_lines,
     read_info,
     replicas_of,
     resolve_sentinel_master,
@@ -197,3 +199,83 @@ def test_connect_options(servers) -> None:
                         ca_cert="/ca", cert="/c", key="/k", timeout=5.0)  # fmt: skip
     with Connection(s.host, s.port, **RedisWriterConfig(password="pw").connect_options()) as conn:
         assert conn.call("PING") == b"PONG"
+
+
+def test_node_lines_of_a_cluster(servers) -> None:
+    """parse_node_lines: every node of a real 3-master cluster with replicas, and the
+    migration markers while a slot moves (only on the answering node's own line)."""
+    from harness import finish_move, move_slot
+
+    cl = servers.cluster("redis-7.0", masters=3, replicas=1)
+    m0, m1 = cl.masters[0], cl.masters[1]
+    ids = {cl.node_id(s): s for s in cl.servers}
+
+    def lines(server) -> list[NodeLine]:
+        with connect(server.address) as conn:
+            return parse_node_lines(conn.call("CLUSTER", "NODES"), server.host)
+
+    def settled() -> bool:
+        return len(lines(m0)) == len(cl.servers) and all(n.usable for n in lines(m0))
+
+    _wait(settled, "every node to be known")
+    nodes = lines(m0)
+    assert {n.id for n in nodes} == set(ids)
+    for n in nodes:
+        assert n.address == ids[n.id].address
+        assert n.is_master == (ids[n.id] in cl.masters)
+        assert n.is_replica == (ids[n.id] in cl.replicas)
+        assert ("myself" in n.flags) == (ids[n.id] is m0)
+        assert not n.migrating and not n.importing
+    masters = [n for n in nodes if n.is_master]
+    assert all(n.master_id == "-" for n in masters)
+    assert {n.master_id for n in nodes if n.is_replica} == {n.id for n in masters}
+    assert sum(hi - lo + 1 for n in masters for lo, hi in n.ranges) == 16384
+    # the shard view is built from the same lines
+    with connect(m0.address) as conn:
+        shards = parse_cluster_nodes(conn.call("CLUSTER", "NODES"), m0.host)
+    assert _view(shards) == sorted(
+        (n.address, sorted(n.ranges), sorted(r.address for r in nodes if r.master_id == n.id)) for n in masters
+    )
+
+    # a slot half-way from m0 to m1: m0 migrates it, m1 imports it, m0 still owns it
+    slot = next(lo for n in lines(m0) if n.id == cl.node_id(m0) for lo, _ in n.ranges)
+    move_slot(cl, slot, m0, m1, finish=False)
+    me = next(n for n in lines(m0) if "myself" in n.flags)
+    assert me.migrating == {slot: cl.node_id(m1)} and not me.importing
+    assert any(lo <= slot <= hi for lo, hi in me.ranges)
+    them = next(n for n in lines(m1) if "myself" in n.flags)
+    assert them.importing == {slot: cl.node_id(m0)} and not them.migrating
+    assert not any(lo <= slot <= hi for lo, hi in them.ranges)
+    # other nodes' lines never carry markers
+    assert not any(n.migrating or n.importing for n in lines(m0) if "myself" not in n.flags)
+    finish_move(cl, slot, m1)
+    me = next(n for n in lines(m0) if "myself" in n.flags)
+    assert not me.migrating and not any(lo <= slot <= hi for lo, hi in me.ranges)
+    them = next(n for n in lines(m1) if "myself" in n.flags)
+    assert not them.importing and any(lo <= slot <= hi for lo, hi in them.ranges)
+
+
+def test_node_lines_flags_and_addresses() -> None:
+    """What a live cluster rarely shows on demand: IPv6 and hostnames, failing nodes, a node
+    without its IP yet, one without an address at all."""
+    text = (
+        "a1 ::1:7000@17000,host-a myself,master - 0 0 1 connected 0-100 [5->-b1] [7-<-c1]\n"
+        "b1 10.0.0.2:7001@17001 master,fail - 0 0 2 disconnected 101-200\n"
+        "c1 :7002@17002 master - 0 0 3 connected 201\n"
+        "d1 10.0.0.4:7003@17003 slave,fail? a1 0 0 1 connected\n"
+        "e1 :0@0 master,noaddr - 0 0 0 disconnected\n"
+        "f1 10.0.0.6:7005@17005 handshake - 0 0 0 disconnected\n"
+    )
+    nodes = {n.id: n for n in parse_node_lines(text, "seed.example")}
+    assert set(nodes) == {"a1", "b1", "c1", "d1", "f1"}  # (no address: left out)
+    a = nodes["a1"]
+    assert a.address == "[::1]:7000" and a.hostname == "host-a"
+    assert a.ranges == [(0, 100)] and a.migrating == {5: "b1"} and a.importing == {7: "c1"}
+    assert a.usable and a.is_master and a.master_id == "-" and a.link == "connected"
+    assert nodes["c1"].address == "seed.example:7002" and nodes["c1"].ranges == [(201, 201)]
+    assert not nodes["b1"].usable and not nodes["d1"].usable and not nodes["f1"].usable
+    assert nodes["d1"].is_replica and nodes["d1"].master_id == "a1"
+    # the shard view: the failed master is no shard; a replica suspected failing is unhealthy
+    shards = {sh.master.id: sh for sh in parse_cluster_nodes(text, "seed.example")}
+    assert set(shards) == {"a1", "c1"}
+    assert [(r.id, r.healthy) for r in shards["a1"].replicas] == [("d1", False)]

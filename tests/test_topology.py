@@ -18,7 +18,7 @@ import redis
 
 from helpers import OWN_PREFIXES, digest_map, expire_map, write_config
 from redshake.commands.slots import key_slot
-from redshake.readers.topology import parse_nodes
+from redshake.resp.server import parse_node_lines
 from servers import free_port
 
 
@@ -89,7 +89,7 @@ def view(cluster) -> list:
         if s.alive():
             try:
                 with s.client(socket_timeout=5) as c:
-                    return parse_nodes(c.execute_command("CLUSTER", "NODES").decode())
+                    return parse_node_lines(c.execute_command("CLUSTER", "NODES"), "127.0.0.1")
             except redis.ConnectionError:
                 continue
     raise AssertionError("no live node")

@@ -30,7 +30,7 @@ from .config.schema import Config
 from .errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, FatalError
 from .readers.topology import LANES
 from .resp.conn import Connection, ConnError, ReplyError, parse_address
-from .resp.server import cluster_shards, keyspace_counts, read_info
+from .resp.server import ServerInfo, cluster_shards, keyspace_counts, read_info
 
 __all__ = ["source_shards", "run_sharded"]
 
@@ -615,7 +615,7 @@ def is_cluster_node(rc) -> bool:
             info = read_info(c, "cluster")
     except (ConnError, OSError, ReplyError):
         return False
-    return info.get("cluster_enabled") == "1"
+    return ServerInfo.from_fields(info).cluster
 
 
 class _ShardBoard:

@@ -36,6 +36,7 @@ from ..repl.protocol import CommandStream, ReplProtocolError
 from ..repl.spool import Spool
 from ..resp.conn import parse_address
 from ..resp.encode import ARRAY_SIZES, BULK_SIZES, encode, encoded_len
+from ..resp.server import ServerInfo
 from ..util import human_bytes
 from ..writers.reconnecting import ReconnectingWriter
 from .base import Capabilities, Reader
@@ -234,7 +235,7 @@ class SyncReader(Reader):
         address = where[0]
         if info.get("refused"):
             raise SourceError(f"the source {address} refused PING: {info['refused']}")
-        if info.get("cluster_enabled") == "1" and not self.cluster_node_ok:
+        if ServerInfo.from_fields(info).cluster and not self.cluster_node_ok:
             raise SourceError(
                 f"the source {address} is a node of a cluster: alone it holds only its own "
                 "slots. Set cluster = true in [sync_reader] to copy every shard"

@@ -19,16 +19,16 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ..commands.lookup import command_keys
 from ..commands.slots import key_slot
 from ..entry import Entry, Run
 from ..resp.conn import Connection, ConnError, ReplyError, parse_address
+from ..resp.server import NodeLine, parse_node_lines, read_info
 from .sync_reader import EPOCH_SPAN
 
-__all__ = ["Node", "parse_nodes", "cluster_view", "ShardResolver", "MigrationGuard"]
+__all__ = ["cluster_view", "ShardResolver", "MigrationGuard", "Handover"]
 
 log = logging.getLogger("redshake")
 _T = TypeVar("_T")
@@ -36,57 +36,11 @@ _T = TypeVar("_T")
 PATIENCE = 60.0  # seconds a deletion check waits for an unreachable source (failover)
 
 
-@dataclass
-class Node:
-    """One line of ``CLUSTER NODES``."""
-
-    id: str
-    address: str
-    flags: frozenset[str]
-    master_id: str
-    ranges: list[tuple[int, int]] = field(default_factory=list)
-    # only on the answering node's own line: slot -> node id it is migrating to / from
-    migrating: dict[int, str] = field(default_factory=dict)
-    importing: dict[int, str] = field(default_factory=dict)
-
-    @property
-    def is_master(self) -> bool:
-        return "master" in self.flags
-
-    @property
-    def usable(self) -> bool:
-        return not (self.flags & {"fail", "fail?", "noaddr", "handshake"})
-
-
-def parse_nodes(text: str, fallback_host: str = "127.0.0.1") -> list[Node]:
-    """The nodes of a ``CLUSTER NODES`` reply."""
-    out = []
-    for line in text.splitlines():
-        f = line.split()
-        if len(f) < 8:
-            continue
-        addr = f[1].split("@")[0].split(",")[0]
-        host, _, port = addr.rpartition(":")
-        if not port or port == "0":
-            continue  # a node without an address yet
-        node = Node(f[0], f"{host or fallback_host}:{port}", frozenset(f[2].split(",")), f[3])
-        for tok in f[8:]:
-            if tok.startswith("["):
-                slot, arrow, other = tok.strip("[]").partition("-")
-                if arrow and other.startswith(">-"):
-                    node.migrating[int(slot)] = other[2:]
-                elif arrow and other.startswith("<-"):
-                    node.importing[int(slot)] = other[2:]
-                continue
-            lo, _, hi = tok.partition("-")
-            node.ranges.append((int(lo), int(hi or lo)))
-        out.append(node)
-    return out
-
-
-def cluster_view(addresses: list[str], conn_kw: dict, timeout: float = 5.0) -> tuple[str, list[Node]]:
+def cluster_view(addresses: list[str], conn_kw: dict, timeout: float = 5.0) -> tuple[str, list[NodeLine]]:
     """(address that answered, its ``CLUSTER NODES``) from the first node of ``addresses``
-    that answers; ConnError when none does."""
+    that answers; ConnError when none does. (Parsed by
+    :func:`redshake.resp.server.parse_node_lines`: addresses are IPs, as the one
+    ``CLUSTER NODES`` gives.)"""
     errors = []
     for addr in addresses:
         host, port = parse_address(addr)
@@ -96,8 +50,7 @@ def cluster_view(addresses: list[str], conn_kw: dict, timeout: float = 5.0) -> t
         except (ConnError, OSError, ReplyError) as e:
             errors.append(f"{addr}: {e}")
             continue
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-        return addr, parse_nodes(text, host)
+        return addr, parse_node_lines(raw, host)
     raise ConnError("no node of the source cluster answered: " + "; ".join(errors or ["no address"]))
 
 
@@ -601,15 +554,13 @@ class Handover:
             host, port = parse_address(n.address)
             try:
                 with Connection(host, port, io_timeout=10.0, **g.conn_kw) as c:
-                    info = c.call("INFO", "replication")
+                    offset = read_info(c, "replication").get("master_repl_offset")
             except (ConnError, OSError, ReplyError) as e:
                 log.warning("[%s] cannot read the replication offset of %s (%s): its writes to "
                             "a moved slot are not waited for", r.label, n.address, e)  # fmt: skip
                 continue
-            text = info.decode("ascii", "replace") if isinstance(info, bytes) else str(info)
-            for line in text.splitlines():
-                if line.startswith("master_repl_offset:"):
-                    out.append((j, int(line.split(":", 1)[1])))
+            if offset is not None:
+                out.append((j, int(offset)))
         return out
 
     def _first_in_ring(self, j: int) -> bool:

@@ -5,6 +5,8 @@
 * :func:`cluster_shards`: the topology of a cluster (``CLUSTER SHARDS``, else ``CLUSTER
   NODES``, else ``CLUSTER SLOTS``) as :class:`ClusterShard` values, with the replica to read
   from for ``prefer_replica`` (:meth:`ClusterShard.read_address`);
+* :func:`parse_node_lines`: every line of ``CLUSTER NODES`` as a :class:`NodeLine` (flags,
+  master id, slots, migration markers), for following a cluster while it changes;
 * :func:`best_replica`: the same choice for a standalone master (``INFO replication``);
 * :func:`resolve_sentinel_master`: a sentinel-managed master's address.
 
@@ -34,6 +36,8 @@ __all__ = [
     "cluster_shards",
     "parse_cluster_shards",
     "parse_cluster_nodes",
+    "NodeLine",
+    "parse_node_lines",
     "parse_cluster_slots",
     "SentinelError",
     "resolve_sentinel_master",
@@ -268,39 +272,86 @@ def parse_cluster_shards(reply: Any, seed_host: str, tls: bool = False) -> list[
     return out
 
 
+@dataclass(slots=True)
+class NodeLine:
+    """One line of ``CLUSTER NODES``: ``id ip:port@cport[,hostname] flags master-id ping pong
+    epoch link slots...``. ``address`` is built as :func:`parse_cluster_nodes` builds it (the
+    IP, bracketed when IPv6; the seed host when the node does not know its IP yet);
+    ``hostname`` is the announced one ("" when none). ``migrating`` / ``importing``: slot ->
+    the other node's id, from the ``[slot->-id]`` / ``[slot-<-id]`` markers, which only the
+    answering node's own line (``myself``) carries."""
+
+    id: str
+    address: str
+    flags: frozenset[str]
+    master_id: str  # "-" for a master
+    link: str = "connected"
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+    migrating: dict[int, str] = field(default_factory=dict)
+    importing: dict[int, str] = field(default_factory=dict)
+    hostname: str = ""
+
+    @property
+    def is_master(self) -> bool:
+        return "master" in self.flags
+
+    @property
+    def is_replica(self) -> bool:
+        return "slave" in self.flags or "replica" in self.flags
+
+    @property
+    def usable(self) -> bool:
+        """Neither failing (``fail`` / ``fail?``) nor without address nor in handshake."""
+        return not (self.flags & _UNUSABLE)
+
+
+_UNUSABLE = frozenset({"fail", "fail?", "noaddr", "handshake"})
+_GONE = frozenset({"fail", "noaddr", "handshake"})  # (``fail?`` is one node's suspicion)
+
+
+def parse_node_lines(text: bytes | str, seed_host: str) -> list[NodeLine]:
+    """Every node of a ``CLUSTER NODES`` reply, whatever its flags, except those without an
+    address yet (port 0)."""
+    out = []
+    for line in _s(text).splitlines():
+        f = line.split()
+        if len(f) < 8:
+            continue
+        where, _, hostname = f[1].partition(",")
+        host, _, port = where.split("@")[0].rpartition(":")
+        if not port or port == "0":
+            continue  # a node without an address yet
+        node = NodeLine(f[0], format_address(_host(host, "", seed_host), int(port)),
+                        frozenset(f[2].split(",")), f[3], f[7], hostname=hostname.split(",")[0])  # fmt: skip
+        for tok in f[8:]:
+            if tok.startswith("["):
+                slot, arrow, other = tok.strip("[]").partition("-")
+                if arrow and other.startswith(">-"):
+                    node.migrating[int(slot)] = other[2:]
+                elif arrow and other.startswith("<-"):
+                    node.importing[int(slot)] = other[2:]
+                continue
+            lo, _, hi = tok.partition("-")
+            node.ranges.append((int(lo), int(hi or lo)))
+        out.append(node)
+    return out
+
+
 def parse_cluster_nodes(text: bytes | str, seed_host: str) -> list[ClusterShard]:
     """A ``CLUSTER NODES`` reply: masters owning slots (not failed, with an address), with
     their replicas; a replica is healthy when neither failing (``fail``/``fail?``) nor
     without address or in handshake, and its bus link is ``connected``. Migration markers
     (``[slot->-id]``) are not ranges."""
-    text = _s(text)
     shards: dict[str, ClusterShard] = {}
     replicas: list[tuple[str, ClusterNode]] = []
-    for line in text.splitlines():
-        f = line.split()
-        if len(f) < 8:
+    for n in parse_node_lines(text, seed_host):
+        if n.flags & _GONE:
             continue
-        flags = set(f[2].split(","))
-        host, _, port = f[1].split("@")[0].split(",")[0].rpartition(":")
-        if not port or port == "0":
-            continue  # a node without an address yet
-        addr = format_address(_host(host, "", seed_host), int(port))
-        bad = bool({"fail", "fail?", "noaddr", "handshake"} & flags)
-        if "master" in flags:
-            if "fail" in flags or "noaddr" in flags or "handshake" in flags:
-                continue
-            ranges = []
-            for tok in f[8:]:
-                if tok.startswith("["):
-                    continue
-                lo, _, hi = tok.partition("-")
-                ranges.append((int(lo), int(hi or lo)))
-            if ranges:
-                shards[f[0]] = ClusterShard(ClusterNode(f[0], addr, True), ranges)
-        elif "slave" in flags or "replica" in flags:
-            if "fail" in flags or "noaddr" in flags or "handshake" in flags:
-                continue
-            replicas.append((f[3], ClusterNode(f[0], addr, False, not bad and f[7] == "connected")))
+        if n.is_master:
+            if n.ranges:
+                shards[n.id] = ClusterShard(ClusterNode(n.id, n.address, True), list(n.ranges))
+        elif n.is_replica:
+            replicas.append((n.master_id, ClusterNode(n.id, n.address, False, n.usable and n.link == "connected")))
     for master_id, node in replicas:
         if master_id in shards:
             shards[master_id].replicas.append(node)
