@@ -46,6 +46,8 @@ __all__ = [
     "WrongPass",
     "NoPerm",
     "ExecAbort",
+    "NoScript",
+    "TopologyChanged",
     "reply_class",
     "classify",
     "exit_code",
@@ -176,10 +178,24 @@ class ExecAbort(TargetError):
     code = "EXECABORT"
 
 
+class NoScript(TargetError):
+    """EVALSHA of a script the server does not hold (restarted, SCRIPT FLUSH)."""
+
+    code = "NOSCRIPT"
+
+
+class TopologyChanged(TargetError):
+    """The error of redshake's own exactly-once unit script: the node does not serve the
+    slots the writer sent it (the cluster was resharded meanwhile)."""
+
+    code = "TOPOLOGY"
+
+
 _BY_CODE: dict[str, type[TargetError]] = {
     c.code: c
     for c in (BusyKey, Moved, Ask, TryAgain, ClusterDown, Loading, MasterDown, Busy,
-              NoMasterLink, OutOfMemory, ReadOnly, NoAuth, WrongPass, NoPerm, ExecAbort)
+              NoMasterLink, OutOfMemory, ReadOnly, NoAuth, WrongPass, NoPerm, ExecAbort, NoScript,
+              TopologyChanged)
 }  # fmt: skip
 
 

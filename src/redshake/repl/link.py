@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import Loading, MasterDown, NoAuth, NoPerm, reply_class
 from ..resp.conn import (
     AuthError,
     Connection,
@@ -276,9 +277,10 @@ class SourceLink(threading.Thread):
         try:
             conn.call("PING")
         except ReplyError as e:
-            if e.code in ("NOAUTH", "NOPERM") or "not permitted" in e.message:
+            cls = reply_class(e.message)
+            if cls is NoAuth or cls is NoPerm or "not permitted" in e.message:
                 raise LinkFatal(f"source {conn.address} needs a password / permission: {e}") from None
-            if e.code not in ("LOADING", "MASTERDOWN"):
+            if cls is not Loading and cls is not MasterDown:
                 raise
             raise _Retry(f"source not ready: {e.message}") from None
         server = ServerInfo.from_fields(read_info(conn, "server"))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import hiredis
 
+from ..errors import Busy, Loading, MasterDown, NoMasterLink, TryAgain, reply_class
 from ..resp.encode import encode
 
 __all__ = [
@@ -58,7 +59,8 @@ class PsyncReply:
     message: str = ""
 
 
-_RETRY_CODES = ("LOADING", "NOMASTERLINK", "BUSY", "MASTERDOWN", "TRYAGAIN")
+# the refusals of PSYNC that a later attempt may not get
+_RETRY = (Loading, NoMasterLink, Busy, MasterDown, TryAgain)
 
 
 def parse_psync_reply(line: bytes) -> PsyncReply:
@@ -79,8 +81,7 @@ def parse_psync_reply(line: bytes) -> PsyncReply:
         return PsyncReply("continue", parts[1] if len(parts) > 1 else "", -1, text)
     if text.startswith("-"):
         msg = text[1:]
-        code = msg.split(" ", 1)[0].upper()
-        if code in _RETRY_CODES:
+        if reply_class(msg.split(" ", 1)[0].upper()) in _RETRY:
             return PsyncReply("retry", message=msg)
         low = msg.lower()
         if "unknown command" in low and "psync" in low:

@@ -67,6 +67,20 @@ from typing import Any
 from redshake.commands.lookup import command_keys
 from redshake.commands.slots import SLOTS, key_slot
 from redshake.entry import KEYLESS_ALL_MASTERS, Entry, UnitEntry
+from redshake.errors import (
+    Ask,
+    Busy,
+    ClusterDown,
+    Loading,
+    MasterDown,
+    Moved,
+    NoScript,
+    OutOfMemory,
+    ReadOnly,
+    TopologyChanged,
+    TryAgain,
+    reply_class,
+)
 from redshake.resp.conn import (
     Connection,
     ReplyError,
@@ -169,8 +183,8 @@ _SCRIPT_MAX_BYTES = 8 << 20
 # per command: the 1 MiB pieces of a huge command (and any command this big) go per slot
 _SCRIPT_MAX_CMD_BYTES = 512 << 10
 # Script-call errors that do not mean the target refuses the script (resent per slot).
-_SCRIPT_TRANSIENT = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "TOPOLOGY", "OOM", "BUSY",
-                     "LOADING", "MASTERDOWN", "READONLY")  # fmt: skip
+_SCRIPT_TRANSIENT = (Moved, Ask, TryAgain, ClusterDown, TopologyChanged, OutOfMemory, Busy,
+                     Loading, MasterDown, ReadOnly)  # fmt: skip
 
 _TAGS: list[bytes] = []
 
@@ -292,12 +306,16 @@ _MULTI = b"MULTI"
 _EXEC = b"EXEC"
 _MULTI_RESP = b"*1\r\n$5\r\nMULTI\r\n"
 _EXEC_RESP = b"*1\r\n$4\r\nEXEC\r\n"
-_REDIRECT_CODES = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
+# the errors that redirect a command or a transaction (resent): see _redirect
+_REDIRECTS = (Moved, Ask, TryAgain, ClusterDown)
 _ABORT_BECAUSE = "EXECABORT Transaction discarded because of: "
 _SPLIT_WARNINGS = 10
 
 # A record of the offset tracking: [offset, entry or _TxnHolder, held, w1, seq1, w2, seq2...]:
 # done when held == 0 (no part waiting for a resend) and every wi.answered >= seqi.
+# (A list, not a class with __slots__: write() builds one per command, and on Python 3.11 a
+# list literal costs ~60 ns where creating an instance costs ~150 ns, which showed as ~2-3%
+# more CPU per command in bench/incremental.py --cluster --at-least-once --catchup.)
 _OFF, _OBJ, _HELD, _PARTS = 0, 1, 2, 3
 
 
@@ -1094,20 +1112,20 @@ class ClusterWriter(Writer):
 
     def _redirect(self, message: str, node_host: str) -> tuple[str, str] | None:
         """(kind, info) for a redirection / retry-later error, else None."""
-        code = message.split(" ", 1)[0]
-        if code == "MOVED" or code == "ASK":
+        cls = reply_class(message)
+        if cls is Moved or cls is Ask:
             parts = message.split()
             addr = parts[2] if len(parts) > 2 else ""
             if addr.startswith(":"):
                 addr = format_address(node_host, int(addr[1:]))
             self.redirects += 1
-            if code == "MOVED":
+            if cls is Moved:
                 self.moved += 1
                 self._need_refresh = True
-                return code, f"{parts[1] if len(parts) > 1 else ''} {addr}"
+                return "MOVED", f"{parts[1] if len(parts) > 1 else ''} {addr}"
             self.asked += 1
-            return code, addr
-        if code in ("TRYAGAIN", "CLUSTERDOWN"):
+            return "ASK", addr
+        if cls is TryAgain or cls is ClusterDown:
             return "RETRY", message
         return None
 
@@ -1138,13 +1156,13 @@ class ClusterWriter(Writer):
     def _script_failed(self, call: ScriptCall, message: str, node_host: str, addr: str) -> None:
         w = self._writers.get(addr)
         rec = self._hold(w)
-        code = message.split(" ", 1)[0]
-        if code == "NOSCRIPT":
+        cls = reply_class(message)
+        if cls is NoScript:
             self._retry.append((call, "NOSCRIPT", message, rec, w))
             return
-        if code in ("MOVED", "ASK"):
+        if cls is Moved or cls is Ask:
             self._redirect(message, node_host)  # (counted)
-        elif code not in _SCRIPT_TRANSIENT and addr not in self._no_script:
+        elif cls not in _SCRIPT_TRANSIENT and addr not in self._no_script:
             self._no_script.add(addr)
             log.warning("[%s] %s refuses the exactly-once script (%s): its units are written"
                         " as one MULTI/EXEC per slot", self.name, addr, message)  # fmt: skip
@@ -1158,7 +1176,7 @@ class ClusterWriter(Writer):
             for m in [*(m for _e, m in errors), message]:
                 if m.startswith(_ABORT_BECAUSE):
                     m = m[len(_ABORT_BECAUSE) :]
-                if m.split(" ", 1)[0] in _REDIRECT_CODES:
+                if reply_class(m) in _REDIRECTS:
                     r = self._redirect(m, node_host)
                     break
             w = self._writers.get(addr)
