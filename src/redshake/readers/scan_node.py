@@ -33,7 +33,7 @@ from ..rdb.parser import read_key_meta
 from ..rdb.primitives import RdbError, crc64
 from ..rdb.walk import SHORT
 from ..resp.conn import Connection, ConnError, ReplyError
-from ..resp.server import keyspace_counts, parse_info
+from ..resp.server import command_calls, keyspace_counts, parse_info
 
 log = logging.getLogger("redshake")
 
@@ -88,19 +88,6 @@ class SeenFilter:
 
 class ScanError(Exception):
     """A condition that stops the scan reader (logged by the pipeline, exit code 1)."""
-
-
-def command_calls(info: dict[str, str]) -> dict[str, int]:
-    out = {}
-    for name in _STAT_CMDS:
-        v = info.get("cmdstat_" + name)
-        calls = 0
-        if v:
-            for part in v.split(","):
-                if part.startswith("calls="):
-                    calls = int(part[6:])
-        out[name] = calls
-    return out
 
 
 def payload_record(db: int, key: bytes, payload: bytes, expire_ms: int) -> tuple[R.KeyValue, int]:
@@ -575,7 +562,7 @@ class NodeScanner:
         stats, ks = self.conn.pipeline([(b"INFO", b"commandstats"), (b"INFO", b"keyspace")])
         if isinstance(stats, ReplyError) or isinstance(ks, ReplyError):
             raise ScanError(f"INFO on {self.address} failed: {stats if isinstance(stats, ReplyError) else ks}")
-        calls = command_calls(parse_info(stats))
+        calls = command_calls(parse_info(stats), _STAT_CMDS)
         counts = keyspace_counts(parse_info(ks))
         # events published before INFO ran are (almost always) readable by now: count them in
         self._read_events(0.0)

@@ -174,7 +174,7 @@ class ScanReader(Reader):
                 seed.close()
                 raise ScanSourceError(f"{address}: the cluster has no master holding slots")
         else:
-            if read_info(seed, "cluster", tolerate=True).get("cluster_enabled") == "1":
+            if ServerInfo.from_fields(read_info(seed, "cluster", tolerate=True)).cluster:
                 seed.close()
                 raise ScanSourceError(
                     f"the source {address} is a node of a cluster: alone it holds only its own "

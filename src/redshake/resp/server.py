@@ -28,6 +28,7 @@ __all__ = [
     "version_tuple",
     "ServerInfo",
     "keyspace_counts",
+    "command_calls",
     "ReplicaLink",
     "replicas_of",
     "best_replica",
@@ -138,6 +139,19 @@ def keyspace_counts(info: dict[str, str]) -> dict[int, int]:
                 out[int(k[2:])] = int(fields.get("keys", "0"))
             except ValueError:
                 continue
+    return out
+
+
+def command_calls(info: dict[str, str], names) -> dict[str, int]:
+    """{command: calls} for ``names`` (lower case) from the fields of INFO commandstats
+    (``cmdstat_set:calls=3,usec=...``); 0 for a command never called."""
+    out: dict[str, int] = {}
+    for name in names:
+        v = info.get("cmdstat_" + name)
+        try:
+            out[name] = int(_fields(v).get("calls", "0")) if v else 0
+        except ValueError:
+            out[name] = 0
     return out
 
 
