@@ -163,11 +163,6 @@ class Shake:
         """Until the status JSON says ``consistent`` (what /ready answers 200 for)."""
         return self.wait_status(lambda doc: bool(doc.get("consistent")), timeout, "a consistent status")
 
-    def wait_logged(self, text: str, timeout: float = 20.0, count: int = 1) -> None:
-        """Until ``text`` was logged ``count`` times: only for what the status JSON does not
-        show (e.g. the scan reader's reconnects and keyspace-event subscriptions)."""
-        self.wait_status(lambda _doc: self.log().count(text) >= count, timeout, f"{text!r} logged")
-
     def wait_streaming(self, timeout: float = 60, what: str = "the snapshot") -> dict:
         """Until every reader has sent its snapshot and follows the command stream
         (status "syncing aof", the state that starts with "... now following the stream")."""
