@@ -45,11 +45,15 @@ MIXED_WRITERS = 3
 
 
 class Shake:
-    """redshake running as a subprocess on a sync_reader config."""
+    """redshake running as a subprocess on a sync_reader config. ``src`` and ``dst`` are
+    servers or addresses; ``sentinel`` / ``writer_sentinel`` find the source / the target
+    through Sentinel; ``reader`` / ``writer`` add to [sync_reader] / [redis_writer] (e.g.
+    ``cluster = true``)."""
 
     def __init__(
         self, tmp: Path, src, dst, *, reader: dict | None = None, sentinel: dict | None = None,
         name: str = "shake", status_port: int = 0, advanced: dict | None = None,
+        writer: dict | None = None, writer_sentinel: dict | None = None,
     ) -> None:  # fmt: skip
         self.tmp = tmp
         self.status_port = status_port or free_port()
@@ -60,7 +64,9 @@ class Shake:
         sections = {"sync_reader": rd}
         if sentinel:
             sections["sync_reader.sentinel"] = sentinel
-        sections["redis_writer"] = {"address": dst.address}
+        sections["redis_writer"] = {"address": dst if isinstance(dst, str) else dst.address, **(writer or {})}
+        if writer_sentinel:
+            sections["redis_writer.sentinel"] = writer_sentinel
         sections["advanced"] = {"dir": str(self.work), "log_interval": 1}
         sections["advanced"].update(status_port=self.status_port, status_bind="127.0.0.1")
         sections["advanced"].update(advanced or {})
@@ -163,15 +169,18 @@ class Shake:
         """Until the status JSON says ``consistent`` (what /ready answers 200 for)."""
         return self.wait_status(lambda doc: bool(doc.get("consistent")), timeout, "a consistent status")
 
-    def wait_logged(self, text: str, timeout: float = 20.0, count: int = 1) -> None:
-        """Until ``text`` was logged ``count`` times: only for what the status JSON does not
-        show (e.g. the scan reader's reconnects and keyspace-event subscriptions)."""
-        self.wait_status(lambda _doc: self.log().count(text) >= count, timeout, f"{text!r} logged")
-
-    def wait_streaming(self, timeout: float = 60, what: str = "the snapshot") -> dict:
+    def wait_streaming(self, timeout: float = 60, what: str = "the snapshot", shards: int = 0) -> dict:
         """Until every reader has sent its snapshot and follows the command stream
-        (status "syncing aof", the state that starts with "... now following the stream")."""
-        return self.wait_readers(lambda r: r.get("status") == "syncing aof", timeout, what)
+        (status "syncing aof", the state that starts with "... now following the stream");
+        with ``shards``, until the status also lists that many readers (a cluster source)."""
+
+        def streaming(doc: dict) -> bool:
+            rd = doc.get("reader") or []
+            rd = rd if isinstance(rd, list) else [rd]
+            return (bool(rd) and (not shards or len(rd) == shards)
+                    and all(isinstance(r, dict) and r.get("status") == "syncing aof" for r in rd))  # fmt: skip
+
+        return self.wait_status(streaming, timeout, what)
 
 
 @pytest.fixture

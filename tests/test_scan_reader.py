@@ -416,8 +416,9 @@ def test_ksn_survives_killed_connections(servers, tmp_path):
         c.client_kill_filter(_type="pubsub")
         c.client_kill_filter(_type="normal", skipme=True)
         c.set(b"after", b"1")  # written while redshake is not subscribed: the re-scan finds it
-        shake.wait_logged("reconnected to the source")
-        shake.wait_logged("subscribed to keyspace events", 20, count=2)
+        shake.wait_readers(lambda r: r["reconnects"] >= 1 and r["subscriptions"] >= 2, 20,
+                           "the reconnection and the new subscription")
+        assert "reconnected to the source" in shake.log()
         c.delete(b"d0:str")
         wait_same(lambda db: [src.client(db)], dst, [0, 3])
         code = shake.terminate()
@@ -433,7 +434,7 @@ def test_ksn_only_without_scan(servers, tmp_path):
     cfg = _cfg(tmp_path, {"address": src.address, "ksn": True, "scan": False}, dst)
     shake = Shake.on_config(cfg).start()
     try:
-        shake.wait_logged("subscribed to keyspace events")
+        shake.wait_readers(lambda r: r["subscriptions"] >= 1, 20, "the subscription")
         src.client(2).set(b"new", b"2")
         deadline = time.monotonic() + 20
         while not dst.client(2).exists(b"new"):

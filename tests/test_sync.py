@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -637,14 +634,10 @@ def test_exactly_once_falls_back_with_a_warning(servers, tmp_path, shakes):
     cfg = write_config(tmp_path / "file.toml", {
         "sync_reader": {"address": src.address},
         "file_writer": {"filepath": str(tmp_path / "out.aof"), "type": "aof"},
-        "advanced": {"dir": str(tmp_path / "w2")},
+        "advanced": {"dir": str(tmp_path / "w2"), "status_port": free_port(), "status_bind": "127.0.0.1"},
     })  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "redshake.cli", str(cfg)], cwd=str(tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    try:
-        wait_for(lambda: (tmp_path / "w2" / "shake.log").exists()
-                 and "now following" in (tmp_path / "w2" / "shake.log").read_text(), 60, "file sync")  # fmt: skip
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out = proc.communicate(timeout=30)[0]
-    assert "exactly-once is not possible (the target is a file" in out
+    to_file = Shake.on_config(cfg, out=tmp_path / "file.out").start()
+    shakes.append(to_file)
+    to_file.wait_streaming(60, "the file sync")
+    assert to_file.terminate() == 0, to_file.log()[-3000:]
+    assert "exactly-once is not possible (the target is a file" in to_file.log()

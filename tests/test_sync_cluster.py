@@ -3,10 +3,8 @@ with writes during the run; and the slot-scoped flush a shard uses on a full res
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import urllib.request
 
 import pytest
 
@@ -24,7 +22,6 @@ from harness import (
 )
 from helpers import MARKER_PREFIX
 from redshake.commands.slots import key_slot
-from servers import free_port
 
 
 @pytest.mark.parametrize("target_kind", ["standalone", "cluster"])
@@ -39,18 +36,8 @@ def test_cluster_source(target_kind, servers, tmp_path, shakes):
         dst = servers.start("redis-7.0")
         dst_nodes = [dst]
         dst_addr = dst.address
-    port = free_port()
-
-    class _Addr:  # Shake takes server-like objects
-        def __init__(self, address: str) -> None:
-            self.address = address
-
-    shake = Shake(
-        tmp_path, _Addr(src.seed), _Addr(dst_addr), reader={"cluster": True}, status_port=port,
-    )  # fmt: skip
-    if target_kind == "cluster":
-        text = shake.cfg.read_text().replace("[redis_writer]\n", "[redis_writer]\ncluster = true\n")
-        shake.cfg.write_text(text)
+    shake = Shake(tmp_path, src.seed, dst_addr, reader={"cluster": True},
+                  writer={"cluster": True} if target_kind == "cluster" else None)  # fmt: skip
     shakes.append(shake.start())
     stop = threading.Event()
 
@@ -71,7 +58,7 @@ def test_cluster_source(target_kind, servers, tmp_path, shakes):
     fill_cluster(src, 500, "after")
     wait_cluster_converged(src, shake)
     assert digests(src.masters) == digests(dst_nodes)
-    doc = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read())
+    doc = shake.status()
     assert isinstance(doc["reader"], list) and len(doc["reader"]) == 3
     assert {r["status"] for r in doc["reader"]} == {"syncing aof"}
     assert doc["total_entries_count"]["write_count"] > 0
@@ -121,14 +108,7 @@ def test_standalone_source_into_cluster_target(servers, tmp_path, shakes):
         c.set(f"s:{i}".encode(), b"x" * (i % 50))
     c.rpush(b"list", *[b"%d" % i for i in range(100)])
     dst = servers.cluster("redis-7.0", masters=3)
-
-    class _Addr:
-        def __init__(self, address: str) -> None:
-            self.address = address
-
-    shake = Shake(tmp_path, src, _Addr(dst.seed))
-    text = shake.cfg.read_text().replace("[redis_writer]\n", "[redis_writer]\ncluster = true\n")
-    shake.cfg.write_text(text)
+    shake = Shake(tmp_path, src, dst.seed, writer={"cluster": True})
     shakes.append(shake.start())
     lib = "#!lua name=lib\nredis.register_function('f', function() return 1 end)"
     for i in range(300):
@@ -164,13 +144,7 @@ def test_sync_into_cluster_survives_target_reconnects(servers, tmp_path, shakes)
 
     src = servers.start("redis-7.0")
     dst = servers.cluster("redis-7.0", masters=3)
-
-    class _Addr:
-        def __init__(self, address: str) -> None:
-            self.address = address
-
-    shake = Shake(tmp_path, src, _Addr(dst.seed))
-    shake.cfg.write_text(shake.cfg.read_text().replace("[redis_writer]\n", "[redis_writer]\ncluster = true\n"))
+    shake = Shake(tmp_path, src, dst.seed, writer={"cluster": True})
     shakes.append(shake.start())
     shake.wait_streaming(60, "the snapshot")
     stop = threading.Event()
@@ -226,29 +200,20 @@ def test_sync_into_cluster_exactly_once_after_kill9(servers, tmp_path, shakes, t
 
     # (source of the target's kind: DEBUG DIGEST-VALUE of a non-integer zset score differs
     # between Redis 7.0 and Valkey 9.1)
-    src = servers.start(target, args=["--repl-backlog-size", "64mb"])
-    dst = servers.cluster(target, masters=3)
+    run = _IntoCluster(servers, tmp_path, shakes, target)
+    src, dst = run.src, run.dst
     scripts = target != "redis-6.2"
-
-    def start() -> Shake:
-        return _start_into_cluster(tmp_path, src, dst, shakes)
-
-    shake = start()
-    shake.wait_streaming(60, "the snapshot")
-    full0 = stat(src, "sync_full")
-    halt = start_load(src, dbs=(0,))
     try:
         for _ in range(3):
             time.sleep(1.5)
-            shake.kill()
-            shake = start()
-            shake.wait_readers(lambda r: r["partial_resyncs"] >= 1, 60, "the restart")
+            run.restart()
         time.sleep(1)
     finally:
-        halt()
+        run.halt()
+    shake = run.shake
     wait_converged(src, shake, timeout=90)
     assert "partial resynchronisation accepted" in shake.log()
-    assert stat(src, "sync_full") == full0, shake.log()[-3000:]
+    assert stat(src, "sync_full") == run.full0, shake.log()[-3000:]
     assert len(digests([src])) > 100 and digests([src]) == digests(dst.masters)
     assert "slots are ahead of offset" in "".join(s.log() for s in shakes)
     for m in dst.masters:  # each master holds the markers of its own slots only
@@ -261,17 +226,30 @@ def test_sync_into_cluster_exactly_once_after_kill9(servers, tmp_path, shakes, t
     assert shake.terminate() == 0
 
 
-class _Addr:
-    def __init__(self, address: str) -> None:
-        self.address = address
+class _IntoCluster:
+    """A standalone source (``name``) synced into a 3-master cluster of the same kind with the
+    default config, past the snapshot, under a NON-idempotent load (stop it with ``halt()``);
+    ``restart()`` kills redshake with -9 and starts it again until it resumed (PSYNC)."""
 
+    def __init__(self, servers, tmp_path, shakes, name: str) -> None:
+        self.src = servers.start(name, args=["--repl-backlog-size", "64mb"])
+        self.dst = servers.cluster(name, masters=3)
+        self.tmp_path, self.shakes = tmp_path, shakes
+        self.shake = self._start()
+        self.shake.wait_streaming(60, "the snapshot")
+        self.full0 = stat(self.src, "sync_full")
+        self.halt = start_load(self.src, dbs=(0,))
 
-def _start_into_cluster(tmp_path, src, dst, shakes) -> Shake:
-    """redshake from ``src`` into the cluster ``dst`` (the default config), started."""
-    shake = Shake(tmp_path, src, _Addr(dst.seed))
-    shake.cfg.write_text(shake.cfg.read_text().replace("[redis_writer]\n", "[redis_writer]\ncluster = true\n"))
-    shakes.append(shake.start())
-    return shake
+    def _start(self) -> Shake:
+        shake = Shake(self.tmp_path, self.src, self.dst.seed, writer={"cluster": True})
+        self.shakes.append(shake.start())
+        return shake
+
+    def restart(self) -> Shake:
+        self.shake.kill()
+        self.shake = self._start()
+        self.shake.wait_readers(lambda r: r["partial_resyncs"] >= 1, 60, "the restart")
+        return self.shake
 
 
 def _owner_port(cluster, key: bytes) -> int:
@@ -346,12 +324,7 @@ def test_cluster_source_prefer_replica(servers, tmp_path, shakes):
     src = servers.cluster("redis-7.0", masters=2, replicas=1)
     fill_cluster(src, 500, "k")
     dst = servers.start("redis-7.0")
-
-    class _Addr:
-        def __init__(self, address: str) -> None:
-            self.address = address
-
-    shake = Shake(tmp_path, _Addr(src.seed), dst, reader={"cluster": True, "prefer_replica": True})
+    shake = Shake(tmp_path, src.seed, dst, reader={"cluster": True, "prefer_replica": True})
     shakes.append(shake.start())
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -375,16 +348,8 @@ def test_sync_into_cluster_slots_moved_then_kill9(servers, tmp_path, shakes):
     kill -9 and a resume with master markers written under the old and the new slot
     lists: equal data, no full sync."""
 
-    src = servers.start("redis-7.0", args=["--repl-backlog-size", "64mb"])
-    dst = servers.cluster("redis-7.0", masters=3)
-
-    def start() -> Shake:
-        return _start_into_cluster(tmp_path, src, dst, shakes)
-
-    shake = start()
-    shake.wait_streaming(60, "the snapshot")
-    full0 = stat(src, "sync_full")
-    halt = start_load(src, dbs=(0,))
+    run = _IntoCluster(servers, tmp_path, shakes, "redis-7.0")
+    src, dst = run.src, run.dst
     try:
         time.sleep(1)
         for i, key in enumerate((b"n:1", b"l:1", b"k:1")):
@@ -394,14 +359,13 @@ def test_sync_into_cluster_slots_moved_then_kill9(servers, tmp_path, shakes):
             move_slot(dst, slot, owner, dest)
             time.sleep(0.5)
         time.sleep(1)
-        shake.kill()
-        shake = start()
-        shake.wait_readers(lambda r: r["partial_resyncs"] >= 1, 60, "the restart")
+        run.restart()
         time.sleep(1)
     finally:
-        halt()
+        run.halt()
+    shake = run.shake
     wait_converged(src, shake, timeout=90)
-    assert stat(src, "sync_full") == full0, shake.log()[-3000:]
+    assert stat(src, "sync_full") == run.full0, shake.log()[-3000:]
     assert len(digests([src])) > 100 and digests([src]) == digests(dst.masters)
     assert "exactly-once unit scripts" in "".join(s.log() for s in shakes)
     assert shake.terminate() == 0

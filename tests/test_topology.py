@@ -5,71 +5,29 @@ compared key by key with the source at the end (missing keys, extra keys, values
 
 from __future__ import annotations
 
-import json
 import random
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import redis
 
-from helpers import OWN_PREFIXES, digest_map, expire_map, write_config
+from harness import Shake
+from helpers import OWN_PREFIXES, digest_map, expire_map
 from redshake.commands.slots import key_slot
 from redshake.resp.server import parse_node_lines
-from servers import free_port
 
 
-class Follower:
-    """redshake (the CLI, in a subprocess) syncing a cluster source into ``target``."""
-
-    def __init__(self, tmp: Path, seed: str, target: str, *, cluster: bool = True,
-                 sections: dict | None = None) -> None:  # fmt: skip
-        self.out = tmp / "redshake.out"
-        self.port = free_port()
-        cfg = write_config(tmp / "redshake.toml", {
-            "sync_reader": {"address": seed, "cluster": cluster},
-            "redis_writer": {"address": target},
-            "advanced": {"dir": str(tmp / "work"), "log_interval": 1, "status_port": self.port,
-                         "status_bind": "127.0.0.1"},
-            **(sections or {}),
-        })  # fmt: skip
-        self._fh = open(self.out, "a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "redshake.cli", str(cfg)], cwd=str(tmp), stdout=self._fh,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-    def log(self) -> str:
-        return self.out.read_text(errors="replace")
-
-    def status(self) -> dict:
-        return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=5).read())
-
-    def readers(self) -> list[dict]:
-        try:
-            r = self.status()["reader"]
-        except OSError:
-            return []
-        return r if isinstance(r, list) else [r]
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self) -> int:
-        self.proc.terminate()
-        try:
-            return self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError("redshake did not stop:\n" + self.log()[-3000:]) from None
+def follow(tmp: Path, seed: str, dst, shakes: list, name: str = "redshake") -> Shake:
+    """redshake (the CLI, in a subprocess) syncing the cluster source of ``seed`` into ``dst``."""
+    f = Shake(tmp, seed, dst, reader={"cluster": True}, name=name).start()
+    shakes.append(f)
+    return f
 
 
-def until(cond, timeout: float, what: str, follower: Follower | None = None) -> None:
+def until(cond, timeout: float, what: str, follower: Shake | None = None) -> None:
+    """Until ``cond()`` (on the servers: failovers, slot moves) holds; errors of servers
+    changing roles are retried; fails at once if redshake exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if follower is not None and follower.proc.poll() is not None:
@@ -114,7 +72,7 @@ def followed(master) -> bool:
     return bool(acks) and acks[0] == off
 
 
-def caught_up(cluster, follower: Follower, timeout: float = 60) -> None:
+def caught_up(cluster, follower: Shake, timeout: float = 60) -> None:
     def done() -> bool:
         ms = masters_now(cluster)
         if not all(followed(m) for m in ms):
@@ -233,16 +191,7 @@ def preload(cluster, n: int = 1500) -> None:
     c.close()
 
 
-def streaming(follower: Follower, shards: int) -> bool:
-    rs = follower.readers()
-    return len(rs) == shards and all(r["status"] == "syncing aof" for r in rs)
-
-
-def by_address(follower: Follower) -> dict[str, dict]:
-    return {r["name"]: r for r in follower.readers()}
-
-
-def test_cluster_source_failovers(servers, tmp_path):
+def test_cluster_source_failovers(servers, tmp_path, shakes):
     """Shard 1 fails over with CLUSTER FAILOVER during writes; shard 2's master is killed
     and its replica takes over. redshake continues each from the promoted replica with
     PSYNC (no new snapshot) and the target ends equal to the source."""
@@ -251,9 +200,9 @@ def test_cluster_source_failovers(servers, tmp_path):
     preload(src)
     load = Load(src)
     load.start()
-    f = Follower(tmp_path, src.seed, dst.address)
+    f = follow(tmp_path, src.seed, dst, shakes)
     try:
-        until(lambda: streaming(f, 2), 60, "both shards streaming", f)
+        f.wait_streaming(60, "both shards streaming", shards=2)
         time.sleep(0.5)
         m0, m1 = src.masters
         r0, r1 = src.replicas  # replicas[i] follows masters[i]
@@ -282,13 +231,13 @@ def test_cluster_source_failovers(servers, tmp_path):
     assert len(readers) == 2, readers
     for r in readers:
         assert r["full_syncs"] == 1 and r["partial_resyncs"] >= 1, r
-    assert f.stop() == 0, f.log()[-3000:]
+    assert f.terminate(60) == 0, f.log()[-3000:]
     # a restart finds each shard's work (checkpoint) by its nodes and resumes with PSYNC
     load = Load(src, seed=9)
     load.start()
-    f = Follower(tmp_path, r0.address, dst.address)
+    f = follow(tmp_path, r0.address, dst, shakes, name="again")
     try:
-        until(lambda: streaming(f, 2), 60, "both shards streaming again", f)
+        f.wait_streaming(60, "both shards streaming again", shards=2)
         time.sleep(1.0)
     finally:
         load.finish()
@@ -297,7 +246,7 @@ def test_cluster_source_failovers(servers, tmp_path):
     assert f.log().count("was followed from") == 2, f.log()[-4000:]
     for r in f.readers():
         assert r["full_syncs"] == 0 and r["partial_resyncs"] == 1, r
-    assert f.stop() == 0, f.log()[-3000:]
+    assert f.terminate(60) == 0, f.log()[-3000:]
 
 
 def migrate_slot(cluster, slot: int, src, dst, batch: int = 10) -> int:
@@ -329,7 +278,7 @@ def tag_slots() -> list[int]:
     return sorted({key_slot(b"{t%d}" % t) for t in range(TAGS)})
 
 
-def following(servers, tmp: Path, *, preloaded: int, seed: int, name: str = "redis-7.0"):
+def following(servers, tmp: Path, shakes: list, *, preloaded: int, seed: int, name: str = "redis-7.0"):
     """A 2-master source cluster with data and a running Load, a standalone target, and
     redshake following the source: (source, target, load, follower)."""
     src = servers.cluster(name, masters=2)
@@ -337,16 +286,16 @@ def following(servers, tmp: Path, *, preloaded: int, seed: int, name: str = "red
     preload(src, preloaded)
     load = Load(src, seed=seed)
     load.start()
-    return src, dst, load, Follower(tmp, src.seed, dst.address)
+    return src, dst, load, follow(tmp, src.seed, dst, shakes)
 
 
-def test_cluster_source_slot_migration(servers, tmp_path):
+def test_cluster_source_slot_migration(servers, tmp_path, shakes):
     """Slots move between the source's shards (MIGRATE) while writes go on: the old owner's
     DELs of moved keys must not delete what the new owner's stream restored."""
-    src, dst, load, f = following(servers, tmp_path, preloaded=800, seed=2)
+    src, dst, load, f = following(servers, tmp_path, shakes, preloaded=800, seed=2)
     moved = 0
     try:
-        until(lambda: streaming(f, 2), 60, "both shards streaming", f)
+        f.wait_streaming(60, "both shards streaming", shards=2)
         a, b = src.masters
         for slot in tag_slots()[::2]:
             owner = src.owner_of(slot)
@@ -358,10 +307,10 @@ def test_cluster_source_slot_migration(servers, tmp_path):
     same_data(src.masters, dst)
     doc = f.status()
     assert doc["redshake"]["skipped"].get("moved_to_other_shard", 0) > 0, doc["redshake"]
-    assert f.stop() == 0, f.log()[-3000:]
+    assert f.terminate(60) == 0, f.log()[-3000:]
 
 
-def test_sentinel_target_failover(servers, tmp_path):
+def test_sentinel_target_failover(servers, tmp_path, shakes):
     """The target's master fails over (Sentinel) while the stream is applied: the writer
     finds the new master through Sentinel and re-sends what it had not seen acknowledged
     there (exactly-once: from the new master's own position marker)."""
@@ -375,9 +324,9 @@ def test_sentinel_target_failover(servers, tmp_path):
     c = src.client()
     for i in range(500):
         c.set(f"pre:{i}", b"x" * (i % 300))
-    f = Follower(tmp_path, src.address, "", cluster=False, sections={
-        "redis_writer.sentinel": {"master_name": "target", "address": sentinel.address},
-    })  # fmt: skip
+    f = Shake(tmp_path, src, "", name="redshake",
+              writer_sentinel={"master_name": "target", "address": sentinel.address}).start()  # fmt: skip
+    shakes.append(f)
     halt = threading.Event()
 
     def load() -> None:
@@ -398,7 +347,7 @@ def test_sentinel_target_failover(servers, tmp_path):
     t = threading.Thread(target=load, daemon=True)
     t.start()
     try:
-        until(lambda: streaming(f, 1), 60, "the stream", f)
+        f.wait_streaming(60, "the stream")
         time.sleep(0.5)
         sc.execute_command("SENTINEL", "FAILOVER", "target")
         until(lambda: int(sc.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "target")[1]) == rep.port
@@ -421,19 +370,19 @@ def test_sentinel_target_failover(servers, tmp_path):
     same_data([src], rep)
     log = f.log()
     assert f"the target master is now {rep.address}" in log, log[-4000:]
-    assert f.stop() == 0, f.log()[-3000:]
+    assert f.terminate(60) == 0, f.log()[-3000:]
 
 
-def test_cluster_source_shard_joins_and_leaves(servers, tmp_path):
+def test_cluster_source_shard_joins_and_leaves(servers, tmp_path, shakes):
     """A master joins the source cluster and receives slots (resharding under writes):
     redshake starts following it. Later its slots are moved away and it is removed from the
     cluster: its process applies what it received and stops. The run goes on."""
-    src, dst, load, f = following(servers, tmp_path, preloaded=600, seed=4)
+    src, dst, load, f = following(servers, tmp_path, shakes, preloaded=600, seed=4)
     new = servers.start("redis-7.0", cluster=True)
     src.servers.append(new)
     moving = tag_slots()[::3]
     try:
-        until(lambda: streaming(f, 2), 60, "both shards streaming", f)
+        f.wait_streaming(60, "both shards streaming", shards=2)
         new.client().execute_command("CLUSTER", "MEET", src.masters[0].host, src.masters[0].port)
         def joined() -> bool:
             infos = [m.client().execute_command("CLUSTER", "INFO").decode() for m in src.servers]
@@ -442,7 +391,7 @@ def test_cluster_source_shard_joins_and_leaves(servers, tmp_path):
         until(joined, 30, "the new node to join")
         for slot in moving:
             migrate_slot(src, slot, src.owner_of(slot), new)
-        until(lambda: streaming(f, 3), 60, "the new shard streaming", f)
+        f.wait_streaming(60, "the new shard streaming", shards=3)
         assert f"master {new.address} joined" in f.log()
         time.sleep(1.0)
         for i, slot in enumerate(moving):  # empty the new master again
@@ -455,23 +404,25 @@ def test_cluster_source_shard_joins_and_leaves(servers, tmp_path):
         m.client().execute_command("CLUSTER", "FORGET", gone)
     new.stop()
     src.servers.remove(new)
-    until(lambda: f"the shard of {new.address} left the cluster" in f.log(), 30, "redshake to see it leave", f)
-    until(lambda: f"shard {new.address} ended with exit code 0" in f.log(), 60, "its process to stop", f)
+    # its process stops once it applied what it received; the parent goes on
+    f.wait_status(lambda doc: doc["redshake"].get("shards_ended", {}).get(new.address) == 0, 90,
+                  "its process to stop")  # fmt: skip
+    assert f"the shard of {new.address} left the cluster" in f.log(), f.log()[-3000:]
     caught_up(src, f)
     same_data(src.masters, dst)
     assert f.proc.poll() is None  # the other shards go on
-    assert f.stop() == 0, f.log()[-3000:]
+    assert f.terminate(60) == 0, f.log()[-3000:]
     assert f"shard {new.address} exited with 0" in f.log()
 
 
-def test_cluster_source_atomic_slot_migration(servers, tmp_path):
+def test_cluster_source_atomic_slot_migration(servers, tmp_path, shakes):
     """Valkey 9 atomic slot migration (CLUSTER MIGRATESLOTS) under writes: the slots' data
     reaches the new owner through its own stream; the old owner's cleanup afterwards must
     not delete it on the target; the new owner's writes to the slots reach the target only
     after everything the old owner wrote to them (lists and strings compared key by key)."""
-    src, dst, load, f = following(servers, tmp_path, preloaded=800, seed=5, name="valkey-9.1")
+    src, dst, load, f = following(servers, tmp_path, shakes, preloaded=800, seed=5, name="valkey-9.1")
     try:
-        until(lambda: streaming(f, 2), 60, "both shards streaming", f)
+        f.wait_streaming(60, "both shards streaming", shards=2)
         a, b = src.masters
         slots = tag_slots()[::2]
         for slot in slots:
@@ -492,4 +443,4 @@ def test_cluster_source_atomic_slot_migration(servers, tmp_path):
     # each import's end waited for the old owner's stream (by offset), never applied anyway
     assert log.count("its new owner's writes follow the old owner's") >= len(slots), log[-3000:]
     assert "not guaranteed" not in log, log[-3000:]
-    assert f.stop() == 0, f.log()[-3000:]
+    assert f.terminate(60) == 0, f.log()[-3000:]

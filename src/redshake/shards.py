@@ -251,12 +251,13 @@ def run_sharded(cfg: Config, stop, run_shard, stats_totals_cb=None) -> int:
             return EXIT_BAD_INPUT
     log.info("cluster source %s: %d shards: %s", rc.address, len(shards), ", ".join(a for a, _, _ in shards))
     latest: dict[str, dict] = {}
+    codes: dict[str, int] = {}  # exit code of every shard process that ended
     server = None
     names = [a for a, _, _ in shards]
     if cfg.advanced.status_port:
         from .status.server import StatusServer
 
-        board = _ShardBoard(latest, names)
+        board = _ShardBoard(latest, names, codes)
         try:
             server = StatusServer(cfg.advanced.status_port, cfg.advanced.status_bind, board, workdir=cfg.advanced.dir)
         except OSError as e:
@@ -317,7 +318,6 @@ def run_sharded(cfg: Config, stop, run_shard, stats_totals_cb=None) -> int:
         launch(addr, ranges, ids)
     if server is not None:
         server.start()
-    codes: dict[str, int] = {}
     forwarded = False
     last_line = time.monotonic()
     watch = _TopologyWatch(seeds, members, rc.connect_options(), others) if not rc.prefer_replica else None
@@ -619,11 +619,13 @@ def is_cluster_node(rc) -> bool:
 
 
 class _ShardBoard:
-    """Status document for a cluster source: per-shard reader and writer objects, totals."""
+    """Status document for a cluster source: per-shard reader and writer objects, totals,
+    and the exit code of every shard process that ended (``redshake.shards_ended``)."""
 
-    def __init__(self, latest: dict[str, dict], shards: list[str]) -> None:
+    def __init__(self, latest: dict[str, dict], shards: list[str], codes: dict[str, int]) -> None:
         self.latest = latest
         self.shards = shards
+        self.codes = codes
         self.start_time = time.time()
 
     def __call__(self) -> dict:
@@ -645,6 +647,7 @@ class _ShardBoard:
             "redshake": {
                 "shards": len(self.shards),
                 "shards_reporting": len(snaps),
+                "shards_ended": dict(self.codes),
                 "skipped": tot.get("skipped", {}),
                 "failed_count": tot.get("failed_count", 0),
             },

@@ -179,6 +179,8 @@ class NodeScanner:
         self.events_ignored = 0
         self.backpressure = 0
         self.lost_subscriptions = 0
+        self.subscriptions = 0
+        self.reconnects = 0
         self.rescans = 0
         self.flushes = 0
         self.flush_unattributed = 0
@@ -215,6 +217,8 @@ class NodeScanner:
             "events_received": self.events,
             "events_dropped": 0,
             "subscription_lost": self.lost_subscriptions,
+            "subscriptions": self.subscriptions,
+            "reconnects": self.reconnects,
             "rescans": self.rescans,
             "flushes_applied": self.flushes,
         }
@@ -294,6 +298,7 @@ class NodeScanner:
             try:
                 self.conn = self.connect()
                 log.info("[%s] reconnected to the source", self.name)
+                self.reconnects += 1
                 return
             except ConnError as e:
                 if time.monotonic() > deadline:
@@ -464,6 +469,7 @@ class NodeScanner:
         self.sub = sub
         log.info("[%s] subscribed to keyspace events: %s", self.name,
                  ", ".join(p.decode() for p in patterns))  # fmt: skip
+        self.subscriptions += 1
 
     def _read_events(self, timeout: float) -> None:
         sub = self.sub
