@@ -105,6 +105,14 @@ def test_best_replica(servers, engine: str) -> None:
 def test_cluster_topology_replies_agree(servers, engine: str) -> None:
     cl = servers.cluster(engine, masters=2, replicas=1)
     seed = cl.masters[0]
+    replicas = {r.address for r in cl.replicas}
+
+    def all_healthy() -> bool:
+        with connect(seed.address) as conn:
+            return {sh.read_address(True) for sh in cluster_shards(conn)} == replicas
+
+    # (first: right after the cluster forms, one reply may not list a replica yet)
+    _wait(all_healthy, "every replica to be healthy")
     with connect(seed.address) as conn:
         assert ServerInfo.probe(conn).cluster
         nodes = parse_cluster_nodes(conn.call("CLUSTER", "NODES"), seed.host)
@@ -122,13 +130,6 @@ def test_cluster_topology_replies_agree(servers, engine: str) -> None:
     assert sum(hi - lo + 1 for sh in chosen for lo, hi in sh.ranges) == 16384
     ids = {cl.node_id(s) for s in cl.servers}
     assert set().union(*(sh.ids for sh in chosen)) == ids
-    replicas = {r.address for r in cl.replicas}
-
-    def all_healthy() -> bool:
-        with connect(seed.address) as conn:
-            return {sh.read_address(True) for sh in cluster_shards(conn)} == replicas
-
-    _wait(all_healthy, "every replica to be healthy")
     # every caller sees the same topology
     assert sorted(a for a, _r, _i in source_shards(seed.address)) == masters
     assert sorted(a for a, _r, _i in source_shards(seed.address, prefer_replica=True)) == sorted(replicas)
