@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config.schema import Config
 from .entry import Entry, RestoreSet, Run
@@ -28,6 +28,9 @@ from .errors import (
 from .readers.rdb_entries import TargetCaps
 from .transform.field_ttl import NAMES as FIELD_TTL_NAMES
 from .writers.base import not_cluster_writer
+
+if TYPE_CHECKING:
+    from .transform import TransformChain
 
 __all__ = ["run", "build", "drive", "report", "Plan", "Outcome", "ErrorPolicy"]
 
@@ -283,7 +286,7 @@ class Plan:
 
     reader: Any
     writer: Any
-    transform: Callable[[Entry], Iterable[Entry]] | None
+    transform: TransformChain | None  # (called per entry: Entry -> entries)
     policy: ErrorPolicy
     shard: dict | None = None  # one shard of a cluster source (see shards.py)
     stats: Any = None
@@ -638,7 +641,7 @@ def _pump(plan: Plan) -> None:
 def report(plan: Plan, outcome: Outcome, elapsed: float) -> None:
     """The end of the run in the log: the transform's drops, the summary line."""
     transform, stats, fttl = plan.transform, plan.stats, plan.fttl
-    if transform is not None and hasattr(transform, "dropped"):  # (a transform, not a reader/writer)
+    if transform is not None:
         for reason, count in transform.dropped().items():
             stats.skipped[reason] = stats.skipped.get(reason, 0) + count
         for extra in transform.summary():
