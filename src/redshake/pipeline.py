@@ -589,6 +589,10 @@ def _pump(plan: Plan) -> None:
         batches = handover.batches(batches, reader, writer)
     for batch in batches:
         if not batch:  # the reader is idle: push out what is buffered, report progress
+            if units and reader.marker_due():  # the position marker, before any command
+                writer.begin_unit()
+                mkey, mvalue, moff = reader.unit_marker()
+                writer.end_unit(plan.marker_db, mkey, mvalue, moff)
             writer.poll()
             reader.acked(writer.acked_offset)
             continue

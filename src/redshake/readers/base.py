@@ -144,6 +144,12 @@ class Reader(ABC):
         """(key, value, offset) of the marker closing the current unit (``caps.exactly_once``)."""
         raise NotImplementedError
 
+    def marker_due(self) -> bool:
+        """An idle moment in the stream: should the driver write a unit holding only the
+        marker? (Once per epoch, so that the target's marker shows the snapshot applied
+        even when no command follows it.)"""
+        return False
+
     def wrap_writer(self, writer: Any) -> Any:
         """The writer the driver uses: a live reader makes it survive target reconnects."""
         return writer

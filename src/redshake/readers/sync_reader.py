@@ -61,6 +61,10 @@ BATCH_MAX = 1024
 HEARTBEAT = 0.1  # yield an empty batch at least this often, so acks flow while busy
 CHECKPOINT_EVERY = 0.1  # rename (survives kill -9); fsync'd at most once per second
 CHECKPOINT_FSYNC_EVERY = 1.0
+# the reader waits for the new full sync it asked for (the target lost acknowledged writes)
+PHASE_RESYNC = "resync"
+# _marker_behind: the target lost writes it had acknowledged that cannot be re-sent
+_LOST = (-1, -1)
 
 _DROP = {b"ping", b"select", b"replconf", b"multi", b"exec"}  # handled specially
 
@@ -170,6 +174,15 @@ class SyncReader(Reader):
         self.marker_key = b""
         # cluster target: (replid, {slot: offset}) of slot markers ahead of the resume point
         self._slots_ahead: tuple[str, dict[int, int]] | None = None
+        self._lost_why = ""
+        # exactly-once into one server: the replication id of the last marker the target
+        # acknowledged (a target then without a marker of that id has lost writes); the
+        # offset of the last unit marker handed over and not yet acknowledged; whether the
+        # current epoch has handed over a marker at all (see marker_due)
+        self._marker_replid = ""
+        self._unit_off: int | None = None
+        self._ep_marked = False
+        self.target_losses = 0  # times the target lost acknowledged writes (full sync again)
 
     # -- Reader protocol ----------------------------------------------------------------
 
@@ -197,8 +210,13 @@ class SyncReader(Reader):
                     "[%s] checkpoint: replid %s offset %d db %d: resuming with PSYNC",
                     self.name, cp.replid, cp.offset, cp.db,
                 )  # fmt: skip
-                resume = self._resume_from_marker(cp.replid, cp.offset) or resume
-                self.will_resume = True
+                pos = self._resume_from_marker(cp)
+                if pos is _LOST:
+                    resume = None
+                    self.target_losses += 1
+                else:
+                    resume = pos or resume
+                    self.will_resume = True
             else:
                 log.info(
                     "[%s] checkpoint says an earlier snapshot was not completely applied: "
@@ -312,34 +330,59 @@ class SyncReader(Reader):
         self._slots_ahead = (replid, ahead)
 
     def _marker_behind(self, replid: str, offset: int) -> tuple[int, int] | None:
-        """After the target's master failed over (sentinel): the new master may lack the
-        last writes the old one acknowledged (replication is asynchronous). Its marker then
-        shows where it stands: (offset, db) to re-send from when the spool still holds the
-        stream from there; else the loss is reported."""
+        """After the target lost its connection (a restart, a Sentinel failover): the target
+        may lack the last writes it acknowledged (replication to the replica that took over
+        is asynchronous; a restart loses what was not saved). Its marker shows where it
+        stands: (offset, db) to re-send from when the spool still holds the stream from
+        there; ``_LOST`` when it cannot be re-sent, or when the target no longer holds a
+        marker of this replication id although it acknowledged one."""
         read = self.ctx.options.get("read_marker")
-        if not self.marker_key or read is None:
-            return None
-        try:
-            m_replid, m_off, m_db = read(self.marker_key).decode().split()
-            m_offset, db = int(m_off), int(m_db)
-        except (AttributeError, UnicodeDecodeError, ValueError):
-            return None
         ep = self._ep
-        if m_replid != replid or m_offset >= offset or ep is None:
+        if not self.marker_key or read is None or ep is None:
+            return None
+        mark = _parse_marker(read(self.marker_key))
+        if mark is None or mark[0] != replid:
+            if self._marker_replid != replid:
+                return None  # no marker of this id acknowledged yet: nothing to compare
+            self._lost_why = (
+                "the target holds no position marker" if mark is None
+                else f"the target's marker belongs to replication id {mark[0]}"
+            )
+            return _LOST
+        m_offset, db = mark[1], mark[2]
+        if m_offset >= offset:
             return None
         if m_offset >= ep.start and self.spool.read_stream(ep.num, m_offset, 1):
             log.warning(
                 "[%s] the target applied the stream only up to offset %d, not %d as it had "
-                "acknowledged (its master failed over and lost the last writes): re-sending "
+                "acknowledged (a failover or restart lost the last writes): re-sending "
                 "from there", self.name, m_offset, offset,
             )  # fmt: skip
             return m_offset, db
+        self._lost_why = (
+            f"the target applied the stream only up to offset {m_offset}, not {offset} as it "
+            "had acknowledged, and that part is no longer held here"
+        )
+        return _LOST
+
+    def _resync_target(self, ep) -> None:
+        """The target lost acknowledged writes that cannot be re-sent: ask the source for a
+        new full sync (the snapshot is applied again, after emptying the target when
+        ``flush_on_resync``). Until it starts, a restart does a full sync as well."""
+        self.target_losses += 1
         log.error(
-            "[%s] the target lost the stream between offsets %d and %d in a failover of its "
-            "master, and that part is no longer held here: those writes are missing on the "
-            "target", self.name, m_offset, offset,
+            "[%s] %s: the target lost writes it had acknowledged (a restart without its data, "
+            "a failover to a replica that lagged, or a flush). Asking the source for a new "
+            "full sync to copy everything again (loss #%d)",
+            self.name, self._lost_why, self.target_losses,
         )  # fmt: skip
-        return None
+        self._dirty_target = True
+        self.phase = PHASE_RESYNC
+        self.applied = -1
+        if self.sync_aof:
+            self._save_cp(Checkpoint(self.source_id, ep.replid, ep.start, 0, PHASE_RDB))
+        assert self.link is not None
+        self.link.request_full_sync()
 
     def marker_value(self, offset: int) -> bytes:
         """The marker value for a (tagged) stream offset of the current epoch."""
@@ -348,14 +391,44 @@ class SyncReader(Reader):
         off = offset % EPOCH_SPAN
         return b"%s %d %d" % (ep.replid.encode(), off, self._db_at_offset(off))
 
-    def _resume_from_marker(self, replid: str, offset: int) -> tuple[str, int] | None:
-        """After a crash the marker is ahead of the checkpoint (written ten times a second)."""
+    def _resume_from_marker(self, cp: Checkpoint) -> tuple[str, int] | tuple[int, int] | None:
+        """Where the target stands, from its marker (exactly-once into one server): after a
+        crash the marker is ahead of the checkpoint (saved ten times a second); behind it
+        when the checkpoint counted an idle stream (pings) or the target lost its last
+        writes: the stream is resumed from the marker either way. ``_LOST`` when the target
+        no longer holds a marker that it had acknowledged: a full sync copies everything."""
+        replid, offset = cp.replid, cp.offset
         self._slot_positions(replid, offset)
-        pos = self._marker_position(replid, offset)
-        if pos is None:
+        read = self.ctx.options.get("read_marker")
+        if not self.marker_key or read is None:
             return None
-        self.db = pos[1]
-        return replid, pos[0]
+        pos = self._marker_position(replid, offset)
+        if pos is not None:
+            self._marker_replid = replid
+            self.db = pos[1]
+            return replid, pos[0]
+        mark = _parse_marker(read(self.marker_key))
+        if mark is not None and mark[0] == replid:
+            self._marker_replid = replid
+            if mark[1] < offset:
+                log.info(
+                    "[%s] the target's marker shows offset %d, before the checkpoint's %d: "
+                    "resuming from the target's own position", self.name, mark[1], offset,
+                )  # fmt: skip
+                self.db = mark[2]
+                return replid, mark[1]
+            return None
+        if not cp.marker:
+            return None
+        log.error(
+            "[%s] the target %s, although it acknowledged the marker of replication id %s "
+            "before the stop: it lost writes (a restart without its data, a failover to a "
+            "replica that lagged, or a flush). Copying everything again with a full sync",
+            self.name, f"holds no position marker {self.marker_key.decode('utf-8', 'replace')!r}"
+            if mark is None else f"holds a marker of replication id {mark[0]}", replid,
+        )  # fmt: skip
+        self._dirty_target = True
+        return _LOST
 
     def unit_marker(self) -> tuple[bytes, bytes, int]:
         """(key, value, tagged offset) of the exactly-once marker for everything handed
@@ -363,8 +436,18 @@ class SyncReader(Reader):
         off = self._yielded_upto
         ep = self._ep
         assert ep is not None
+        self._unit_off = off
+        self._ep_marked = True
         value = b"%s %d %d" % (ep.replid.encode(), off, self._db_at_offset(off))
         return self.marker_key, value, ep.num * EPOCH_SPAN + off
+
+    def marker_due(self) -> bool:
+        return (
+            not self._ep_marked
+            and self.phase == PHASE_AOF
+            and bool(self.marker_key)
+            and self.ctx.options.get("read_marker") is not None
+        )
 
     def received_by(self, offset: int) -> float:
         """A monotonic time by which the stream byte at (tagged) ``offset`` had been received
@@ -416,6 +499,11 @@ class SyncReader(Reader):
                 yield from self._rdb_phase(ep)
             elif self.phase == PHASE_AOF:
                 yield from self._aof_phase(ep)
+            elif self.phase == PHASE_RESYNC:  # the new full sync asked for: not begun yet
+                with cond:
+                    if link.epoch is ep and link.fatal is None:
+                        cond.wait(0.1)
+                yield []
             elif self.phase == "done":
                 self._done = True
                 break
@@ -445,6 +533,10 @@ class SyncReader(Reader):
             self.applied = applied
             assert self.link is not None
             self.link.set_applied(self._ep_num, applied)
+            uo = self._unit_off
+            if uo is not None and applied >= uo:  # the target holds a marker of this id
+                self._unit_off = None
+                self._marker_replid = ep.replid
         self._save_checkpoint()
 
     @property
@@ -504,6 +596,9 @@ class SyncReader(Reader):
             db = self._db_at(off)
             # a batch whose EXEC reply was lost with the connection may still have been applied
             pos = self._marker_position(ep.replid, off) or self._marker_behind(ep.replid, off)
+            if pos is _LOST:
+                self._resync_target(ep)
+                return
             if pos is not None:
                 off, db = pos
             self._slot_positions(ep.replid, off)
@@ -534,6 +629,8 @@ class SyncReader(Reader):
         self.applied = -1
         self._rx_samples.clear()
         self._last_entry_off = None
+        self._unit_off = None
+        self._ep_marked = False
         if ep.kind == "resume":
             self.phase = PHASE_AOF
             self._start_stream(ep.start, self.db)
@@ -913,7 +1010,10 @@ class SyncReader(Reader):
         durable = force or now - self._last_fsync >= CHECKPOINT_FSYNC_EVERY
         if durable:
             self._last_fsync = now
-        cp = Checkpoint(self.source_id, ep.replid, self.applied, self._db_at(self.applied))
+        cp = Checkpoint(
+            self.source_id, ep.replid, self.applied, self._db_at(self.applied),
+            marker=self._marker_replid == ep.replid,
+        )  # fmt: skip
         self._save_cp(cp, durable)
         self._cp_saved_off = self.applied
         self.spool.release(ep.num, self.applied)
@@ -1014,6 +1114,7 @@ class SyncReader(Reader):
             "failed_snapshots": link.failed_snapshots if link else 0,
             "last_link_error": link.last_error if link else "",
             "target_reconnects": self._writer.reconnects if self._writer is not None else 0,
+            "target_losses": self.target_losses,
             "spool_bytes": self.spool.bytes_on_disk,
             "entries": self.entries,
             "dropped": self.dropped,
@@ -1042,6 +1143,15 @@ class SyncReader(Reader):
 _K_SPECIAL, _K_INTERNAL, _K_ENTRY = 1, 2, 3
 # what SyncReader._control did with a command
 _FORWARDED, _GATHERED, _DROPPED, _HELD = 0, 1, 2, 3
+
+
+def _parse_marker(raw: bytes | None) -> tuple[str, int, int] | None:
+    """(replid, offset, db) of a position marker value ``<replid> <offset> <db>``."""
+    try:
+        replid, off, db = raw.decode().split()  # type: ignore[union-attr]
+        return replid, int(off), int(db)
+    except (AttributeError, UnicodeDecodeError, ValueError):
+        return None
 
 
 def _make_run(db: int, argvs: list, chunk: bytes, cs: int, start: int, end: int,

@@ -28,6 +28,9 @@ class Checkpoint:
     db: int  # db selected in the stream at that offset
     phase: str = PHASE_AOF
     time: float = 0.0
+    # exactly-once: the target acknowledged a position marker of this replication id, so a
+    # target without one (or with another id's) has lost what it had acknowledged
+    marker: bool = False
 
 
 def load_checkpoint(path: Path) -> Checkpoint | None:
@@ -40,6 +43,7 @@ def load_checkpoint(path: Path) -> Checkpoint | None:
             db=int(data["db"]),
             phase=str(data.get("phase", PHASE_AOF)),
             time=float(data.get("time", 0.0)),
+            marker=bool(data.get("marker", False)),
         )
     except FileNotFoundError:
         return None

@@ -171,6 +171,8 @@ class SourceLink(threading.Thread):
         self.dual_channel_syncs = 0
         self._announce = ""  # the version announced with REPLCONF version ("": none)
         self._rdb_io = 0.0  # monotonic time of the last bytes from the rdb channel
+        # the reader asked for a new full sync (the target lost what it had acknowledged)
+        self._want_full = False
 
     # -- called from the main thread ----------------------------------------------------
 
@@ -190,6 +192,11 @@ class SourceLink(threading.Thread):
                 conn.send(ack_command(off))
         except ConnError:
             pass
+
+    def request_full_sync(self) -> None:
+        """Drop the current session and ask the source for a new snapshot (``PSYNC ? -1``):
+        the target lost writes it had acknowledged and the spool no longer holds them."""
+        self._want_full = True
 
     def stop(self) -> None:
         self._halt.set()
@@ -351,8 +358,11 @@ class SourceLink(threading.Thread):
             want = (ep.replid, ep.received)
         elif ep is None and self._resume is not None:
             want = self._resume
-        if self._use_sync:
+        full = self._want_full
+        if self._use_sync or full:
             want = None
+        if full:  # read once: a request arriving after this is seen by the loop below
+            self._want_full = False
         if want is None:
             self._wait_bgsave(conn)
         sock = conn.sock
@@ -373,6 +383,8 @@ class SourceLink(threading.Thread):
         self.last_io = time.monotonic()
         halt = self._halt
         while not halt.is_set():
+            if self._want_full:
+                raise ConnError("a new full sync was asked for")
             rdb = self._rdb
             if rdb is not None:  # dual-channel sync: the rdb channel is read as well
                 if self._rdb_ready(sock, rdb.sock):

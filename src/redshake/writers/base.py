@@ -178,6 +178,7 @@ class TargetInfo:
     cluster: bool = False
     databases: int = 16
     file_output: bool = False  # a file writer: keep RESTORE for every value (no SET stand-ins)
+    run_id: str = ""  # INFO server run_id: changes when the server restarts
 
     def accepts_rdb(self, version: int, valkey_magic: bool = False) -> bool:
         """Would RESTORE / loading accept a payload of this RDB version?
@@ -202,6 +203,7 @@ class TargetInfo:
             is_valkey=si.is_valkey,
             rdb_version=rdb_version_for(si.version, si.is_valkey),
             cluster=si.cluster,
+            run_id=info.get("run_id", ""),
         )
 
 

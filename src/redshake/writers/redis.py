@@ -41,6 +41,7 @@ from redshake.entry import Entry, RestoreSet, Run, UnitEntry
 from redshake.errors import BusyKey, ReadOnly, reply_class
 from redshake.resp.conn import Connection, ConnError, ReplyError, connection_options, parse_address
 from redshake.resp.encode import encode
+from redshake.resp.server import read_info
 from redshake.writers.base import Capabilities, TargetInfo, Writer, WriterError, probe_target
 
 _first = itemgetter(0)  # a command's name
@@ -196,6 +197,8 @@ class RedisWriter(Writer):
         self.written = 0
         self.answered = 0
         self.errors = 0
+        self._units = False  # exactly-once units were written (a marker tracks the position)
+        self.server_changes = 0  # reconnects that found another server process (run_id)
         # what the target acknowledged: entries answered without an error, and of those
         # the ones ending a snapshot key (Entry.ends_key); the run's summary reports these
         self.acked = 0
@@ -316,6 +319,7 @@ class RedisWriter(Writer):
         goes out as one MULTI ... EXEC, so the target applies all of it or none of it (a
         transaction whose EXEC never arrived is discarded when the connection closes).
         MULTI/EXEC entries must not be written inside a unit."""
+        self._units = True
         if self._block is None:
             self._write_txn(UnitEntry(self._db, [_MULTI]))
 
@@ -493,6 +497,7 @@ class RedisWriter(Writer):
             self.conn = conn
         else:
             self.conn = Connection(self.host, self.port, **self._conn_kw)  # type: ignore[arg-type]
+        self._check_same_server()
         self._db = 0
         self._block = None
         self._buf.clear()
@@ -504,6 +509,27 @@ class RedisWriter(Writer):
         self.answered = self.written
         self._exc = None
         self.conn_lost = False
+
+    def _check_same_server(self) -> None:
+        """After a reconnect: a different server process (a restart, a failover) may have
+        lost writes it acknowledged. Exactly-once mode finds out from its position marker;
+        without the marker (at-least-once), say that it cannot be checked."""
+        try:
+            run_id = read_info(self.conn, "server", tolerate=True).get("run_id", "")
+        except ReplyError:
+            return
+        old, self.info.run_id = self.info.run_id, run_id
+        if not old or not run_id or run_id == old:
+            return
+        self.server_changes += 1
+        if not self._units:
+            log.warning(
+                "%s: the target is another server process now (run_id %s, was %s: restarted "
+                "or failed over). Writes it acknowledged but had not saved or replicated are "
+                "lost, and without the exactly-once marker (advanced.exactly_once) they cannot "
+                "be found and re-sent: check the target's keys (redshake verify), or start a "
+                "full sync", self.name, run_id[:12], old[:12],
+            )  # fmt: skip
 
     def close(self) -> None:
         if not self._closed:
