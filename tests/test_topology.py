@@ -444,3 +444,70 @@ def test_cluster_source_atomic_slot_migration(servers, tmp_path, shakes):
     assert log.count("its new owner's writes follow the old owner's") >= len(slots), log[-3000:]
     assert "not guaranteed" not in log, log[-3000:]
     assert f.terminate(60) == 0, f.log()[-3000:]
+
+
+def _migrations(node) -> list[dict]:
+    """CLUSTER GETSLOTMIGRATIONS of ``node``, one dict per job (RESP2 flat lists)."""
+    out = []
+    for job in node.client().execute_command("CLUSTER", "GETSLOTMIGRATIONS"):
+        if isinstance(job, dict):
+            out.append({_s(k): _s(v) for k, v in job.items()})
+        else:
+            out.append({_s(job[i]): _s(job[i + 1]) for i in range(0, len(job), 2)})
+    return out
+
+
+def _s(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def test_cluster_source_atomic_slot_migration_cancelled(servers, tmp_path, shakes):
+    """Valkey 9 atomic slot migrations cancelled after the new owner got its copy of the
+    slots (writes going on): the slots stay with the old owner, the would-be new owner
+    throws its copy away; nothing of that copy or of its removal may reach the target."""
+    src, dst, load, f = following(servers, tmp_path, shakes, preloaded=800, seed=7, name="valkey-9.1")
+    a, b = src.masters
+    try:
+        f.wait_streaming(60, "both shards streaming", shards=2)
+        for m in (a, b):  # the old owner never pauses: the job waits until cancelled
+            m.client().execute_command("DEBUG", "SLOTMIGRATION", "PREVENT-PAUSE", 1)
+        slots = tag_slots()[1::3]
+        for slot in slots:
+            owner = src.owner_of(slot)
+            other = b if owner is a else a
+            owner.client().execute_command(
+                "CLUSTER", "MIGRATESLOTS", "SLOTSRANGE", slot, slot, "NODE", src.node_id(other)
+            )
+            until(lambda o=owner: any(j.get("state") == "waiting-to-pause" for j in _migrations(o)),
+                  30, f"slot {slot}'s copy to reach the new owner", f)  # fmt: skip
+            time.sleep(0.3)  # writes to the slot go on through the old owner meanwhile
+            assert other.client().execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) > 0
+            owner.client().execute_command("CLUSTER", "CANCELSLOTMIGRATIONS")
+            until(lambda o=other: all(j.get("state") in ("failed", "cancelled", "success")
+                                      for j in _migrations(o)), 30, "the import to end", f)  # fmt: skip
+            until(lambda s=slot, o=other: o.client().execute_command("CLUSTER", "COUNTKEYSINSLOT", s) == 0,
+                  30, f"slot {slot}'s copy to be thrown away", f)  # fmt: skip
+            assert src.owner_of(slot) is owner
+        for m in (a, b):
+            m.client().execute_command("DEBUG", "SLOTMIGRATION", "PREVENT-PAUSE", 0)
+        # and one that succeeds afterwards: the earlier cancels left nothing behind
+        slot = slots[0]
+        owner = src.owner_of(slot)
+        other = b if owner is a else a
+        owner.client().execute_command(
+            "CLUSTER", "MIGRATESLOTS", "SLOTSRANGE", slot, slot, "NODE", src.node_id(other)
+        )
+        until(lambda: src.owner_of(slot) is other, 30, f"slot {slot} to move", f)
+    finally:
+        load.finish()
+    caught_up(src, f)
+    n = same_data(src.masters, dst)
+    assert n > 800
+    log = f.log()
+    # each cancelled import's copy and its removal (UNLINKs before SYNCSLOTS FINISH FAILED)
+    # were skipped; the successful one waited for the old owner's stream
+    assert log.count("ends (FAILED)") >= len(slots), log[-3000:]
+    assert f.status()["redshake"]["skipped"].get("atomic_slot_import_copy", 0) > 0
+    assert "its new owner's writes follow the old owner's" in log, log[-3000:]
+    assert "not guaranteed" not in log, log[-3000:]
+    assert f.terminate(60) == 0, f.log()[-3000:]
