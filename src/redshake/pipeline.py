@@ -384,6 +384,7 @@ def build(cfg: Config, stats, stop: Callable[[], bool], shard: dict | None = Non
         ctx.options["target_databases"] = info.databases
     if eonce and cfg.writer.cluster:  # one marker per slot
         ctx.options["read_slot_markers"] = writer.read_markers
+        ctx.options["slot_marks"] = writer.marks
         ctx.options["skip_applied"] = writer.set_skip
     elif eonce:
         ctx.options["read_marker"] = lambda key: writer.get(adv.exactly_once_db, key)

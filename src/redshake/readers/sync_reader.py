@@ -296,15 +296,16 @@ class SyncReader(Reader):
         )  # fmt: skip
         return m_offset, db
 
-    def _slot_positions(self, replid: str, offset: int) -> None:
+    def _slot_positions(self, replid: str, offset: int) -> int | None:
         """Exactly-once into a cluster target: one marker per slot. Remember the slots whose
         marker is ahead of ``offset``; the stream restarting at ``offset`` skips, per slot,
-        what its marker shows as applied (see ``_start_stream``)."""
+        what its marker shows as applied (see ``_start_stream``). Returns how many slots
+        have a marker of ``replid`` (None: not a cluster target)."""
         read = self.ctx.options.get("read_slot_markers")
         if not self.marker_key or read is None:
-            return
+            return None
         ahead: dict[int, int] = {}
-        other = 0
+        other = mine = 0
         for slot, raw in read(self.marker_key).items():
             try:
                 m_replid, m_off, _db = raw.decode().split()
@@ -314,7 +315,9 @@ class SyncReader(Reader):
                 continue
             if m_replid != replid:
                 other += 1
-            elif m_offset > offset:
+                continue
+            mine += 1
+            if m_offset > offset:
                 ahead[slot] = m_offset
         if other:
             log.warning(
@@ -328,6 +331,7 @@ class SyncReader(Reader):
                 self.name, len(ahead), offset, max(ahead.values()),
             )  # fmt: skip
         self._slots_ahead = (replid, ahead)
+        return mine
 
     def _marker_behind(self, replid: str, offset: int) -> tuple[int, int] | None:
         """After the target lost its connection (a restart, a Sentinel failover): the target
@@ -352,11 +356,17 @@ class SyncReader(Reader):
         m_offset, db = mark[1], mark[2]
         if m_offset >= offset:
             return None
+        return self._resend_from(ep, m_offset, db, offset, "the target")
+
+    def _resend_from(self, ep, m_offset: int, db: int, offset: int, who: str) -> tuple[int, int]:
+        """The target shows the stream applied only up to ``m_offset`` although it had
+        acknowledged ``offset``: re-send from there when the spool still holds it, else
+        ``_LOST``."""
         if m_offset >= ep.start and self.spool.read_stream(ep.num, m_offset, 1):
             log.warning(
-                "[%s] the target applied the stream only up to offset %d, not %d as it had "
+                "[%s] %s applied the stream only up to offset %d, not %d as it had "
                 "acknowledged (a failover or restart lost the last writes): re-sending "
-                "from there", self.name, m_offset, offset,
+                "from there", self.name, who, m_offset, offset,
             )  # fmt: skip
             return m_offset, db
         self._lost_why = (
@@ -364,6 +374,49 @@ class SyncReader(Reader):
             "had acknowledged, and that part is no longer held here"
         )
         return _LOST
+
+    def _slots_behind(self, replid: str, offset: int) -> tuple[int, int] | None:
+        """``_marker_behind`` for a cluster target: every marker the writer set and the
+        target acknowledged (its offset at or before ``offset``) must still be there, or a
+        later one. A master that restarted without its data holds none (``_LOST``); one that
+        failed over to a lagging replica may hold an older one: the stream is re-sent from
+        the oldest such position when the spool still holds it (each slot skipping what its
+        own marker shows as applied), else ``_LOST``."""
+        read = self.ctx.options.get("read_slot_markers")
+        marks = self.ctx.options.get("slot_marks")
+        ep = self._ep
+        if not self.marker_key or read is None or marks is None or ep is None:
+            return None
+        acked: dict[int, int] = {}
+        for slot, values in marks().items():
+            for raw in reversed(values):
+                mark = _parse_marker(raw)
+                if mark is not None and mark[0] == replid and mark[1] <= offset:
+                    acked[slot] = mark[1]
+                    break
+        if not acked:
+            return None
+        now = read(self.marker_key)
+        lost: list[int] = []
+        behind: list[tuple[int, int]] = []
+        for slot, off in acked.items():
+            mark = _parse_marker(now.get(slot))
+            if mark is None or mark[0] != replid:
+                lost.append(slot)
+            elif mark[1] < off:
+                behind.append((mark[1], mark[2]))
+        if lost:
+            self._lost_why = (
+                f"the target's master(s) serving slot(s) {', '.join(map(str, sorted(lost)[:5]))} "
+                f"hold no position marker of replication id {replid} any more"
+            )
+            return _LOST
+        if not behind:
+            return None
+        m_offset, db = min(behind)
+        return self._resend_from(
+            ep, m_offset, db, offset, f"the target's markers of {len(behind)} slot(s) show it"
+        )
 
     def _resync_target(self, ep) -> None:
         """The target lost acknowledged writes that cannot be re-sent: ask the source for a
@@ -398,8 +451,17 @@ class SyncReader(Reader):
         writes: the stream is resumed from the marker either way. ``_LOST`` when the target
         no longer holds a marker that it had acknowledged: a full sync copies everything."""
         replid, offset = cp.replid, cp.offset
-        self._slot_positions(replid, offset)
+        mine = self._slot_positions(replid, offset)
         read = self.ctx.options.get("read_marker")
+        if mine == 0 and cp.marker:  # a cluster target without any marker of this id
+            log.error(
+                "[%s] the target cluster holds no position marker of replication id %s, "
+                "although it acknowledged some before the stop: it lost writes (masters "
+                "restarted without their data, or a FLUSHALL). Copying everything again "
+                "with a full sync", self.name, replid,
+            )  # fmt: skip
+            self._dirty_target = True
+            return _LOST
         if not self.marker_key or read is None:
             return None
         pos = self._marker_position(replid, offset)
@@ -595,7 +657,11 @@ class SyncReader(Reader):
                 self._db_changes.pop()
             db = self._db_at(off)
             # a batch whose EXEC reply was lost with the connection may still have been applied
-            pos = self._marker_position(ep.replid, off) or self._marker_behind(ep.replid, off)
+            pos = (
+                self._marker_position(ep.replid, off)
+                or self._marker_behind(ep.replid, off)
+                or self._slots_behind(ep.replid, off)
+            )
             if pos is _LOST:
                 self._resync_target(ep)
                 return

@@ -134,6 +134,11 @@ class Writer(ABC):
         (``caps.slot_markers``)."""
         raise NotImplementedError
 
+    def marks(self) -> dict[int, list[bytes]]:
+        """Marker slot -> the last marker values set there, oldest first
+        (``caps.slot_markers``)."""
+        raise NotImplementedError
+
 
 def not_cluster_writer(address: str) -> str:
     """What to tell a user whose standalone writer meets a cluster target."""

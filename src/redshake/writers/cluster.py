@@ -189,6 +189,15 @@ _SCRIPT_TRANSIENT = (Moved, Ask, TryAgain, ClusterDown, TopologyChanged, OutOfMe
 _TAGS: list[bytes] = []
 
 
+_MARKS_KEPT = 8  # marker values remembered per marker slot (units in flight)
+# replies to reading the markers that a cluster gives while it heals: asked again
+_MARKER_TRANSIENT = (ClusterDown, Loading, MasterDown, TryAgain, Moved, Ask)
+
+
+class _Healing(Exception):
+    """Reading the markers met a cluster that is healing (see ``read_markers``)."""
+
+
 def marker_key(key: bytes, slot: int) -> bytes:
     """``key`` hash-tagged into ``slot``: ``key:{tag}``, the shortest tag of that slot."""
     if not _TAGS:
@@ -400,6 +409,9 @@ class ClusterWriter(Writer):
         self._mslot: dict[RedisWriter, int] = {}  # master -> the slot of its marker
         self.script_calls = 0
         self.script_fallbacks = 0
+        # marker slot -> the last marker values set there (oldest first): after a reconnect
+        # the reader checks that the target still holds what it acknowledged (see marks)
+        self._marks: dict[int, list[bytes]] = {}
         try:
             self.refresh_topology(require_full=True)
         except BaseException:
@@ -887,6 +899,22 @@ class ClusterWriter(Writer):
         of the unit and everything before was answered."""
         self._unit_flush(key, value, offset)
 
+    def marks(self) -> dict[int, list[bytes]]:
+        """Marker slot -> the last values (at most ``_MARKS_KEPT``, oldest first) this writer
+        set in the marker of that slot: one of those the target acknowledged must still be
+        there, or a later one (see ``SyncReader._slots_behind``). Forgotten after a keyless
+        command (a FLUSHALL removes the markers)."""
+        return self._marks
+
+    def _mark(self, slot: int, value: bytes) -> None:
+        vals = self._marks.get(slot)
+        if vals is None:
+            self._marks[slot] = [value]
+        else:
+            vals.append(value)
+            if len(vals) > _MARKS_KEPT:
+                del vals[0]
+
     def set_skip(self, skip: dict[int, int]) -> None:
         """Per slot, the offset up to which the target's marker says the stream was applied:
         commands of that slot up to there are not sent again."""
@@ -906,8 +934,28 @@ class ClusterWriter(Writer):
         return ""
 
     def read_markers(self, key: bytes) -> dict[int, bytes]:
-        """slot -> value of that slot's marker, for every slot that has one."""
+        """slot -> value of that slot's marker, for every slot that has one. A cluster that
+        is healing (a master just restarted or failed over: CLUSTERDOWN, LOADING, a moved
+        slot, a refused connection) is asked again, for up to ``REDIRECT_PATIENCE``."""
         self.flush()
+        deadline = time.monotonic() + REDIRECT_PATIENCE
+        delay = 0.1
+        while True:
+            try:
+                return self._read_markers(key)
+            except _Healing as e:
+                if time.monotonic() > deadline:
+                    raise WriterError(f"{e} (for {REDIRECT_PATIENCE:.0f}s)") from None
+                log.warning("[%s] reading the position markers: %s; asking again in %.1fs",
+                            self.name, e, delay)  # fmt: skip
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            try:
+                self.reconnect()
+            except (OSError, WriterError) as e:
+                log.debug("reading the markers: %s", e)
+
+    def _read_markers(self, key: bytes) -> dict[int, bytes]:
         out: dict[int, bytes] = {}
         by_master: dict[RedisWriter, list[int]] = {}
         for s in range(SLOTS):
@@ -922,10 +970,13 @@ class ClusterWriter(Writer):
                 try:
                     replies = w.conn.pipeline([(b"GET", marker_key(key, s)) for s in part])
                 except OSError as e:
-                    raise WriterError(f"{w.name}: {e}") from None
+                    raise _Healing(f"{w.name}: {e}") from None
                 for s, r in zip(part, replies, strict=True):
                     if isinstance(r, ReplyError):
-                        raise WriterError(f"{w.name}: reading the marker of slot {s}: {r.message}")
+                        why = f"{w.name}: reading the marker of slot {s}: {r.message}"
+                        if reply_class(r.message) in _MARKER_TRANSIENT:
+                            raise _Healing(why)
+                        raise WriterError(why)
                     if isinstance(r, bytes):
                         fields = r.split()
                         if len(fields) == 4:  # a master's marker: "<position> <slot list>"
@@ -962,6 +1013,7 @@ class ClusterWriter(Writer):
             # keyless: after the unit's blocks so far, to every master (at least once)
             self._unit_flush(None, b"", -1)
             self.written -= 1
+            self._marks.clear()  # (a FLUSHALL removes the markers: nothing to check then)
             try:
                 self.write(entry)
             finally:
@@ -1055,6 +1107,7 @@ class ClusterWriter(Writer):
             mk, mv = marker_key(self.marker_prefix, slot), self.marker_value(off)
         multi = UnitEntry(0, [_MULTI], None, -1, _MULTI_RESP)
         exe = UnitEntry(0, [_EXEC], None, -1, _EXEC_RESP)
+        self._mark(slot, mv)
         self._write_block([multi, *group, UnitEntry(0, [b"SET", mk, mv], mk), exe], True, after)
 
     def _script_call(self, w: RedisWriter, groups: list[tuple[int, list[Entry]]], prefix: bytes,
@@ -1090,7 +1143,9 @@ class ClusterWriter(Writer):
                 return False
             append(memoryview(data)[1:])  # (no copy: the join below makes the one copy)
             nargs += n + 1
-        mk = marker_key(prefix, self._mslot[w])
+        mslot = self._mslot[w]
+        mk = marker_key(prefix, mslot)
+        self._mark(mslot, value)
         ranges = self._ranges[w]
         args = encode([b"1", mk, value + b" " + ranges, ranges])
         total = 6 + nargs
@@ -1246,6 +1301,9 @@ class ClusterWriter(Writer):
                 return
             # not run at all: one MULTI/EXEC per slot, routed by the topology read just now
             self.script_fallbacks += 1
+            vals = self._marks.get(key_slot(obj.key))  # (the master's marker was not set)
+            if vals is not None and value in vals:
+                vals.remove(value)
             after = self._cur
             for slot, group in reversed(groups):
                 self._slot_unit_block(slot, group, prefix, value, after)

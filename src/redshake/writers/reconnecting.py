@@ -90,6 +90,9 @@ class ReconnectingWriter(Writer):
     def set_skip(self, skip: dict[int, int]) -> None:
         self.inner.set_skip(skip)
 
+    def marks(self) -> dict[int, list[bytes]]:
+        return self.inner.marks()
+
     # -- writes: a lost connection is recovered ------------------------------------------
 
     def write(self, entry: Entry) -> None:
