@@ -18,7 +18,8 @@ Live sync is exactly-once by default (each stream batch one MULTI/EXEC with a po
 marker; into a cluster one script call per master); --at-least-once measures it with
 ``advanced.exactly_once = false``. --cluster writes into a 3-master Redis 7.0 cluster.
 
-REDSHAKE_PYSPY=out.txt attaches py-spy (raw format) to redshake for 25 s.
+REDSHAKE_PYSPY=out.txt attaches py-spy (raw format) to redshake for 25 s (with --catchup:
+REDSHAKE_PYSPY_SECS seconds of the catch-up, default 4).
 """
 
 from __future__ import annotations
@@ -143,7 +144,8 @@ def main() -> None:
             t0 = time.monotonic()
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
             if spy:
-                subprocess.Popen(["py-spy", "record", "-r", "200", "-f", "raw", "-o", spy, "-d", "4",
+                subprocess.Popen(["py-spy", "record", "-r", "200", "-f", "raw", "-o", spy, "-d",
+                                  os.environ.get("REDSHAKE_PYSPY_SECS", "4"),
                                   "-p", str(proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             t_applied = wait_applied(final) - t0
             proc.send_signal(signal.SIGTERM)

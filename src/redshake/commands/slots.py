@@ -1,33 +1,22 @@
-"""Key -> cluster hash slot (CRC16/XMODEM with hash tags), table-driven."""
+"""Key -> cluster hash slot: CRC-16/XMODEM with hash tags.
+
+The checksum Redis Cluster hashes keys with (poly 0x1021, init 0, no reflection, no final
+xor) is the one ``binascii.crc_hqx`` computes with a start value of 0; that C function is
+several times faster per key than a table loop in Python or a general CRC library's call.
+"""
 
 from __future__ import annotations
+
+from binascii import crc_hqx
 
 __all__ = ["key_slot", "crc16", "SLOTS"]
 
 SLOTS = 16384
 
 
-def _make_table() -> tuple[int, ...]:
-    table = []
-    for i in range(256):
-        crc = i << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
-            crc &= 0xFFFF
-        table.append(crc)
-    return tuple(table)
-
-
-_TABLE = _make_table()
-
-
 def crc16(data: bytes) -> int:
-    """CRC-16/XMODEM (poly 0x1021, init 0, no reflection)."""
-    crc = 0
-    t = _TABLE
-    for b in data:
-        crc = ((crc << 8) & 0xFF00) ^ t[(crc >> 8) ^ b]
-    return crc
+    """CRC-16/XMODEM of ``data``."""
+    return crc_hqx(data, 0)
 
 
 def key_slot(key: bytes) -> int:
@@ -36,9 +25,5 @@ def key_slot(key: bytes) -> int:
     if s >= 0:
         e = key.find(b"}", s + 1)
         if e > s + 1:
-            key = key[s + 1 : e]
-    crc = 0
-    t = _TABLE
-    for b in key:
-        crc = ((crc << 8) & 0xFF00) ^ t[(crc >> 8) ^ b]
-    return crc & 0x3FFF
+            return crc_hqx(key[s + 1 : e], 0) & 0x3FFF
+    return crc_hqx(key, 0) & 0x3FFF

@@ -62,7 +62,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from redshake.commands.lookup import command_keys
 from redshake.commands.slots import SLOTS, key_slot
@@ -187,6 +187,7 @@ _SCRIPT_TRANSIENT = (Moved, Ask, TryAgain, ClusterDown, TopologyChanged, OutOfMe
                      Loading, MasterDown, ReadOnly)  # fmt: skip
 
 _TAGS: list[bytes] = []
+_T = TypeVar("_T")
 
 
 _MARKS_KEPT = 8  # marker values remembered per marker slot (units in flight)
@@ -922,38 +923,56 @@ class ClusterWriter(Writer):
         self._skip_upto = max(skip.values(), default=-1)
 
     def try_marker(self, db: int, key: bytes) -> str:
-        """Can every master hold its marker? "" or the refusal (see RedisWriter.try_marker)."""
+        """Can every master hold its marker? "" or the refusal (see RedisWriter.try_marker).
+        A cluster that is healing is asked again, as in ``read_markers``: a master that just
+        restarted must not turn exactly-once off for the whole run."""
         if b"{" in key or b"}" in key:
             return f"the marker key {key!r} must not contain braces: its slot is given by a hash tag"
-        self.flush()
+        return self._while_healing("checking the position markers",
+                                   lambda: self._try_marker(db, key))  # fmt: skip
+
+    def _try_marker(self, db: int, key: bytes) -> str:
         for w in self.masters:
-            slot = next(s for s in range(SLOTS) if self._slots[s] is w)
-            refusal = w.try_marker(db, marker_key(key, slot))
+            slot = next((s for s in range(SLOTS) if self._slots[s] is w), None)
+            if slot is None:
+                continue  # (a master left without slots by a reconnect)
+            try:
+                refusal = w.try_marker(db, marker_key(key, slot))
+            except WriterError as e:
+                raise _Healing(str(e)) from None
             if refusal:
-                return f"{w.address}: {refusal}"
+                why = f"{w.address}: {refusal}"
+                if reply_class(refusal) in _MARKER_TRANSIENT:
+                    raise _Healing(why)
+                return why
         return ""
 
     def read_markers(self, key: bytes) -> dict[int, bytes]:
         """slot -> value of that slot's marker, for every slot that has one. A cluster that
         is healing (a master just restarted or failed over: CLUSTERDOWN, LOADING, a moved
         slot, a refused connection) is asked again, for up to ``REDIRECT_PATIENCE``."""
+        return self._while_healing("reading the position markers",
+                                   lambda: self._read_markers(key))  # fmt: skip
+
+    def _while_healing(self, what: str, step: Callable[[], _T]) -> _T:
+        """``step()``, asked again with backoff while it meets a healing cluster (raises
+        ``_Healing``), for up to ``REDIRECT_PATIENCE``; then a ``WriterError``."""
         self.flush()
         deadline = time.monotonic() + REDIRECT_PATIENCE
         delay = 0.1
         while True:
             try:
-                return self._read_markers(key)
+                return step()
             except _Healing as e:
                 if time.monotonic() > deadline:
                     raise WriterError(f"{e} (for {REDIRECT_PATIENCE:.0f}s)") from None
-                log.warning("[%s] reading the position markers: %s; asking again in %.1fs",
-                            self.name, e, delay)  # fmt: skip
+                log.warning("[%s] %s: %s; asking again in %.1fs", self.name, what, e, delay)
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
             try:
                 self.reconnect()
             except (OSError, WriterError) as e:
-                log.debug("reading the markers: %s", e)
+                log.debug("%s: %s", what, e)
 
     def _read_markers(self, key: bytes) -> dict[int, bytes]:
         out: dict[int, bytes] = {}
@@ -995,6 +1014,21 @@ class ClusterWriter(Writer):
 
     def _unit_add(self, entry: Entry) -> None:
         self.written += 1
+        if entry.db == 0 and entry.offset >= 0:
+            # the common case, inline: one key, db 0, outside a source transaction
+            key = entry.key
+            if key is None and self.unit_scripts:
+                keys = self.key_finder(entry.argv)
+                if keys is not None and len(keys) == 1:
+                    key = keys[0]
+            if key.__class__ is bytes:
+                slot = key_slot(key)  # type: ignore[arg-type]
+                group = self._unit.get(slot)  # type: ignore[union-attr]
+                if group is None:
+                    self._unit[slot] = [entry]  # type: ignore[index]
+                else:
+                    group.append(entry)
+                return
         if entry.db != 0 and self._db_refusal(entry.db):
             self._route(entry)  # reports the db
             return
@@ -1057,21 +1091,36 @@ class ClusterWriter(Writer):
         is acknowledged: a block's own offset would count as acknowledged when it is
         answered, although a block sent before it to another master may not be yet."""
         skip = self._skip
-        last = max(offset, max((e.offset for g in unit.values() for e in g), default=-1))
-        scripts = self.unit_scripts
-        by_master: dict[RedisWriter, list[tuple[int, list[Entry]]]] = {}
-        for slot, group in unit.items():
-            if skip and slot in skip:
-                upto = skip[slot]
-                group = [e for e in group if e.offset > upto]
-                if not group:
-                    continue
-            w = self._slots[slot] if scripts else None
-            if w is not None and w.address not in self._no_script:
-                by_master.setdefault(w, []).append((slot, group))
-            else:
+        by_master: dict[RedisWriter | None, list[tuple[int, list[Entry]]]] = {}
+        if self.unit_scripts:
+            slots = self._slots
+            for item in unit.items():
+                slot, group = item
+                if skip and slot in skip:
+                    upto = skip[slot]
+                    group = [e for e in group if e.offset > upto]
+                    if not group:
+                        continue
+                    item = (slot, group)
+                w = slots[slot]
+                groups = by_master.get(w)
+                if groups is None:
+                    by_master[w] = [item]
+                else:
+                    groups.append(item)
+            for w in [w for w in by_master if w is None or w.address in self._no_script]:
+                for slot, group in by_master.pop(w):
+                    self._slot_unit_block(slot, group, key, value)
+        else:
+            for slot, group in unit.items():
+                if skip and slot in skip:
+                    upto = skip[slot]
+                    group = [e for e in group if e.offset > upto]
+                    if not group:
+                        continue
                 self._slot_unit_block(slot, group, key, value)
         for w, groups in by_master.items():
+            assert w is not None
             if key is not None:
                 prefix, mv = key, value
             else:
@@ -1087,7 +1136,8 @@ class ClusterWriter(Writer):
                     self._slot_unit_block(slot, group, prefix, mv)
         if offset >= 0:
             self._track.append([offset, None, 0])  # released once every block before is answered
-        if skip and last > self._skip_upto:
+        if skip and max(offset, max((e.offset for g in unit.values() for e in g),
+                                    default=-1)) > self._skip_upto:  # fmt: skip
             self._skip = {}
 
     def _slot_unit_block(self, slot: int, group: list[Entry], key: bytes | None, value: bytes,
@@ -1113,7 +1163,12 @@ class ClusterWriter(Writer):
     def _script_call(self, w: RedisWriter, groups: list[tuple[int, list[Entry]]], prefix: bytes,
                      value: bytes) -> bool:  # fmt: skip
         """Send a master's part of a unit as one script call; False when it cannot be one."""
-        entries = [e for _s, g in groups for e in g]
+        if len(groups) == 1:
+            entries = groups[0][1]
+        else:
+            entries = []
+            for _s, g in groups:
+                entries += g
         if len(entries) > _SCRIPT_MAX_CMDS:
             return False
         parts: list[bytes] = []
@@ -1123,25 +1178,26 @@ class ClusterWriter(Writer):
         for e in entries:
             argv = e.argv
             n = len(argv)
-            a0 = argv[0]
-            ok = allowed.get(a0)
+            ok = allowed.get(argv[0])
             if ok is None:
-                ok = allowed[a0] = bytes(a0).upper() not in _NOT_IN_SCRIPT
-            if e.db != 0 or n > _SCRIPT_MAX_ARGS or not ok:
+                ok = allowed[argv[0]] = bytes(argv[0]).upper() not in _NOT_IN_SCRIPT
+            if e.db or n > _SCRIPT_MAX_ARGS or not ok:
                 return False
             data = e.resp
-            if data is None or data[:1] != b"*":
+            if not data or data[0] != 42:  # not "*...": encoded here
                 if sum(map(len, argv)) > _SCRIPT_MAX_CMD_BYTES:
                     return False
                 data = encode(argv)
-            elif len(data) > _SCRIPT_MAX_CMD_BYTES:
+            ln = len(data)
+            if ln > _SCRIPT_MAX_CMD_BYTES:
+                return False
+            size += ln
+            if size > _SCRIPT_MAX_BYTES:
                 return False
             # "*N\r\n<args>" -> "$len(N)\r\nN\r\n<args>": the count is the first argument
             append(_BULK_LEN[data.index(b"\r\n", 1, 12) - 1])
-            size += len(data)
-            if size > _SCRIPT_MAX_BYTES:
-                return False
-            append(memoryview(data)[1:])  # (no copy: the join below makes the one copy)
+            # (a big command is not copied here: the join below makes the one copy)
+            append(data[1:] if ln < 2048 else memoryview(data)[1:])
             nargs += n + 1
         mslot = self._mslot[w]
         mk = marker_key(prefix, mslot)
