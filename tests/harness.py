@@ -194,6 +194,20 @@ def shakes() -> Iterator[list]:
             s.kill()
 
 
+def streaming_sync(servers, tmp_path: Path, shakes: list, **shake_kw) -> tuple:
+    """A populated Redis 7.0 source (64 MB backlog), an empty Redis 7.0 target and a
+    redshake between them that has applied the snapshot: (src, dst, shake)."""
+    from datagen import populate
+
+    src = servers.start("redis-7.0", args=["--repl-backlog-size", "64mb"])
+    dst = servers.start("redis-7.0")
+    populate(src.client(), src.version, False, big=False)
+    shake = Shake(tmp_path, src, dst, **shake_kw).start()
+    shakes.append(shake)
+    shake.wait_streaming(60, "the snapshot")
+    return src, dst, shake
+
+
 def replica_offset(src) -> tuple[int, int, int]:
     """(master_repl_offset, offset ACKed by the first replica (-1: none), replicas)."""
     info = src.info("replication")

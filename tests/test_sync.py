@@ -23,6 +23,7 @@ from harness import (
     replica_offset,
     start_load,
     stat,
+    streaming_sync,
     wait_converged,
     wait_for,
 )
@@ -129,12 +130,7 @@ def test_sync_restart_after_kill9(servers, tmp_path, shakes):
     """kill -9 under load, restart with the same config: PSYNC continues from the checkpoint
     (no new full sync) and the data converges (idempotent load: a few commands applied before
     the crash may be applied twice, see the documentation)."""
-    src = servers.start("redis-7.0", args=["--repl-backlog-size", "64mb"])
-    dst = servers.start("redis-7.0")
-    populate(src.client(), src.version, False, big=False)
-    shake = Shake(tmp_path, src, dst).start()
-    shakes.append(shake)
-    shake.wait_streaming(60, "the snapshot")
+    src, dst, shake = streaming_sync(servers, tmp_path, shakes)
     halt = start_load(src, idempotent=True)
     try:
         time.sleep(2)

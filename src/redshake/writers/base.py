@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from redshake.entry import Entry, Run
-from redshake.errors import AuthRefused, reply_class
-from redshake.resp.conn import AuthError, Connection, ReplyError
+from redshake.errors import AuthRefused, Busy, Loading, reply_class
+from redshake.resp.conn import AuthError, Connection, ConnError, ReplyError
 from redshake.resp.server import ServerInfo, read_info
 
 __all__ = [
@@ -21,6 +21,8 @@ __all__ = [
     "Writer",
     "rdb_version_for",
     "probe_target",
+    "check_serving",
+    "NotServing",
     "DEFAULT_PROTO_MAX_BULK_LEN",
     "not_cluster_writer",
 ]
@@ -223,14 +225,28 @@ def _config_get(conn: Connection, name: str) -> str | None:
     return None
 
 
-def probe_target(conn: Connection) -> TargetInfo:
-    """Read INFO server (+ cluster) and a few CONFIG values, tolerating a forbidden CONFIG."""
+class NotServing(ConnError):
+    """The target is there but cannot serve yet: it is loading its dataset (a restart) or
+    busy in a long script. It will serve again: callers wait and connect again."""
+
+
+def check_serving(conn: Connection) -> None:
+    """PING the target: ``NotServing`` while it answers LOADING or BUSY, ``AuthError`` when
+    the login is refused, ``ReplyError`` for any other refusal."""
     try:
         conn.call("PING")
     except ReplyError as e:
-        if issubclass(reply_class(e.message), AuthRefused):
+        cls = reply_class(e.message)
+        if issubclass(cls, AuthRefused):
             raise AuthError(f"{conn.address} refused PING: {e.message}") from None
+        if cls is Loading or cls is Busy:
+            raise NotServing(f"{conn.address}: {e.message}") from None
         raise
+
+
+def probe_target(conn: Connection) -> TargetInfo:
+    """Read INFO server (+ cluster) and a few CONFIG values, tolerating a forbidden CONFIG."""
+    check_serving(conn)
     ti = TargetInfo.from_info(read_info(conn, "server", "cluster", tolerate=True))
     v = _config_get(conn, "proto-max-bulk-len")
     if v and v.isdigit():

@@ -35,16 +35,25 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 
 from redshake.entry import Entry, RestoreSet, Run, UnitEntry
 from redshake.errors import BusyKey, ReadOnly, reply_class
 from redshake.resp.conn import Connection, ConnError, ReplyError, connection_options, parse_address
 from redshake.resp.encode import encode
 from redshake.resp.server import read_info
-from redshake.writers.base import Capabilities, TargetInfo, Writer, WriterError, probe_target
+from redshake.writers.base import (
+    Capabilities,
+    NotServing,
+    TargetInfo,
+    Writer,
+    WriterError,
+    check_serving,
+    probe_target,
+)
 
 _first = itemgetter(0)  # a command's name
+_argv = attrgetter("argv")
 log = logging.getLogger("redshake")
 
 __all__ = ["RedisWriter", "SEND_BYTES", "ScriptCall", "UNLIMITED_QPS"]
@@ -56,6 +65,8 @@ UNLIMITED_QPS = 300000
 # without this the pieces of a huge value would pile up (small commands never get here:
 # pipeline_count_limit bounds them first).
 INFLIGHT_BYTES = 16 << 20
+# how long a target that is loading its dataset (LOADING) is waited for when redshake starts
+SERVING_PATIENCE = 600.0
 
 OnError = Callable[[Entry, str], None]
 # (entries of the block from MULTI to EXEC, [(entry, error message)], EXEC's error message)
@@ -184,13 +195,25 @@ class RedisWriter(Writer):
             tls_config=tls_config,
             timeout=connect_timeout,
         )
-        self.conn = Connection(host, port, **self._conn_kw)  # type: ignore[arg-type]
         self.conn_lost = False  # the last failure was a lost connection (see reconnect())
-        try:
-            self.info: TargetInfo = probe_target(self.conn)
-        except BaseException:
-            self.conn.close()
-            raise
+        # a target that is loading its dataset (it just restarted) is waited for
+        deadline = time.monotonic() + SERVING_PATIENCE
+        delay = 0.5
+        while True:
+            self.conn = Connection(host, port, **self._conn_kw)  # type: ignore[arg-type]
+            try:
+                self.info: TargetInfo = probe_target(self.conn)
+                break
+            except NotServing as e:
+                self.conn.close()
+                if time.monotonic() + delay > deadline:
+                    raise ConnError(f"{e} (for {SERVING_PATIENCE:.0f}s)") from None
+                log.warning("target %s; asking again in %.1fs", e, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except BaseException:
+                self.conn.close()
+                raise
         self.name = name or f"writer_{host}_{port}"
         self.on_error = on_error if resolve is None or on_error is None else self._failover_check(on_error)
         self.on_abort = on_abort
@@ -497,6 +520,7 @@ class RedisWriter(Writer):
             self.conn = conn
         else:
             self.conn = Connection(self.host, self.port, **self._conn_kw)  # type: ignore[arg-type]
+        check_serving(self.conn)  # (NotServing, a ConnError, while it loads its dataset)
         self._check_same_server()
         self._db = 0
         self._block = None
@@ -857,11 +881,11 @@ class RedisWriter(Writer):
         names = self.acked_names
         if ReplyError not in map(type, replies):
             self.acked += len(entries)
-            names.update(e.argv[0] for e in entries)
+            names.update(map(_first, map(_argv, entries)))
             return
         errs = [(e, r) for e, r in zip(entries, replies, strict=False) if r.__class__ is ReplyError]
         self.acked += len(entries) - len(errs)  # before calling out
-        names.update(e.argv[0] for e in entries)
+        names.update(map(_first, map(_argv, entries)))
         for e, _r in errs:
             names[e.argv[0]] -= 1
         for e, r in errs:
