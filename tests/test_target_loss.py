@@ -7,6 +7,7 @@ every earlier key missing). At-least-once cannot tell, and says so."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -62,6 +63,11 @@ def test_target_restarted_empty_under_load(servers, tmp_path, shakes, exactly_on
     assert "is another server process now" not in log  # the marker covers it: no vague warning
     assert shake.reader()["target_losses"] >= 1
     assert shake.terminate() == 0
+    # the summary adds up both snapshots on both sides: every key sent was acknowledged
+    m = re.search(r"summary: keys read=(\d+), written=(\d+) of (\d+) sent", shake.log())
+    assert m, shake.log()[-2000:]
+    read, written, sent = map(int, m.groups())
+    assert written == sent == read >= 2 * 10, m.group(0)
 
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -143,7 +143,12 @@ class SyncReader(Reader):
         self._ep_num = 0
         self.phase = "init"
         self.conv = None
-        self.keys_read = 0
+        self.keys_read = 0  # of the snapshot being read
+        # what earlier snapshots of this run read (a new full sync, a snapshot applied
+        # again): the summary adds them up, as the writer's acknowledged count does
+        self._keys_before = 0
+        self._methods_before: Counter[str] = Counter()
+        self._skipped_before: Counter[str] = Counter()
         self.rdb_sent = 0
         self.db = 0
         self._db_changes: deque[tuple[int, int]] = deque()  # (offset, db from then on)
@@ -679,7 +684,7 @@ class SyncReader(Reader):
             if self.flush_on_resync and flush is not None:
                 flush()
             self.phase = PHASE_RDB
-            self.keys_read = 0
+            self._bank()
             self.rdb_sent = 0
         yield from ()
 
@@ -702,7 +707,7 @@ class SyncReader(Reader):
             self._start_stream(ep.start, self.db)
             return
         # a full sync
-        self.keys_read = 0
+        self._bank()
         self.rdb_sent = 0
         empty_first, self.empty_on_full_sync = self.empty_on_full_sync, False
         if (self._dirty_target or empty_first) and self.sync_rdb:
@@ -773,7 +778,7 @@ class SyncReader(Reader):
             self._rdb_finished(ep, self._stream_db(ep, None))
             return
         feed = SnapshotFeed(self.ctx)
-        self.conv = None
+        self._bank()
         pos = 0
         out: list[Entry] = []
         last_beat = time.monotonic()
@@ -1198,12 +1203,23 @@ class SyncReader(Reader):
             f"{self.entries} forwarded / {self.dropped} dropped"
         ]
 
-    def counters(self):
-        from collections import Counter
+    def _bank(self) -> None:
+        """A snapshot is about to be read (again): keep what the last one counted."""
+        if self.conv is not None:
+            self._methods_before.update(self.conv.methods)
+            self._skipped_before.update(self.conv.skipped)
+            self.conv = None
+        self._keys_before += self.keys_read
+        self.keys_read = 0
 
-        if self.conv is None:
-            return self.keys_read, Counter(), Counter()
-        return self.keys_read, self.conv.methods, Counter(self.conv.skipped)
+    def counters(self):
+        """Keys read, write methods and skips of every snapshot this run read."""
+        methods = Counter(self._methods_before)
+        skipped = Counter(self._skipped_before)
+        if self.conv is not None:
+            methods.update(self.conv.methods)
+            skipped.update(self.conv.skipped)
+        return self._keys_before + self.keys_read, methods, skipped
 
 
 _K_SPECIAL, _K_INTERNAL, _K_ENTRY = 1, 2, 3
