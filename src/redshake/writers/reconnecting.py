@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from redshake.entry import Entry, Run
-from redshake.writers.base import Writer
+from redshake.writers.base import NotServing, Writer
 
 __all__ = ["ReconnectingWriter"]
 
@@ -151,8 +151,9 @@ class ReconnectingWriter(Writer):
         while True:
             self.reconnects += 1
             log.warning(
-                "[%s] lost the target connection (%s); reconnecting in %.1fs (reconnect #%d)",
-                self.name, e, delay, self.reconnects,
+                "[%s] %s (%s); reconnecting in %.1fs (reconnect #%d)", self.name,
+                "the target does not serve yet" if isinstance(e, NotServing)
+                else "lost the target connection", e, delay, self.reconnects,
             )  # fmt: skip
             time.sleep(delay)
             try:
