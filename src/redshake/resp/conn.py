@@ -21,6 +21,7 @@ __all__ = [
     "ProtocolError",
     "parse_address",
     "connect",
+    "refuse_self_connect",
 ]
 
 READ_SIZE = 65536
@@ -179,6 +180,7 @@ class Connection:
             raise ConnError(f"timed out connecting to {self.address}") from None
         except OSError as e:
             raise ConnError(f"cannot connect to {self.address}: {e}") from None
+        refuse_self_connect(raw, self.address)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         if not tls:
@@ -315,6 +317,21 @@ class Connection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def refuse_self_connect(sock: socket.socket, address: str) -> None:
+    """A connection to a local port nothing listens on can, rarely, connect to itself (TCP
+    simultaneous open when the kernel picks that same port as the source): everything sent
+    would come back as if it were the replies, and writes would look acknowledged. Closed
+    and refused like a refused connection."""
+    try:
+        same = sock.getsockname() == sock.getpeername()
+    except OSError:
+        return
+    if same:
+        sock.close()
+        raise ConnError(f"connection refused by {address} (the connection reached itself: "
+                        "nothing listens there)")  # fmt: skip
 
 
 def connect(address: str, **kw: Any) -> Connection:
