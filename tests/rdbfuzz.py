@@ -126,6 +126,19 @@ def restore(rdb: Path, target, tmp: Path, verify: str):
     return run_redshake(cfg)
 
 
+def _empty(target) -> None:
+    """No keys and no function libraries (FLUSHALL keeps them): a library left by an earlier
+    input would make loading the next one fail ("Function ... already exists")."""
+    c = target.client()
+    c.flushall()
+    if target.version >= (7, 0, 0):
+        c.function_flush()
+
+
+def _libraries(target) -> list:
+    return target.client().function_list() if target.version >= (7, 0, 0) else []
+
+
 def judge(
     case: Case, target, tmp: Path, server: str, start_server, same_data, verify: str = "auto"
 ) -> str:
@@ -137,7 +150,7 @@ def judge(
 
     f = tmp / "fuzz.rdb"
     f.write_bytes(case.data)
-    target.client().flushall()
+    _empty(target)
     try:
         r = restore(f, target, tmp, verify)
     except subprocess.TimeoutExpired:
@@ -146,6 +159,7 @@ def judge(
     if "Traceback" in out:
         return "traceback"
     nkeys = sum(target.client().info("keyspace").get(f"db{i}", {}).get("keys", 0) for i in range(16))
+    nkeys += len(_libraries(target))  # a function library written before a refusal counts
     if r.returncode == 2:
         return "ok-refused" if nkeys == 0 else "partial"
     if r.returncode != 0:

@@ -331,3 +331,26 @@ def test_streamed_big_keys_count_once_when_their_last_command_is_acknowledged(se
     w.close()
     assert w.keys_acked == 54 == total_keys(dst)
     assert_same_data(src, dst)
+
+
+def test_keyless_command_error_names_the_command_not_a_key(servers, tmp_path):
+    """A function library the target refuses (its function name is taken by another library)
+    is reported as FUNCTION LOAD, not as an error "on key b'LOAD'"; the run is incomplete."""
+    src = servers.start("redis-7.0")
+    with src.client() as c:
+        c.function_load("#!lua name=mylib\nredis.register_function('myfunc', function() return 1 end)")
+        c.set("k", "v")
+        c.save()
+    dst = servers.start("redis-7.0")
+    with dst.client() as c:
+        c.function_load("#!lua name=other\nredis.register_function('myfunc', function() return 2 end)")
+    cfg = write_config(tmp_path / "shake.toml", {
+        "rdb_reader": {"filepath": str(src.dir / "dump.rdb")},
+        "redis_writer": {"address": dst.address},
+        "advanced": {"dir": str(tmp_path / "work"), "log_interval": 0},
+    })  # fmt: skip
+    r = run_redshake(cfg)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "Traceback" not in out, out[-2000:]
+    assert "target replied error to FUNCTION LOAD (db 0): ERR Function myfunc already exists" in out, out
+    assert "b'LOAD'" not in out and "the copy is incomplete" in out

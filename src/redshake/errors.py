@@ -103,6 +103,8 @@ class TargetError(FatalError):
     def __str__(self) -> str:
         if not self.cmd:
             return self.message
+        if not self.key:
+            return f"target error for {self.cmd} in db {self.db}: {self.message}"
         return f"target error for {self.cmd} key {self.key!r} in db {self.db}: {self.message}"
 
 

@@ -68,6 +68,18 @@ class _Stop:
         )
 
 
+def _error_key(entry: Entry) -> bytes:
+    """The key an error reply is about (b"" for a keyless command such as FUNCTION LOAD)."""
+    if entry.key.__class__ is bytes:
+        return entry.key  # type: ignore[return-value]
+    from .commands.lookup import command_keys
+
+    keys = command_keys(entry.argv)
+    if keys is None:  # unknown to the command table: the first argument, as before
+        return entry.argv[1] if len(entry.argv) > 1 else b""
+    return keys[0] if keys else b""
+
+
 class ErrorPolicy:
     """Decides what an error reply from the target means. Every error is counted and logged
     with the key; BUSYKEY follows ``rdb_restore_command_behavior``; anything else stops."""
@@ -82,8 +94,8 @@ class ErrorPolicy:
         self.standalone_target = ""
 
     def __call__(self, entry: Entry, message: str) -> None:
-        key = entry.argv[1] if len(entry.argv) > 1 else b""
         cmd = entry.argv[0].decode("ascii", "replace").upper() if entry.argv else "?"
+        key = _error_key(entry)
         err = classify(message, cmd, key, entry.db)  # (the one place a reply gets its type)
         if err.__class__ is BusyKey and (cmd == "RESTORE" or entry.__class__ is RestoreSet):
             self.existing_key(entry.db, key, cmd)
@@ -91,7 +103,14 @@ class ErrorPolicy:
             return
         self.failed += 1
         self.stats.fail(cmd=cmd)  # visible in the status JSON (failed_count) right away
-        log.error("target replied error to %s on key %r (db %d): %s", cmd, key, entry.db, message)
+        if key:
+            log.error("target replied error to %s on key %r (db %d): %s", cmd, key, entry.db,
+                      message)  # fmt: skip
+        else:  # (a keyless command: named with its subcommand, e.g. FUNCTION LOAD)
+            sub = entry.argv[1] if len(entry.argv) > 1 and len(entry.argv[1]) <= 24 else b""
+            log.error("target replied error to %s (db %d): %s",
+                      f"{cmd} {bytes(sub).decode('ascii', 'replace').upper()}".strip(),
+                      entry.db, message)  # fmt: skip
         if cmd in FIELD_TTL_NAMES and "unknown command" in message.lower():
             err.message += (
                 " (the target has no hash field expiration: see [advanced] unsupported_field_ttl)"
