@@ -16,7 +16,7 @@ from helpers import assert_same_data
 from servers import free_port
 
 
-def _slow_load_args(keys: int, seconds: float = 3.0) -> list[str]:
+def _slow_load_args(keys: int, seconds: float = 4.0) -> list[str]:
     per_key_us = max(1, int(seconds * 1e6 / max(1, keys)))
     return ["--key-load-delay", str(per_key_us), "--loading-process-events-interval-bytes", "1024"]
 
