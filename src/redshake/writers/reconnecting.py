@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from redshake.entry import Entry, Run
+from redshake.resp.conn import AuthError, TLSVerifyError
 from redshake.writers.base import NotServing, Writer
 
 __all__ = ["ReconnectingWriter"]
@@ -159,6 +160,8 @@ class ReconnectingWriter(Writer):
             try:
                 inner.reconnect()
                 break
+            except (AuthError, TLSVerifyError):
+                raise  # (cannot heal by waiting: the login or the certificate is refused)
             except OSError as e2:
                 e = e2
                 if self._stop():
