@@ -408,13 +408,16 @@ def build(cfg: Config, stats, stop: Callable[[], bool], shard: dict | None = Non
     elif eonce:
         ctx.options["read_marker"] = lambda key: writer.get(adv.exactly_once_db, key)
     if shard is not None:  # one shard of a cluster source: only this shard's slots
+        from .guard import LIVE_PREFIX
         from .shards import current_ranges, flush_slots, shard_dbs
 
         # (the shard's slots of the moment: slots move between shards while we run; the
         # target's own writer, not the one wrap_writer() gives: flush_slots uses its connection)
         target = writer
+        own = (LIVE_PREFIX.encode(),) + ((adv.exactly_once_key.encode() + b":",)
+                                         if adv.exactly_once_key else ())  # fmt: skip
         ctx.options["flush_target"] = lambda: flush_slots(
-            target, current_ranges(shard), shard_dbs(cfg.reader, shard["address"], target)
+            target, current_ranges(shard), shard_dbs(cfg.reader, shard["address"], target), own
         )
         ctx.options["shard"] = True
         ctx.options["shard_resolve"] = shard.get("resolver")

@@ -64,10 +64,14 @@ def select_shards(shards: list[tuple[str, list[tuple[int, int]]]], index: int, c
     return ordered[index::count]
 
 
-def flush_slots(writer, ranges: list[tuple[int, int]], dbs: Iterable[int] = (0,)) -> int:
+def flush_slots(writer, ranges: list[tuple[int, int]], dbs: Iterable[int] = (0,),
+                keep: tuple[bytes, ...] = ()) -> int:  # fmt: skip
     """Delete, on the target, every key of ``dbs`` whose slot lies in ``ranges``: what a full
     resync of one source shard must remove when the target is shared with the other shards
-    (a FLUSHALL would erase their data). Returns the number of keys deleted."""
+    (a FLUSHALL would erase their data). Keys starting with one of ``keep`` stay: redshake's
+    own position markers and live markers, those of the other shards among them (deleting
+    one would make that shard think the target lost its writes). Returns the number of keys
+    deleted."""
     from .commands.slots import key_slot
 
     wanted = bytearray(16384)
@@ -86,6 +90,8 @@ def flush_slots(writer, ranges: list[tuple[int, int]], dbs: Iterable[int] = (0,)
                 cursor, keys = w.conn.call("SCAN", cursor, "COUNT", 1000)
                 by_slot: dict[int, list[bytes]] = {}
                 for k in keys:
+                    if keep and k.startswith(keep):
+                        continue
                     slot = key_slot(k)
                     if wanted[slot]:
                         by_slot.setdefault(slot, []).append(k)
