@@ -312,12 +312,11 @@ class SyncReader(Reader):
         ahead: dict[int, int] = {}
         other = mine = 0
         for slot, raw in read(self.marker_key).items():
-            try:
-                m_replid, m_off, _db = raw.decode().split()
-                m_offset = int(m_off)
-            except (UnicodeDecodeError, ValueError):
+            mark = _parse_marker(raw)
+            if mark is None:
                 log.warning("[%s] marker of slot %d holds %r: ignored", self.name, slot, raw)
                 continue
+            m_replid, m_offset, _db = mark
             if m_replid != replid:
                 other += 1
                 continue

@@ -1014,56 +1014,54 @@ class ClusterWriter(Writer):
 
     def _unit_add(self, entry: Entry) -> None:
         self.written += 1
-        if entry.db == 0 and entry.offset >= 0:
-            # the common case, inline: one key, db 0, outside a source transaction
-            key = entry.key
-            if key is None and self.unit_scripts:
-                keys = self.key_finder(entry.argv)
-                if keys is not None and len(keys) == 1:
-                    key = keys[0]
-            if key.__class__ is bytes:
-                slot = key_slot(key)  # type: ignore[arg-type]
-                group = self._unit.get(slot)  # type: ignore[union-attr]
-                if group is None:
-                    self._unit[slot] = [entry]  # type: ignore[index]
-                else:
-                    group.append(entry)
-                return
         if entry.db != 0 and self._db_refusal(entry.db):
             self._route(entry)  # reports the db
             return
-        keys = self._entry_keys(entry)
-        if keys is None:
-            return
-        s0 = key_slot(keys[0]) if keys else -1
-        if keys and all(key_slot(k) == s0 for k in keys[1:]):
-            if entry.key is None and not self.unit_scripts:
+        key = entry.key
+        if key.__class__ is not bytes:
+            keys = self._entry_keys(entry)  # (the one look-up of the command's keys)
+            if keys is None:
+                return
+            if len(keys) != 1:
+                self._unit_add_many(entry, keys)
+                return
+            key = keys[0]
+            if not self.unit_scripts:
                 # the block needs no second look-up: name the slot's key
-                entry = Entry(entry.db, entry.argv, keys[0], entry.offset, entry.resp)
-            parts = [(s0, entry)]
-        elif keys:
-            parts = [(key_slot(p.key), p) for p in self._split(entry)]  # type: ignore[arg-type]
-        else:
-            # keyless: after the unit's blocks so far, to every master (at least once)
-            self._unit_flush(None, b"", -1)
-            self.written -= 1
-            self._marks.clear()  # (a FLUSHALL removes the markers: nothing to check then)
-            try:
-                self.write(entry)
-            finally:
-                self._unit = {}
-            return
+                entry = Entry(entry.db, entry.argv, key, entry.offset, entry.resp)
+        self._unit_put(key_slot(key), entry)  # type: ignore[arg-type]
+
+    def _unit_put(self, slot: int, e: Entry) -> None:
+        if e.offset < 0:  # inside a source transaction: the offset comes with its EXEC
+            e = Entry(e.db, e.argv, e.key, -1, e.resp)
+            self._unit_pending.append(e)
         unit = self._unit
         assert unit is not None
-        for slot, e in parts:
-            if e.offset < 0:  # inside a source transaction: the offset comes with its EXEC
-                e = Entry(e.db, e.argv, e.key, -1, e.resp)
-                self._unit_pending.append(e)
-            group = unit.get(slot)
-            if group is None:
-                unit[slot] = [e]
+        group = unit.get(slot)
+        if group is None:
+            unit[slot] = [e]
+        else:
+            group.append(e)
+
+    def _unit_add_many(self, entry: Entry, keys: list[bytes]) -> None:
+        """A command of several keys (one part per slot, or whole when they share one), or
+        of none (sent to every master after the unit's blocks so far)."""
+        if keys:
+            s0 = key_slot(keys[0])
+            if all(key_slot(k) == s0 for k in keys[1:]):
+                self._unit_put(s0, entry)
             else:
-                group.append(e)
+                for p in self._split(entry):
+                    self._unit_put(key_slot(p.key), p)  # type: ignore[arg-type]
+            return
+        # keyless: after the unit's blocks so far, to every master (at least once)
+        self._unit_flush(None, b"", -1)
+        self.written -= 1
+        self._marks.clear()  # (a FLUSHALL removes the markers: nothing to check then)
+        try:
+            self.write(entry)
+        finally:
+            self._unit = {}
 
     def _unit_flush(self, key: bytes | None, value: bytes, offset: int) -> None:
         """One MULTI ... SET marker ... EXEC per slot of the unit so far. ``key`` None: sent
@@ -1091,33 +1089,28 @@ class ClusterWriter(Writer):
         is acknowledged: a block's own offset would count as acknowledged when it is
         answered, although a block sent before it to another master may not be yet."""
         skip = self._skip
+        scripts = self.unit_scripts
+        slots = self._slots
         by_master: dict[RedisWriter | None, list[tuple[int, list[Entry]]]] = {}
-        if self.unit_scripts:
-            slots = self._slots
-            for item in unit.items():
-                slot, group = item
-                if skip and slot in skip:
-                    upto = skip[slot]
-                    group = [e for e in group if e.offset > upto]
-                    if not group:
-                        continue
-                    item = (slot, group)
-                w = slots[slot]
-                groups = by_master.get(w)
-                if groups is None:
-                    by_master[w] = [item]
-                else:
-                    groups.append(item)
-            for w in [w for w in by_master if w is None or w.address in self._no_script]:
-                for slot, group in by_master.pop(w):
-                    self._slot_unit_block(slot, group, key, value)
-        else:
-            for slot, group in unit.items():
-                if skip and slot in skip:
-                    upto = skip[slot]
-                    group = [e for e in group if e.offset > upto]
-                    if not group:
-                        continue
+        for item in unit.items():
+            slot, group = item
+            if skip and slot in skip:
+                upto = skip[slot]
+                group = [e for e in group if e.offset > upto]
+                if not group:
+                    continue
+                item = (slot, group)
+            if not scripts:
+                self._slot_unit_block(slot, group, key, value)
+                continue
+            w = slots[slot]
+            groups = by_master.get(w)
+            if groups is None:
+                by_master[w] = [item]
+            else:
+                groups.append(item)
+        for w in [w for w in by_master if w is None or w.address in self._no_script]:
+            for slot, group in by_master.pop(w):
                 self._slot_unit_block(slot, group, key, value)
         for w, groups in by_master.items():
             assert w is not None
